@@ -1,0 +1,6 @@
+"""Package and wire-protocol versions."""
+
+__version__ = "0.1.0"
+
+# MAJOR changes break the wire format; clients refuse a server with another major version.
+PROTOCOL_VERSION = "1.0"

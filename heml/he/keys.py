@@ -1,0 +1,159 @@
+"""Client key material: SEAL secret keys per parameter set, kept in the client process.
+
+The default scoring path needs no evaluation or public keys: the client encrypts with its
+secret key (seeded symmetric CKKS) and the server only needs the parameters. This module is
+never imported by heml.server (tests check that).
+
+Key files are JSON holding SEAL's own secret-key serialization (base64), written with owner-only
+permissions (0600). Anyone who holds the file can decrypt every reply made for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from ..errors import KeyFileError
+from . import kernels, seal_bridge
+from .params import HEParams, check_params
+
+KEY_FILE_FORMAT = "heml-secret-keys"
+KEY_FILE_VERSION = 1
+
+
+class SecretKey:
+    """One SEAL secret key and its ternary coefficient vector s (for numpy decryption)."""
+
+    def __init__(self, params: HEParams, sk: seal.SecretKey) -> None:
+        self.params = params
+        self._sk = sk
+        words = seal_bridge.secret_key_ntt(sk, params.n)
+        coeffs = kernels.for_params(params).intt(words)
+        s = np.zeros(params.n, dtype=np.int8)
+        s[coeffs == 1] = 1
+        s[coeffs == np.uint64(params.q - 1)] = -1
+        if np.count_nonzero(s) != np.count_nonzero(coeffs):
+            raise KeyFileError("secret key is not ternary; the key file is corrupt or foreign")
+        self.s = s
+        self._encryptor = threading.local()
+
+    @classmethod
+    def generate(cls, params: HEParams) -> SecretKey:
+        return cls(params, seal.KeyGenerator(params.context).secret_key())
+
+    @property
+    def seal_key(self) -> seal.SecretKey:
+        return self._sk
+
+    def encryptor(self) -> seal.Encryptor:
+        """A SEAL Encryptor for this key (one per thread: SEAL objects are not thread-safe)."""
+        enc = getattr(self._encryptor, "enc", None)
+        if enc is None:
+            enc = seal.Encryptor(self.params.context, self._sk)
+            self._encryptor.enc = enc
+        return enc
+
+    def to_json(self) -> dict:
+        blob = seal_bridge.save_bytes(self._sk)
+        return {"n": self.params.n, "q": self.params.q, "secret_key": base64.b64encode(blob).decode()}
+
+    @classmethod
+    def from_json(cls, entry: dict) -> SecretKey:
+        try:
+            params = HEParams(int(entry["n"]), int(entry["q"]))
+            blob = base64.b64decode(entry["secret_key"], validate=True)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KeyFileError(f"malformed key entry: {exc}") from exc
+        check_params(params.n, params.q)
+        if len(blob) > 1 << 20:
+            raise KeyFileError("secret key entry is too large")
+        try:
+            seal_bridge.unwrap(blob)  # header and size checks before SEAL parses it
+            sk = seal.SecretKey()
+            seal_bridge.load_from_bytes(sk, params.context, blob)
+        except Exception as exc:
+            raise KeyFileError(f"cannot load secret key for N={params.n}: {exc}") from exc
+        return cls(params, sk)
+
+
+class KeySet:
+    """The client's secret keys, one per parameter set, created on first use."""
+
+    def __init__(self, keys: dict[HEParams, SecretKey] | None = None) -> None:
+        self._keys: dict[HEParams, SecretKey] = dict(keys or {})
+        self._lock = threading.Lock()
+        self.path: Path | None = None
+
+    def get(self, params: HEParams) -> SecretKey:
+        with self._lock:
+            key = self._keys.get(params)
+            if key is None:
+                key = SecretKey.generate(params)
+                self._keys[params] = key
+                if self.path is not None:
+                    self._write(self.path)
+            return key
+
+    def ensure(self, params_list) -> None:
+        for p in params_list:
+            self.get(p)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        with self._lock:
+            return self._write(Path(path))
+
+    def _write(self, path: Path) -> Path:
+        doc = {
+            "format": KEY_FILE_FORMAT,
+            "version": KEY_FILE_VERSION,
+            "warning": "secret keys: whoever holds this file can decrypt your predictions",
+            "keys": [k.to_json() for k in self._keys.values()],
+        }
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> KeySet:
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text())
+        except OSError as exc:
+            raise KeyFileError(f"cannot read key file {str(path)!r}: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise KeyFileError(f"{path.name} is not a heml key file (invalid JSON)") from exc
+        if not isinstance(doc, dict) or doc.get("format") != KEY_FILE_FORMAT:
+            raise KeyFileError(f"{path.name} is not a heml key file")
+        if doc.get("version") != KEY_FILE_VERSION:
+            raise KeyFileError(f"{path.name}: unsupported key file version {doc.get('version')!r}")
+        keys = {}
+        for entry in doc.get("keys", []):
+            key = SecretKey.from_json(entry)
+            keys[key.params] = key
+        ks = cls(keys)
+        ks.path = path
+        return ks
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> KeySet:
+        """Load the key file at ``path``, or start an empty set that will be saved there."""
+        path = Path(path)
+        if path.exists():
+            return cls.load(path)
+        ks = cls()
+        ks.path = path
+        ks._write(path)
+        return ks

@@ -1,0 +1,173 @@
+"""Exact arithmetic modulo a prime q < 2^54 on numpy uint64 arrays, and a reference NTT.
+
+numpy has no 128-bit products, so products are split: a multiplier below 2^27 keeps the
+float64 quotient estimate within one unit, and the wrapped uint64 remainder is corrected by a
+single conditional add/subtract. The NTT here matches SEAL's ``ntt_negacyclic_harvey`` bit for
+bit (same root, same bit-reversed order); heml.he.seal_kernels is the fast path, this the
+reference it is tested against.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+U64 = np.uint64
+LIMB_BITS = 27
+LIMB_MASK = (1 << LIMB_BITS) - 1
+MAX_Q_BITS = 54
+
+
+def _check_q(q: int) -> None:
+    if q.bit_length() > MAX_Q_BITS:
+        raise ValueError(f"modmath supports moduli up to {MAX_Q_BITS} bits")
+
+
+def reduce_signed(x: np.ndarray, q: int) -> np.ndarray:
+    """int64 values (any sign) -> uint64 residues in [0, q)."""
+    return np.mod(x, np.int64(q)).astype(U64)
+
+
+def add_mod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
+    s = a + b
+    return np.where(s >= U64(q), s - U64(q), s)
+
+
+def sub_mod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
+    return add_mod(a, U64(q) - b, q)
+
+
+def mulmod_small(x: np.ndarray, c, q: int) -> np.ndarray:
+    """x * c mod q for residues x < q and multipliers 0 <= c < 2^27 (scalar or array)."""
+    c = np.asarray(c, dtype=U64)
+    quot = np.floor(x.astype(np.float64) * (c.astype(np.float64) / float(q))).astype(U64)
+    r = (x * c - quot * U64(q)).view(np.int64)  # exact value in (-q, 2q) after wraparound
+    r = np.where(r < 0, r + np.int64(q), r)
+    r = np.where(r >= np.int64(q), r - np.int64(q), r)
+    return r.astype(U64)
+
+
+def mulmod(x: np.ndarray, y: np.ndarray, q: int) -> np.ndarray:
+    """x * y mod q for residues x, y < q < 2^54 (y split into 27-bit limbs)."""
+    _check_q(q)
+    hi = mulmod_small(x, y >> U64(LIMB_BITS), q)
+    hi = mulmod_small(hi, 1 << LIMB_BITS, q)
+    lo = mulmod_small(x, y & U64(LIMB_MASK), q)
+    return add_mod(hi, lo, q)
+
+
+def dot_mod(D: np.ndarray, X: np.ndarray, q: int) -> np.ndarray:
+    """(D @ X) mod q for small signed integers D (R × m, |D| < 2^20) and residues X (m × N).
+
+    Exact: X is split into 27-bit limbs so every int64 partial sum stays below 2^63 for
+    m ≤ 2^15 (the caller feeds at most that many rows at once).
+    """
+    _check_q(q)
+    D = np.asarray(D, dtype=np.int64)
+    if X.shape[0] > 1 << 15:
+        raise ValueError("dot_mod takes at most 2^15 rows at once")
+    lo = (X & U64(LIMB_MASK)).view(np.int64)
+    hi = (X >> U64(LIMB_BITS)).view(np.int64)
+    s_lo = reduce_signed(D @ lo, q)
+    s_hi = reduce_signed(D @ hi, q)
+    return add_mod(mulmod_small(s_hi, 1 << LIMB_BITS, q), s_lo, q)
+
+
+def switch_modulus(x: np.ndarray, q: int, bits: int) -> np.ndarray:
+    """round(x * 2^bits / q) mod 2^bits for residues x < q (CKKS modulus switching).
+
+    Rounding is to within about 2^(bits-52) units; heml.he.plan accounts for it.
+    """
+    if not 16 <= bits <= 56:
+        raise ValueError("reply bits must be in [16, 56]")
+    y = np.rint(x.astype(np.float64) * (float(1 << bits) / float(q))).astype(U64)
+    return y & U64((1 << bits) - 1)
+
+
+def _bitrev(n: int) -> np.ndarray:
+    bits = n.bit_length() - 1
+    idx = np.arange(n)
+    out = np.zeros(n, dtype=np.int64)
+    for b in range(bits):
+        out |= ((idx >> b) & 1) << (bits - 1 - b)
+    return out
+
+
+def minimal_primitive_root(n: int, q: int) -> int:
+    """SEAL's choice of ψ: the smallest primitive 2n-th root of unity modulo q."""
+    order = 2 * n
+    if (q - 1) % order:
+        raise ValueError("q is not 1 mod 2n")
+    # a generator of the 2n-th roots: g^((q-1)/2n) with ψ^n = -1
+    for g in range(2, 1 << 16):
+        psi = pow(g, (q - 1) // order, q)
+        if pow(psi, n, q) == q - 1:
+            break
+    else:  # pragma: no cover - primes always have such a g
+        raise ValueError("no primitive root found")
+    best, cur, sq = psi, psi, psi * psi % q
+    for _ in range(n - 1):  # all odd powers are primitive 2n-th roots
+        cur = cur * sq % q
+        best = min(best, cur)
+    return best
+
+
+class ReferenceNTT:
+    """Negacyclic NTT mod q in numpy, bit-compatible with SEAL (slow: tests and fallback)."""
+
+    def __init__(self, n: int, q: int) -> None:
+        _check_q(q)
+        self.n, self.q = n, q
+        psi = minimal_primitive_root(n, q)
+        br = _bitrev(n)
+        pows = [1] * n
+        for i in range(1, n):
+            pows[i] = pows[i - 1] * psi % q
+        ipsi = pow(psi, -1, q)
+        ipows = [1] * n
+        for i in range(1, n):
+            ipows[i] = ipows[i - 1] * ipsi % q
+        self._psi_rev = np.array([pows[b] for b in br], dtype=U64)
+        self._ipsi_rev = np.array([ipows[b] for b in br], dtype=U64)
+        self._n_inv = pow(n, -1, q)
+
+    def forward(self, a: np.ndarray) -> np.ndarray:
+        """Coefficients (..., n) -> NTT values in SEAL's order."""
+        a = np.array(a, dtype=U64, copy=True)
+        lead = a.shape[:-1]
+        n, q = self.n, self.q
+        t, m = n, 1
+        while m < n:
+            t //= 2
+            v = a.reshape(*lead, m, 2, t)
+            w = np.broadcast_to(self._psi_rev[m : 2 * m][:, None], (m, t))
+            u = v[..., 0, :].copy()
+            x = mulmod(v[..., 1, :], np.broadcast_to(w, v[..., 1, :].shape), q)
+            v[..., 0, :] = add_mod(u, x, q)
+            v[..., 1, :] = sub_mod(u, x, q)
+            m *= 2
+        return a
+
+    def inverse(self, a: np.ndarray) -> np.ndarray:
+        """NTT values (..., n) in SEAL's order -> coefficients."""
+        a = np.array(a, dtype=U64, copy=True)
+        lead = a.shape[:-1]
+        n, q = self.n, self.q
+        t, m = 1, n
+        while m > 1:
+            h = m // 2
+            v = a.reshape(*lead, h, 2, t)
+            w = np.broadcast_to(self._ipsi_rev[h : 2 * h][:, None], (h, t))
+            u = v[..., 0, :].copy()
+            x = v[..., 1, :].copy()
+            v[..., 0, :] = add_mod(u, x, q)
+            v[..., 1, :] = mulmod(sub_mod(u, x, q), np.broadcast_to(w, x.shape), q)
+            t *= 2
+            m = h
+        return mulmod(a, np.full(a.shape, self._n_inv, dtype=U64), q)
+
+
+@functools.lru_cache(maxsize=4)
+def reference_ntt(n: int, q: int) -> ReferenceNTT:
+    return ReferenceNTT(n, q)

@@ -1,0 +1,281 @@
+"""Precision planning: scales, weight digits and reply width that meet the model's tolerance.
+
+The client encrypts z = (x - center) / half_width ∈ [-1, 1]^d (bounds from the model), so the
+server evaluates W'·z + b' with W' = W·diag(half_width), b' = b + W·center. With one 54-bit
+prime and no rescaling, every output coefficient must stay below q/2, and the error against
+float64 must stay below the tolerance. Four error sources are bounded (worst case over the
+input box, 6σ for random terms):
+
+* weight quantization: W' is rounded to the grid 2^-log2_scale_w;
+* feature quantization: z is rounded to the grid 2^-log2_scale_x;
+* encryption noise e (σ = 3.2) multiplied by the weights;
+* the reply's modulus switch to 2^reply_bits (rounding of c0 and of c1·s).
+
+When W' needs more bits than fit under q/2 next to a useful scale, the quantized weights are
+split into T signed base-2^b digits; each digit row is a separate output whose value is small,
+and the client recombines Σ_t 2^(b·t) · v_t. T = 1 for most standardized models.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ModelError
+from .params import ERROR_STDDEV, HEParams
+
+ROW, COLUMN = "row", "column"
+LAYOUTS = (ROW, COLUMN)
+REPLY_BITS = (32, 40, 48, 56)
+MAX_DIGITS = 8
+MAX_DIGIT_BITS = 20
+CAPACITY_FRACTION = 0.45  # |row value| < 0.45 q (q/2 minus room for noise and rounding)
+NOISE_SIGMAS = 6.0
+
+
+@dataclass(frozen=True)
+class LayoutPlan:
+    """What client and server agree on for one layout (published in GetModel)."""
+
+    layout: str
+    params: HEParams
+    log2_scale_x: int
+    log2_scale_w: int
+    digit_bits: int
+    digits: int
+    reply_bits: int
+    error_bound: float
+
+    @property
+    def scale_x(self) -> float:
+        return math.ldexp(1.0, self.log2_scale_x)
+
+    @property
+    def scale_w(self) -> float:
+        return math.ldexp(1.0, self.log2_scale_w)
+
+    def max_samples_per_ciphertext(self, d: int) -> int:
+        n = self.params.n
+        return n if self.layout == COLUMN else max(1, n // min(d, n))
+
+    def to_dict(self) -> dict:
+        return {
+            "layout": self.layout,
+            "n": self.params.n,
+            "q": self.params.q,
+            "log2_scale_x": self.log2_scale_x,
+            "log2_scale_w": self.log2_scale_w,
+            "digit_bits": self.digit_bits,
+            "digits": self.digits,
+            "reply_bits": self.reply_bits,
+            "error_bound": self.error_bound,
+        }
+
+
+@dataclass(frozen=True)
+class RowGeometry:
+    """Where samples, features and outputs sit in ROW-layout polynomials.
+
+    s samples per ciphertext, m features per chunk (C chunks), G output rows per reply
+    (``groups`` replies per sample group). Input (sample a, feature i of a chunk) sits at
+    coefficient a·m + i; output (sample a, row r' of a group) at r'·s·m + a·m + m - 1, which
+    needs G·s·m ≤ N.
+    """
+
+    n: int
+    d: int
+    rows: int
+    s: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.s <= self.n:
+            raise ValueError(f"samples per ciphertext must be in [1, {self.n}], got {self.s}")
+        if self.s * min(self.d, self.n // self.s) > self.n or self.n // self.s < 1:
+            raise ValueError("samples per ciphertext too large for the ring degree")
+
+    @property
+    def m(self) -> int:
+        return min(self.d, self.n // self.s)
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.d // self.m)
+
+    @property
+    def rows_per_group(self) -> int:
+        return max(1, min(self.rows, self.n // (self.s * self.m)))
+
+    @property
+    def groups(self) -> int:
+        return -(-self.rows // self.rows_per_group)
+
+    def output_positions(self, group: int) -> np.ndarray:
+        """Coefficient of (sample a, row r' in group) as an array of shape (rows_in_group, s)."""
+        g_rows = min(self.rows_per_group, self.rows - group * self.rows_per_group)
+        r = np.arange(g_rows)[:, None]
+        a = np.arange(self.s)[None, :]
+        return r * self.s * self.m + a * self.m + self.m - 1
+
+    def input_positions(self) -> np.ndarray:
+        """Coefficient of (sample a, feature i in chunk): shape (s, m)."""
+        return np.arange(self.s)[:, None] * self.m + np.arange(self.m)[None, :]
+
+
+def normalized_weights(coef: np.ndarray, intercept: np.ndarray, center, half_width):
+    """W' and b' over features normalized to [-1, 1]."""
+    W = np.asarray(coef, dtype=np.float64)
+    return W * np.asarray(half_width)[None, :], np.asarray(intercept) + W @ np.asarray(center)
+
+
+def quantize(Wn: np.ndarray, log2_scale_w: int) -> np.ndarray:
+    scaled = np.rint(np.ldexp(Wn, log2_scale_w))
+    if np.any(np.abs(scaled) >= 2.0**62):
+        raise ModelError("weights are too large to quantize; narrow the declared bounds")
+    return scaled.astype(np.int64)
+
+
+def split_digits(Wq: np.ndarray, digit_bits: int, digits: int) -> np.ndarray:
+    """Balanced base-2^b digits: Wq = Σ_t 2^(b t) D[t], D[t] ∈ [-2^(b-1), 2^(b-1)). Shape (T, ...)."""
+    base = 1 << digit_bits
+    half = base >> 1
+    rest = Wq.astype(np.int64).copy()
+    out = np.empty((digits, *Wq.shape), dtype=np.int64)
+    for t in range(digits):
+        if t == digits - 1:
+            out[t] = rest
+        else:
+            dig = ((rest + half) % base) - half
+            out[t] = dig
+            rest = (rest - dig) // base
+    return out
+
+
+def split_bias(bias_int: int, digit_bits: int, digits: int) -> list[int]:
+    """Integer bias -> T integers with Σ_t 2^(b t) β_t = bias; the top one takes the rest."""
+    base = 1 << digit_bits
+    half = base >> 1
+    out, rest = [], int(bias_int)
+    for _t in range(digits - 1):
+        dig = ((rest + half) % base) - half
+        out.append(dig)
+        rest = (rest - dig) // base
+    out.append(rest)
+    return out
+
+
+@dataclass(frozen=True)
+class ServerWeights:
+    """Digit rows (R = k·T, d) and integer biases per row: what the server multiplies."""
+
+    plan: LayoutPlan
+    digits_matrix: np.ndarray  # (R, d) int64, row index = class * T + digit
+    bias_rows: np.ndarray  # (R,) object (Python ints; may exceed 64 bits before reduction)
+
+    @property
+    def rows(self) -> int:
+        return self.digits_matrix.shape[0]
+
+    def bias_residues(self) -> np.ndarray:
+        q = self.plan.params.q
+        return np.array([int(b) % q for b in self.bias_rows], dtype=np.uint64)
+
+
+def server_weights(plan: LayoutPlan, Wn: np.ndarray, bn: np.ndarray) -> ServerWeights:
+    Wq = quantize(Wn, plan.log2_scale_w)
+    D = split_digits(Wq, plan.digit_bits, plan.digits)  # (T, k, d)
+    k, d = Wn.shape
+    rows = np.transpose(D, (1, 0, 2)).reshape(k * plan.digits, d)
+    biases: list[int] = []
+    for c in range(k):
+        bias_int = round(math.ldexp(float(bn[c]), plan.log2_scale_w + plan.log2_scale_x))
+        biases.extend(split_bias(bias_int, plan.digit_bits, plan.digits))
+    return ServerWeights(plan, rows, np.array(biases, dtype=object))
+
+
+# ---------------------------------------------------------------------- planning
+def _candidate(Wn, bn, Wq, ew: int, bb: int, T: int, layout: str, q: int):
+    """For T digits of b bits: the largest feature scale that fits, and the error terms."""
+    D = split_digits(Wq, bb, T).astype(np.float64)  # (T, k, d)
+    k = Wn.shape[0]
+    sw = math.ldexp(1.0, ew)
+    base = float(1 << bb)
+    if layout == COLUMN:
+        noise_rows = NOISE_SIGMAS * ERROR_STDDEV * np.sqrt((D**2).sum(axis=2))  # (T, k)
+    else:
+        noise_rows = np.full((T, k), NOISE_SIGMAS * ERROR_STDDEV * math.sqrt(float((D**2).sum())))
+    # row value bound = sx * slope + const (bias digits: |β_t| ≤ base/2 below the top row)
+    slope = np.abs(D).sum(axis=2)
+    slope[-1] += np.abs(bn) * sw / base ** (T - 1)
+    const = noise_rows + base + 2.0
+    room = CAPACITY_FRACTION * q - const
+    if np.any(room <= 0):
+        return None
+    with np.errstate(divide="ignore"):
+        limit = np.where(slope > 0, room / np.where(slope > 0, slope, 1.0), np.inf)
+    ex = min(int(math.floor(math.log2(float(limit.min())))), 60) if np.isfinite(limit.min()) else 60
+    if ex < 1:
+        return None
+    sx = math.ldexp(1.0, ex)
+    weights_t = base ** np.arange(T)
+    e_w = np.abs(Wq / sw - Wn).sum(axis=1)
+    e_x = 0.5 * np.abs(Wq).sum(axis=1) / (sx * sw)
+    e_noise = (weights_t[:, None] * noise_rows).sum(axis=0) / (sx * sw)
+    return ex, float((e_w + e_x + e_noise).max()), weights_t
+
+
+def _switch_error(bits: int, n: int, q: int, weights_t: np.ndarray, sx: float, sw: float) -> float:
+    per_word = 0.5 + math.ldexp(1.0, bits - 52)  # rounding incl. float64 error, in 2^bits units
+    units = NOISE_SIGMAS * per_word * math.sqrt((n + 1) / 3.0)
+    return float(weights_t.sum()) * units * q / math.ldexp(1.0, bits) / (sx * sw)
+
+
+def make_plan(
+    coef: np.ndarray,
+    intercept: np.ndarray,
+    center: np.ndarray,
+    half_width: np.ndarray,
+    *,
+    layout: str,
+    params: HEParams,
+    tolerance: float,
+) -> LayoutPlan:
+    """The cheapest (fewest digits, then narrowest reply) parameters meeting ``tolerance``."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}")
+    Wn, bn = normalized_weights(coef, intercept, center, half_width)
+    d = Wn.shape[1]
+    n, q = params.n, params.q
+    budget_w = tolerance / 8
+    # weight grid: the coarsest power of two whose worst-case quantization error fits
+    ew = max(0, math.floor(math.log2(max(d, 1) / budget_w)) - 6)
+    while True:
+        Wq = quantize(Wn, ew)
+        if np.abs(Wq / math.ldexp(1.0, ew) - Wn).sum(axis=1).max() <= budget_w:
+            break
+        ew += 1
+        if ew > 60:
+            raise ModelError("cannot quantize the weights finely enough")
+    wq_bits = int(np.abs(Wq).max()).bit_length() + 1 if np.any(Wq) else 2
+    sw = math.ldexp(1.0, ew)
+
+    best = math.inf
+    for T in range(1, MAX_DIGITS + 1):
+        bb = max(2, -(-wq_bits // T) + 1)
+        if bb > MAX_DIGIT_BITS:
+            continue
+        cand = _candidate(Wn, bn, Wq, ew, bb, T, layout, q)
+        if cand is None:
+            continue
+        ex, fixed, weights_t = cand
+        sx = math.ldexp(1.0, ex)
+        for bits in REPLY_BITS:
+            total = fixed + _switch_error(bits, n, q, weights_t, sx, sw)
+            if total <= tolerance:
+                return LayoutPlan(layout, params, ex, ew, bb, T, bits, total)
+            best = min(best, total)
+    raise ModelError(
+        f"no 128-bit CKKS parameters reach the tolerance {tolerance:g} for this model "
+        f"(best error bound {best:.3g}); narrow the declared bounds or raise the tolerance"
+    )

@@ -1,0 +1,148 @@
+"""ROW layout: samples along the coefficients, features in blocks (few samples, any d).
+
+With s samples per ciphertext and m = min(d, N // s) features per chunk, sample a's chunk
+values sit at coefficients a·m .. a·m + m - 1. The server multiplies each chunk ciphertext by a
+plaintext polynomial holding the reversed digit rows of that chunk (row r' of an output group
+at offset r'·s·m), sums the chunks in the NTT domain and converts to coefficient form. The
+negacyclic product puts Σ_i z[a, i] D[r, i] on coefficient r'·s·m + a·m + m - 1 with nothing
+else added there (heml.he.plan.RowGeometry). One polynomial product per chunk and output
+group; no rotations, no keys.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from ..errors import InvalidCiphertext
+from . import kernels, modmath, prng, wire
+from .decrypt import Decryptor
+from .encrypt import encrypt_coefficients
+from .keys import SecretKey
+from .plan import LayoutPlan, RowGeometry, ServerWeights
+
+
+# ---------------------------------------------------------------------- client
+def encode(Z: np.ndarray, plan: LayoutPlan, geo: RowGeometry) -> np.ndarray:
+    """Normalized features (n ≤ s, d) -> message coefficients (chunks, N) as int64."""
+    n, d = Z.shape
+    if n > geo.s:
+        raise ValueError(f"a ROW block holds at most {geo.s} samples")
+    N, m = plan.params.n, geo.m
+    scaled = np.rint(np.ldexp(Z, plan.log2_scale_x)).astype(np.int64)
+    padded = np.zeros((geo.s, geo.chunks * m), dtype=np.int64)
+    padded[:n, :d] = scaled
+    out = np.zeros((geo.chunks, N), dtype=np.int64)
+    pos = geo.input_positions()  # (s, m)
+    for c in range(geo.chunks):
+        out[c, pos] = padded[:, c * m : (c + 1) * m]
+    return out
+
+
+def encrypt(key: SecretKey, Z: np.ndarray, plan: LayoutPlan, geo: RowGeometry) -> list[bytes]:
+    return encrypt_coefficients(key, encode(Z, plan, geo))
+
+
+def decrypt(
+    dec: Decryptor, replies: list[bytes], n: int, plan: LayoutPlan, geo: RowGeometry
+) -> np.ndarray:
+    """Replies (one per output group) -> row values V (n, rows) in units of q."""
+    N, bits = plan.params.n, plan.reply_bits
+    if len(replies) != geo.groups:
+        raise InvalidCiphertext(f"expected {geo.groups} replies, got {len(replies)}")
+    out = np.empty((n, geo.rows))
+    for g, blob in enumerate(replies):
+        pos = geo.output_positions(g)  # (rows_in_group, s)
+        c0, c1 = wire.unpack_reply(blob, pos.size, N, bits)
+        vals = dec.to_value(dec.at_positions(c0, c1, pos.reshape(-1), bits), bits)
+        vals = vals.reshape(pos.shape)[:, :n]  # (rows_in_group, n)
+        r0 = g * geo.rows_per_group
+        out[:, r0 : r0 + pos.shape[0]] = vals.T
+    return out
+
+
+# ---------------------------------------------------------------------- server
+class RowEvaluator:
+    """Server side of the ROW layout for one model plan; caches weight polynomials per s."""
+
+    def __init__(self, weights: ServerWeights, cache_size: int = 16) -> None:
+        self.weights = weights
+        self.plan = weights.plan
+        self.params = weights.plan.params
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def geometry(self, s: int) -> RowGeometry:
+        try:
+            return RowGeometry(self.params.n, self.weights.digits_matrix.shape[1], self.weights.rows, s)
+        except ValueError as exc:
+            raise InvalidCiphertext(str(exc)) from exc
+
+    def _plain_polys(self, geo: RowGeometry) -> np.ndarray:
+        """NTT-form weight polynomials, shape (chunks, groups, N)."""
+        with self._lock:
+            hit = self._cache.get(geo.s)
+            if hit is not None:
+                self._cache.move_to_end(geo.s)
+                return hit
+        D = self.weights.digits_matrix
+        N, m, s = self.params.n, geo.m, geo.s
+        polys = np.zeros((geo.chunks, geo.groups, N), dtype=np.int64)
+        for c in range(geo.chunks):
+            block = D[:, c * m : (c + 1) * m]  # (rows, m_c)
+            m_c = block.shape[1]
+            for g in range(geo.groups):
+                r0 = g * geo.rows_per_group
+                rows = block[r0 : r0 + geo.rows_per_group]
+                for rp in range(rows.shape[0]):
+                    start = rp * s * m + m - m_c
+                    polys[c, g, start : start + m_c] = rows[rp, ::-1]
+        ntt = kernels.for_params(self.params).ntt(modmath.reduce_signed(polys, self.params.q))
+        with self._lock:
+            self._cache[geo.s] = ntt
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return ntt
+
+    def evaluate(self, ciphertexts: list[bytes], n: int, s: int) -> list[bytes]:
+        geo = self.geometry(s)
+        blocks = -(-n // s)
+        expected = blocks * geo.chunks
+        if len(ciphertexts) != expected:
+            raise InvalidCiphertext(
+                f"{n} samples at {s} per ciphertext with {geo.chunks} feature chunk(s) need "
+                f"{expected} ciphertexts, got {len(ciphertexts)}"
+            )
+        p = self.params
+        parsed = [wire.unpack_ciphertext(ct, p.n, p.q, i) for i, ct in enumerate(ciphertexts)]
+        polys = self._plain_polys(geo)
+        ker = kernels.for_params(p)
+        bias = self.weights.bias_residues()
+        bits = self.plan.reply_bits
+        out = []
+        for b in range(blocks):
+            cts = [
+                np.stack([c0, prng.expand_seed(seed, p.n, p.q)])
+                for c0, seed in parsed[b * geo.chunks : (b + 1) * geo.chunks]
+            ]
+            for g in range(geo.groups):
+                acc = None
+                for c, ct in enumerate(cts):
+                    prod = ker.mul(ct, polys[c, g])
+                    acc = prod if acc is None else modmath.add_mod(acc, prod, p.q)
+                c0, c1 = ker.intt(acc)
+                pos = geo.output_positions(g)
+                r0 = g * geo.rows_per_group
+                row_bias = np.repeat(bias[r0 : r0 + pos.shape[0]], pos.shape[1])
+                c0_out = modmath.add_mod(c0[pos.reshape(-1)], row_bias, p.q)
+                out.append(
+                    wire.pack_reply(
+                        modmath.switch_modulus(c0_out, p.q, bits),
+                        modmath.switch_modulus(c1, p.q, bits),
+                        bits,
+                    )
+                )
+        return out

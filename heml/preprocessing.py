@@ -1,0 +1,350 @@
+"""Client-side preprocessing: raw input columns -> model features -> bounds check or clip.
+
+Everything here runs in plaintext on the client before encryption (and in the plaintext
+reference ``LinearModel.predict``). Affine scalers are not here: ``heml.export`` folds them into
+W and b. What stays is what is not linear: column selection by name, imputation, one-hot
+encoding, and clipping to the declared bounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, ModelError, OutOfBoundsError
+
+OUT_OF_BOUNDS_POLICIES = ("error", "clip")
+HANDLE_UNKNOWN = ("error", "ignore", "infrequent_if_exist")
+
+
+def _is_dataframe(X: Any) -> bool:
+    return hasattr(X, "columns") and hasattr(X, "iloc")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One raw input column and the model features it produces.
+
+    kind "numeric": one feature, NaN replaced by ``impute`` when set.
+    kind "categorical": one-hot indicators for ``categories``; unknown values follow
+    ``handle_unknown`` as in scikit-learn's OneHotEncoder; ``drop`` removes one category.
+    """
+
+    name: str
+    kind: str = "numeric"
+    impute: Any = None
+    categories: tuple = ()
+    handle_unknown: str = "error"
+    drop: Any = None
+    infrequent: tuple = ()
+    feature_names: tuple[str, ...] = ()
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names) if self.kind == "categorical" else 1
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        if self.impute is not None:
+            d["impute"] = _jsonable(self.impute)
+        if self.kind == "categorical":
+            d["categories"] = [_jsonable(c) for c in self.categories]
+            d["handle_unknown"] = self.handle_unknown
+            d["drop"] = _jsonable(self.drop)
+            d["infrequent"] = [_jsonable(c) for c in self.infrequent]
+            d["feature_names"] = list(self.feature_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Column:
+        kind = d.get("kind", "numeric")
+        if kind not in ("numeric", "categorical"):
+            raise ModelError(f"unknown column kind {kind!r} for column {d.get('name')!r}")
+        if kind == "numeric":
+            return cls(name=str(d["name"]), kind=kind, impute=d.get("impute"))
+        handle = d.get("handle_unknown", "error")
+        if handle not in HANDLE_UNKNOWN:
+            raise ModelError(f"handle_unknown must be one of {HANDLE_UNKNOWN}, got {handle!r}")
+        return cls(
+            name=str(d["name"]),
+            kind=kind,
+            impute=d.get("impute"),
+            categories=tuple(d["categories"]),
+            handle_unknown=handle,
+            drop=d.get("drop"),
+            infrequent=tuple(d.get("infrequent", ())),
+            feature_names=tuple(d["feature_names"]),
+        )
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Ordered raw columns; their features, concatenated, are the model features."""
+
+    columns: tuple[Column, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def numeric(cls, names: Sequence[str]) -> Preprocessing:
+        return cls(tuple(Column(name=str(n)) for n in names))
+
+    @property
+    def input_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def feature_names(self) -> list[str]:
+        out: list[str] = []
+        for c in self.columns:
+            out.extend(c.feature_names if c.kind == "categorical" else [c.name])
+        return out
+
+    @property
+    def n_features(self) -> int:
+        return sum(c.n_features for c in self.columns)
+
+    @property
+    def is_numeric_passthrough(self) -> bool:
+        return all(c.kind == "numeric" and c.impute is None for c in self.columns)
+
+    def to_dict(self) -> dict:
+        return {"columns": [c.to_dict() for c in self.columns]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        return cls(tuple(Column.from_dict(c) for c in d.get("columns", [])))
+
+    # ------------------------------------------------------------------ transform
+    def transform(self, X: Any) -> np.ndarray:
+        """Raw inputs (DataFrame by column name, or array-like by position) -> float64 (n, d)."""
+        raw = self._raw_columns(X)
+        n = len(raw[0]) if raw else _n_rows(X)
+        out = np.empty((n, self.n_features), dtype=np.float64)
+        j = 0
+        for col, values in zip(self.columns, raw, strict=True):
+            if col.kind == "numeric":
+                out[:, j] = self._numeric(col, values)
+                j += 1
+            else:
+                block = self._onehot(col, values)
+                out[:, j : j + block.shape[1]] = block
+                j += block.shape[1]
+        return out
+
+    def _raw_columns(self, X: Any) -> list[np.ndarray]:
+        names = self.input_names
+        if _is_dataframe(X):
+            missing = [c for c in names if c not in X.columns]
+            if missing:
+                shown = ", ".join(repr(m) for m in missing[:10])
+                more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+                raise InputError(
+                    f"input is missing {len(missing)} column(s) the model needs: {shown}{more}"
+                )
+            return [X[c].to_numpy() for c in names]
+        try:
+            arr = np.asarray(X)
+        except Exception as exc:  # ragged lists and similar
+            raise InputError(f"cannot read input as a 2-D array: {exc}") from exc
+        if arr.ndim == 1 and len(names) == 1:
+            arr = arr.reshape(-1, 1)
+        if arr.ndim != 2:
+            raise InputError(
+                f"expected a 2-D array of shape (n_samples, {len(names)}), got {arr.ndim}-D "
+                f"shape {arr.shape}; reshape a single sample with X.reshape(1, -1)"
+            )
+        if arr.shape[1] != len(names):
+            raise InputError(
+                f"X has {arr.shape[1]} features, but the model expects {len(names)}"
+                + (f" ({', '.join(names[:5])}{', …' if len(names) > 5 else ''})" if names else "")
+            )
+        return [arr[:, i] for i in range(arr.shape[1])]
+
+    @staticmethod
+    def _numeric(col: Column, values: np.ndarray) -> np.ndarray:
+        try:
+            v = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"column {col.name!r} must be numeric: {exc}") from exc
+        bad = ~np.isfinite(v)
+        if np.any(bad):
+            if col.impute is not None and not np.any(np.isinf(v)):
+                v = v.copy()
+                v[bad] = float(col.impute)
+            else:
+                row = int(np.flatnonzero(bad)[0])
+                kind = "infinite" if np.isinf(v[row]) else "missing (NaN)"
+                hint = "" if col.impute is not None else "; this model has no imputer for it"
+                raise InputError(
+                    f"column {col.name!r} has {int(bad.sum())} {kind} value(s), first at row "
+                    f"{row}{hint}"
+                )
+        return v
+
+    @staticmethod
+    def _onehot(col: Column, values: np.ndarray) -> np.ndarray:
+        vals = np.asarray(values, dtype=object)
+        missing = np.array([_is_missing(v) for v in vals], dtype=bool)
+        if np.any(missing):
+            if col.impute is None:
+                # scikit-learn's OneHotEncoder treats NaN/None as its own category when it saw one
+                pass
+            else:
+                vals = vals.copy()
+                vals[missing] = col.impute
+        index = {_category_key(c): i for i, c in enumerate(col.categories)}
+        infrequent = {_category_key(c) for c in col.infrequent}
+        n_cat = len(col.categories)
+        # positions of the output features within the full category list
+        kept = [i for i, c in enumerate(col.categories) if _category_key(c) not in infrequent]
+        if col.drop is not None:
+            drop_key = _category_key(col.drop)
+            kept = [i for i in kept if _category_key(col.categories[i]) != drop_key]
+        has_infrequent_column = bool(infrequent)
+        width = len(kept) + (1 if has_infrequent_column else 0)
+        if width != len(col.feature_names):
+            raise ModelError(
+                f"column {col.name!r}: {width} one-hot features expected, artifact lists "
+                f"{len(col.feature_names)}"
+            )
+        position = {cat_i: j for j, cat_i in enumerate(kept)}
+        out = np.zeros((len(vals), width), dtype=np.float64)
+        for r, v in enumerate(vals):
+            key = _category_key(v)
+            if key in infrequent:
+                out[r, width - 1] = 1.0
+                continue
+            i = index.get(key)
+            if i is None:
+                if col.handle_unknown == "error":
+                    raise InputError(
+                        f"column {col.name!r} has unknown category {v!r} at row {r} (known: "
+                        f"{', '.join(repr(c) for c in col.categories[:8])}"
+                        f"{', …' if n_cat > 8 else ''})"
+                    )
+                if col.handle_unknown == "infrequent_if_exist" and has_infrequent_column:
+                    out[r, width - 1] = 1.0
+                continue  # "ignore": all zeros
+            j = position.get(i)
+            if j is not None:
+                out[r, j] = 1.0
+        return out
+
+
+def _is_missing(v: Any) -> bool:
+    if v is None:
+        return True
+    try:
+        return bool(isinstance(v, float | np.floating) and np.isnan(v))
+    except TypeError:
+        return False
+
+
+def _category_key(v: Any) -> Any:
+    """Hashable key so that 1, 1.0 and np.int64(1) match, and NaN matches NaN."""
+    if _is_missing(v):
+        return ("<missing>",)
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, bool):
+        return ("bool", v)
+    if isinstance(v, int | float):
+        return ("num", float(v))
+    return ("str", str(v))
+
+
+def _n_rows(X: Any) -> int:
+    try:
+        return len(X)
+    except TypeError:
+        return 0
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Declared per-feature bounds of the model features, and what to do outside them."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    out_of_bounds: str = "error"
+
+    def __post_init__(self) -> None:
+        lo = np.asarray(self.lower, dtype=np.float64).reshape(-1)
+        hi = np.asarray(self.upper, dtype=np.float64).reshape(-1)
+        if lo.shape != hi.shape:
+            raise ModelError(f"bounds have {lo.size} lower and {hi.size} upper values")
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+            raise ModelError("bounds must be finite numbers")
+        if np.any(lo > hi):
+            j = int(np.flatnonzero(lo > hi)[0])
+            raise ModelError(f"lower bound {lo[j]} is above upper bound {hi[j]} for feature {j}")
+        if self.out_of_bounds not in OUT_OF_BOUNDS_POLICIES:
+            raise ModelError(
+                f"out_of_bounds must be one of {OUT_OF_BOUNDS_POLICIES}, got {self.out_of_bounds!r}"
+            )
+        object.__setattr__(self, "lower", lo)
+        object.__setattr__(self, "upper", hi)
+
+    @property
+    def center(self) -> np.ndarray:
+        return (self.lower + self.upper) / 2.0
+
+    @property
+    def half_width(self) -> np.ndarray:
+        """Half-widths; a zero-width feature gets 1 so the normalized value stays 0."""
+        hw = (self.upper - self.lower) / 2.0
+        return np.where(hw > 0, hw, 1.0)
+
+    def apply(self, Z: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
+        """Check or clip model features against the bounds (per the policy)."""
+        below = Z < self.lower
+        above = Z > self.upper
+        if not (np.any(below) or np.any(above)):
+            return Z
+        if self.out_of_bounds == "clip":
+            return np.clip(Z, self.lower, self.upper)
+        bad_cols = np.flatnonzero(np.any(below | above, axis=0))
+        parts = []
+        for j in bad_cols[:5]:
+            col = Z[:, j]
+            rows = np.flatnonzero(below[:, j] | above[:, j])
+            name = feature_names[j] if j < len(feature_names) else f"x{j}"
+            parts.append(
+                f"{name!r}: {rows.size} value(s) outside [{self.lower[j]:.6g}, {self.upper[j]:.6g}]"
+                f" (e.g. {col[rows[0]]:.6g} at row {rows[0]})"
+            )
+        more = f"; and {bad_cols.size - 5} more feature(s)" if bad_cols.size > 5 else ""
+        raise OutOfBoundsError(
+            "input outside the model's declared bounds — "
+            + "; ".join(parts)
+            + more
+            + ". Encrypted scoring is exact only inside the bounds the model was exported with; "
+            "re-export with wider bounds=, or with out_of_bounds='clip' to clip instead."
+        )
+
+    def normalize(self, Z: np.ndarray) -> np.ndarray:
+        """Map features inside the bounds to [-1, 1] (what the client encrypts)."""
+        return np.clip((Z - self.center) / self.half_width, -1.0, 1.0)
+
+    def to_dict(self) -> dict:
+        return {
+            "lower": self.lower.tolist(),
+            "upper": self.upper.tolist(),
+            "out_of_bounds": self.out_of_bounds,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Bounds:
+        return cls(
+            np.asarray(d["lower"], dtype=np.float64),
+            np.asarray(d["upper"], dtype=np.float64),
+            d.get("out_of_bounds", "error"),
+        )

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC modules for the heml.v1 wire contract (``make proto``)."""
