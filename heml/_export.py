@@ -19,7 +19,7 @@ from .model import DEFAULT_TOLERANCE, LinearModel
 from .preprocessing import Bounds, Column, Preprocessing
 
 # Default bounds when the user gives none, derived from a scaler's training statistics.
-STD_BOUND_SIGMAS = 10.0  # StandardScaler / RobustScaler: center ± 10 scales
+STD_BOUND_SIGMAS = 20.0  # StandardScaler / RobustScaler: center ± 20 scales
 RANGE_MARGIN = 1.0  # MinMaxScaler: [min - 1·range, max + 1·range]; MaxAbsScaler: ±2·max_abs
 
 _REGRESSORS_IDENTITY = {
@@ -107,7 +107,7 @@ def export(
     bounds : (lower, upper), optional
         Declared bounds of the raw numeric inputs: scalars or one value per input. Encrypted
         scoring is exact inside them; they fix the HE parameters. Default: from the DP
-        estimator's clipping bounds, else from the first scaler's statistics (mean ± 10 std,
+        estimator's clipping bounds, else from the first scaler's statistics (mean ± 20 std,
         data range ± 100 %), else required.
     out_of_bounds : {"error", "clip"}, optional
         What clients do with values outside the bounds. Default "clip" for DP models and
@@ -298,10 +298,18 @@ def _affine_of(step: Any, step_name: str, d: int) -> _Affine:
         else:
             lo = step.data_min_ - RANGE_MARGIN * rng
             hi = step.data_max_ + RANGE_MARGIN * rng
-        return _check(_Affine(step.scale_.astype(np.float64), step.min_.astype(np.float64), lo, hi, clip), step_name, d)
+        return _check(
+            _Affine(step.scale_.astype(np.float64), step.min_.astype(np.float64), lo, hi, clip),
+            step_name,
+            d,
+        )
     if kind == "MaxAbsScaler":
         mx = np.where(step.max_abs_ > 0, step.max_abs_, 1.0)
-        return _check(_Affine(1.0 / step.scale_, zeros, -(1 + RANGE_MARGIN) * mx, (1 + RANGE_MARGIN) * mx), step_name, d)
+        return _check(
+            _Affine(1.0 / step.scale_, zeros, -(1 + RANGE_MARGIN) * mx, (1 + RANGE_MARGIN) * mx),
+            step_name,
+            d,
+        )
     if kind == "RobustScaler":
         s = 1.0 / step.scale_ if step.scale_ is not None else ones
         c = step.center_ if step.center_ is not None else zeros
@@ -309,7 +317,9 @@ def _affine_of(step: Any, step_name: str, d: int) -> _Affine:
         if step.scale_ is not None:
             width = np.where(step.scale_ > 0, step.scale_, 1.0) * STD_BOUND_SIGMAS
             lo, hi = c - width, c + width
-        return _check(_Affine(np.asarray(s, float), -np.asarray(c, float) * s, lo, hi), step_name, d)
+        return _check(
+            _Affine(np.asarray(s, float), -np.asarray(c, float) * s, lo, hi), step_name, d
+        )
     if kind == "FunctionTransformer" and getattr(step, "func", None) is None:
         return _Affine(ones, zeros)
     raise UnsupportedEstimatorError(

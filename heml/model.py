@@ -110,7 +110,9 @@ class LinearModel:
             raise ModelError(f"tolerance must be in (0, 1), got {tolerance!r}")
 
         if preprocessing is None:
-            names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(d)]
+            names = (
+                list(feature_names) if feature_names is not None else [f"x{i}" for i in range(d)]
+            )
             preprocessing = Preprocessing.numeric(names)
         if preprocessing.n_features != d:
             raise ModelError(
@@ -203,22 +205,15 @@ class LinearModel:
         """Class probabilities (n, n_classes), as the source estimator computes them."""
         return self.finish_predict_proba(self.scores(X))
 
-    # The three finishers turn (n, k) scores into results; the SDK uses them after decryption.
+    # The three finishers turn (n, k) scores into results; the SDK uses the same functions.
     def finish_decision_function(self, scores: np.ndarray) -> np.ndarray:
-        if self.task == "regression" and self.link != links.IDENTITY:
-            raise AttributeError("decision_function is for classifiers; use predict")
-        return scores[:, 0] if scores.shape[1] == 1 and self.output_ndim == 1 else scores
+        return links.finish_decision_function(scores, self.task, self.link, self.output_ndim)
 
     def finish_predict(self, scores: np.ndarray) -> np.ndarray:
-        if self.task == "regression":
-            y = links.regression_output(self.link, scores)
-            return y[:, 0] if self.output_ndim == 1 else y
-        return self.classes[links.class_indices(scores)]
+        return links.finish_predict(scores, self.task, self.link, self.classes, self.output_ndim)
 
     def finish_predict_proba(self, scores: np.ndarray) -> np.ndarray:
-        if self.task == "regression":
-            raise AttributeError("predict_proba is for classifiers")
-        return links.probabilities(self.link, scores)
+        return links.finish_predict_proba(scores, self.task, self.link)
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:

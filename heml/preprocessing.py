@@ -305,8 +305,8 @@ class Bounds:
 
     def apply(self, Z: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
         """Check or clip model features against the bounds (per the policy)."""
-        below = Z < self.lower
-        above = Z > self.upper
+        below = self.lower > Z
+        above = self.upper < Z
         if not (np.any(below) or np.any(above)):
             return Z
         if self.out_of_bounds == "clip":

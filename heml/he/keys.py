@@ -61,7 +61,11 @@ class SecretKey:
 
     def to_json(self) -> dict:
         blob = seal_bridge.save_bytes(self._sk)
-        return {"n": self.params.n, "q": self.params.q, "secret_key": base64.b64encode(blob).decode()}
+        return {
+            "n": self.params.n,
+            "q": self.params.q,
+            "secret_key": base64.b64encode(blob).decode(),
+        }
 
     @classmethod
     def from_json(cls, entry: dict) -> SecretKey:

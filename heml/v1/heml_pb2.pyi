@@ -151,7 +151,7 @@ class AuditSummary(_message.Message):
     def __init__(self, present: _Optional[bool] = ..., json: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "task", "n_features", "n_outputs", "link", "classes", "classes_dtype", "feature_names", "preprocessing_json", "bounds", "layouts", "dp", "audit", "server", "estimator", "fingerprint")
+    __slots__ = ("name", "version", "task", "n_features", "n_outputs", "link", "classes", "classes_json", "feature_names", "preprocessing_json", "bounds", "layouts", "dp", "audit", "server", "estimator", "fingerprint", "output_ndim", "tolerance", "classes_dtype")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -159,7 +159,7 @@ class ModelInfo(_message.Message):
     N_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     LINK_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
-    CLASSES_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_JSON_FIELD_NUMBER: _ClassVar[int]
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
     PREPROCESSING_JSON_FIELD_NUMBER: _ClassVar[int]
     BOUNDS_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,9 @@ class ModelInfo(_message.Message):
     SERVER_FIELD_NUMBER: _ClassVar[int]
     ESTIMATOR_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_NDIM_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_DTYPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     task: Task
@@ -176,7 +179,7 @@ class ModelInfo(_message.Message):
     n_outputs: int
     link: Link
     classes: _containers.RepeatedScalarFieldContainer[str]
-    classes_dtype: str
+    classes_json: str
     feature_names: _containers.RepeatedScalarFieldContainer[str]
     preprocessing_json: str
     bounds: FeatureBounds
@@ -186,7 +189,10 @@ class ModelInfo(_message.Message):
     server: ServerInfo
     estimator: str
     fingerprint: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., n_features: _Optional[int] = ..., n_outputs: _Optional[int] = ..., link: _Optional[_Union[Link, str]] = ..., classes: _Optional[_Iterable[str]] = ..., classes_dtype: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., preprocessing_json: _Optional[str] = ..., bounds: _Optional[_Union[FeatureBounds, _Mapping]] = ..., layouts: _Optional[_Iterable[_Union[LayoutPlan, _Mapping]]] = ..., dp: _Optional[_Union[DPGuarantee, _Mapping]] = ..., audit: _Optional[_Union[AuditSummary, _Mapping]] = ..., server: _Optional[_Union[ServerInfo, _Mapping]] = ..., estimator: _Optional[str] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+    output_ndim: int
+    tolerance: float
+    classes_dtype: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., n_features: _Optional[int] = ..., n_outputs: _Optional[int] = ..., link: _Optional[_Union[Link, str]] = ..., classes: _Optional[_Iterable[str]] = ..., classes_json: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., preprocessing_json: _Optional[str] = ..., bounds: _Optional[_Union[FeatureBounds, _Mapping]] = ..., layouts: _Optional[_Iterable[_Union[LayoutPlan, _Mapping]]] = ..., dp: _Optional[_Union[DPGuarantee, _Mapping]] = ..., audit: _Optional[_Union[AuditSummary, _Mapping]] = ..., server: _Optional[_Union[ServerInfo, _Mapping]] = ..., estimator: _Optional[str] = ..., fingerprint: _Optional[str] = ..., output_ndim: _Optional[int] = ..., tolerance: _Optional[float] = ..., classes_dtype: _Optional[str] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
     __slots__ = ("model", "version", "layout", "n", "samples_per_ciphertext", "ciphertexts", "total_ciphertexts", "request_id")

@@ -1,0 +1,120 @@
+"""The models a server serves: loaded from a folder of JSON files, versioned by name.
+
+A broken file is reported by name (with the reason) and skipped; the others are served.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import tenseal
+
+from .._version import PROTOCOL_VERSION, __version__
+from ..errors import HemlError, ModelError
+from ..he.scoring import ServerScorer
+from ..info import model_info_pb
+from ..model import LinearModel
+from ..v1 import heml_pb2 as pb
+
+log = logging.getLogger("heml.server")
+MAX_MODEL_FILE_BYTES = 64 << 20
+
+
+class ModelNotServed(HemlError, LookupError):
+    """No model (or version) by that name."""
+
+
+def server_info_pb() -> pb.ServerInfo:
+    return pb.ServerInfo(
+        protocol_version=PROTOCOL_VERSION,
+        server_version=__version__,
+        tenseal_version=getattr(tenseal, "__version__", "unknown"),
+    )
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    model: LinearModel
+    scorer: ServerScorer
+    info: pb.ModelInfo
+    path: Path
+
+
+def load_model_file(path: Path) -> ServedModel:
+    """Read, validate and plan one model file (raises ModelError with the reason)."""
+    size = path.stat().st_size
+    if size > MAX_MODEL_FILE_BYTES:
+        raise ModelError(f"file is {size} bytes, above the {MAX_MODEL_FILE_BYTES}-byte limit")
+    model = LinearModel.load(path)
+    scorer = ServerScorer(
+        model.coef, model.intercept, model.bounds.center, model.bounds.half_width, model.tolerance
+    )
+    info = model_info_pb(model, scorer.plans, server_info_pb(), model.fingerprint())
+    return ServedModel(model, scorer, info, path)
+
+
+def scan(models_dir: str | Path) -> tuple[list[ServedModel], dict[str, str]]:
+    """Load every ``*.json`` in the folder; return the models and {file name: error}."""
+    folder = Path(models_dir)
+    if not folder.is_dir():
+        raise ModelError(f"model folder {str(folder)!r} does not exist or is not a folder")
+    models: list[ServedModel] = []
+    errors: dict[str, str] = {}
+    seen: dict[tuple[str, int], str] = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            served = load_model_file(path)
+        except (ModelError, OSError, ValueError) as exc:
+            errors[path.name] = str(exc)
+            continue
+        key = (served.model.name, served.model.version)
+        if key in seen:
+            errors[path.name] = (
+                f"model {key[0]!r} version {key[1]} is already served from {seen[key]}"
+            )
+            continue
+        seen[key] = path.name
+        models.append(served)
+    return models, errors
+
+
+class Registry:
+    """Thread-safe lookup of served models by (name, version); version 0 means latest."""
+
+    def __init__(self, models: list[ServedModel]) -> None:
+        self._lock = threading.Lock()
+        self._by_name: dict[str, dict[int, ServedModel]] = {}
+        for m in models:
+            self._by_name.setdefault(m.model.name, {})[m.model.version] = m
+
+    @classmethod
+    def from_folder(cls, models_dir: str | Path) -> tuple[Registry, dict[str, str]]:
+        models, errors = scan(models_dir)
+        for name, reason in errors.items():
+            log.warning("skipping model file %s: %s", name, reason)
+        return cls(models), errors
+
+    def get(self, name: str, version: int = 0) -> ServedModel:
+        with self._lock:
+            versions = self._by_name.get(name)
+            if not versions:
+                known = ", ".join(sorted(self._by_name)) or "none"
+                raise ModelNotServed(f"no model named {name!r} (served: {known})")
+            if version == 0:
+                return versions[max(versions)]
+            if version not in versions:
+                raise ModelNotServed(
+                    f"model {name!r} has no version {version} (versions: "
+                    f"{', '.join(str(v) for v in sorted(versions))})"
+                )
+            return versions[version]
+
+    def latest(self) -> list[ServedModel]:
+        with self._lock:
+            return [v[max(v)] for _, v in sorted(self._by_name.items())]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_name.values())
