@@ -18,12 +18,12 @@ import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-import heml  # noqa: E402
+import heml
 
 
 def _timed(fn, reps: int) -> list[float]:
@@ -54,24 +54,31 @@ def main() -> None:
             heml.export(clf, name=f"d{d}").save(f"{folder}/d{d}.json")
             data[d] = (X, clf)
         rows = []
-        with heml.serve(folder, port=0, workers=args.workers) as server:
-            with heml.Client(f"localhost:{server.port}") as client:
-                for d in dims:
-                    X, clf = data[d]
-                    model = client.model(f"d{d}")
-                    one = X[:1]
-                    model.predict_proba(one)  # warm-up: keys, caches, connection
-                    lat = _timed(lambda m=model, o=one: m.predict_proba(o), args.reps)
-                    single = model.last_call
-                    model.predict_proba(X)
-                    thr = _timed(lambda m=model, x=X: m.predict_proba(x), args.batch_reps)
-                    batch = model.last_call
-                    err = np.abs(model.predict_proba(X) - clf.predict_proba(X)).max()
-                    sk1 = _timed(lambda c=clf, o=one: c.predict_proba(o), args.reps)
-                    skb = _timed(lambda c=clf, x=X: c.predict_proba(x), args.batch_reps)
-                    rows.append((d, lat, single, thr, batch, err, sk1, skb))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"server workers: {args.workers}; medians of {args.reps} single / {args.batch_reps} batch runs")
+        with (
+            heml.serve(folder, port=0, workers=args.workers) as server,
+            heml.Client(f"localhost:{server.port}") as client,
+        ):
+            for d in dims:
+                X, clf = data[d]
+                model = client.model(f"d{d}")
+                one = X[:1]
+                model.predict_proba(one)  # warm-up: keys, caches, connection
+                lat = _timed(lambda m=model, o=one: m.predict_proba(o), args.reps)
+                single = model.last_call
+                model.predict_proba(X)
+                thr = _timed(lambda m=model, x=X: m.predict_proba(x), args.batch_reps)
+                batch = model.last_call
+                err = np.abs(model.predict_proba(X) - clf.predict_proba(X)).max()
+                sk1 = _timed(lambda c=clf, o=one: c.predict_proba(o), args.reps)
+                skb = _timed(lambda c=clf, x=X: c.predict_proba(x), args.batch_reps)
+                rows.append((d, lat, single, thr, batch, err, sk1, skb))
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    print(
+        f"server workers: {args.workers}; medians of {args.reps} single / "
+        f"{args.batch_reps} batch runs"
+    )
     head = (
         f"{'d':>5} | {'1 sample ms (p95)':>18} | {'sklearn 1 ms':>12} | {'up/down KiB':>12} | "
         f"{'4096 batch pred/s':>17} | {'sklearn pred/s':>14} | {'B up/value':>10} | max |err|"

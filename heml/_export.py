@@ -342,11 +342,16 @@ def _compose(first: _Affine | None, second: _Affine) -> _Affine:
     scale = first.scale * second.scale
     offset = first.offset * second.scale + second.offset
     lo, hi, clips = first.default_lower, first.default_upper, first.clips
-    if lo is None and second.default_lower is not None:
+    if second.default_lower is not None:
         # second's bounds are in first's output space: map back through first (x = (y - o)/s)
         a = (second.default_lower - first.offset) / first.scale
         c = (second.default_upper - first.offset) / first.scale
-        lo, hi, clips = np.minimum(a, c), np.maximum(a, c), second.clips
+        mapped_lo, mapped_hi = np.minimum(a, c), np.maximum(a, c)
+        if lo is None:
+            lo, hi, clips = mapped_lo, mapped_hi, second.clips
+        else:
+            lo = np.where(np.isnan(lo), mapped_lo, lo)
+            hi = np.where(np.isnan(hi), mapped_hi, hi)
     return _Affine(scale, offset, lo, hi, clips)
 
 
@@ -373,18 +378,28 @@ def _resolve_bounds(bounds, out_of_bounds, final, affine: _Affine, pre: Preproce
         c = (bhi - affine.offset) / affine.scale
         lo, hi = np.minimum(a, c), np.maximum(a, c)
         policy = policy or "clip"
-    elif affine.default_lower is not None:
+    elif affine.default_lower is not None and not np.any(
+        np.isnan(affine.default_lower) & ~indicator
+    ):
         lo, hi = affine.default_lower.astype(np.float64), affine.default_upper.astype(np.float64)
         policy = policy or ("clip" if affine.clips else "error")
     elif indicator.all():
         lo, hi = np.zeros(d), np.ones(d)
         policy = policy or "error"
     else:
+        names = pre.feature_names
+        lacking = [names[j] for j in range(d) if not indicator[j]]
+        if affine.default_lower is not None:
+            lacking = [
+                names[j] for j in range(d) if np.isnan(affine.default_lower[j]) and not indicator[j]
+            ]
+        shown = ", ".join(repr(n) for n in lacking[:5]) + (", …" if len(lacking) > 5 else "")
         raise ModelError(
             "heml needs declared input bounds to choose encryption parameters (so no result can "
-            "wrap around the modulus). Pass bounds=(lower, upper) with scalars or one value per "
-            "input, e.g. bounds=(X_train.min(axis=0), X_train.max(axis=0)), or put a scaler "
-            "(StandardScaler, MinMaxScaler) in a Pipeline so heml can derive them."
+            f"wrap around the modulus); none are known for {shown}. Pass bounds=(lower, upper) "
+            "with scalars or one value per numeric input, e.g. "
+            "bounds=(X_train.min(axis=0), X_train.max(axis=0)), or put a scaler "
+            "(StandardScaler, MinMaxScaler) before the estimator so heml can derive them."
         )
     lo = np.where(indicator, 0.0, lo)
     hi = np.where(indicator, 1.0, hi)

@@ -88,9 +88,23 @@ def _jsonable(v: Any) -> Any:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Ordered raw columns; their features, concatenated, are the model features."""
+    """Raw input columns and, in order, the columns whose features form the model features.
+
+    ``inputs`` lists the raw columns in the order an array must provide them (a DataFrame is
+    matched by name and needs only the columns used); each ``Column`` names the input it reads.
+    """
 
     columns: tuple[Column, ...] = field(default_factory=tuple)
+    inputs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        inputs = tuple(self.inputs) or tuple(dict.fromkeys(c.name for c in self.columns))
+        object.__setattr__(self, "inputs", inputs)
+        unknown = {c.name for c in self.columns} - set(inputs)
+        if unknown:
+            raise ModelError(f"preprocessing reads unknown input column(s): {sorted(unknown)}")
+        if len(set(inputs)) != len(inputs):
+            raise ModelError("input column names must be distinct")
 
     @classmethod
     def numeric(cls, names: Sequence[str]) -> Preprocessing:
@@ -98,7 +112,9 @@ class Preprocessing:
 
     @property
     def input_names(self) -> list[str]:
-        return [c.name for c in self.columns]
+        """Raw columns a DataFrame must contain (the ones used)."""
+        used = {c.name for c in self.columns}
+        return [n for n in self.inputs if n in used]
 
     @property
     def feature_names(self) -> list[str]:
@@ -111,37 +127,36 @@ class Preprocessing:
     def n_features(self) -> int:
         return sum(c.n_features for c in self.columns)
 
-    @property
-    def is_numeric_passthrough(self) -> bool:
-        return all(c.kind == "numeric" and c.impute is None for c in self.columns)
-
     def to_dict(self) -> dict:
-        return {"columns": [c.to_dict() for c in self.columns]}
+        return {"inputs": list(self.inputs), "columns": [c.to_dict() for c in self.columns]}
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(tuple(Column.from_dict(c) for c in d.get("columns", [])))
+        return cls(
+            tuple(Column.from_dict(c) for c in d.get("columns", [])),
+            tuple(str(x) for x in d.get("inputs", ())),
+        )
 
     # ------------------------------------------------------------------ transform
     def transform(self, X: Any) -> np.ndarray:
         """Raw inputs (DataFrame by column name, or array-like by position) -> float64 (n, d)."""
         raw = self._raw_columns(X)
-        n = len(raw[0]) if raw else _n_rows(X)
+        n = len(next(iter(raw.values()))) if raw else 0
         out = np.empty((n, self.n_features), dtype=np.float64)
         j = 0
-        for col, values in zip(self.columns, raw, strict=True):
+        for col in self.columns:
             if col.kind == "numeric":
-                out[:, j] = self._numeric(col, values)
+                out[:, j] = self._numeric(col, raw[col.name])
                 j += 1
             else:
-                block = self._onehot(col, values)
+                block = self._onehot(col, raw[col.name])
                 out[:, j : j + block.shape[1]] = block
                 j += block.shape[1]
         return out
 
-    def _raw_columns(self, X: Any) -> list[np.ndarray]:
-        names = self.input_names
+    def _raw_columns(self, X: Any) -> dict[str, np.ndarray]:
         if _is_dataframe(X):
+            names = self.input_names
             missing = [c for c in names if c not in X.columns]
             if missing:
                 shown = ", ".join(repr(m) for m in missing[:10])
@@ -149,7 +164,8 @@ class Preprocessing:
                 raise InputError(
                     f"input is missing {len(missing)} column(s) the model needs: {shown}{more}"
                 )
-            return [X[c].to_numpy() for c in names]
+            return {c: X[c].to_numpy() for c in names}
+        names = list(self.inputs)
         try:
             arr = np.asarray(X)
         except Exception as exc:  # ragged lists and similar
@@ -162,11 +178,11 @@ class Preprocessing:
                 f"shape {arr.shape}; reshape a single sample with X.reshape(1, -1)"
             )
         if arr.shape[1] != len(names):
+            shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
             raise InputError(
-                f"X has {arr.shape[1]} features, but the model expects {len(names)}"
-                + (f" ({', '.join(names[:5])}{', …' if len(names) > 5 else ''})" if names else "")
+                f"X has {arr.shape[1]} features, but the model expects {len(names)} ({shown})"
             )
-        return [arr[:, i] for i in range(arr.shape[1])]
+        return {name: arr[:, i] for i, name in enumerate(names)}
 
     @staticmethod
     def _numeric(col: Column, values: np.ndarray) -> np.ndarray:
@@ -191,52 +207,59 @@ class Preprocessing:
 
     @staticmethod
     def _onehot(col: Column, values: np.ndarray) -> np.ndarray:
-        vals = np.asarray(values, dtype=object)
-        missing = np.array([_is_missing(v) for v in vals], dtype=bool)
-        if np.any(missing):
-            if col.impute is None:
-                # scikit-learn's OneHotEncoder treats NaN/None as its own category when it saw one
-                pass
-            else:
-                vals = vals.copy()
-                vals[missing] = col.impute
-        index = {_category_key(c): i for i, c in enumerate(col.categories)}
-        infrequent = {_category_key(c) for c in col.infrequent}
-        n_cat = len(col.categories)
-        # positions of the output features within the full category list
-        kept = [i for i, c in enumerate(col.categories) if _category_key(c) not in infrequent]
+        """One-hot indicators exactly as scikit-learn's OneHotEncoder (vectorized)."""
+        import pandas as pd
+
+        vals = pd.Series(np.asarray(values, dtype=object))
+        missing = vals.isna().to_numpy()
+        if col.impute is not None and missing.any():
+            vals = vals.where(~missing, col.impute)
+            missing = vals.isna().to_numpy()
+        cats = list(col.categories)
+        nan_index = next((i for i, c in enumerate(cats) if _is_missing(c)), None)
+        real = [c for c in cats if not _is_missing(c)]
+        codes_real = pd.Index(real, dtype=object).get_indexer(vals.where(~missing)).astype(np.int64)
+        index_map = np.array([cats.index(c) for c in real], dtype=np.int64)
+        codes = np.where(codes_real >= 0, index_map[np.maximum(codes_real, 0)], -1)
+        if nan_index is not None:
+            codes = np.where(missing, nan_index, codes)
+        infrequent = {i for i, c in enumerate(cats) if any(_same(c, x) for x in col.infrequent)}
+        kept = [i for i in range(len(cats)) if i not in infrequent]
         if col.drop is not None:
-            drop_key = _category_key(col.drop)
-            kept = [i for i in kept if _category_key(col.categories[i]) != drop_key]
-        has_infrequent_column = bool(infrequent)
-        width = len(kept) + (1 if has_infrequent_column else 0)
+            kept = [i for i in kept if not _same(cats[i], col.drop)]
+        has_infrequent = bool(infrequent)
+        width = len(kept) + (1 if has_infrequent else 0)
         if width != len(col.feature_names):
             raise ModelError(
                 f"column {col.name!r}: {width} one-hot features expected, artifact lists "
                 f"{len(col.feature_names)}"
             )
-        position = {cat_i: j for j, cat_i in enumerate(kept)}
+        position = np.full(len(cats) + 1, -1, dtype=np.int64)  # last slot: unknown (-1)
+        position[kept] = np.arange(len(kept))
+        if has_infrequent:
+            position[list(infrequent)] = width - 1
+        unknown = codes < 0
+        if unknown.any():
+            if col.handle_unknown == "error":
+                row = int(np.flatnonzero(unknown)[0])
+                shown = ", ".join(repr(c) for c in cats[:8]) + (", …" if len(cats) > 8 else "")
+                raise InputError(
+                    f"column {col.name!r} has {int(unknown.sum())} unknown categor(y/ies), e.g. "
+                    f"{vals.iloc[row]!r} at row {row} (known: {shown})"
+                )
+            if col.handle_unknown == "infrequent_if_exist" and has_infrequent:
+                position[-1] = width - 1
+        target = position[np.where(unknown, len(cats), codes)]
         out = np.zeros((len(vals), width), dtype=np.float64)
-        for r, v in enumerate(vals):
-            key = _category_key(v)
-            if key in infrequent:
-                out[r, width - 1] = 1.0
-                continue
-            i = index.get(key)
-            if i is None:
-                if col.handle_unknown == "error":
-                    raise InputError(
-                        f"column {col.name!r} has unknown category {v!r} at row {r} (known: "
-                        f"{', '.join(repr(c) for c in col.categories[:8])}"
-                        f"{', …' if n_cat > 8 else ''})"
-                    )
-                if col.handle_unknown == "infrequent_if_exist" and has_infrequent_column:
-                    out[r, width - 1] = 1.0
-                continue  # "ignore": all zeros
-            j = position.get(i)
-            if j is not None:
-                out[r, j] = 1.0
+        hit = target >= 0
+        out[np.flatnonzero(hit), target[hit]] = 1.0
         return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if _is_missing(a) or _is_missing(b):
+        return _is_missing(a) and _is_missing(b)
+    return bool(a == b)
 
 
 def _is_missing(v: Any) -> bool:
@@ -246,26 +269,6 @@ def _is_missing(v: Any) -> bool:
         return bool(isinstance(v, float | np.floating) and np.isnan(v))
     except TypeError:
         return False
-
-
-def _category_key(v: Any) -> Any:
-    """Hashable key so that 1, 1.0 and np.int64(1) match, and NaN matches NaN."""
-    if _is_missing(v):
-        return ("<missing>",)
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, bool):
-        return ("bool", v)
-    if isinstance(v, int | float):
-        return ("num", float(v))
-    return ("str", str(v))
-
-
-def _n_rows(X: Any) -> int:
-    try:
-        return len(X)
-    except TypeError:
-        return 0
 
 
 @dataclass(frozen=True)

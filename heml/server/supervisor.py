@@ -208,6 +208,7 @@ def configure_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s [%(process)d] %(message)s",
         stream=sys.stderr,
+        force=True,
     )
 
 

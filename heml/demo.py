@@ -1,0 +1,96 @@
+"""heml demo: train a model, serve it, score the test split encrypted, report the numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def _train(X_train, y_train, private: bool, epsilon: float):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if private and importlib.util.find_spec("heml.dp") is not None:
+        from .dp import DPLogisticRegression
+
+        # Public bounds, not statistics of the private data: features are clipped to a range
+        # fixed in advance (the scaler's statistics are declared public for the demo).
+        clf = make_pipeline(
+            StandardScaler(),
+            DPLogisticRegression(epsilon=epsilon, delta=1e-5, bounds_X=(-3.0, 3.0)),
+        )
+        return clf.fit(X_train, y_train), True
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return clf.fit(X_train, y_train), False
+
+
+def run_demo(*, epsilon: float = 1.0, private: bool = True, workers: int = 1) -> int:
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+
+    import heml
+
+    out = sys.stdout
+    started = time.perf_counter()
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, y, test_size=0.3, random_state=0, stratify=y
+    )
+    clf, is_dp = _train(X_train, y_train, private, epsilon)
+    model = heml.export(clf, name="cancer")
+    print(f"trained   {model!r} on {len(X_train)} samples (breast cancer, scikit-learn)", file=out)
+    if private and not is_dp:
+        print(
+            "          (heml.dp is not installed: trained without differential privacy)", file=out
+        )
+
+    with tempfile.TemporaryDirectory() as folder:
+        model.save(f"{folder}/cancer.json")
+        with heml.serve(folder, port=0, workers=workers) as server:
+            print(f"serving   on {server.address} ({workers} worker process(es))", file=out)
+            with heml.Client(f"localhost:{server.port}") as client:
+                remote = client.model("cancer")
+                proba = remote.predict_proba(X_test)
+                batch = remote.last_call
+                lat = []
+                for i in range(20):
+                    remote.predict_proba(X_test.iloc[i : i + 1])
+                    lat.append(remote.last_call.seconds)
+                single = remote.last_call
+                info = remote.info
+
+    plain = model.predict_proba(X_test)
+    err = float(np.abs(proba - plain).max())
+    acc = float((model.classes[proba.argmax(axis=1)] == y_test.to_numpy()).mean())
+    plain_acc = float((model.predict(X_test) == y_test.to_numpy()).mean())
+    print("", file=out)
+    print(f"agreement with plaintext   max |p_enc - p_plain| = {err:.2e}", file=out)
+    print(f"accuracy (encrypted)       {acc:.3f}   (plaintext model: {plain_acc:.3f})", file=out)
+    print(
+        f"one prediction             {statistics.median(lat) * 1e3:.2f} ms median of 20 "
+        f"({single.bytes_sent / 1024:.1f} KiB up, {single.bytes_received / 1024:.1f} KiB down)",
+        file=out,
+    )
+    print(
+        f"batch of {len(X_test)}              {batch.seconds * 1e3:.1f} ms = "
+        f"{len(X_test) / batch.seconds:,.0f} predictions/s "
+        f"({batch.bytes_sent / 1024:.0f} KiB up, {batch.bytes_received / 1024:.0f} KiB down)",
+        file=out,
+    )
+    print(f"DP guarantee               {info.describe_dp()}", file=out)
+    if info.is_private:
+        for item in info.dp.get("not_covered", []):
+            print(f"  not covered: {item}", file=out)
+    print(
+        "what the server saw        ciphertexts only (CKKS, 128-bit parameters); "
+        "keys never left this process",
+        file=out,
+    )
+    print(f"done in {time.perf_counter() - started:.1f} s", file=out)
+    return 0
