@@ -5,9 +5,9 @@ Protocol (held-out test split, mean ± std over noise seeds and splits): each sp
 rows and 20k test rows); a StandardScaler fitted on the training split, then every feature
 clipped to [-3, 3]; regression targets standardized the same way. The scaler is treated as
 public here, as a user with domain knowledge would state it (in production its statistics must
-be public or DP). DP models get ``bounds_X=(-3, 3)`` (and ``bounds_y=(-3, 3)``), δ = 1e-5 (1e-6 at n = 100k,
-since δ must be below 1/n), and
-noise from fixed seeds so the table is reproducible. Hyperparameters are the library defaults
+be public or DP). DP models get ``bounds_X=(-3, 3)`` (and ``bounds_y=(-3, 3)``),
+δ = 1e-5 (1e-6 at n = 100k, since δ must be below 1/n), and noise from fixed seeds so the
+table is reproducible. Hyperparameters are the library defaults
 (fixed from n, d, ε, δ; none are tuned on these sets). Also prints fit() time at n=100k, d=50.
 
     python benchmarks/dp_accuracy.py            # the full table (a few minutes on 2 cores)
@@ -51,7 +51,7 @@ GOALS = {  # (ε=1, ε=5) goals from issue 4
 
 def _diffprivlib():
     try:
-        import diffprivlib.models as dpl  # noqa: F401
+        import diffprivlib.models as dpl
 
         return dpl
     except Exception as exc:  # ImportError, or its import breaking on new scikit-learn
@@ -78,8 +78,9 @@ def _prepare(X, y, split, regression, n_test=None):
 
 
 def _datasets():
-    Xr, yr = make_regression(n_samples=120_000, n_features=50, n_informative=30, noise=20.0,
-                             random_state=7)
+    Xr, yr = make_regression(
+        n_samples=120_000, n_features=50, n_informative=30, noise=20.0, random_state=7
+    )
     return [
         ("breast_cancer", *load_breast_cancer(return_X_y=True), False, None),
         ("wine", *load_wine(return_X_y=True), False, None),
@@ -96,10 +97,10 @@ def _delta(n):
 
 def _dp_model(regression, eps, seed, n):
     if regression:
-        return DPLinearRegression(epsilon=eps, delta=_delta(n), bounds_X=(-3, 3),
-                                  bounds_y=(-3, 3), random_state=seed)
-    return DPLogisticRegression(epsilon=eps, delta=_delta(n), bounds_X=(-3, 3),
-                                random_state=seed)
+        return DPLinearRegression(
+            epsilon=eps, delta=_delta(n), bounds_X=(-3, 3), bounds_y=(-3, 3), random_state=seed
+        )
+    return DPLogisticRegression(epsilon=eps, delta=_delta(n), bounds_X=(-3, 3), random_state=seed)
 
 
 def _score(model, Xte, yte, regression, data_norm=None):
@@ -112,8 +113,9 @@ def _score(model, Xte, yte, regression, data_norm=None):
 
 def _dpl_model(dpl, regression, eps, seed, d):
     if regression:
-        return dpl.LinearRegression(epsilon=eps, bounds_X=(-3, 3), bounds_y=(-3, 3),
-                                    random_state=seed)
+        return dpl.LinearRegression(
+            epsilon=eps, bounds_X=(-3, 3), bounds_y=(-3, 3), random_state=seed
+        )
     return dpl.LogisticRegression(epsilon=eps, data_norm=float(np.sqrt(d)), random_state=seed)
 
 
@@ -121,8 +123,10 @@ def run(quick: bool) -> int:
     seeds = range(3 if quick else 10)
     splits = range(2 if quick else 3)
     dpl = _diffprivlib()
-    print(f"heml.dp accuracy, delta={DELTA}, mean±std over {len(seeds)} noise seeds × "
-          f"{len(splits)} splits (accuracy; R² for regression)")
+    print(
+        f"heml.dp accuracy, delta={DELTA}, mean±std over {len(seeds)} noise seeds × "
+        f"{len(splits)} splits (accuracy; R² for regression)"
+    )
     print(f"diffprivlib: {'installed' if not isinstance(dpl, str) else dpl}\n")
     header = f"{'dataset':28s} {'eps':>5s}  {'heml.dp':>15s}  {'diffprivlib':>15s}  {'goal':>6s}"
     misses = []
@@ -130,13 +134,18 @@ def run(quick: bool) -> int:
         sp = range(1) if n_test else splits
         prepared = [_prepare(X, y, s, regression, n_test) for s in sp]
         base = [
-            _score((LinearRegression() if regression else LogisticRegression(max_iter=5000))
-                   .fit(Xtr, ytr), Xte, yte, regression)
+            _score(
+                (LinearRegression() if regression else LogisticRegression(max_iter=5000)).fit(
+                    Xtr, ytr
+                ),
+                Xte,
+                yte,
+                regression,
+            )
             for Xtr, Xte, ytr, yte in prepared
         ]
         print(header)
-        print(f"{name:28s} {'none':>5s}  {statistics.mean(base):15.3f}  "
-              f"{'(non-private)':>15s}")
+        print(f"{name:28s} {'none':>5s}  {statistics.mean(base):15.3f}  {'(non-private)':>15s}")
         for eps in EPSILONS:
             scores, dpl_scores = [], []
             for Xtr, Xte, ytr, yte in prepared:
@@ -156,15 +165,15 @@ def run(quick: bool) -> int:
             if goal is not None and mean < goal:
                 misses.append(f"{name} eps={eps}: {mean:.3f} < {goal}")
                 goal_s += " MISS"
-            dpl_s = (f"{statistics.median(dpl_scores):9.3g} (med)" if dpl_scores
-                     else "not run")
-            print(f"{name:28s} {eps:5g}  {mean:8.3f} ±{sd:5.3f}  {dpl_s:>15s}  {goal_s:>6s}",
-                  flush=True)
+            dpl_s = f"{statistics.median(dpl_scores):9.3g} (med)" if dpl_scores else "not run"
+            print(
+                f"{name:28s} {eps:5g}  {mean:8.3f} ±{sd:5.3f}  {dpl_s:>15s}  {goal_s:>6s}",
+                flush=True,
+            )
         print()
 
     print("fit() time at n=100,000, d=50, epsilon=1 (median of 3):")
-    Xc, yc = make_classification(n_samples=100_000, n_features=50, n_informative=20,
-                                 random_state=0)
+    Xc, yc = make_classification(n_samples=100_000, n_features=50, n_informative=20, random_state=0)
     Xc = np.clip(StandardScaler().fit_transform(Xc), -3, 3)
     Xr, yr = make_regression(n_samples=100_000, n_features=50, noise=20.0, random_state=0)
     Xr = np.clip(StandardScaler().fit_transform(Xr), -3, 3)
@@ -172,9 +181,12 @@ def run(quick: bool) -> int:
     for label, make, Xf, yf in [
         ("DPLinearRegression (AdaSSP)", lambda: _dp_model(True, 1.0, None, 100_000), Xr, yr),
         ("DPLogisticRegression (objpert)", lambda: _dp_model(False, 1.0, None, 100_000), Xc, yc),
-        ("DPLogisticRegression (dpgd, binary)",
-         lambda: DPLogisticRegression(epsilon=1.0, delta=1e-6, bounds_X=(-3, 3), method="dpgd"),
-         Xc, yc),
+        (
+            "DPLogisticRegression (dpgd, binary)",
+            lambda: DPLogisticRegression(epsilon=1.0, delta=1e-6, bounds_X=(-3, 3), method="dpgd"),
+            Xc,
+            yc,
+        ),
         ("sklearn LinearRegression", LinearRegression, Xr, yr),
         ("sklearn LogisticRegression", lambda: LogisticRegression(max_iter=1000), Xc, yc),
     ]:

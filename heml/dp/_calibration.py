@@ -35,7 +35,7 @@ ACCOUNTANT_NAME = f"dp-accounting {getattr(dp_accounting, '__version__', '')}".s
 
 
 def accountant_label(kind: str) -> str:
-    """Human-readable name of the analysis, e.g. ``"dp-accounting 0.6.0 PLD (analytic Gaussian)"``."""
+    """Name of the analysis, e.g. ``"dp-accounting 0.6.0 analytic Gaussian"``."""
     try:
         from importlib.metadata import version
 
@@ -46,7 +46,7 @@ def accountant_label(kind: str) -> str:
 
 
 def gaussian_event(multipliers: list[float] | tuple[float, ...], count: int = 1):
-    """The DpEvent of Gaussian releases with the given noise multipliers, repeated ``count`` times."""
+    """DpEvent of Gaussian releases with these noise multipliers, repeated ``count`` times."""
     events = [dp_accounting.GaussianDpEvent(float(m)) for m in multipliers]
     event = events[0] if len(events) == 1 else dp_accounting.ComposedDpEvent(events)
     if count != 1:

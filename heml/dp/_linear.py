@@ -127,18 +127,14 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         self.random_state = random_state
         self.data_norm = data_norm
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y):
         """Fit with (epsilon, delta)-DP; spends the budget on success.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,)
-        sample_weight : None
-            Not supported (weights change the sensitivity); must be None.
         """
-        if sample_weight is not None:
-            raise ValueError("sample_weight is not supported by DP estimators")
         eps, delta, accountant = self._begin_fit()
         private = math.isfinite(eps)
         X, y = validate_data(self, X, y, reset=True, y_numeric=True)
@@ -146,7 +142,7 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
             raise ValueError(f"y must be 1-D, got shape {y.shape}")
         n, d = X.shape
         if n < 2:
-            raise ValueError(f"DPLinearRegression needs at least 2 samples, got {n}")
+            raise ValueError(f"n_samples = {n}: DPLinearRegression needs at least 2 samples")
         check_delta_vs_n(eps, delta, n)
         noise = NoiseSource(self.random_state)  # validates random_state before any work
 
@@ -199,7 +195,7 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         return self
 
     def predict(self, X):
-        """Predictions ``X @ coef_ + intercept_`` (no clipping: export adds client-side clips).
+        """Predictions on X clipped as in ``fit`` (what the exported model's clients do).
 
         Parameters
         ----------
@@ -211,6 +207,7 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False)
+        X = clip_rows(X, *self.bounds_X_, self.data_norm_)
         return X @ self.coef_ + self.intercept_
 
 
@@ -237,7 +234,9 @@ def _adassp(A, t, eps, delta, B, B_y, noise: NoiseSource):
     ]
     # multipliers proportional to 1/sqrt(share): μ_i² = share_i · μ²
     rel = [1.0 / math.sqrt(s) for s in SHARES]
-    scale = cal.calibrate_gaussian_scale(lambda s: cal.gaussian_event([s * r for r in rel]), eps, delta)
+    scale = cal.calibrate_gaussian_scale(
+        lambda s: cal.gaussian_event([s * r for r in rel]), eps, delta
+    )
     sigmas = [scale * r * s for r, s in zip(rel, sens, strict=True)]
 
     lam_min = float(np.linalg.eigvalsh(AtA)[0])

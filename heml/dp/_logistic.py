@@ -144,18 +144,14 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.method = method
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y):
         """Fit with (epsilon, delta)-DP; spends the budget once the model exists.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,)
-        sample_weight : None
-            Not supported (weights change the sensitivity); must be None.
         """
-        if sample_weight is not None:
-            raise ValueError("sample_weight is not supported by DP estimators")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         eps, delta, accountant = self._begin_fit()
@@ -165,8 +161,8 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         classes, y_idx = np.unique(y, return_inverse=True)
         if classes.size < 2:
             raise ValueError(
-                f"DPLogisticRegression needs samples of at least 2 classes; got only "
-                f"{classes[0]!r}"
+                f"DPLogisticRegression needs samples of at least 2 classes; got 1 class "
+                f"({classes[0]!r})"
             )
         n, d = X.shape
         check_delta_vs_n(eps, delta, n)
@@ -244,7 +240,7 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ prediction
     def decision_function(self, X):
-        """Scores: shape (n_samples,) for two classes, (n_samples, n_classes) otherwise.
+        """Scores on X clipped as in ``fit``: (n_samples,) for two classes, else (n, n_classes).
 
         Parameters
         ----------
@@ -252,6 +248,7 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False)
+        X = clip_rows(X, *self.bounds_X_, self.data_norm_)
         scores = X @ self.coef_.T + self.intercept_
         return scores[:, 0] if scores.shape[1] == 1 else scores
 
@@ -284,7 +281,7 @@ def objpert_lambda_rule(d_aug: int):
 
 
 def _objective_perturbation(A, y_idx, eps, delta, noise: NoiseSource):
-    n, p = A.shape
+    p = A.shape[1]
     Z = A * (2.0 * y_idx - 1.0)[:, None]
     if math.isinf(eps):
         lam, b = 0.0, np.zeros(p)
@@ -432,7 +429,12 @@ def _softmax_mle(A, Y):
         G = (softmax(S, axis=1) - Y).T @ A
         return loss / n, G.ravel() / n
 
-    res = minimize(f, np.zeros(k * p), jac=True, method="L-BFGS-B",
-                   options={"maxiter": 20000, "gtol": 1e-10, "ftol": 1e-15})
+    res = minimize(
+        f,
+        np.zeros(k * p),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 20000, "gtol": 1e-10, "ftol": 1e-15},
+    )
     W = res.x.reshape(k, p)
     return W - W.mean(axis=0, keepdims=True)

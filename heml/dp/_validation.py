@@ -21,18 +21,18 @@ except ImportError:  # pragma: no cover - scikit-learn 1.5
 AUTO_NORM_FRACTION = 1.0 / 3.0
 
 
-def validate_data(est, X, y=None, *, reset: bool, y_numeric: bool = False):
-    """scikit-learn's validate_data: finite float64 X, feature count and names recorded/checked."""
+def validate_data(est, X, y="no_validation", *, reset: bool, y_numeric: bool = False):
+    """scikit-learn's validate_data: finite float64 X, feature count and names recorded/checked.
+
+    Pass ``y`` in ``fit`` (``None`` then raises scikit-learn's "requires y" error); leave it out
+    in predict methods.
+    """
     kwargs = {"dtype": np.float64, "reset": reset}
-    if y is not None:
+    if not (isinstance(y, str) and y == "no_validation"):
         kwargs["y_numeric"] = y_numeric
     if _sk_validate_data is not None:
-        if y is None:
-            return _sk_validate_data(est, X, **kwargs)
         return _sk_validate_data(est, X, y, **kwargs)
-    if y is None:  # pragma: no cover
-        return est._validate_data(X, **kwargs)
-    return est._validate_data(X, y, **kwargs)  # pragma: no cover
+    return est._validate_data(X, y, **kwargs)  # pragma: no cover - scikit-learn 1.5
 
 
 def check_privacy_params(epsilon, delta) -> tuple[float, float]:
@@ -60,7 +60,7 @@ def check_delta_vs_n(epsilon: float, delta: float, n: int) -> None:
     """δ must be below 1/n, or the guarantee allows publishing a whole record."""
     if math.isfinite(epsilon) and delta >= 1.0 / n:
         raise ValueError(
-            f"delta={delta:g} is not below 1/n = {1.0 / n:g} for n={n} training samples: such a "
+            f"delta={delta:g} is not below 1/n = {1.0 / n:g} (n_samples = {n}): such a "
             f"delta permits releasing a record outright. Use delta < 1/n (e.g. {0.1 / n:.1g})."
         )
 
@@ -71,8 +71,7 @@ def parse_bounds(bounds, d: int, name: str) -> tuple[np.ndarray, np.ndarray]:
         lower, upper = bounds
     except (TypeError, ValueError):
         raise ValueError(
-            f"{name} must be a (lower, upper) pair of scalars or per-feature arrays, got "
-            f"{bounds!r}"
+            f"{name} must be a (lower, upper) pair of scalars or per-feature arrays, got {bounds!r}"
         ) from None
     try:
         lo = np.broadcast_to(np.asarray(lower, dtype=np.float64), (d,)).copy()
@@ -85,7 +84,9 @@ def parse_bounds(bounds, d: int, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{name} must be finite numbers, got {bounds!r}")
     if np.any(lo > hi):
         j = int(np.flatnonzero(lo > hi)[0])
-        raise ValueError(f"{name}: lower bound {lo[j]:g} is above upper bound {hi[j]:g} (index {j})")
+        raise ValueError(
+            f"{name}: lower bound {lo[j]:g} is above upper bound {hi[j]:g} (index {j})"
+        )
     return lo, hi
 
 
@@ -133,7 +134,7 @@ def resolve_feature_bounds(X: np.ndarray, bounds_X, data_norm, *, private: bool)
         R = AUTO_NORM_FRACTION * box_radius
     if R <= 0:  # all-zero box: nothing to scale
         R = 1.0
-    row_norm = R if R < box_radius else None
+    row_norm = R if box_radius > R else None
     return lo, hi, row_norm, source
 
 

@@ -57,9 +57,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--drop", default="", help="comma-separated columns to drop (identifiers)")
     p.add_argument("--ledger", help="privacy ledger file (default: privacy-ledger.json beside -o)")
     p.add_argument("--budget", type=float, help="total epsilon allowed for this dataset")
-    p.add_argument(
-        "--task", choices=("auto", "regression", "classification"), default="auto"
-    )
+    p.add_argument("--task", choices=("auto", "regression", "classification"), default="auto")
     p.add_argument("--bounds", help="public bounds of every feature value: LO,HI")
     p.add_argument("--target-bounds", help="public bounds of the target (regression): LO,HI")
     p.add_argument("--seed", type=int, help="noise seed: reproducible and NOT private (tests)")
@@ -163,7 +161,9 @@ def _run(args) -> int:
     X = df.astype(np.float64)
     bad = [c for c in X.columns if not np.all(np.isfinite(X[c].to_numpy()))]
     if bad:
-        raise _Invalid(f"column(s) with missing or infinite values: {', '.join(map(repr, bad[:5]))}")
+        raise _Invalid(
+            f"column(s) with missing or infinite values: {', '.join(map(repr, bad[:5]))}"
+        )
     if y.isna().any():
         raise _Invalid(f"target {args.target!r} has missing values")
     n = len(y)
@@ -178,13 +178,19 @@ def _run(args) -> int:
         y = y.astype(np.float64)
         if not np.all(np.isfinite(y.to_numpy())):
             raise _Invalid(f"target {args.target!r} has infinite values")
-        est = DPLinearRegression(epsilon=eps, delta=delta, bounds_X=bounds,
-                                 bounds_y=target_bounds, random_state=args.seed)
+        est = DPLinearRegression(
+            epsilon=eps,
+            delta=delta,
+            bounds_X=bounds,
+            bounds_y=target_bounds,
+            random_state=args.seed,
+        )
     else:
         if y.nunique() < 2:
             raise _Invalid(f"target {args.target!r} has a single class; need at least 2")
-        est = DPLogisticRegression(epsilon=eps, delta=delta, bounds_X=bounds,
-                                   random_state=args.seed)
+        est = DPLogisticRegression(
+            epsilon=eps, delta=delta, bounds_X=bounds, random_state=args.seed
+        )
 
     # ---------------------------------------------------------------- budget, fit, export
     with _ledger.locked(ledger_path):
@@ -200,8 +206,15 @@ def _run(args) -> int:
                 print(f"heml train: warning: privacy leak: {w.message}", file=sys.stderr)
         model = heml.export(est, name=name)
         model.save(out)
-        _ledger.record(ledger, fingerprint, source=path.name, budget=args.budget,
-                       epsilon=eps, delta=delta, model=str(out))
+        _ledger.record(
+            ledger,
+            fingerprint,
+            source=path.name,
+            budget=args.budget,
+            epsilon=eps,
+            delta=delta,
+            model=str(out),
+        )
         _ledger.save(ledger_path, ledger)
     spent, _ = accountant.spent
     left = accountant.remaining()[0]
