@@ -106,7 +106,7 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
     >>> reg = DPLinearRegression(epsilon=1.0, bounds_X=(-3, 3), bounds_y=(-3, 3),
     ...                          random_state=0).fit(X, y)
     >>> round(reg.score(X, y), 2)
-    0.92
+    0.93
     """
 
     def __init__(
