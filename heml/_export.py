@@ -16,7 +16,7 @@ import numpy as np
 from . import links
 from .errors import ModelError, UnsupportedEstimatorError
 from .model import DEFAULT_TOLERANCE, LinearModel
-from .preprocessing import Bounds, Column, Preprocessing
+from .preprocessing import Bounds, Column, Preprocessing, RowNorm
 
 # Default bounds when the user gives none, derived from a scaler's training statistics.
 STD_BOUND_SIGMAS = 20.0  # StandardScaler / RobustScaler: center ± 20 scales
@@ -143,6 +143,15 @@ def export(
 
     dp = dict(getattr(final, "dp_guarantee_", None) or {})
     policy, lo, hi = _resolve_bounds(bounds, out_of_bounds, final, affine, preprocessing, dp)
+    encode_lo, encode_hi = lo, hi
+    data_norm = getattr(final, "data_norm_", None)
+    if data_norm is not None and np.isfinite(data_norm):
+        # the DP estimator scaled rows onto a norm ball in its own input space: clients do the
+        # same, and the encoder must cover the points that scaling toward the origin can reach
+        row_norm = RowNorm(float(data_norm), affine.scale, affine.offset)
+        preprocessing = Preprocessing(preprocessing.columns, preprocessing.inputs, row_norm)
+        origin = row_norm.origin()
+        encode_lo, encode_hi = np.minimum(lo, origin), np.maximum(hi, origin)
     return LinearModel(
         name=name,
         coef=W_model,
@@ -151,7 +160,7 @@ def export(
         link=link,
         classes=classes,
         preprocessing=preprocessing,
-        bounds=Bounds(lo, hi, policy),
+        bounds=Bounds(lo, hi, policy, encode_lo, encode_hi),
         version=version,
         output_ndim=output_ndim,
         dp=dp,

@@ -259,9 +259,8 @@ class RemoteModel:
     def scores(self, X: Any, *, layout: str | None = None) -> np.ndarray:
         """W·x + b under encryption: (n, k) float64 (the server never sees x or the result)."""
         info = self.info
-        features = info.preprocessing.transform(X)  # names, finiteness, imputation, one-hot
-        features = info.bounds.apply(features, info.feature_names)
-        Z = info.bounds.normalize(features)
+        # names, finiteness, imputation, one-hot, bounds, row-norm clip: all in plaintext here
+        Z = info.bounds.normalize(info.preprocessing.model_features(X, info.bounds))
         n = Z.shape[0]
         stats = CallStats(samples=n)
         started = time.perf_counter()

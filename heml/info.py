@@ -140,6 +140,8 @@ def model_info_pb(
             lower=model.bounds.lower.tolist(),
             upper=model.bounds.upper.tolist(),
             out_of_bounds=model.bounds.out_of_bounds,
+            encode_lower=model.bounds.encode_lower.tolist(),
+            encode_upper=model.bounds.encode_upper.tolist(),
         ),
         layouts=[plan_to_pb(p, model.n_features) for p in plans.values()],
         dp=dp_pb,
@@ -209,7 +211,11 @@ def model_info_from_pb(msg: pb.ModelInfo) -> ModelInfo:
         classes=classes,
         preprocessing=Preprocessing.from_dict(json.loads(msg.preprocessing_json or "{}")),
         bounds=Bounds(
-            np.asarray(msg.bounds.lower), np.asarray(msg.bounds.upper), msg.bounds.out_of_bounds
+            np.asarray(msg.bounds.lower),
+            np.asarray(msg.bounds.upper),
+            msg.bounds.out_of_bounds,
+            np.asarray(msg.bounds.encode_lower) if msg.bounds.encode_lower else None,
+            np.asarray(msg.bounds.encode_upper) if msg.bounds.encode_upper else None,
         ),
         plans={plan.layout: plan for plan in (plan_from_pb(p) for p in msg.layouts)},
         dp=dp,

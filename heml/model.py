@@ -185,8 +185,7 @@ class LinearModel:
     # ------------------------------------------------------------------ plaintext reference
     def transform(self, X: Any) -> np.ndarray:
         """Raw inputs -> model features, checked or clipped against the bounds: (n, d)."""
-        Z = self.preprocessing.transform(X)
-        return self.bounds.apply(Z, self.feature_names)
+        return self.preprocessing.model_features(X, self.bounds)
 
     def scores(self, X: Any) -> np.ndarray:
         """W·x + b for each sample: (n, k). What the server computes under encryption."""

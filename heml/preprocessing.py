@@ -87,6 +87,47 @@ def _jsonable(v: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class RowNorm:
+    """Scale a row whose L2 norm exceeds ``max_norm`` onto it, measured in the space the DP
+    estimator saw (model features mapped by ``x * scale + offset``), as its fit did."""
+
+    max_norm: float
+    scale: np.ndarray
+    offset: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", np.asarray(self.scale, dtype=np.float64))
+        object.__setattr__(self, "offset", np.asarray(self.offset, dtype=np.float64))
+        if not (self.max_norm > 0 and np.all(self.scale != 0)):
+            raise ModelError("row_norm needs a positive max_norm and non-zero scales")
+
+    def apply(self, Z: np.ndarray) -> np.ndarray:
+        E = Z * self.scale + self.offset
+        norms = np.linalg.norm(E, axis=1)
+        over = norms > self.max_norm
+        if not np.any(over):
+            return Z
+        out = Z.copy()
+        out[over] = (E[over] * (self.max_norm / norms[over])[:, None] - self.offset) / self.scale
+        return out
+
+    def origin(self) -> np.ndarray:
+        """The model-feature point that maps to the estimator's origin."""
+        return -self.offset / self.scale
+
+    def to_dict(self) -> dict:
+        return {
+            "max_norm": self.max_norm,
+            "scale": self.scale.tolist(),
+            "offset": self.offset.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RowNorm:
+        return cls(float(d["max_norm"]), np.asarray(d["scale"]), np.asarray(d["offset"]))
+
+
+@dataclass(frozen=True)
 class Preprocessing:
     """Raw input columns and, in order, the columns whose features form the model features.
 
@@ -96,6 +137,7 @@ class Preprocessing:
 
     columns: tuple[Column, ...] = field(default_factory=tuple)
     inputs: tuple[str, ...] = ()
+    row_norm: RowNorm | None = None
 
     def __post_init__(self) -> None:
         inputs = tuple(self.inputs) or tuple(dict.fromkeys(c.name for c in self.columns))
@@ -128,14 +170,25 @@ class Preprocessing:
         return sum(c.n_features for c in self.columns)
 
     def to_dict(self) -> dict:
-        return {"inputs": list(self.inputs), "columns": [c.to_dict() for c in self.columns]}
+        d = {"inputs": list(self.inputs), "columns": [c.to_dict() for c in self.columns]}
+        if self.row_norm is not None:
+            d["row_norm"] = self.row_norm.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
+        row_norm = d.get("row_norm")
         return cls(
             tuple(Column.from_dict(c) for c in d.get("columns", [])),
             tuple(str(x) for x in d.get("inputs", ())),
+            RowNorm.from_dict(row_norm) if row_norm else None,
         )
+
+    def model_features(self, X: Any, bounds: Bounds) -> np.ndarray:
+        """Raw inputs -> model features, checked or clipped against the bounds, row-norm clipped:
+        exactly what the model multiplies (plaintext reference and client alike)."""
+        Z = bounds.apply(self.transform(X), self.feature_names)
+        return self.row_norm.apply(Z) if self.row_norm is not None else Z
 
     # ------------------------------------------------------------------ transform
     def transform(self, X: Any) -> np.ndarray:
@@ -278,10 +331,20 @@ class Bounds:
     lower: np.ndarray
     upper: np.ndarray
     out_of_bounds: str = "error"
+    # the range the encoder must cover, when it is wider than the clip box (row-norm clipping
+    # toward an origin outside the box); defaults to [lower, upper]
+    encode_lower: np.ndarray | None = None
+    encode_upper: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         lo = np.asarray(self.lower, dtype=np.float64).reshape(-1)
         hi = np.asarray(self.upper, dtype=np.float64).reshape(-1)
+        elo = lo if self.encode_lower is None else np.asarray(self.encode_lower, float).reshape(-1)
+        ehi = hi if self.encode_upper is None else np.asarray(self.encode_upper, float).reshape(-1)
+        if elo.shape != lo.shape or ehi.shape != hi.shape or np.any(elo > lo) or np.any(ehi < hi):
+            raise ModelError("the encoding range must contain the bounds")
+        object.__setattr__(self, "encode_lower", elo)
+        object.__setattr__(self, "encode_upper", ehi)
         if lo.shape != hi.shape:
             raise ModelError(f"bounds have {lo.size} lower and {hi.size} upper values")
         if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
@@ -298,12 +361,12 @@ class Bounds:
 
     @property
     def center(self) -> np.ndarray:
-        return (self.lower + self.upper) / 2.0
+        return (self.encode_lower + self.encode_upper) / 2.0
 
     @property
     def half_width(self) -> np.ndarray:
         """Half-widths; a zero-width feature gets 1 so the normalized value stays 0."""
-        hw = (self.upper - self.lower) / 2.0
+        hw = (self.encode_upper - self.encode_lower) / 2.0
         return np.where(hw > 0, hw, 1.0)
 
     def apply(self, Z: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
@@ -338,11 +401,15 @@ class Bounds:
         return np.clip((Z - self.center) / self.half_width, -1.0, 1.0)
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "lower": self.lower.tolist(),
             "upper": self.upper.tolist(),
             "out_of_bounds": self.out_of_bounds,
         }
+        if np.any(self.encode_lower != self.lower) or np.any(self.encode_upper != self.upper):
+            d["encode_lower"] = self.encode_lower.tolist()
+            d["encode_upper"] = self.encode_upper.tolist()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Bounds:
@@ -350,4 +417,6 @@ class Bounds:
             np.asarray(d["lower"], dtype=np.float64),
             np.asarray(d["upper"], dtype=np.float64),
             d.get("out_of_bounds", "error"),
+            d.get("encode_lower"),
+            d.get("encode_upper"),
         )

@@ -65,7 +65,7 @@ def test_train_exports_and_keeps_a_ledger(csv, tmp_path):
     assert model["name"] == "people" and model["task"] == "binary"
     assert model["dp"]["epsilon"] == 1.0 and model["dp"]["neighbouring"] == "replace-one"
     assert model["preprocessing"]["columns"][0]["name"] == "age"
-    ledger = json.loads((tmp_path / "models/privacy-ledger.json").read_text())
+    ledger = json.loads((tmp_path / "models/.heml-privacy-ledger.json").read_text())
     (entry,) = ledger["datasets"].values()
     assert entry["spent_epsilon"] == 1.0 and entry["budget_epsilon"] == 1.5
 
@@ -74,7 +74,7 @@ def test_train_exports_and_keeps_a_ledger(csv, tmp_path):
     assert r2.returncode == 3
     assert r2.stderr.strip().startswith("heml train: error: privacy budget exceeded")
     assert len(r2.stderr.strip().splitlines()) == 1
-    ledger2 = json.loads((tmp_path / "models/privacy-ledger.json").read_text())
+    ledger2 = json.loads((tmp_path / "models/.heml-privacy-ledger.json").read_text())
     assert ledger2 == ledger
 
 
@@ -95,7 +95,7 @@ def test_identifier_column_is_flagged_and_non_numeric_refused(csv, tmp_path):
     assert r.returncode == 2
     assert "'email' looks like a direct identifier" in r.stderr
     assert "--drop" in r.stderr.splitlines()[-1]
-    assert not (tmp_path / "models/privacy-ledger.json").exists()  # nothing spent
+    assert not (tmp_path / "models/.heml-privacy-ledger.json").exists()  # nothing spent
 
 
 @pytest.mark.parametrize(
@@ -116,7 +116,7 @@ def test_invalid_runs_exit_2_before_any_spend(csv, tmp_path, extra, message):
     r = heml_train(*args, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert message in r.stderr
-    assert not (tmp_path / "models/privacy-ledger.json").exists()
+    assert not (tmp_path / "models/.heml-privacy-ledger.json").exists()
 
 
 def test_regression_without_bounds_warns_about_the_leak(tmp_path):

@@ -55,7 +55,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--delta", required=True, type=float, help="delta of this fit (< 1/rows)")
     p.add_argument("-o", "--output", required=True, help="model file to write (NAME.json)")
     p.add_argument("--drop", default="", help="comma-separated columns to drop (identifiers)")
-    p.add_argument("--ledger", help="privacy ledger file (default: privacy-ledger.json beside -o)")
+    p.add_argument(
+        "--ledger", help="privacy ledger file (default: .heml-privacy-ledger.json beside -o)"
+    )
     p.add_argument("--budget", type=float, help="total epsilon allowed for this dataset")
     p.add_argument("--task", choices=("auto", "regression", "classification"), default="auto")
     p.add_argument("--bounds", help="public bounds of every feature value: LO,HI")
@@ -123,7 +125,7 @@ def _run(args) -> int:
         raise _Invalid(f"-o: {exc}") from None
     if not out.parent.exists():
         raise _Invalid(f"-o: directory {str(out.parent)!r} does not exist")
-    ledger_path = Path(args.ledger) if args.ledger else out.with_name("privacy-ledger.json")
+    ledger_path = Path(args.ledger) if args.ledger else out.with_name(".heml-privacy-ledger.json")
 
     # ---------------------------------------------------------------- data
     path = Path(args.data)

@@ -65,6 +65,8 @@ def scan(models_dir: str | Path) -> tuple[list[ServedModel], dict[str, str]]:
     errors: dict[str, str] = {}
     seen: dict[tuple[str, int], str] = {}
     for path in sorted(folder.glob("*.json")):
+        if path.name.startswith("."):
+            continue  # hidden files: ledgers, editors' temporaries
         try:
             served = load_model_file(path)
         except (ModelError, OSError, ValueError) as exc:

@@ -113,14 +113,18 @@ class LayoutPlan(_message.Message):
     def __init__(self, layout: _Optional[_Union[Layout, str]] = ..., params: _Optional[_Union[HEParameters, _Mapping]] = ..., log2_scale_x: _Optional[int] = ..., log2_scale_w: _Optional[int] = ..., digit_bits: _Optional[int] = ..., digits: _Optional[int] = ..., reply_bits: _Optional[int] = ..., error_bound: _Optional[float] = ..., max_block_samples: _Optional[int] = ...) -> None: ...
 
 class FeatureBounds(_message.Message):
-    __slots__ = ("lower", "upper", "out_of_bounds")
+    __slots__ = ("lower", "upper", "out_of_bounds", "encode_lower", "encode_upper")
     LOWER_FIELD_NUMBER: _ClassVar[int]
     UPPER_FIELD_NUMBER: _ClassVar[int]
     OUT_OF_BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    ENCODE_LOWER_FIELD_NUMBER: _ClassVar[int]
+    ENCODE_UPPER_FIELD_NUMBER: _ClassVar[int]
     lower: _containers.RepeatedScalarFieldContainer[float]
     upper: _containers.RepeatedScalarFieldContainer[float]
     out_of_bounds: str
-    def __init__(self, lower: _Optional[_Iterable[float]] = ..., upper: _Optional[_Iterable[float]] = ..., out_of_bounds: _Optional[str] = ...) -> None: ...
+    encode_lower: _containers.RepeatedScalarFieldContainer[float]
+    encode_upper: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, lower: _Optional[_Iterable[float]] = ..., upper: _Optional[_Iterable[float]] = ..., out_of_bounds: _Optional[str] = ..., encode_lower: _Optional[_Iterable[float]] = ..., encode_upper: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class DPGuarantee(_message.Message):
     __slots__ = ("private", "epsilon", "delta", "mechanism", "neighbouring", "accountant", "not_covered", "details_json")
