@@ -292,14 +292,8 @@ class RemoteModel:
         )
 
     def _fits_one_message(self, block: Block) -> bool:
-        plan = self.info.plans[block.layout]
-        per_ct = 7 * plan.params.n + 64 + 8
-        if block.layout == "column":
-            count = self.info.n_features
-        else:
-            geo = self._codec._row_geometry(block.s)
-            count = -(-block.n // block.s) * geo.chunks
-        return count * per_ct < self.client.max_message_bytes
+        per_ct = 7 * self.info.plans[block.layout].params.n + 64 + 8
+        return self._codec.ciphertext_count(block) * per_ct < self.client.max_message_bytes
 
     def _score_unary(self, Z: np.ndarray, block: Block, out: np.ndarray, stats: CallStats) -> None:
         cts = self._codec.encrypt(Z[block.start : block.stop], block)

@@ -193,31 +193,36 @@ class Preprocessing:
     # ------------------------------------------------------------------ transform
     def transform(self, X: Any) -> np.ndarray:
         """Raw inputs (DataFrame by column name, or array-like by position) -> float64 (n, d)."""
-        raw = self._raw_columns(X)
-        n = len(next(iter(raw.values()))) if raw else 0
+        numeric = [c for c in self.columns if c.kind == "numeric"]
+        source = self._source(X)
+        num = self._numeric_block(numeric, source)
+        if len(numeric) == len(self.columns):
+            return num
+        n = num.shape[0] if numeric else len(self._column(source, self.columns[0].name))
         out = np.empty((n, self.n_features), dtype=np.float64)
-        j = 0
+        j = k = 0
         for col in self.columns:
             if col.kind == "numeric":
-                out[:, j] = self._numeric(col, raw[col.name])
+                out[:, j] = num[:, k]
                 j += 1
+                k += 1
             else:
-                block = self._onehot(col, raw[col.name])
+                block = self._onehot(col, self._column(source, col.name))
                 out[:, j : j + block.shape[1]] = block
                 j += block.shape[1]
         return out
 
-    def _raw_columns(self, X: Any) -> dict[str, np.ndarray]:
+    def _source(self, X: Any):
+        """A DataFrame (checked for the needed columns) or a 2-D array (checked for width)."""
         if _is_dataframe(X):
-            names = self.input_names
-            missing = [c for c in names if c not in X.columns]
+            missing = [c for c in self.input_names if c not in X.columns]
             if missing:
                 shown = ", ".join(repr(m) for m in missing[:10])
                 more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
                 raise InputError(
                     f"input is missing {len(missing)} column(s) the model needs: {shown}{more}"
                 )
-            return {c: X[c].to_numpy() for c in names}
+            return X
         names = list(self.inputs)
         try:
             arr = np.asarray(X)
@@ -235,28 +240,48 @@ class Preprocessing:
             raise InputError(
                 f"X has {arr.shape[1]} features, but the model expects {len(names)} ({shown})"
             )
-        return {name: arr[:, i] for i, name in enumerate(names)}
+        return arr
 
-    @staticmethod
-    def _numeric(col: Column, values: np.ndarray) -> np.ndarray:
+    def _column(self, source, name: str) -> np.ndarray:
+        if _is_dataframe(source):
+            return source[name].to_numpy()
+        return source[:, self.inputs.index(name)]
+
+    def _numeric_block(self, cols: list[Column], source) -> np.ndarray:
+        """All numeric columns at once as float64 (n, len(cols)), imputed or refused."""
+        names = [c.name for c in cols]
         try:
-            v = np.asarray(values, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"column {col.name!r} must be numeric: {exc}") from exc
-        bad = ~np.isfinite(v)
-        if np.any(bad):
-            if col.impute is not None and not np.any(np.isinf(v)):
-                v = v.copy()
-                v[bad] = float(col.impute)
+            if _is_dataframe(source):
+                block = source[names].to_numpy(dtype=np.float64) if names else None
             else:
-                row = int(np.flatnonzero(bad)[0])
-                kind = "infinite" if np.isinf(v[row]) else "missing (NaN)"
+                index = {name: i for i, name in enumerate(self.inputs)}
+                block = source[:, [index[n] for n in names]].astype(np.float64)
+        except (TypeError, ValueError):
+            for col in cols:  # find the offending column for the message
+                try:
+                    np.asarray(self._column(source, col.name), dtype=np.float64)
+                except (TypeError, ValueError) as exc:
+                    raise InputError(f"column {col.name!r} must be numeric: {exc}") from exc
+            raise
+        if block is None:
+            rows = len(source) if _is_dataframe(source) else source.shape[0]
+            return np.empty((rows, 0))
+        bad = ~np.isfinite(block)
+        if bad.any():
+            block = block.copy()
+            for k in np.flatnonzero(bad.any(axis=0)):
+                col, v = cols[k], block[:, k]
+                if col.impute is not None and not np.isinf(v).any():
+                    v[~np.isfinite(v)] = float(col.impute)
+                    continue
+                rows = np.flatnonzero(~np.isfinite(v))
+                kind = "infinite" if np.isinf(v[rows[0]]) else "missing (NaN)"
                 hint = "" if col.impute is not None else "; this model has no imputer for it"
                 raise InputError(
-                    f"column {col.name!r} has {int(bad.sum())} {kind} value(s), first at row "
-                    f"{row}{hint}"
+                    f"column {col.name!r} has {rows.size} {kind} value(s), first at row "
+                    f"{rows[0]}{hint}"
                 )
-        return v
+        return block
 
     @staticmethod
     def _onehot(col: Column, values: np.ndarray) -> np.ndarray:

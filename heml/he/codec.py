@@ -72,6 +72,8 @@ class ClientCodec:
         self.d, self.k = d, k
         self.keys = keys
         self._decryptors: dict[HEParams, Decryptor] = {}
+        self._geometries: dict[int, RowGeometry] = {}
+        self._choices: dict[tuple[int, str | None], tuple[str, int]] = {}
 
     def _decryptor(self, params: HEParams) -> Decryptor:
         dec = self._decryptors.get(params)
@@ -82,8 +84,17 @@ class ClientCodec:
 
     # ------------------------------------------------------------ layout choice
     def _row_geometry(self, s: int) -> RowGeometry:
-        plan = self.plans[ROW]
-        return RowGeometry(plan.params.n, self.d, self.k, plan.digits, s)
+        geo = self._geometries.get(s)
+        if geo is None:
+            plan = self.plans[ROW]
+            geo = self._geometries[s] = RowGeometry(plan.params.n, self.d, self.k, plan.digits, s)
+        return geo
+
+    def ciphertext_count(self, block: Block) -> int:
+        """Ciphertexts a block uploads."""
+        if block.layout == COLUMN:
+            return self.d
+        return -(-block.n // block.s) * self._row_geometry(block.s).chunks
 
     def _row_cost(self, n: int, s: int) -> float:
         geo = self._row_geometry(s)
@@ -104,6 +115,15 @@ class ClientCodec:
 
     def choose(self, n: int, layout: str | None = None) -> tuple[str, int]:
         """Layout and samples-per-ciphertext for a batch of n samples (cheapest estimate)."""
+        key = (n, layout)
+        hit = self._choices.get(key)
+        if hit is None:
+            hit = self._choose(n, layout)
+            if len(self._choices) < 4096:
+                self._choices[key] = hit
+        return hit
+
+    def _choose(self, n: int, layout: str | None) -> tuple[str, int]:
         if layout == COLUMN or (layout is None and COLUMN in self.plans and ROW not in self.plans):
             return COLUMN, 0
         s = self.best_row_s(n)

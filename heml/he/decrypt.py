@@ -31,14 +31,22 @@ class Decryptor:
         pad = np.zeros(2 * n)
         pad[:n] = self._s
         self._s_fft = np.fft.rfft(pad)
+        self._rows_cache: dict[bytes, np.ndarray] = {}
 
     def _product_rows(self, positions: np.ndarray) -> np.ndarray:
         """Rows R[p, j] with (c1 · s)[p] = Σ_j c1[j] R[p, j] (as uint64 two's complement)."""
-        j = np.arange(self.n)[None, :]
-        p = positions.reshape(-1, 1)
-        idx = (p - j) % self.n
-        sign = np.where(j <= p, 1, -1)
-        return (self._s[idx] * sign).astype(np.int64).view(np.uint64)
+        key = positions.tobytes()
+        rows = self._rows_cache.get(key)
+        if rows is None:
+            j = np.arange(self.n)[None, :]
+            p = positions.reshape(-1, 1)
+            idx = (p - j) % self.n
+            sign = np.where(j <= p, 1, -1)
+            rows = (self._s[idx] * sign).astype(np.int64).view(np.uint64)
+            if len(self._rows_cache) >= 64:
+                self._rows_cache.pop(next(iter(self._rows_cache)))
+            self._rows_cache[key] = rows
+        return rows
 
     def at_positions(self, c0: np.ndarray, c1: np.ndarray, positions: np.ndarray, bits: int):
         """Signed messages (units of q / 2^bits) at the given coefficient positions."""

@@ -172,7 +172,7 @@ def _rejection_threshold(q: int) -> int:
 def expand_seed(seed: bytes, n: int, q: int, *, portable: bool = False) -> np.ndarray:
     """SEAL's ``sample_poly_uniform`` for one prime: the n NTT-form coefficients of a."""
     limit = _rejection_threshold(q)
-    words = stream(seed, n * 8 + REFILL_BYTES, portable=portable)
+    words = stream(seed, n * 8, portable=portable)
     a = words[:n].copy()
     rejected = np.flatnonzero(a >= np.uint64(limit))
     if rejected.size:

@@ -181,6 +181,53 @@ def ciphertext_view(ct, *, expect: tuple[int, int, int] | None = None) -> np.nda
     return _buffer_view(int(w[_CT_PTR]), length)
 
 
+def set_ntt_form(ct, ntt_form: bool) -> bool:
+    """Mark a ciphertext as NTT or coefficient form without transforming it (its words are
+    about to be overwritten). Checks the flag byte against ``is_ntt_form()`` before and after;
+    returns False (and changes nothing) when the layout is not the verified one."""
+    flag = ctypes.c_uint8.from_address(ctypes.c_void_p.from_address(id(ct) + 16).value + 32)
+    if flag.value not in (0, 1) or bool(flag.value) != ct.is_ntt_form():
+        return False
+    flag.value = 1 if ntt_form else 0
+    if ct.is_ntt_form() != ntt_form:  # pragma: no cover - layout drift
+        flag.value = 0 if ntt_form else 1
+        return False
+    return True
+
+
+class ViewCache:
+    """Zero-copy views of long-lived SEAL objects, re-derived only when SEAL reallocates.
+
+    The header words are re-read on every access (a numpy view of the object itself), so a
+    moved or resized buffer is noticed; the expensive part, building the views, is cached.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple] = {}
+
+    def ciphertext(self, ct) -> np.ndarray:
+        hit = self._cache.get(id(ct))
+        if hit is not None:
+            owner, header, ptr, length, view = hit
+            if owner is ct and int(header[_CT_PTR]) == ptr and int(header[_CT_LEN]) == length:
+                return view
+        view = ciphertext_view(ct)
+        header = _object_words(ct, 15)
+        self._cache[id(ct)] = (ct, header, int(header[_CT_PTR]), view.size, view)
+        return view
+
+    def plaintext(self, pt) -> np.ndarray:
+        hit = self._cache.get(id(pt))
+        if hit is not None:
+            owner, header, ptr, length, view = hit
+            if owner is pt and int(header[_PT_PTR]) == ptr and int(header[_PT_LEN]) == length:
+                return view
+        view = plaintext_view(pt)
+        header = _object_words(pt, 11)
+        self._cache[id(pt)] = (pt, header, int(header[_PT_PTR]), view.size, view)
+        return view
+
+
 def plaintext_view(pt) -> np.ndarray:
     w = _object_words(pt, 11)
     count, length, cap = int(w[_PT_COUNT]), int(w[_PT_LEN]), int(w[_PT_CAP])
