@@ -50,5 +50,7 @@ def abort_on_error(context: grpc.ServicerContext):
     except grpc.RpcError:
         raise  # already aborted
     except Exception as exc:
+        if context.code() is not None:
+            raise  # context.abort() ran inside (it raises a bare Exception): keep its status
         code, message = status_for(exc)
         context.abort(code, message)
