@@ -66,12 +66,16 @@ class Supervisor:
         self.restarts = 0
 
     def _fork_worker(self, slot: int, ready_w: int | None) -> int:
+        # a SIGTERM arriving just after the fork would run our handler in the child and be
+        # lost (the worker then ignores the stop): hold signals until the child has SIG_DFL
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         pid = os.fork()
         if pid == 0:  # child
             code = 1
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 from .worker import run_worker
 
                 code = run_worker(self.config, self.port, ready_w)
@@ -79,6 +83,7 @@ class Supervisor:
                 logging.getLogger("heml.server").exception("worker crashed")
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.workers[pid] = slot
         return pid
 
@@ -157,6 +162,8 @@ class Supervisor:
                 log.warning("worker %d exited (%s); starting a replacement", pid, _describe(status))
                 time.sleep(backoff)
                 backoff = min(backoff * 2, RESTART_BACKOFF[1])
+                if self.stopping:
+                    break
                 self._fork_worker(slot, None)
                 self.restarts += 1
                 continue
