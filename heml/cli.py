@@ -243,12 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     pr.set_defaults(func=cmd_predict)
 
-    k = sub.add_parser("keys", help="manage client key files")
+    k = sub.add_parser("keys", help="client HE key files; API keys (issue, revoke, list)")
     ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     kg = ksub.add_parser("generate", help="create a secret-key file (mode 0600)")
     kg.add_argument("--out", required=True, metavar="FILE")
     kg.add_argument("--force", action="store_true", help="replace an existing file")
     kg.set_defaults(func=cmd_keys_generate)
+    from .server.auth_cli import register as register_api_keys
+
+    register_api_keys(ksub)  # heml keys issue | revoke | list
 
     d = sub.add_parser("demo", help="train, serve and score encrypted, end to end, in one go")
     d.add_argument("--epsilon", type=float, default=1.0, help="DP budget of the demo model")
