@@ -50,6 +50,18 @@ class ServerScorer:
         geo = self._row.geometry(s)
         return -(-n // s) * geo.chunks
 
+    def computed_samples(self, layout: str, n: int, s: int) -> int:
+        """Sample slots the server computes for a block, whatever ``n`` the client declares.
+
+        The evaluation runs over every coefficient, so this is what the uploaded ciphertexts
+        could carry (the quota unit): N per COLUMN block; for ROW, ceil(n / s) sample groups
+        of N // m slots each (m = features per chunk). Always ≥ n.
+        """
+        if layout == COLUMN:
+            return self.plans[COLUMN].params.n
+        geo = self._row.geometry(s)
+        return -(-n // s) * (self.plans[ROW].params.n // geo.m)
+
     def check_block(self, layout: str, n: int, s: int) -> None:
         plan = self.plans.get(layout)
         if plan is None:
