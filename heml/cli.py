@@ -35,17 +35,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server.supervisor import NoModelsError, Supervisor, configure_logging
 
     configure_logging(args.log_level)
-    config = ServerConfig(
-        models_dir=str(Path(args.models).resolve()),
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-        max_concurrent_rpcs=args.max_concurrent_rpcs,
-    )
+    try:
+        config = ServerConfig(
+            models_dir=str(Path(args.models).resolve()),
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
+            api_keys=args.api_keys,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            max_samples_per_request=args.max_samples_per_request,
+        )
+    except ValueError as exc:  # inconsistent settings
+        raise CliError(str(exc)) from exc
     try:
         return Supervisor(config).run()
-    except NoModelsError as exc:
+    except (NoModelsError, HemlError) as exc:
         raise CliError(str(exc)) from exc
     except OSError as exc:
         raise CliError(str(exc), 1) from exc
@@ -215,7 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     s.add_argument("--workers", type=int, default=1, help="worker processes (one per core)")
-    s.add_argument("--max-concurrent-rpcs", type=int, default=64)
+    s.add_argument("--max-concurrent-rpcs", type=int, default=64, help="per worker (default 64)")
+    s.add_argument(
+        "--max-samples-per-request",
+        type=int,
+        default=1 << 20,
+        metavar="N",
+        help="sample slots one call may compute (default 1048576)",
+    )
+    sec = s.add_argument_group("security (docs/security.md)")
+    sec.add_argument(
+        "--api-keys", metavar="FILE", help="require API keys from FILE (`heml keys issue`)"
+    )
+    sec.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on PORT"
+    )
+    sec.add_argument("--metrics-host", metavar="ADDR", help="address for /metrics (default --host)")
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     s.set_defaults(func=cmd_serve)
 

@@ -134,6 +134,7 @@ class Client:
             self.keys = KeySet()
         else:
             self.keys = KeySet.open(keys)
+        api_key = api_key.strip() if api_key else None  # e.g. read from a file with a newline
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         options = [
             ("grpc.max_send_message_length", self.max_message_bytes + MiB),

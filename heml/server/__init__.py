@@ -32,6 +32,7 @@ class ServerHandle:
         self.worker_pids: list[int] = list(info.get("workers", []))
         self.models: list[str] = list(info.get("models", []))
         self.load_errors: dict[str, str] = dict(info.get("errors", {}))
+        self.metrics_port: int | None = info.get("metrics_port")  # with metrics_port=…
 
     @property
     def address(self) -> str:
@@ -78,7 +79,9 @@ def serve(
 
     HE work runs in ``workers`` separate processes (never in the caller's interpreter).
     ``port=0`` picks a free port (see ``handle.port``). Extra keyword ``options`` are
-    ``ServerConfig`` fields (``threads``, ``max_concurrent_rpcs``, ``max_receive_bytes``, …).
+    ``ServerConfig`` fields (``threads``, ``max_concurrent_rpcs``, ``max_receive_bytes``, …),
+    the same as ``heml serve``'s flags: ``api_keys``, ``metrics_port`` (0 = any; see
+    ``handle.metrics_port``), ``max_samples_per_request`` (docs/security.md).
     Broken model files are skipped and listed in ``handle.load_errors``; a folder with no valid
     model raises ``ServerStartError``.
     """

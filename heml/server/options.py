@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 MiB = 1 << 20
@@ -19,6 +20,22 @@ class ServerConfig:
     max_send_bytes: int = 32 * MiB
     grace_seconds: float = 5.0
     log_level: str = "WARNING"  # heml.serve() is quiet; `heml serve` logs at INFO
+    # security (docs/security.md): all off by default, paths are made absolute
+    api_keys: str | None = None  # key file from `heml keys issue`; None = no authentication
+    metrics_port: int | None = None  # Prometheus /metrics (0 = any free port); None = off
+    metrics_host: str | None = None  # address for /metrics (default: host)
+    # sample slots one call may compute (a stream: all its blocks); ≥ the SDK's 32 COLUMN blocks
+    max_samples_per_request: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        for name in ("api_keys",):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, os.path.abspath(os.fspath(value)))
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
+        if self.max_samples_per_request < 1:
+            raise ValueError("max_samples_per_request must be at least 1")
 
     def to_dict(self) -> dict:
         return asdict(self)

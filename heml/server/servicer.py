@@ -11,6 +11,7 @@ from ..he.plan import COLUMN, ROW
 from ..info import LAYOUT_FROM_PB, LAYOUT_TO_PB
 from ..v1 import heml_pb2 as pb
 from ..v1 import heml_pb2_grpc
+from .interceptor import admit, note_model
 from .registry import Registry, ServedModel, server_info_pb
 from .status import RequestError, abort_on_error
 
@@ -119,7 +120,9 @@ class InferenceServicer(heml_pb2_grpc.InferenceServicer):
 
     def GetModel(self, request, context):
         with abort_on_error(context):
-            return self.registry.get(request.name, request.version).info
+            served = self.registry.get(request.name, request.version)
+            note_model(context, served.model.name, served.model.version)
+            return served.info
 
     def Predict(self, request, context):
         with abort_on_error(context):
@@ -132,6 +135,7 @@ class InferenceServicer(heml_pb2_grpc.InferenceServicer):
                     f"{block.expected} (use PredictStream to split a block across messages)",
                 )
             _check_deadline(context, block.layout, block.expected)
+            admit(context, block)  # per-call limit and the key's quota, before any HE work
             block.add(request.ciphertexts)
             reply = block.finish()
             log.debug(
@@ -156,6 +160,7 @@ class InferenceServicer(heml_pb2_grpc.InferenceServicer):
                         )
                     block = Block(self.registry.get(message.model, message.version), message)
                     _check_deadline(context, block.layout, block.expected)
+                    admit(context, block)
                 elif block is None:
                     raise RequestError(
                         INVALID, "stream message without a model name and no block open"

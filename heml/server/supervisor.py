@@ -19,9 +19,10 @@ import socket
 import sys
 import time
 
-from ..errors import ModelError
+from ..errors import HemlError, ModelError
 from .options import ServerConfig
 from .registry import scan
+from .runtime import Runtime
 
 log = logging.getLogger("heml.server")
 READY_TIMEOUT = 120.0
@@ -64,6 +65,7 @@ class Supervisor:
         self.stopping = False
         self.port = 0
         self.restarts = 0
+        self.runtime: Runtime | None = None  # quota table, metrics exporter
 
     def _fork_worker(self, slot: int, ready_w: int | None) -> int:
         # a SIGTERM arriving just after the fork would run our handler in the child and be
@@ -78,7 +80,9 @@ class Supervisor:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 from .worker import run_worker
 
-                code = run_worker(self.config, self.port, ready_w)
+                if self.runtime is not None:
+                    self.runtime.in_worker()
+                code = run_worker(self.config, self.port, ready_w, slot=slot, runtime=self.runtime)
             except BaseException:
                 logging.getLogger("heml.server").exception("worker crashed")
             finally:
@@ -111,8 +115,11 @@ class Supervisor:
             )
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        with reserve_port(self.config.host, self.config.port) as port:
-            self.port = port
+        with (
+            reserve_port(self.config.host, self.config.port) as port,
+            Runtime(self.config) as runtime,
+        ):
+            self.port, self.runtime = port, runtime
             pipes = []
             for slot in range(self.config.workers):
                 r, w = os.pipe()
@@ -141,6 +148,7 @@ class Supervisor:
                         "workers": sorted(self.workers),
                         "models": [f"{m.model.name}:{m.model.version}" for m in models],
                         "errors": errors,
+                        "metrics_port": runtime.metrics_port,
                     }
                 )
             return self._watch()
@@ -160,12 +168,15 @@ class Supervisor:
                 if self.stopping:
                     break
                 log.warning("worker %d exited (%s); starting a replacement", pid, _describe(status))
+                self.runtime.worker_exited(pid, slot)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, RESTART_BACKOFF[1])
                 if self.stopping:
                     break
                 self._fork_worker(slot, None)
                 self.restarts += 1
+                continue
+            if pid and self.runtime.child_exited(pid):
                 continue
             backoff = max(RESTART_BACKOFF[0], backoff / 2)
             time.sleep(0.1)
@@ -235,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return Supervisor(config).run(announce)
-    except (ModelError, OSError, RuntimeError) as exc:
+    except (HemlError, OSError, RuntimeError, ValueError) as exc:
         os.write(args.ready_fd, (json.dumps({"error": str(exc)}) + "\n").encode())
         return 2
 

@@ -15,11 +15,18 @@ log = logging.getLogger("heml.server")
 SERVICE_NAME = "heml.v1.Inference"
 
 
-def run_worker(config: ServerConfig, port: int, ready_fd: int | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit code. gRPC is created here, after fork."""
+def run_worker(
+    config: ServerConfig, port: int, ready_fd: int | None = None, *, slot: int = 0, runtime=None
+) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit code. gRPC is created here, after fork.
+
+    ``slot`` is this worker's index (0..workers-1) in the shared quota table that the
+    supervisor's ``runtime`` (heml.server.runtime) prepared; without one, quotas are private.
+    """
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+    from .interceptor import build_interceptor
     from .servicer import InferenceServicer, add_to_server
 
     registry, _errors = Registry.from_folder(config.models_dir)
@@ -27,6 +34,7 @@ def run_worker(config: ServerConfig, port: int, ready_fd: int | None = None) -> 
         futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="heml-rpc"),
         options=config.grpc_options(reuse_port=True),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        interceptors=[build_interceptor(config, slot, runtime)],  # keys, quotas, log, metrics
     )
     add_to_server(InferenceServicer(registry), server)
     health_servicer = health.HealthServicer()

@@ -1,0 +1,295 @@
+"""The interceptor every call (except health checks) passes through.
+
+In order: authenticate the API key (UNAUTHENTICATED), take a slot of the key's concurrency
+quota (RESOURCE_EXHAUSTED + ``retry-after``), run the handler, then release the slot, write
+one log line and update the metrics. The rejecting handler has the cardinality of the method
+it replaces (a streaming method gets a streaming handler), so clients always read a clean
+status, never a protocol error.
+
+Prediction quotas need what only the servicer knows (layout, n, the model's geometry), so the
+interceptor hands the servicer a context that carries this call's ``Guard``; the servicer calls
+``admit(context, block)`` once per block after validating the header and before any HE work.
+``admit`` charges the sample slots the server will compute (``computed_samples``), not the
+``n`` the client declares.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import threading
+import time
+
+import grpc
+
+from .auth import ApiKey, AuthError, KeyStore
+from .metrics import WorkerMetrics
+from .quota import QuotaTable, QuotaTableFull
+from .requestlog import CallRecord, safe_token
+from .status import RequestError
+
+EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
+CONCURRENCY_RETRY_AFTER = 1.0  # seconds; a call typically finishes well within this
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class CallContext:
+    """The servicer's view of a call's context: the real one, plus ``heml_guard``."""
+
+    def __init__(self, context: grpc.ServicerContext, guard: Guard) -> None:
+        self._context = context
+        self.heml_guard = guard
+
+    def __getattr__(self, name: str):
+        return getattr(self._context, name)
+
+
+def admit(context, block) -> None:
+    """Charge a validated block to the call's limits and quota (servicer hook; raises
+    RequestError(RESOURCE_EXHAUSTED)). A no-op for a servicer used without the interceptor."""
+    guard = getattr(context, "heml_guard", None)
+    if guard is not None:
+        guard.admit(block)
+
+
+def note_model(context, name: str, version: int) -> None:
+    """Record which served model a metadata call was about (for the log and the metrics)."""
+    guard = getattr(context, "heml_guard", None)
+    if guard is not None:
+        guard.record.model, guard.record.version = name, version
+
+
+class Guard:
+    """One call's state: its key, its concurrency slot, and what it computed."""
+
+    def __init__(
+        self,
+        policy: SecurityInterceptor,
+        record: CallRecord,
+        key: ApiKey | None,
+        auth_error: str | None,
+        *,
+        request_id_given: bool = False,
+    ) -> None:
+        self.policy = policy
+        self.record = record
+        self.key = key
+        self.auth_error = auth_error
+        self.started = time.perf_counter()
+        self._context: grpc.ServicerContext | None = None
+        self._acquired = False
+        self._done = False
+        self._lock = threading.Lock()
+        self._request_id_set = request_id_given  # metadata x-request-id wins over the body
+
+    # ------------------------------------------------------------ call start and end
+    def enter(self, context: grpc.ServicerContext) -> CallContext:
+        self._context = context
+        context.add_callback(lambda: self.exit("terminated"))  # cancelled or deadline passed
+        self.record.peer = safe_token(context.peer(), 80)
+        if self.auth_error is not None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, self.auth_error)
+        key, quotas = self.key, self.policy.quotas
+        if key is not None and key.max_concurrent is not None and quotas is not None:
+            busy = quotas.acquire(key.key_id, key.max_concurrent, self.policy.worker)
+            if busy is not None:
+                self.policy.metrics.rejected(key.key_id, "concurrency")
+                self._retry_after(CONCURRENCY_RETRY_AFTER)
+                context.abort(
+                    EXHAUSTED,
+                    f"API key {key.key_id!r} has {busy} call(s) in flight, its limit is "
+                    f"{key.max_concurrent}; retry when one finishes",
+                )
+            self._acquired = True
+        return CallContext(context, self)
+
+    def exit(self, outcome: str) -> None:
+        """Release the slot, log and count (once, from the handler or the RPC callback)."""
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        try:
+            if self._acquired:
+                self.policy.quotas.release(self.key.key_id, self.policy.worker)
+        finally:
+            seconds = time.perf_counter() - self.started
+            status = self._status(outcome)
+            self.record.emit(status, seconds)
+            self.policy.metrics.request(self.record.method, self.record.model, status, seconds)
+
+    def _status(self, outcome: str) -> str:
+        context = self._context
+        code = context.code() if context is not None else None
+        if code is not None:
+            return code.name
+        if outcome == "returned":
+            return "OK"
+        if context is not None and (outcome == "terminated" or not context.is_active()):
+            left = context.time_remaining()  # the client went away or its deadline passed
+            return "DEADLINE_EXCEEDED" if left is not None and left <= 0 else "CANCELLED"
+        return "UNKNOWN"
+
+    def _retry_after(self, seconds: float) -> None:
+        if self._context is not None and math.isfinite(seconds):
+            self._context.set_trailing_metadata((("retry-after", f"{max(seconds, 0.001):.3f}"),))
+
+    # ------------------------------------------------------------ per block (servicer hook)
+    def admit(self, block) -> None:
+        served, header = block.served, block.header
+        rec = self.record
+        if not rec.blocks:
+            rec.model, rec.version = served.model.name, served.model.version
+            rec.layout = block.layout
+        elif rec.layout != block.layout:
+            rec.layout = "mixed"
+        if not self._request_id_set and header.request_id:
+            rec.request_id = safe_token(header.request_id)
+            self._request_id_set = True
+        computed = served.scorer.computed_samples(block.layout, block.n, block.s)
+        limit = self.policy.max_samples_per_request
+        key_id = self.key.key_id if self.key is not None else ""
+        if rec.computed + computed > limit:
+            self.policy.metrics.rejected(key_id, "request")
+            raise RequestError(
+                EXHAUSTED,
+                f"this call would compute {rec.computed + computed} sample slots, above the "
+                f"server's limit of {limit} per call; split the batch over several calls",
+            )
+        key, quotas = self.key, self.policy.quotas
+        if key is not None and key.predictions_per_minute is not None and quotas is not None:
+            try:
+                wait = quotas.take(key.key_id, computed, key.predictions_per_minute)
+            except QuotaTableFull as exc:
+                raise RequestError(EXHAUSTED, "quota table full; try again later") from exc
+            if wait is not None:
+                self.policy.metrics.rejected(key.key_id, "rate")
+                per = key.predictions_per_minute
+                if math.isinf(wait):
+                    raise RequestError(
+                        EXHAUSTED,
+                        f"this block computes {computed} sample slots, more than API key "
+                        f"{key.key_id!r} may use in a minute ({per}); send smaller blocks "
+                        "(ROW layout) or ask for a larger quota",
+                    )
+                self._retry_after(wait)
+                raise RequestError(
+                    EXHAUSTED,
+                    f"API key {key.key_id!r} is over its quota of {per} predictions per minute "
+                    f"(this block computes {computed}); retry in {wait:.1f} s",
+                )
+        rec.blocks += 1
+        rec.n += block.n
+        rec.ciphertexts += block.expected
+        rec.computed += computed
+        self.policy.metrics.admitted(served.model.name, computed, block.n)
+
+
+class SecurityInterceptor(grpc.ServerInterceptor):
+    """API-key authentication, per-key quotas, request log and metrics for one worker."""
+
+    def __init__(
+        self,
+        *,
+        keys: KeyStore | None,
+        quotas: QuotaTable | None,
+        metrics: WorkerMetrics,
+        worker: int,
+        max_samples_per_request: int,
+    ) -> None:
+        self.keys = keys
+        self.quotas = quotas
+        self.metrics = metrics
+        self.worker = worker
+        self.max_samples_per_request = max_samples_per_request
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(EXEMPT_PREFIXES):
+            return handler
+        metadata = handler_call_details.invocation_metadata or ()
+        record = CallRecord(method=safe_token(method.rsplit("/", 1)[-1]))
+        given_id = next((v for k, v in metadata if k == "x-request-id"), None)
+        if given_id:
+            record.request_id = safe_token(given_id)
+        key, auth_error = None, None
+        if self.keys is not None:
+            try:
+                key = self.keys.authenticate(metadata)
+                record.key_id = key.key_id
+            except AuthError as exc:
+                auth_error = str(exc)
+
+        def make_guard() -> Guard:
+            return Guard(self, record, key, auth_error, request_id_given=bool(given_id))
+
+        return _wrap(handler, make_guard)
+
+
+def _wrap(handler: grpc.RpcMethodHandler, make_guard) -> grpc.RpcMethodHandler:
+    """The same kind of handler as ``handler``, with the guard around its behaviour."""
+    if handler.request_streaming and handler.response_streaming:
+        inner, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    elif handler.request_streaming:
+        inner, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        inner, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    else:
+        inner, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+
+    if handler.response_streaming:
+
+        def behavior(request, context):
+            guard = make_guard()
+            outcome = "raised"
+            try:
+                yield from inner(request, guard.enter(context))
+                outcome = "returned"
+            finally:
+                guard.exit(outcome)
+
+    else:
+
+        def behavior(request, context):
+            guard = make_guard()
+            outcome = "raised"
+            try:
+                result = inner(request, guard.enter(context))
+                outcome = "returned"
+                return result
+            finally:
+                guard.exit(outcome)
+
+    return factory(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def build_interceptor(config, worker: int = 0, runtime=None) -> SecurityInterceptor:
+    """The interceptor for one worker (after the fork). Without a supervisor's runtime (a
+    single process), quotas use a private table, which is then exact."""
+    keys = KeyStore(config.api_keys) if config.api_keys else None
+    quotas = None
+    if keys is not None:
+        path = getattr(runtime, "quota_path", None)
+        if path is None:  # a private table, unlinked at once (the mapping keeps it)
+            folder = tempfile.mkdtemp(prefix="heml-quota-")
+            path = os.path.join(folder, "quota")
+            quotas = QuotaTable.create(path, workers=1)
+            os.unlink(path)
+            os.rmdir(folder)
+            worker = 0
+        else:
+            quotas = QuotaTable(path)
+    metrics = WorkerMetrics(getattr(runtime, "metrics_dir", None) is not None)
+    return SecurityInterceptor(
+        keys=keys,
+        quotas=quotas,
+        metrics=metrics,
+        worker=worker,
+        max_samples_per_request=config.max_samples_per_request,
+    )
