@@ -44,11 +44,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
             api_keys=args.api_keys,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
             max_samples_per_request=args.max_samples_per_request,
         )
-    except ValueError as exc:  # inconsistent settings
+    except ValueError as exc:  # inconsistent flags (e.g. --tls-cert without --tls-key)
         raise CliError(str(exc)) from exc
     try:
         return Supervisor(config).run()
@@ -62,7 +65,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace, keys=None):
     from .client import Client
 
-    return Client(args.server, keys=keys, api_key=args.api_key, timeout=args.timeout)
+    def pem(path, flag):
+        if path is None:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read {flag} {path}: {exc.strerror}") from None
+
+    if (args.cert is None) != (args.key is None):
+        raise CliError("--cert and --key go together (client certificate and its private key)")
+    return Client(
+        args.server,
+        keys=keys,
+        api_key=args.api_key,
+        timeout=args.timeout,
+        root_certificates=pem(args.ca, "--ca"),
+        client_cert=pem(args.cert, "--cert"),
+        client_key=pem(args.key, "--key"),
+    )
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -234,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     sec.add_argument(
         "--api-keys", metavar="FILE", help="require API keys from FILE (`heml keys issue`)"
     )
+    sec.add_argument("--tls-cert", metavar="PEM", help="server certificate chain (TLS only)")
+    sec.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    sec.add_argument(
+        "--tls-client-ca", metavar="PEM", help="require client certificates from this CA (mTLS)"
+    )
     sec.add_argument(
         "--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on PORT"
     )
@@ -247,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--api-key", default=os.environ.get("HEML_API_KEY"), help="or set HEML_API_KEY"
         )
         parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+        parser.add_argument("--ca", metavar="PEM", help="CA that signed the server's certificate")
+        parser.add_argument("--cert", metavar="PEM", help="TLS client certificate (mTLS)")
+        parser.add_argument("--key", metavar="PEM", help="TLS client private key (mTLS)")
 
     m = sub.add_parser("models", help="list the models a server serves")
     remote(m)

@@ -16,6 +16,7 @@ import random
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,11 @@ _ERRORS = {
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNAVAILABLE: ServerUnavailable,
 }
+
+
+def _is_loopback(target: str) -> bool:
+    host = target.split("://", 1)[-1].lstrip("/").rsplit(":", 1)[0].strip("[]")
+    return target.startswith("unix:") or host in ("localhost", "127.0.0.1", "::1")
 
 
 def translate(exc: grpc.RpcError, target: str) -> RemoteError:
@@ -141,10 +147,18 @@ class Client:
             ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
             ("grpc.enable_retries", 0),  # retries are ours: deadline-aware, UNAVAILABLE only
         ]
+        if (client_cert is None) != (client_key is None):
+            raise ValueError("client_cert and client_key go together (mTLS)")
         if root_certificates is not None or client_cert is not None:
             creds = grpc.ssl_channel_credentials(root_certificates, client_key, client_cert)
             self._channel = grpc.secure_channel(target, creds, options=options)
         else:
+            if api_key and not _is_loopback(target):
+                warnings.warn(
+                    f"sending an API key to {target} without TLS: pass root_certificates= "
+                    "(the server's CA) so the key is not readable on the network",
+                    stacklevel=2,
+                )
             self._channel = grpc.insecure_channel(target, options=options)
         self._stub = heml_pb2_grpc.InferenceStub(self._channel)
         self._closed = False

@@ -80,8 +80,9 @@ def serve(
     HE work runs in ``workers`` separate processes (never in the caller's interpreter).
     ``port=0`` picks a free port (see ``handle.port``). Extra keyword ``options`` are
     ``ServerConfig`` fields (``threads``, ``max_concurrent_rpcs``, ``max_receive_bytes``, …),
-    the same as ``heml serve``'s flags: ``api_keys``, ``metrics_port`` (0 = any; see
-    ``handle.metrics_port``), ``max_samples_per_request`` (docs/security.md).
+    the same as ``heml serve``'s flags: ``api_keys``, ``tls_cert``, ``tls_key``,
+    ``tls_client_ca``, ``metrics_port`` (0 = any; see ``handle.metrics_port``),
+    ``max_samples_per_request`` (docs/security.md).
     Broken model files are skipped and listed in ``handle.load_errors``; a folder with no valid
     model raises ``ServerStartError``.
     """
@@ -115,7 +116,8 @@ def serve(
         proc.wait(10)
         raise ServerStartError(info["error"])
     handle = ServerHandle(proc, info, config)
-    _wait_healthy(handle, timeout)
+    if config.tls_cert is None:  # with TLS the workers' readiness (above) is the check
+        _wait_healthy(handle, timeout)
     return handle
 
 

@@ -22,16 +22,23 @@ class ServerConfig:
     log_level: str = "WARNING"  # heml.serve() is quiet; `heml serve` logs at INFO
     # security (docs/security.md): all off by default, paths are made absolute
     api_keys: str | None = None  # key file from `heml keys issue`; None = no authentication
+    tls_cert: str | None = None  # PEM certificate chain: serve TLS only (needs tls_key)
+    tls_key: str | None = None  # PEM private key of tls_cert
+    tls_client_ca: str | None = None  # PEM CA bundle: require client certificates (mTLS)
     metrics_port: int | None = None  # Prometheus /metrics (0 = any free port); None = off
     metrics_host: str | None = None  # address for /metrics (default: host)
     # sample slots one call may compute (a stream: all its blocks); ≥ the SDK's 32 COLUMN blocks
     max_samples_per_request: int = 1 << 20
 
     def __post_init__(self) -> None:
-        for name in ("api_keys",):
+        for name in ("api_keys", "tls_cert", "tls_key", "tls_client_ca"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, os.path.abspath(os.fspath(value)))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both tls_cert and tls_key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
         if self.max_samples_per_request < 1:

@@ -1,6 +1,6 @@
 """What the supervisor prepares before forking workers, and tidies when they die or stop.
 
-* checks the API key file (a mistake stops startup with one clear line);
+* checks the API key file and the TLS files (a mistake stops startup with one clear line);
 * a private 0700 directory holding the shared quota table (heml.server.quota) and, with
   ``metrics_port``, prometheus-client's multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``
   is set here, before any worker imports prometheus-client);
@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 
-from . import metrics
+from . import metrics, tls
 from .auth import read_key_file
 from .options import ServerConfig
 from .quota import QuotaTable
@@ -30,6 +30,7 @@ class Runtime:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        tls.check_files(config.tls_cert, config.tls_key, config.tls_client_ca)
         if config.api_keys:
             log.info("%d API key(s) in %s", len(read_key_file(config.api_keys)), config.api_keys)
         self.directory: str | None = None  # private (0700), only when something is shared
@@ -61,6 +62,11 @@ class Runtime:
         if not loopback and c.api_keys is None:
             log.warning(
                 "no API keys (--api-keys): anyone who reaches %s can list and score models", c.host
+            )
+        if not loopback and c.tls_cert is None:
+            log.warning(
+                "no TLS (--tls-cert/--tls-key): API keys and model metadata cross the network "
+                "in clear text"
             )
 
     @property

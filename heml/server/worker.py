@@ -26,6 +26,7 @@ def run_worker(
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+    from . import tls
     from .interceptor import build_interceptor
     from .servicer import InferenceServicer, add_to_server
 
@@ -39,7 +40,8 @@ def run_worker(
     add_to_server(InferenceServicer(registry), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{config.host}:{port}")
+    address = f"{config.host}:{port}"
+    bound = tls.add_port(server, address, config.tls_cert, config.tls_key, config.tls_client_ca)
     if bound != port:
         log.error("worker could not bind %s:%d", config.host, port)
         return 3
