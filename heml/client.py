@@ -86,6 +86,8 @@ class CallStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     seconds: float = 0.0
+    server_seconds: float = 0.0  # server-reported time on the blocks (wall)
+    server_cpu_seconds: float = 0.0  # server-reported CPU time on the blocks
     layouts: dict = field(default_factory=dict)
 
 
@@ -303,6 +305,8 @@ class RemoteModel:
         stats.bytes_sent += request.ByteSize()
         reply = self.client._unary(self.client._stub.Predict, request)
         stats.bytes_received += reply.ByteSize()
+        stats.server_seconds += reply.server_seconds
+        stats.server_cpu_seconds += reply.server_cpu_seconds
         out[block.start : block.stop] = self._codec.decrypt(list(reply.replies), block)
 
     def _messages(self, Z: np.ndarray, blocks: list[Block], stats: CallStats) -> Iterator:
@@ -338,6 +342,8 @@ class RemoteModel:
                 )
                 for block, reply in zip(pending, responses, strict=False):
                     stats.bytes_received += reply.ByteSize()
+                    stats.server_seconds += reply.server_seconds
+                    stats.server_cpu_seconds += reply.server_cpu_seconds
                     out[block.start : block.stop] = self._codec.decrypt(list(reply.replies), block)
                     done += 1
             except grpc.RpcError as exc:

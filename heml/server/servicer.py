@@ -67,8 +67,17 @@ class Block:
         self._column = scorer.column_accumulator(n) if self.layout == COLUMN else None
         self._row: list[bytes] = []
         self.received = 0
+        self._started = time.perf_counter()
+        self._cpu = 0.0
 
     def add(self, ciphertexts) -> None:
+        cpu = time.thread_time()
+        try:
+            self._add(ciphertexts)
+        finally:
+            self._cpu += time.thread_time() - cpu
+
+    def _add(self, ciphertexts) -> None:
         cts = list(ciphertexts)
         if self.received + len(cts) > self.expected:
             raise RequestError(
@@ -91,6 +100,7 @@ class Block:
             raise RequestError(
                 INVALID, f"block ended after {self.received} of {self.expected} ciphertexts"
             )
+        cpu = time.thread_time()
         if self._column is not None:
             replies = self._column.replies()
         else:
@@ -104,6 +114,8 @@ class Block:
             reply_bits=plan.reply_bits,
             replies=replies,
             request_id=self.header.request_id,
+            server_seconds=time.perf_counter() - self._started,
+            server_cpu_seconds=self._cpu + time.thread_time() - cpu,
         )
 
 

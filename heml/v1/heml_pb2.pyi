@@ -219,7 +219,7 @@ class PredictRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., layout: _Optional[_Union[Layout, str]] = ..., n: _Optional[int] = ..., samples_per_ciphertext: _Optional[int] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., total_ciphertexts: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model", "version", "layout", "n", "reply_bits", "replies", "request_id")
+    __slots__ = ("model", "version", "layout", "n", "reply_bits", "replies", "request_id", "server_seconds", "server_cpu_seconds")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +227,8 @@ class PredictResponse(_message.Message):
     REPLY_BITS_FIELD_NUMBER: _ClassVar[int]
     REPLIES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     layout: Layout
@@ -234,4 +236,6 @@ class PredictResponse(_message.Message):
     reply_bits: int
     replies: _containers.RepeatedScalarFieldContainer[bytes]
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., layout: _Optional[_Union[Layout, str]] = ..., n: _Optional[int] = ..., reply_bits: _Optional[int] = ..., replies: _Optional[_Iterable[bytes]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    server_seconds: float
+    server_cpu_seconds: float
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., layout: _Optional[_Union[Layout, str]] = ..., n: _Optional[int] = ..., reply_bits: _Optional[int] = ..., replies: _Optional[_Iterable[bytes]] = ..., request_id: _Optional[str] = ..., server_seconds: _Optional[float] = ..., server_cpu_seconds: _Optional[float] = ...) -> None: ...
