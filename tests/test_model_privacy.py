@@ -43,7 +43,7 @@ def lll(basis: list[list[int]], delta: Fraction = Fraction(99, 100)) -> list[lis
             norms.append(dot(v, v))
         return bstar, mu, norms
 
-    bstar, mu, norms = gram_schmidt()
+    _bstar, mu, norms = gram_schmidt()
     k = 1
     while k < n:
         for j in range(k - 1, -1, -1):  # size reduction: b* unchanged, update mu in place
@@ -57,7 +57,7 @@ def lll(basis: list[list[int]], delta: Fraction = Fraction(99, 100)) -> list[lis
             k += 1
         else:
             b[k], b[k - 1] = b[k - 1], b[k]
-            bstar, mu, norms = gram_schmidt()
+            _bstar, mu, norms = gram_schmidt()
             k = max(k - 1, 1)
     return b
 
