@@ -187,3 +187,44 @@ def test_unregistered_or_malformed_public_keys_are_refused():
         evaluator.keys.register(b"\xff" * (2 * 7 * plan.params.n * 2))
     with pytest.raises(KeyError):
         evaluator.evaluate([], 1, 1, "unknown-key")
+
+
+def test_model_privacy_end_to_end_over_grpc(tmp_path, cancer):
+    import grpc
+
+    import heml
+    from heml.errors import InvalidRequest, ResourceExhausted
+    from heml.v1 import heml_pb2 as pb
+    from heml.v1 import heml_pb2_grpc
+
+    X, _y, clf = cancer
+    heml.export(clf, name="secret", model_privacy=True, max_predictions_per_key=12).save(
+        tmp_path / "secret.json"
+    )
+    heml.export(clf, name="open").save(tmp_path / "open.json")
+    with heml.serve(tmp_path, port=0) as server, heml.Client(f"localhost:{server.port}") as c:
+        model = c.model("secret")
+        assert model.info.model_privacy and list(model.info.plans) == [PRIVATE]
+        got = model.predict_proba(X.iloc[:8])
+        np.testing.assert_allclose(got, clf.predict_proba(X.iloc[:8]), atol=1e-4)
+        assert model.last_call.layouts == {PRIVATE: 8}
+        with pytest.raises(ResourceExhausted, match="quota of 12 predictions per key"):
+            model.predict_proba(X.iloc[:5])  # 8 + 5 > 12 < d = 30
+        stub = heml_pb2_grpc.InferenceStub(grpc.insecure_channel(f"localhost:{server.port}"))
+        with pytest.raises(grpc.RpcError) as info:  # default layouts are refused
+            stub.Predict(
+                pb.PredictRequest(model="secret", layout=pb.ROW, n=1, samples_per_ciphertext=1),
+                timeout=10,
+            )
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(grpc.RpcError) as info:  # a model not in privacy mode
+            stub.RegisterKey(pb.RegisterKeyRequest(model="open", public_key=b"x"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RegisterKey(pb.RegisterKeyRequest(model="secret", public_key=b"x" * 9), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(InvalidRequest):
+            c._unary(
+                c._stub.Predict,
+                pb.PredictRequest(model="secret", layout=pb.PRIVATE, n=1, samples_per_ciphertext=1),
+            )

@@ -14,6 +14,8 @@ import tenseal
 
 from .._version import PROTOCOL_VERSION, __version__
 from ..errors import HemlError, ModelError
+from ..he.plan import normalized_weights
+from ..he.private import PRIVATE, PrivateEvaluator, make_private_plan
 from ..he.scoring import ServerScorer
 from ..info import model_info_pb
 from ..model import LinearModel
@@ -38,9 +40,10 @@ def server_info_pb() -> pb.ServerInfo:
 @dataclass(frozen=True)
 class ServedModel:
     model: LinearModel
-    scorer: ServerScorer
+    scorer: ServerScorer | None  # default layouts (None in model-privacy mode)
     info: pb.ModelInfo
     path: Path
+    private: PrivateEvaluator | None = None  # model-privacy mode
 
 
 def load_model_file(path: Path) -> ServedModel:
@@ -49,9 +52,16 @@ def load_model_file(path: Path) -> ServedModel:
     if size > MAX_MODEL_FILE_BYTES:
         raise ModelError(f"file is {size} bytes, above the {MAX_MODEL_FILE_BYTES}-byte limit")
     model = LinearModel.load(path)
-    scorer = ServerScorer(
-        model.coef, model.intercept, model.bounds.center, model.bounds.half_width, model.tolerance
-    )
+    center, half_width = model.bounds.center, model.bounds.half_width
+    if model.model_privacy:
+        plan = make_private_plan(
+            model.coef, model.intercept, center, half_width, tolerance=model.tolerance
+        )
+        Wn, bn = normalized_weights(model.coef, model.intercept, center, half_width)
+        private = PrivateEvaluator(plan, Wn, bn)
+        info = model_info_pb(model, {PRIVATE: plan}, server_info_pb(), model.fingerprint())
+        return ServedModel(model, None, info, path, private)
+    scorer = ServerScorer(model.coef, model.intercept, center, half_width, model.tolerance)
     info = model_info_pb(model, scorer.plans, server_info_pb(), model.fingerprint())
     return ServedModel(model, scorer, info, path)
 
