@@ -42,6 +42,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_level=args.log_level,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        reload_seconds=args.reload_seconds,
+        drain_seconds=args.drain_seconds,
+        grace_seconds=args.grace_seconds,
     )
     try:
         return Supervisor(config).run()
@@ -216,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     s.add_argument("--workers", type=int, default=1, help="worker processes (one per core)")
     s.add_argument("--max-concurrent-rpcs", type=int, default=64)
+    s.add_argument(
+        "--reload-seconds", type=float, default=2.0, help="re-read the model folder (0: never)"
+    )
+    s.add_argument(
+        "--drain-seconds", type=float, default=1.0, help="NOT_SERVING before refusing calls"
+    )
+    s.add_argument("--grace-seconds", type=float, default=30.0, help="in-flight calls' grace")
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     s.set_defaults(func=cmd_serve)
 
