@@ -78,28 +78,30 @@ def test_models_are_added_replaced_and_kept_on_corruption_without_restart(tmp_pa
     clf1, m1 = _model(1)
     m1.save(tmp_path / "m.json")
     X = RNG.uniform(-3, 3, size=(50, D))
-    with heml.serve(tmp_path, port=0, workers=2, reload_seconds=0.3) as server:
-        with heml.Client(f"localhost:{server.port}") as c:
-            assert c.model("m").info.version == 1
-            clf2, m2 = _model(2, scale=-1.0)
-            m2.save(tmp_path / "m-v2.json")  # a new version beside the old one
-            assert _wait(lambda: c.model("m").info.version == 2)
-            assert_scores_close(c.model("m").decision_function(X), clf2.decision_function(X))
-            assert_scores_close(c.model("m", 1).decision_function(X), clf1.decision_function(X))
-            # a corrupt replacement is rejected: version 2 keeps serving
-            (tmp_path / "m-v2.json").write_text('{"schema": "heml.linear-model", "coef": [')
-            time.sleep(1.5)
-            assert c.model("m").info.version == 2
-            assert_scores_close(c.model("m").decision_function(X), clf2.decision_function(X))
-            # a brand-new model appears too
-            clf3, m3 = _model(1, scale=2.0)
-            m3.name = "other"
-            m3.save(tmp_path / "other.json")
-            assert _wait(lambda: any(i.name == "other" for i in c.models()))
-            # fixing the file swaps in its new content atomically
-            _clf4, m4 = _model(3)
-            m4.save(tmp_path / "m-v2.json")
-            assert _wait(lambda: c.model("m").info.version == 3)
+    with (
+        heml.serve(tmp_path, port=0, workers=2, reload_seconds=0.3) as server,
+        heml.Client(f"localhost:{server.port}") as c,
+    ):
+        assert c.model("m").info.version == 1
+        clf2, m2 = _model(2, scale=-1.0)
+        m2.save(tmp_path / "m-v2.json")  # a new version beside the old one
+        assert _wait(lambda: c.model("m").info.version == 2)
+        assert_scores_close(c.model("m").decision_function(X), clf2.decision_function(X))
+        assert_scores_close(c.model("m", 1).decision_function(X), clf1.decision_function(X))
+        # a corrupt replacement is rejected: version 2 keeps serving
+        (tmp_path / "m-v2.json").write_text('{"schema": "heml.linear-model", "coef": [')
+        time.sleep(1.5)
+        assert c.model("m").info.version == 2
+        assert_scores_close(c.model("m").decision_function(X), clf2.decision_function(X))
+        # a brand-new model appears too
+        _clf3, m3 = _model(1, scale=2.0)
+        m3.name = "other"
+        m3.save(tmp_path / "other.json")
+        assert _wait(lambda: any(i.name == "other" for i in c.models()))
+        # fixing the file swaps in its new content atomically
+        _clf4, m4 = _model(3)
+        m4.save(tmp_path / "m-v2.json")
+        assert _wait(lambda: c.model("m").info.version == 3)
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path):
