@@ -17,7 +17,7 @@ from .errors import ParameterError
 from .he.params import SEED_PRNG, HEParams
 from .he.plan import COLUMN, MAX_DIGIT_BITS, MAX_DIGITS, REPLY_BITS, ROW, LayoutPlan
 from .he.private import HIDING_BITS, PRIVATE, PrivatePlan, RNSParams
-from .model import LinearModel
+from .model import LinearModel, ModelFacts
 from .preprocessing import Bounds, Preprocessing
 from .v1 import heml_pb2 as pb
 
@@ -45,7 +45,7 @@ class ServerInfo:
 
 
 @dataclass(frozen=True)
-class ModelInfo:
+class ModelInfo(ModelFacts):
     """What a client knows about a served model (no weights)."""
 
     name: str
@@ -67,22 +67,6 @@ class ModelInfo:
     server: ServerInfo | None = None
     extra: dict = field(default_factory=dict)
     privacy: dict | None = None
-
-    @property
-    def model_privacy(self) -> bool:
-        return bool(self.privacy and self.privacy.get("enabled"))
-
-    @property
-    def feature_names(self) -> list[str]:
-        return self.preprocessing.feature_names
-
-    @property
-    def input_names(self) -> list[str]:
-        return self.preprocessing.input_names
-
-    @property
-    def is_private(self) -> bool:
-        return bool(self.dp.get("private"))
 
     def describe_dp(self) -> str:
         if not self.is_private:

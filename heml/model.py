@@ -39,7 +39,35 @@ def validate_name(name: str) -> str:
     return name
 
 
-class LinearModel:
+class ModelFacts:
+    """Accessors shared by the artifact (LinearModel) and what clients see (ModelInfo)."""
+
+    preprocessing: Preprocessing
+    dp: dict
+    privacy: dict | None
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Model features (after client-side preprocessing), the columns W multiplies."""
+        return self.preprocessing.feature_names
+
+    @property
+    def input_names(self) -> list[str]:
+        """Raw columns the client must provide."""
+        return self.preprocessing.input_names
+
+    @property
+    def is_private(self) -> bool:
+        """Trained with differential privacy."""
+        return bool(self.dp.get("private"))
+
+    @property
+    def model_privacy(self) -> bool:
+        """Served only in model-privacy mode (re-randomized, flooded replies; per-key quota)."""
+        return bool(self.privacy and self.privacy.get("enabled"))
+
+
+class LinearModel(ModelFacts):
     """A linear or logistic model as served by heml.
 
     Parameters
@@ -170,24 +198,6 @@ class LinearModel:
     def n_outputs(self) -> int:
         """k: scores per sample (1 for regression and binary)."""
         return self.coef.shape[0]
-
-    @property
-    def feature_names(self) -> list[str]:
-        return self.preprocessing.feature_names
-
-    @property
-    def input_names(self) -> list[str]:
-        """Raw columns the client must provide."""
-        return self.preprocessing.input_names
-
-    @property
-    def is_private(self) -> bool:
-        return bool(self.dp.get("private"))
-
-    @property
-    def model_privacy(self) -> bool:
-        """Served only in model-privacy mode (re-randomized, flooded replies; per-key quota)."""
-        return bool(self.privacy and self.privacy.get("enabled"))
 
     # ------------------------------------------------------------------ plaintext reference
     def transform(self, X: Any) -> np.ndarray:
