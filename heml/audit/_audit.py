@@ -92,7 +92,8 @@ class CanaryAudit:
 
 
 def _canary_tasks(model, epsilon, X, y, canary, runs, root, subsample=None) -> list[Task]:
-    X_in, y_in = plant(X, y, canary)
+    X_in, y_in = plant(X, y, canary, world="in")
+    X_out, y_out = plant(X, y, canary, world="out")
     px = canary.x[None, :]
     py = np.array([canary.y], dtype=object if isinstance(canary.y, str) else None)
     masks = {"in": None, "out": None}
@@ -105,7 +106,7 @@ def _canary_tasks(model, epsilon, X, y, canary, runs, root, subsample=None) -> l
             m[:, canary.replaced_index] = True
             masks[kind] = m
     tasks = []
-    for kind, (XX, yy) in (("in", (X_in, y_in)), ("out", (X, y))):
+    for kind, (XX, yy) in (("in", (X_in, y_in)), ("out", (X_out, y_out))):
         for part in chunk(list(range(runs)), CHUNK):
             seeds = [run_seed(root, model, kind, r) for r in part]
             keep = None if masks[kind] is None else masks[kind][part]
@@ -140,8 +141,8 @@ def canary_audit(
 ) -> CanaryAudit:
     """Empirical ε lower bound of ``make_estimator(epsilon)`` on (X, y) with a planted canary.
 
-    Trains ``runs`` models on X (the "out" world) and ``runs`` on X with one row replaced by the
-    canary (the "in" world), records the canary's statistic and applies
+    Trains ``runs`` models in each world of the canary pair (the training set with one row
+    replaced, see :class:`Canary`), records the canary's statistic and applies
     :func:`epsilon_lower_bound` (threshold chosen on half the runs, Clopper–Pearson on the rest).
 
     Parameters
@@ -157,7 +158,8 @@ def canary_audit(
     runs : int, default=500
         Runs per world.
     canary : Canary, optional
-        Default: :func:`make_canary` (a mislabelled outlier on the least-variance direction).
+        Default: :func:`make_canary` (an outlier on the least-variance direction, with opposite
+        labels in the two worlds).
     alpha : float, default=0.05
         The bound holds with probability ≥ 1 − α for an (ε, δ)-DP training procedure.
     subsample : float, optional
@@ -216,9 +218,10 @@ def audit(
       audit pool (training ∪ test set; every record in exactly half the models). Each model in
       turn is the target and the others its shadows; the LOSS/margin threshold attack and LiRA
       (offline, online) score every record, and the metrics pool all targets;
-    * **DP audit** (``canaries=True``): ``canary_runs`` models on the training set and as many
-      on the training set with one record replaced by a canary; the canary's statistic gives an
-      ε lower bound at confidence 1 − α, reported against the claimed ε.
+    * **DP audit** (``canaries=True``): ``canary_runs`` models in each of two neighbouring
+      worlds, the training set with one record replaced by a canary that carries one label or
+      the opposite one (:func:`make_canary`); the canary's statistic gives an ε lower bound at
+      confidence 1 − α, reported against the claimed ε.
 
     Parameters
     ----------
@@ -236,7 +239,7 @@ def audit(
     canaries : bool, default=True
         Run the canary-based DP audit.
     canary_runs : int, default=500
-        Training runs per world (with / without the canary) for the ε lower bound.
+        Training runs per world for the ε lower bound.
     canary_subsample : float, optional
         Train each canary run on a random share of the training set (see :func:`canary_audit`);
         default: the whole training set every run (the standard, strongest audit).

@@ -172,35 +172,51 @@ def epsilon_lower_bound(
 # --------------------------------------------------------------------------- canaries
 @dataclass
 class Canary:
-    """A record planted by replacing row ``replaced_index`` of the training set."""
+    """A neighbouring pair built by replacing training row ``replaced_index``.
+
+    The "in" world has ``(x, y)`` at that row; the "out" world has ``(x, y_out)``, or the
+    original row when ``y_out`` is None. The audited statistic is the margin (or −|residual|)
+    of ``(x, y)``, so it is higher in the "in" world.
+    """
 
     x: np.ndarray
     y: object
     replaced_index: int
     description: str
+    y_out: object = None
 
     def to_dict(self) -> dict:
-        y = self.y.item() if isinstance(self.y, np.generic) else self.y
-        if isinstance(y, np.ndarray):
-            y = y.tolist()
         return {
             "x": [float(v) for v in self.x],
-            "y": y,
+            "y": _plain(self.y),
+            "y_out": _plain(self.y_out),
             "replaced_index": int(self.replaced_index),
             "description": self.description,
         }
 
 
-def make_canary(X, y, *, classifier: bool, random_state: int | None = 0) -> Canary:
-    """A black-box canary: a mislabelled outlier in the training data's emptiest direction.
+def _plain(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
 
-    x: the feature-wise median moved along the eigenvector of the smallest eigenvalue of the
-    feature covariance (the direction no record constrains, so the canary alone sets the model's
-    weight there), as far as the training data's bounding box allows, so that clipping to bounds
-    read from the data would not move it. y: the class a non-private reference model (sklearn
-    ``LogisticRegression`` on standardised features) finds least likely at x, or for regression
-    the end of the observed y range farthest from the reference ``Ridge`` prediction. The canary
-    replaces a training row chosen at random (``random_state``).
+
+def make_canary(X, y, *, classifier: bool, random_state: int | None = 0) -> Canary:
+    """The default canary pair: one outlier, trained with two opposite labels.
+
+    x: from the centre of the training data's bounding box along the eigenvector of the smallest
+    eigenvalue of the feature covariance (features scaled to their range) to the edge of the
+    box. No record constrains the model in that direction, so x's label alone sets the score
+    there, and inside the box a clip to bounds read from the data leaves x where it is.
+    Labels: in the "in" world x carries the class a non-private reference model (sklearn
+    ``LogisticRegression`` on standardised features) finds least likely, in the "out" world the
+    most likely one; for regression, the two ends of the observed target range (the farther from
+    the reference ``Ridge`` prediction is "in"). Both worlds put x in place of the same training
+    row, chosen at random (``random_state``), so they are neighbours under replace-one and differ
+    only in the label: for a regularised or noisy model this doubles the shift of a one-sided
+    canary, and for an unregularised one it flips the sign of the score.
     """
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import make_pipeline
@@ -212,44 +228,52 @@ def make_canary(X, y, *, classifier: bool, random_state: int | None = 0) -> Cana
     lo, hi = X.min(axis=0), X.max(axis=0)
     scale = np.where(hi > lo, hi - lo, 1.0)
     Z = (X - lo) / scale  # eigen-directions in units of each feature's range
-    center = np.median(Z, axis=0)
     cov = np.cov(Z, rowvar=False).reshape(Z.shape[1], Z.shape[1])
     _, vecs = np.linalg.eigh(cov)
     v = vecs[:, 0]
     if v[np.argmax(np.abs(v))] < 0:
         v = -v  # a deterministic sign
-    with np.errstate(divide="ignore", invalid="ignore"):
-        room = np.where(v > 0, (1.0 - center) / v, np.where(v < 0, -center / v, np.inf))
-    r = float(np.min(room))
-    if not math.isfinite(r) or r <= 0:
-        r = 1.0
-    x = lo + (center + r * v) * scale
+    big = np.abs(v) > 1e-12
+    r = float(np.min(0.5 / np.abs(v[big]))) if big.any() else 0.5
+    x = lo + np.clip(0.5 + r * v, 0.0, 1.0) * scale
 
     if classifier:
         ref = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)
         proba = ref.predict_proba(x[None, :])[0]
-        label = ref.classes_[int(np.argmin(proba))]
-        what = f"label {label!r}, which a non-private reference model gives p={proba.min():.3g}"
+        y_in, y_out = ref.classes_[int(np.argmin(proba))], ref.classes_[int(np.argmax(proba))]
+        what = (
+            f"label {_plain(y_in)!r} (reference p={proba.min():.3g}) in one world and "
+            f"{_plain(y_out)!r} (p={proba.max():.3g}) in the other"
+        )
     else:
         ref = make_pipeline(StandardScaler(), Ridge()).fit(X, y)
         pred = float(np.ravel(ref.predict(x[None, :]))[0])
         y_lo, y_hi = float(np.min(y)), float(np.max(y))
-        label = y_lo if abs(y_lo - pred) > abs(y_hi - pred) else y_hi
-        what = f"target {label:.6g} (reference prediction {pred:.6g})"
+        y_in, y_out = (y_lo, y_hi) if abs(y_lo - pred) > abs(y_hi - pred) else (y_hi, y_lo)
+        what = f"target {y_in:.6g} in one world and {y_out:.6g} in the other"
     j = int(rng.integers(X.shape[0]))
     desc = (
-        "outlier on the training data's least-variance direction, at the edge of the data's "
-        f"bounding box, with {what}; it replaces training row {j}"
+        "an outlier on the training data's least-variance direction at the edge of its bounding "
+        f"box, with {what}, in place of training row {j}"
     )
-    return Canary(x=x, y=label, replaced_index=j, description=desc)
+    return Canary(x=x, y=y_in, replaced_index=j, description=desc, y_out=y_out)
 
 
-def plant(X, y, canary: Canary) -> tuple[np.ndarray, np.ndarray]:
-    """The neighbouring dataset: ``X, y`` with row ``canary.replaced_index`` replaced."""
+def plant(X, y, canary: Canary, *, world: str = "in") -> tuple[np.ndarray, np.ndarray]:
+    """The training set of one world: ``X, y`` with row ``canary.replaced_index`` replaced.
+
+    ``world="in"`` puts ``(canary.x, canary.y)`` there; ``world="out"`` puts
+    ``(canary.x, canary.y_out)``, or leaves the row as it is if ``y_out`` is None.
+    """
+    if world not in ("in", "out"):
+        raise ValueError(f"world must be 'in' or 'out', got {world!r}")
     X2 = np.array(X, dtype=np.float64, copy=True)
     y2 = np.array(y, copy=True)
-    if y2.dtype.kind in "US" and np.asarray(canary.y).dtype.kind in "US":
-        y2 = y2.astype(object)
+    label = canary.y if world == "in" else canary.y_out
+    if world == "out" and label is None:
+        return X2, y2
+    if y2.dtype.kind in "US":
+        y2 = y2.astype(object)  # a fixed-width string array would truncate a longer label
     X2[canary.replaced_index] = canary.x
-    y2[canary.replaced_index] = canary.y
+    y2[canary.replaced_index] = label
     return X2, y2
