@@ -60,20 +60,30 @@ def run_seed(root: np.random.SeedSequence, model: int, kind: str, run: int) -> i
     return int(ss.generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def _seeded(estimator, seed: int):
-    names = [k for k in estimator.get_params(deep=True) if k.split("__")[-1] == "random_state"]
-    if names:
-        estimator.set_params(**dict.fromkeys(names, seed))
+def _seed_params(estimator) -> list[str]:
+    """Names of every ``random_state`` parameter, nested ones as ``step__random_state``."""
+    return [k for k in estimator.get_params(deep=True) if k.split("__")[-1] == "random_state"]
+
+
+def _seeded(estimator, seed: int, names: list[str]):
+    for name in names:
+        if "__" in name:
+            estimator.set_params(**{name: seed})
+        else:  # what BaseEstimator.set_params does for its own parameter, without re-validating
+            setattr(estimator, name, seed)
     return estimator
 
 
-def fit_one(make_estimator: Callable[[float], Any], epsilon: float, X, y, seed: int):
+def fit_one(make_estimator, epsilon: float, X, y, seed: int, names: list[str] | None = None):
+    """``make_estimator(epsilon)`` seeded with ``seed`` and fitted on (X, y)."""
     estimator = make_estimator(epsilon)
     if not hasattr(estimator, "fit"):
         raise TypeError(
             f"make_estimator({epsilon}) returned {type(estimator).__name__}, not an estimator"
         )
-    return _seeded(estimator, seed).fit(X, y)
+    if names is None:
+        names = _seed_params(estimator)
+    return _seeded(estimator, seed, names).fit(X, y)
 
 
 def execute(make_estimator: Callable[[float], Any], task: Task) -> TaskResult:
@@ -82,20 +92,28 @@ def execute(make_estimator: Callable[[float], Any], task: Task) -> TaskResult:
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        try:
+            names = _seed_params(make_estimator(task.epsilon))  # the same for all runs of a task
+        except Exception as exc:
+            raise RuntimeError(
+                f"make_estimator({task.epsilon}) failed: {type(exc).__name__}: {exc}"
+            ) from exc
         for i, (run, seed) in enumerate(zip(task.runs, task.seeds, strict=True)):
             try:
                 if task.kind == "shadow":
                     rows = task.keep[i]
-                    est = fit_one(make_estimator, task.epsilon, task.X[rows], task.y[rows], seed)
+                    est = fit_one(
+                        make_estimator, task.epsilon, task.X[rows], task.y[rows], seed, names
+                    )
                     values.append(membership_signal(est, task.X, task.y))
                 elif task.kind in ("in", "out"):
                     X, y = task.X, task.y
                     if task.keep is not None:  # the canary audit's optional data resampling
                         X, y = X[task.keep[i]], y[task.keep[i]]
-                    est = fit_one(make_estimator, task.epsilon, X, y, seed)
+                    est = fit_one(make_estimator, task.epsilon, X, y, seed, names)
                     values.append(float(membership_signal(est, task.probe_X, task.probe_y)[0]))
                 else:
-                    est = fit_one(make_estimator, task.epsilon, task.X, task.y, seed)
+                    est = fit_one(make_estimator, task.epsilon, task.X, task.y, seed, names)
                     values.append(_describe(est, task))
             except Exception as exc:
                 raise RuntimeError(
