@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import beta
 
+#: canary corners tried: sign patterns of this many smallest-eigenvalue eigenvectors
+CANARY_EIGENVECTORS = 20
 #: candidate thresholds per tail: order statistics at geometrically spaced ranks
 CANDIDATES_PER_TAIL = 128
 
@@ -222,10 +224,14 @@ def _plain(v):
 def make_canary(X, y, *, classifier: bool, random_state: int | None = 0) -> Canary:
     """The default canary pair: one outlier, trained with two opposite labels.
 
-    x: from the centre of the training data's bounding box along the eigenvector of the smallest
-    eigenvalue of the feature covariance (features scaled to their range) to the edge of the
-    box. No record constrains the model in that direction, so x's label alone sets the score
-    there, and inside the box a clip to bounds read from the data leaves x where it is.
+    x: a corner of the training data's bounding box, the one a record's influence on the model
+    is largest at: among the sign patterns of the covariance's eigenvectors with the smallest
+    eigenvalues (features scaled to their range), the corner c maximising
+    (c − m)ᵀ(C + λI)⁻¹(c − m), m the box centre, C the covariance, λ = 10⁻³·trace(C)/d.
+    A linear model's change from one record is about H⁻¹ times the record's gradient, so this
+    favours directions no record constrains; and every corner is as far from the centre as the
+    box allows, so an estimator that clips rows to a norm keeps the canary at that norm, while a
+    clip to bounds read from the data leaves it where it is.
     Labels: in the "in" world x carries the class a non-private reference model (sklearn
     ``LogisticRegression`` on standardised features) finds least likely, in the "out" world the
     most likely one; for regression, the two ends of the observed target range (the farther from
@@ -243,15 +249,21 @@ def make_canary(X, y, *, classifier: bool, random_state: int | None = 0) -> Cana
     rng = np.random.default_rng(random_state)
     lo, hi = X.min(axis=0), X.max(axis=0)
     scale = np.where(hi > lo, hi - lo, 1.0)
-    Z = (X - lo) / scale  # eigen-directions in units of each feature's range
-    cov = np.cov(Z, rowvar=False).reshape(Z.shape[1], Z.shape[1])
-    _, vecs = np.linalg.eigh(cov)
-    v = vecs[:, 0]
-    if v[np.argmax(np.abs(v))] < 0:
-        v = -v  # a deterministic sign
-    big = np.abs(v) > 1e-12
-    r = float(np.min(0.5 / np.abs(v[big]))) if big.any() else 0.5
-    x = lo + np.clip(0.5 + r * v, 0.0, 1.0) * scale
+    Z = (X - lo) / scale  # features in units of their range: the box is [0, 1]^d
+    d = Z.shape[1]
+    cov = np.cov(Z, rowvar=False).reshape(d, d)
+    vals, vecs = np.linalg.eigh(cov)
+    ridge = 1e-3 * max(float(np.trace(cov)) / d, 1e-12)
+    M = (vecs / (vals + ridge)) @ vecs.T  # (C + λI)⁻¹
+    best, best_q = None, -np.inf
+    for k in range(min(d, CANARY_EIGENVECTORS)):
+        signs = np.where(vecs[:, k] >= 0, 1.0, -1.0)
+        if signs[np.argmax(np.abs(vecs[:, k]))] < 0:
+            signs = -signs  # a deterministic sign
+        q = float(signs @ M @ signs)
+        if best is None or q > best_q * (1 + 1e-12):
+            best, best_q = signs, q
+    x = np.where(best > 0, hi, lo)
 
     if classifier:
         ref = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)
@@ -269,8 +281,8 @@ def make_canary(X, y, *, classifier: bool, random_state: int | None = 0) -> Cana
         what = f"target {y_in:.6g} in one world and {y_out:.6g} in the other"
     j = int(rng.integers(X.shape[0]))
     desc = (
-        "an outlier on the training data's least-variance direction at the edge of its bounding "
-        f"box, with {what}, in place of training row {j}"
+        "a corner of the training data's bounding box in its least-constrained direction, with "
+        f"{what}, in place of training row {j}"
     )
     return Canary(x=x, y=y_in, replaced_index=j, description=desc, y_out=y_out)
 
