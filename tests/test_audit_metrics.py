@@ -91,6 +91,16 @@ def test_vertices_describe_the_same_curve():
     assert np.trapezoid(tpr, fpr) == pytest.approx(roc.auc, abs=1e-12)
 
 
+def test_samples_are_exact_points_of_the_curve():
+    rng = np.random.default_rng(6)
+    member = rng.random(3000) < 0.5
+    roc = roc_curve(rng.normal(member * 0.8, 1.0), member)
+    fpr, tpr = roc.sample(50)
+    assert fpr[0] == 0.0 and fpr[1] == pytest.approx(1 / roc.n_nonmembers) and fpr[-1] == 1.0
+    for f, t in zip(fpr, tpr, strict=True):
+        assert t == roc.tpr_at_fpr(f)
+
+
 def test_bootstrap_ci_covers_chance_for_random_scores():
     covered = 0
     for seed in range(40):

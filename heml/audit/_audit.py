@@ -22,6 +22,8 @@ from ._report import THREAT_MODEL, AuditReport, ModelAudit
 from ._runner import Task, TaskResult, chunk, run_seed, run_tasks
 
 DEFAULT_DELTA = 1e-5
+#: FPR levels at which the exact ROC is stored in the report
+ROC_POINTS = 300
 #: label shuffles for the no-leakage reference of the per-record effect sizes
 NULL_PERMUTATIONS = 20
 #: runs per worker call: large enough to amortise process overhead, small for a smooth bar
@@ -359,9 +361,13 @@ def audit(
                 n_bootstrap=n_bootstrap,
                 random_state=None if random_state is None else random_state + mi,
             )
-            fpr, tpr = roc_curve(flat, keep.ravel()).vertices()
+            fpr, tpr = roc_curve(flat, keep.ravel()).sample(ROC_POINTS)
             met["title"] = ATTACK_TITLES[name]
-            met["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+            met["roc"] = {
+                "fpr": fpr.tolist(),
+                "tpr": tpr.tolist(),
+                "sampling": f"exact TPR at FPR 0 and {ROC_POINTS} log-spaced levels",
+            }
             attacks[name] = met
         canary_result = None
         if canary is not None:

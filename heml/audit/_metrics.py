@@ -46,6 +46,17 @@ class Roc:
         """Highest TPR among the thresholds whose FPR is at most ``level``."""
         return float(self.tpr[np.searchsorted(self.fpr, level, side="right") - 1])
 
+    def sample(self, n_points: int = 300) -> tuple[np.ndarray, np.ndarray]:
+        """The exact curve read at 0 and ``n_points`` log-spaced FPRs from 1/N to 1.
+
+        Each TPR is the exact ``tpr_at_fpr`` at that level (not an interpolation), so a step
+        plot through the samples never lies above the curve; it is what the report stores.
+        """
+        lo = 1.0 / max(self.n_nonmembers, 1)
+        levels = np.r_[0.0, np.geomspace(lo, 1.0, n_points)]
+        idx = np.searchsorted(self.fpr, levels, side="right") - 1
+        return levels, self.tpr[idx]
+
     def vertices(self) -> tuple[np.ndarray, np.ndarray]:
         """The curve without collinear interior points: the same curve, far fewer points."""
         fpr, tpr = self.fpr, self.tpr

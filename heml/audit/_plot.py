@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ._attacks import ATTACK_TITLES
-from ._metrics import FPR_LEVELS, dp_tpr_bound
+from ._metrics import FPR_LEVELS, MIN_EXPECTED_FALSE_POSITIVES, dp_max_advantage, dp_tpr_bound
 
 _COLORS = {"threshold": "#7f7f7f", "lira_offline": "#1f77b4", "lira_online": "#d62728"}
 
@@ -69,6 +69,16 @@ def _roc_panels(report, fig) -> None:
             )
         for level in FPR_LEVELS:
             ax.axvline(level, color="#bbbbbb", lw=0.6, ls="--")
+        n_neg = min(met["n_nonmembers"] for met in m.attacks.values())
+        noisy = MIN_EXPECTED_FALSE_POSITIVES / max(n_neg, 1)
+        ax.axvspan(
+            floor,
+            min(noisy, 1.0),
+            color="#000000",
+            alpha=0.06,
+            lw=0,
+            label=f"< {MIN_EXPECTED_FALSE_POSITIVES} non-members: noisy",
+        )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlim(floor, 1.0)
@@ -101,8 +111,8 @@ def _eps_positions(models) -> tuple[np.ndarray, list[str]]:
 def _pu_panels(report, fig) -> None:
     models = sorted(report.models, key=lambda m: m.claimed_epsilon)
     xs, labels = _eps_positions(models)
-    ax_u, ax_a, ax_e = fig.subplots(1, 3)
-    for ax in (ax_u, ax_a, ax_e):
+    ax_u, ax_a, ax_t, ax_e = fig.subplots(1, 4)
+    for ax in (ax_u, ax_a, ax_t, ax_e):
         ax.set_xscale("log")
         ax.set_xticks(xs)
         ax.set_xticklabels(labels)
@@ -124,17 +134,32 @@ def _pu_panels(report, fig) -> None:
             hi.append(ci[1] - v if ci else 0.0)
         return np.array(vals), np.array([np.maximum(lo, 0), np.maximum(hi, 0)])
 
-    for metric_name, level, fmt, label in (
-        ("auc", None, "o-", "AUC"),
-        ("tpr_at_fpr", 0.01, "s-", "TPR @ 1% FPR"),
-        ("tpr_at_fpr", 0.001, "^-", "TPR @ 0.1% FPR"),
-    ):
-        v, err = series(metric_name, level)
-        ax_a.errorbar(xs, v, yerr=err, fmt=fmt, capsize=3, label=label)
+    v, err = series("auc")
+    ax_a.errorbar(xs, v, yerr=err, fmt="o-", capsize=3, label="AUC")
+    v, err = series("advantage")
+    ax_a.errorbar(xs, v, yerr=err, fmt="s-", capsize=3, label="advantage")
+    bound = [
+        dp_max_advantage(m.claimed_epsilon, m.claimed_delta or 0.0) if m.private else np.nan
+        for m in models
+    ]
+    ax_a.plot(xs, bound, ls=":", color="#2ca02c", label="DP limit on advantage")
     ax_a.axhline(0.5, color="black", lw=0.6, ls=":")
-    ax_a.set_title("strongest attack (95% CI)", fontsize=10)
     ax_a.set_ylim(0, 1)
+    ax_a.set_title("strongest attack (95% CI)", fontsize=10)
     ax_a.legend(fontsize=8)
+
+    floor = 1.0
+    for level, fmt in zip(FPR_LEVELS, ("o-", "^-"), strict=True):
+        v, err = series("tpr_at_fpr", level)
+        floor = min(floor, level / 3)
+        ax_t.errorbar(
+            xs, np.maximum(v, floor), yerr=err, fmt=fmt, capsize=3, label=f"TPR @ {level:.1%} FPR"
+        )
+        ax_t.axhline(level, color="#bbbbbb", lw=0.8, ls=":")
+    ax_t.set_yscale("log")
+    ax_t.set_ylim(floor, 1.0)
+    ax_t.set_title("TPR at low FPR (dotted: chance)", fontsize=10)
+    ax_t.legend(fontsize=8)
 
     audited = [(x, m) for x, m in zip(xs, models, strict=True) if m.canary is not None]
     if audited:
@@ -171,7 +196,7 @@ def plot_roc(report, path, *, dpi: int = 120) -> Path:
 
 
 def plot_privacy_utility(report, path, *, dpi: int = 120) -> Path:
-    fig = _figure(figsize=(13, 3.8), layout="constrained")
+    fig = _figure(figsize=(16, 3.8), layout="constrained")
     _pu_panels(report, fig)
     return _save(fig, path, dpi)
 
@@ -179,7 +204,7 @@ def plot_privacy_utility(report, path, *, dpi: int = 120) -> Path:
 def plot_report(report, path, *, dpi: int = 120) -> Path:
     n = len(report.models)
     rows = math.ceil(n / 3)
-    fig = _figure(figsize=(13, 3.9 * rows + 4.0), layout="constrained")
+    fig = _figure(figsize=(16, 3.9 * rows + 4.0), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[3.9 * rows, 4.0])
     _roc_panels(report, top)
     _pu_panels(report, bottom)
