@@ -158,7 +158,8 @@ def test_training_failure_exits_1(csv_path, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(audit_cli.EstimatorFactory, "__call__", factory)
     code = audit_cli.main(["audit", str(csv_path), "--target", "label", "--epsilons", "inf",
-                           "-o", str(tmp_path / "r"), "--no-progress", *SMALL])  # fmt: skip
+                           "-o", str(tmp_path / "r"), "--no-progress", "--bounds", "0,2600",
+                           *SMALL])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert len(err) == 1 and "noise must be 'gaussian' or 'laplace'" in err[0]
