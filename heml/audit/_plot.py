@@ -19,9 +19,7 @@ def _figure(**kwargs):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
-            "plots need matplotlib: pip install 'heml[audit]' (or pip install matplotlib)"
-        ) from exc
+        raise ImportError("plots need matplotlib: pip install 'heml[audit]'") from exc
     fig = Figure(**kwargs)
     FigureCanvasAgg(fig)
     return fig
