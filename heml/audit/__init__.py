@@ -1,8 +1,10 @@
 """heml.audit: membership-inference attacks, canary-based DP auditing and a privacy report.
 
->>> from heml.audit import audit                                         # doctest: +SKIP
->>> report = audit(make_estimator, X_train, y_train, X_test, y_test, n_shadow=64, canaries=True)
->>> report.save("audit.json"); report.plot("audit.png"); report.attach(model)
+Usage (``make_estimator(epsilon)`` returns an unfitted estimator; ``inf`` = non-private)::
+
+    from heml.audit import audit
+    report = audit(make_estimator, X_train, y_train, X_test, y_test, n_shadow=64, canaries=True)
+    report.save("audit.json"); report.plot("audit.png"); report.attach(model)
 
 Convention everywhere: attack scores are "higher = more likely a member", and members are the
 positive class. Plots need matplotlib (``pip install 'heml[audit]'``); nothing else here does.

@@ -97,6 +97,13 @@ def roc_curve(scores, is_member) -> Roc:
         Attack scores, higher = more likely a member. ``±inf`` is allowed.
     is_member : array-like of bool, shape (n,)
         Ground truth; members are the positive class.
+
+    Examples
+    --------
+    >>> from heml.audit import roc_curve
+    >>> roc = roc_curve([0.9, 0.8, 0.3, 0.1], [True, False, True, False])
+    >>> roc.auc, roc.tpr_at_fpr(0.0)
+    (0.75, 0.5)
     """
     s, m = _as_scores_labels(scores, is_member)
     order = np.argsort(-s, kind="stable")
