@@ -36,7 +36,9 @@ THREAT_MODEL = {
         "rate-limit and model-privacy concern, not a training-data one). Preprocessing, feature "
         "bounds or hyperparameters fitted on the private data outside the estimator's fit: the "
         "audit re-runs only what happens inside fit, so such leaks are invisible to it unless "
-        "they are inside make_estimator."
+        "they are inside make_estimator. Nor this report: it is computed from the private data "
+        "without DP (treat it, and above all its per-record table, as private); the summary "
+        "attached to a served model discloses a few aggregates (AUC, TPR, ε lower bound)."
     ),
     "interpretation": (
         "The ε lower bound is a statistical test, not a proof: a bound at or below the claimed "

@@ -9,6 +9,7 @@ draw their own randomness (independent too, not reproducible).
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections import Counter
@@ -60,6 +61,24 @@ def run_seed(root: np.random.SeedSequence, model: int, kind: str, run: int) -> i
     return int(ss.generate_state(1)[0] & 0x7FFFFFFF)
 
 
+def _budget_scope(estimator):
+    """A fresh, unlimited default accountant while an audit's runs fit (heml.dp estimators).
+
+    The runs are the auditor's simulations, not releases: spending the caller's default budget
+    thousands of times would only exhaust it, and would happen in this process but not in worker
+    processes. An accountant passed explicitly to the estimator is left alone.
+    """
+    params = estimator.get_params(deep=True)
+    uses_default = any(k.split("__")[-1] == "accountant" and v is None for k, v in params.items())
+    if uses_default:
+        try:
+            from heml.dp import BudgetAccountant
+        except ImportError:
+            return contextlib.nullcontext()
+        return BudgetAccountant()
+    return contextlib.nullcontext()
+
+
 def _seed_params(estimator) -> list[str]:
     """Names of every ``random_state`` parameter, nested ones as ``step__random_state``."""
     return [k for k in estimator.get_params(deep=True) if k.split("__")[-1] == "random_state"]
@@ -93,35 +112,40 @@ def execute(make_estimator: Callable[[float], Any], task: Task) -> TaskResult:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            names = _seed_params(make_estimator(task.epsilon))  # the same for all runs of a task
+            probe = make_estimator(task.epsilon)
+            names = _seed_params(probe)  # the same for all runs of a task
+            scope = _budget_scope(probe)
         except Exception as exc:
             raise RuntimeError(
                 f"make_estimator({task.epsilon}) failed: {type(exc).__name__}: {exc}"
             ) from exc
-        for i, (run, seed) in enumerate(zip(task.runs, task.seeds, strict=True)):
-            try:
-                if task.kind == "shadow":
-                    rows = task.keep[i]
-                    est = fit_one(
-                        make_estimator, task.epsilon, task.X[rows], task.y[rows], seed, names
-                    )
-                    values.append(membership_signal(est, task.X, task.y))
-                elif task.kind in ("in", "out"):
-                    X, y = task.X, task.y
-                    if task.keep is not None:  # the canary audit's optional data resampling
-                        X, y = X[task.keep[i]], y[task.keep[i]]
-                    est = fit_one(make_estimator, task.epsilon, X, y, seed, names)
-                    values.append(float(membership_signal(est, task.probe_X, task.probe_y)[0]))
-                else:
-                    est = fit_one(make_estimator, task.epsilon, task.X, task.y, seed, names)
-                    values.append(_describe(est, task))
-            except Exception as exc:
-                raise RuntimeError(
-                    f"make_estimator({task.epsilon}) failed in {task.kind} run {run}: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+        with scope:
+            _run_all(make_estimator, task, names, values)
     counts = Counter(f"{w.category.__name__}: {w.message}" for w in caught)
     return TaskResult(task.model, task.kind, task.runs, values, counts, time.perf_counter() - start)
+
+
+def _run_all(make_estimator, task: Task, names: list[str], values: list) -> None:
+    for i, (run, seed) in enumerate(zip(task.runs, task.seeds, strict=True)):
+        try:
+            if task.kind == "shadow":
+                rows = task.keep[i]
+                est = fit_one(make_estimator, task.epsilon, task.X[rows], task.y[rows], seed, names)
+                values.append(membership_signal(est, task.X, task.y))
+            elif task.kind in ("in", "out"):
+                X, y = task.X, task.y
+                if task.keep is not None:  # the canary audit's optional data resampling
+                    X, y = X[task.keep[i]], y[task.keep[i]]
+                est = fit_one(make_estimator, task.epsilon, X, y, seed, names)
+                values.append(float(membership_signal(est, task.probe_X, task.probe_y)[0]))
+            else:
+                est = fit_one(make_estimator, task.epsilon, task.X, task.y, seed, names)
+                values.append(_describe(est, task))
+        except Exception as exc:
+            raise RuntimeError(
+                f"make_estimator({task.epsilon}) failed in {task.kind} run {run}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def _final_step(estimator):
@@ -185,7 +209,9 @@ def run_tasks(
     from tqdm.auto import tqdm
 
     total = sum(len(t.runs) for t in tasks)
-    bar = tqdm(total=total, desc=description, unit="fit", disable=not progress, leave=True)
+    bar = tqdm(
+        total=total, desc=description, unit="fit", disable=not progress, leave=True, mininterval=0.5
+    )
     try:
         if n_jobs in (None, 1) or len(tasks) <= 1:
             for task in tasks:
