@@ -11,7 +11,7 @@ serving it.
     python examples/privacy_audit.py --quick         # 16 shadows, 200 canary runs
 
 Writes audit.json, summary.md, audit.png, roc.png and privacy_utility.png under
-out/privacy_audit/ (and out/privacy_audit_overfit/), and models/breast_cancer_dp1.json.
+out/privacy_audit/ (and out/privacy_audit_overfit/), and the model out/breast_cancer_dp1.json.
 """
 
 from __future__ import annotations
@@ -114,8 +114,7 @@ def main() -> int:
     # the provider's side: fit the model to serve, attach its audit, save the artifact
     model = DPLogisticRegression(epsilon=1.0, delta=DELTA, bounds_X=bounds).fit(Xtr, ytr)
     artifact = report.attach(heml.export(model, name="breast_cancer_dp1"))
-    Path("models").mkdir(exist_ok=True)
-    path = artifact.save(Path("models") / "breast_cancer_dp1.json")
+    path = artifact.save(root / "breast_cancer_dp1.json")
     a = artifact.audit
     print(
         f"attached to {path}: claimed ε={a['claimed_epsilon']:g}, ε lower bound "
