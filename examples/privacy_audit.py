@@ -6,7 +6,7 @@ and online, 64 shadow models per ε) and audits each DP claim with a canary over
 per world. Then it attaches the ε = 1 audit to the exported model, as a provider would before
 serving it.
 
-    python examples/privacy_audit.py                 # 10 330 fits: ≈ 90 s on 2 idle cores
+    python examples/privacy_audit.py                 # 10 330 fits: 89–146 s on a busy 2-core box
     python examples/privacy_audit.py --overfit       # also: a small, wide dataset that memorises
     python examples/privacy_audit.py --quick         # 16 shadows, 200 canary runs
 
