@@ -16,10 +16,10 @@ import numpy as np
 from . import links
 from .errors import ModelError, UnsupportedEstimatorError
 from .model import DEFAULT_TOLERANCE, LinearModel
-from .preprocessing import Bounds, Column, Preprocessing
+from .preprocessing import Bounds, Column, Preprocessing, RowNorm
 
 # Default bounds when the user gives none, derived from a scaler's training statistics.
-STD_BOUND_SIGMAS = 10.0  # StandardScaler / RobustScaler: center ± 10 scales
+STD_BOUND_SIGMAS = 20.0  # StandardScaler / RobustScaler: center ± 20 scales
 RANGE_MARGIN = 1.0  # MinMaxScaler: [min - 1·range, max + 1·range]; MaxAbsScaler: ±2·max_abs
 
 _REGRESSORS_IDENTITY = {
@@ -90,6 +90,8 @@ def export(
     bounds: Any = None,
     out_of_bounds: str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    model_privacy: bool = False,
+    max_predictions_per_key: int | None = None,
 ) -> LinearModel:
     """Turn a fitted scikit-learn linear model (or pipeline) into a servable LinearModel.
 
@@ -107,13 +109,20 @@ def export(
     bounds : (lower, upper), optional
         Declared bounds of the raw numeric inputs: scalars or one value per input. Encrypted
         scoring is exact inside them; they fix the HE parameters. Default: from the DP
-        estimator's clipping bounds, else from the first scaler's statistics (mean ± 10 std,
+        estimator's clipping bounds, else from the first scaler's statistics (mean ± 20 std,
         data range ± 100 %), else required.
     out_of_bounds : {"error", "clip"}, optional
         What clients do with values outside the bounds. Default "clip" for DP models and
         self-clipping scalers (that is what training saw), "error" otherwise.
     tolerance : float, default=1e-4
         Allowed |encrypted - plaintext| error on scores; parameters are chosen to meet it.
+    model_privacy : bool, default=False
+        Serve only in model-privacy mode: replies re-randomized under the client's public key
+        and noise-flooded (40-bit statistical hiding of the weights' noise contribution), with
+        a lifetime quota per key below d predictions. Costs N=4096 over 108 bits, about 4x the
+        bytes and time of the default path (docs/model-privacy.md).
+    max_predictions_per_key : int, optional
+        The quota for model-privacy mode (default d // 2, at least 1; must be below d).
     """
     steps, final = _split_pipeline(estimator)
     W, b, task, link, classes, output_ndim = _final_estimator(final)
@@ -143,6 +152,15 @@ def export(
 
     dp = dict(getattr(final, "dp_guarantee_", None) or {})
     policy, lo, hi = _resolve_bounds(bounds, out_of_bounds, final, affine, preprocessing, dp)
+    encode_lo, encode_hi = lo, hi
+    data_norm = getattr(final, "data_norm_", None)
+    if data_norm is not None and np.isfinite(data_norm):
+        # the DP estimator scaled rows onto a norm ball in its own input space: clients do the
+        # same, and the encoder must cover the points that scaling toward the origin can reach
+        row_norm = RowNorm(float(data_norm), affine.scale, affine.offset)
+        preprocessing = Preprocessing(preprocessing.columns, preprocessing.inputs, row_norm)
+        origin = row_norm.origin()
+        encode_lo, encode_hi = np.minimum(lo, origin), np.maximum(hi, origin)
     return LinearModel(
         name=name,
         coef=W_model,
@@ -151,12 +169,18 @@ def export(
         link=link,
         classes=classes,
         preprocessing=preprocessing,
-        bounds=Bounds(lo, hi, policy),
+        bounds=Bounds(lo, hi, policy, encode_lo, encode_hi),
         version=version,
         output_ndim=output_ndim,
         dp=dp,
         estimator=_qualname(final),
         tolerance=tolerance,
+        privacy={
+            "enabled": True,
+            "max_predictions_per_key": max_predictions_per_key or max(1, d // 2),
+        }
+        if model_privacy
+        else None,
     )
 
 
@@ -298,10 +322,18 @@ def _affine_of(step: Any, step_name: str, d: int) -> _Affine:
         else:
             lo = step.data_min_ - RANGE_MARGIN * rng
             hi = step.data_max_ + RANGE_MARGIN * rng
-        return _check(_Affine(step.scale_.astype(np.float64), step.min_.astype(np.float64), lo, hi, clip), step_name, d)
+        return _check(
+            _Affine(step.scale_.astype(np.float64), step.min_.astype(np.float64), lo, hi, clip),
+            step_name,
+            d,
+        )
     if kind == "MaxAbsScaler":
         mx = np.where(step.max_abs_ > 0, step.max_abs_, 1.0)
-        return _check(_Affine(1.0 / step.scale_, zeros, -(1 + RANGE_MARGIN) * mx, (1 + RANGE_MARGIN) * mx), step_name, d)
+        return _check(
+            _Affine(1.0 / step.scale_, zeros, -(1 + RANGE_MARGIN) * mx, (1 + RANGE_MARGIN) * mx),
+            step_name,
+            d,
+        )
     if kind == "RobustScaler":
         s = 1.0 / step.scale_ if step.scale_ is not None else ones
         c = step.center_ if step.center_ is not None else zeros
@@ -309,7 +341,9 @@ def _affine_of(step: Any, step_name: str, d: int) -> _Affine:
         if step.scale_ is not None:
             width = np.where(step.scale_ > 0, step.scale_, 1.0) * STD_BOUND_SIGMAS
             lo, hi = c - width, c + width
-        return _check(_Affine(np.asarray(s, float), -np.asarray(c, float) * s, lo, hi), step_name, d)
+        return _check(
+            _Affine(np.asarray(s, float), -np.asarray(c, float) * s, lo, hi), step_name, d
+        )
     if kind == "FunctionTransformer" and getattr(step, "func", None) is None:
         return _Affine(ones, zeros)
     raise UnsupportedEstimatorError(
@@ -332,11 +366,16 @@ def _compose(first: _Affine | None, second: _Affine) -> _Affine:
     scale = first.scale * second.scale
     offset = first.offset * second.scale + second.offset
     lo, hi, clips = first.default_lower, first.default_upper, first.clips
-    if lo is None and second.default_lower is not None:
+    if second.default_lower is not None:
         # second's bounds are in first's output space: map back through first (x = (y - o)/s)
         a = (second.default_lower - first.offset) / first.scale
         c = (second.default_upper - first.offset) / first.scale
-        lo, hi, clips = np.minimum(a, c), np.maximum(a, c), second.clips
+        mapped_lo, mapped_hi = np.minimum(a, c), np.maximum(a, c)
+        if lo is None:
+            lo, hi, clips = mapped_lo, mapped_hi, second.clips
+        else:
+            lo = np.where(np.isnan(lo), mapped_lo, lo)
+            hi = np.where(np.isnan(hi), mapped_hi, hi)
     return _Affine(scale, offset, lo, hi, clips)
 
 
@@ -363,18 +402,28 @@ def _resolve_bounds(bounds, out_of_bounds, final, affine: _Affine, pre: Preproce
         c = (bhi - affine.offset) / affine.scale
         lo, hi = np.minimum(a, c), np.maximum(a, c)
         policy = policy or "clip"
-    elif affine.default_lower is not None:
+    elif affine.default_lower is not None and not np.any(
+        np.isnan(affine.default_lower) & ~indicator
+    ):
         lo, hi = affine.default_lower.astype(np.float64), affine.default_upper.astype(np.float64)
         policy = policy or ("clip" if affine.clips else "error")
     elif indicator.all():
         lo, hi = np.zeros(d), np.ones(d)
         policy = policy or "error"
     else:
+        names = pre.feature_names
+        lacking = [names[j] for j in range(d) if not indicator[j]]
+        if affine.default_lower is not None:
+            lacking = [
+                names[j] for j in range(d) if np.isnan(affine.default_lower[j]) and not indicator[j]
+            ]
+        shown = ", ".join(repr(n) for n in lacking[:5]) + (", …" if len(lacking) > 5 else "")
         raise ModelError(
             "heml needs declared input bounds to choose encryption parameters (so no result can "
-            "wrap around the modulus). Pass bounds=(lower, upper) with scalars or one value per "
-            "input, e.g. bounds=(X_train.min(axis=0), X_train.max(axis=0)), or put a scaler "
-            "(StandardScaler, MinMaxScaler) in a Pipeline so heml can derive them."
+            f"wrap around the modulus); none are known for {shown}. Pass bounds=(lower, upper) "
+            "with scalars or one value per numeric input, e.g. "
+            "bounds=(X_train.min(axis=0), X_train.max(axis=0)), or put a scaler "
+            "(StandardScaler, MinMaxScaler) before the estimator so heml can derive them."
         )
     lo = np.where(indicator, 0.0, lo)
     hi = np.where(indicator, 1.0, hi)

@@ -1,22 +1,22 @@
 """One exception hierarchy for everything heml raises.
 
-    HemlError
-    ├── ModelError (ValueError)          invalid or unsupported model, artifact or export
-    │   └── UnsupportedEstimatorError
-    ├── InputError (ValueError)          bad features given to predict*
-    │   └── OutOfBoundsError             values outside the model's declared bounds
-    ├── ParameterError (ValueError)      HE parameters that are weak, unknown or inconsistent
-    ├── InvalidCiphertext (ValueError)   bytes that are not a valid ciphertext for the parameters
-    ├── KeyFileError                     unreadable or foreign key files
-    └── RemoteError                      a failed call to a server (carries the gRPC code)
-        ├── ServerUnavailable
-        ├── ModelNotFound
-        ├── InvalidRequest
-        ├── DeadlineExceeded
-        ├── ResourceExhausted
-        ├── Unauthenticated
-        ├── PermissionDenied
-        └── VersionMismatch
+HemlError
+├── ModelError (ValueError)          invalid or unsupported model, artifact or export
+│   └── UnsupportedEstimatorError
+├── InputError (ValueError)          bad features given to predict*
+│   └── OutOfBoundsError             values outside the model's declared bounds
+├── ParameterError (ValueError)      HE parameters that are weak, unknown or inconsistent
+├── InvalidCiphertext (ValueError)   bytes that are not a valid ciphertext for the parameters
+├── KeyFileError                     unreadable or foreign key files
+└── RemoteError                      a failed call to a server (carries the gRPC code)
+    ├── ServerUnavailable
+    ├── ModelNotFound
+    ├── InvalidRequest
+    ├── DeadlineExceeded
+    ├── ResourceExhausted
+    ├── Unauthenticated
+    ├── PermissionDenied
+    └── VersionMismatch
 """
 
 from __future__ import annotations

@@ -80,3 +80,25 @@ def class_indices(scores: np.ndarray) -> np.ndarray:
     if scores.shape[1] == 1:
         return (scores[:, 0] > 0).astype(np.intp)
     return np.argmax(scores, axis=1)
+
+
+# ---------------------------------------------------------------------- scikit-learn shapes
+def finish_decision_function(scores: np.ndarray, task: str, link: str, output_ndim: int):
+    """(n, k) scores -> decision_function's shape: (n,) for one score, else (n, k)."""
+    if task == "regression" and link != IDENTITY:
+        raise AttributeError("decision_function is for classifiers; use predict")
+    return scores[:, 0] if scores.shape[1] == 1 and output_ndim == 1 else scores
+
+
+def finish_predict(scores: np.ndarray, task: str, link: str, classes, output_ndim: int):
+    """(n, k) scores -> predictions with scikit-learn's shape and dtype."""
+    if task == "regression":
+        y = regression_output(link, scores)
+        return y[:, 0] if output_ndim == 1 else y
+    return np.asarray(classes)[class_indices(scores)]
+
+
+def finish_predict_proba(scores: np.ndarray, task: str, link: str) -> np.ndarray:
+    if task == "regression":
+        raise AttributeError("predict_proba is for classifiers")
+    return probabilities(link, scores)

@@ -39,7 +39,35 @@ def validate_name(name: str) -> str:
     return name
 
 
-class LinearModel:
+class ModelFacts:
+    """Accessors shared by the artifact (LinearModel) and what clients see (ModelInfo)."""
+
+    preprocessing: Preprocessing
+    dp: dict
+    privacy: dict | None
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Model features (after client-side preprocessing), the columns W multiplies."""
+        return self.preprocessing.feature_names
+
+    @property
+    def input_names(self) -> list[str]:
+        """Raw columns the client must provide."""
+        return self.preprocessing.input_names
+
+    @property
+    def is_private(self) -> bool:
+        """Trained with differential privacy."""
+        return bool(self.dp.get("private"))
+
+    @property
+    def model_privacy(self) -> bool:
+        """Served only in model-privacy mode (re-randomized, flooded replies; per-key quota)."""
+        return bool(self.privacy and self.privacy.get("enabled"))
+
+
+class LinearModel(ModelFacts):
     """A linear or logistic model as served by heml.
 
     Parameters
@@ -81,6 +109,7 @@ class LinearModel:
         estimator: str = "",
         tolerance: float = DEFAULT_TOLERANCE,
         created: str | None = None,
+        privacy: dict | None = None,
     ) -> None:
         self.name = validate_name(name)
         W = np.array(coef, dtype=np.float64, ndmin=2)
@@ -110,7 +139,9 @@ class LinearModel:
             raise ModelError(f"tolerance must be in (0, 1), got {tolerance!r}")
 
         if preprocessing is None:
-            names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(d)]
+            names = (
+                list(feature_names) if feature_names is not None else [f"x{i}" for i in range(d)]
+            )
             preprocessing = Preprocessing.numeric(names)
         if preprocessing.n_features != d:
             raise ModelError(
@@ -155,6 +186,7 @@ class LinearModel:
         self.estimator = estimator
         self.tolerance = float(tolerance)
         self.created = created or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        self.privacy = _check_privacy(privacy, d)
 
     # ------------------------------------------------------------------ shape
     @property
@@ -167,24 +199,10 @@ class LinearModel:
         """k: scores per sample (1 for regression and binary)."""
         return self.coef.shape[0]
 
-    @property
-    def feature_names(self) -> list[str]:
-        return self.preprocessing.feature_names
-
-    @property
-    def input_names(self) -> list[str]:
-        """Raw columns the client must provide."""
-        return self.preprocessing.input_names
-
-    @property
-    def is_private(self) -> bool:
-        return bool(self.dp.get("private"))
-
     # ------------------------------------------------------------------ plaintext reference
     def transform(self, X: Any) -> np.ndarray:
         """Raw inputs -> model features, checked or clipped against the bounds: (n, d)."""
-        Z = self.preprocessing.transform(X)
-        return self.bounds.apply(Z, self.feature_names)
+        return self.preprocessing.model_features(X, self.bounds)
 
     def scores(self, X: Any) -> np.ndarray:
         """W·x + b for each sample: (n, k). What the server computes under encryption."""
@@ -203,22 +221,15 @@ class LinearModel:
         """Class probabilities (n, n_classes), as the source estimator computes them."""
         return self.finish_predict_proba(self.scores(X))
 
-    # The three finishers turn (n, k) scores into results; the SDK uses them after decryption.
+    # The three finishers turn (n, k) scores into results; the SDK uses the same functions.
     def finish_decision_function(self, scores: np.ndarray) -> np.ndarray:
-        if self.task == "regression" and self.link != links.IDENTITY:
-            raise AttributeError("decision_function is for classifiers; use predict")
-        return scores[:, 0] if scores.shape[1] == 1 and self.output_ndim == 1 else scores
+        return links.finish_decision_function(scores, self.task, self.link, self.output_ndim)
 
     def finish_predict(self, scores: np.ndarray) -> np.ndarray:
-        if self.task == "regression":
-            y = links.regression_output(self.link, scores)
-            return y[:, 0] if self.output_ndim == 1 else y
-        return self.classes[links.class_indices(scores)]
+        return links.finish_predict(scores, self.task, self.link, self.classes, self.output_ndim)
 
     def finish_predict_proba(self, scores: np.ndarray) -> np.ndarray:
-        if self.task == "regression":
-            raise AttributeError("predict_proba is for classifiers")
-        return links.probabilities(self.link, scores)
+        return links.finish_predict_proba(scores, self.task, self.link)
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:
@@ -240,6 +251,7 @@ class LinearModel:
             "preprocessing": self.preprocessing.to_dict(),
             "bounds": self.bounds.to_dict(),
             "tolerance": self.tolerance,
+            "privacy": self.privacy,
             "dp": self.dp,
             "audit": self.audit,
             "estimator": self.estimator,
@@ -290,6 +302,7 @@ class LinearModel:
                 estimator=data.get("estimator", ""),
                 tolerance=data.get("tolerance", DEFAULT_TOLERANCE),
                 created=data.get("created"),
+                privacy=data.get("privacy"),
             )
         except ModelError:
             raise
@@ -332,6 +345,18 @@ class LinearModel:
             f"LinearModel(name={self.name!r}, version={self.version}, task={self.task!r}, "
             f"link={self.link!r}, d={self.n_features}, k={self.n_outputs}{dp})"
         )
+
+
+def _check_privacy(privacy: dict | None, d: int) -> dict | None:
+    if not privacy or not privacy.get("enabled"):
+        return None
+    limit = privacy.get("max_predictions_per_key")
+    if not isinstance(limit, int) or not 1 <= limit < max(d, 2):
+        raise ModelError(
+            f"model privacy needs max_predictions_per_key in [1, d-1] = [1, {max(d - 1, 1)}] "
+            f"(d+1 exact predictions determine a linear model), got {limit!r}"
+        )
+    return {"enabled": True, "max_predictions_per_key": limit}
 
 
 def _label_to_json(v: Any) -> Any:

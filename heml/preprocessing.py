@@ -87,10 +87,66 @@ def _jsonable(v: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class RowNorm:
+    """Scale a row whose L2 norm exceeds ``max_norm`` onto it, measured in the space the DP
+    estimator saw (model features mapped by ``x * scale + offset``), as its fit did."""
+
+    max_norm: float
+    scale: np.ndarray
+    offset: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", np.asarray(self.scale, dtype=np.float64))
+        object.__setattr__(self, "offset", np.asarray(self.offset, dtype=np.float64))
+        if not (self.max_norm > 0 and np.all(self.scale != 0)):
+            raise ModelError("row_norm needs a positive max_norm and non-zero scales")
+
+    def apply(self, Z: np.ndarray) -> np.ndarray:
+        E = Z * self.scale + self.offset
+        norms = np.linalg.norm(E, axis=1)
+        over = norms > self.max_norm
+        if not np.any(over):
+            return Z
+        out = Z.copy()
+        out[over] = (E[over] * (self.max_norm / norms[over])[:, None] - self.offset) / self.scale
+        return out
+
+    def origin(self) -> np.ndarray:
+        """The model-feature point that maps to the estimator's origin."""
+        return -self.offset / self.scale
+
+    def to_dict(self) -> dict:
+        return {
+            "max_norm": self.max_norm,
+            "scale": self.scale.tolist(),
+            "offset": self.offset.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RowNorm:
+        return cls(float(d["max_norm"]), np.asarray(d["scale"]), np.asarray(d["offset"]))
+
+
+@dataclass(frozen=True)
 class Preprocessing:
-    """Ordered raw columns; their features, concatenated, are the model features."""
+    """Raw input columns and, in order, the columns whose features form the model features.
+
+    ``inputs`` lists the raw columns in the order an array must provide them (a DataFrame is
+    matched by name and needs only the columns used); each ``Column`` names the input it reads.
+    """
 
     columns: tuple[Column, ...] = field(default_factory=tuple)
+    inputs: tuple[str, ...] = ()
+    row_norm: RowNorm | None = None
+
+    def __post_init__(self) -> None:
+        inputs = tuple(self.inputs) or tuple(dict.fromkeys(c.name for c in self.columns))
+        object.__setattr__(self, "inputs", inputs)
+        unknown = {c.name for c in self.columns} - set(inputs)
+        if unknown:
+            raise ModelError(f"preprocessing reads unknown input column(s): {sorted(unknown)}")
+        if len(set(inputs)) != len(inputs):
+            raise ModelError("input column names must be distinct")
 
     @classmethod
     def numeric(cls, names: Sequence[str]) -> Preprocessing:
@@ -98,7 +154,9 @@ class Preprocessing:
 
     @property
     def input_names(self) -> list[str]:
-        return [c.name for c in self.columns]
+        """Raw columns a DataFrame must contain (the ones used)."""
+        used = {c.name for c in self.columns}
+        return [n for n in self.inputs if n in used]
 
     @property
     def feature_names(self) -> list[str]:
@@ -111,45 +169,61 @@ class Preprocessing:
     def n_features(self) -> int:
         return sum(c.n_features for c in self.columns)
 
-    @property
-    def is_numeric_passthrough(self) -> bool:
-        return all(c.kind == "numeric" and c.impute is None for c in self.columns)
-
     def to_dict(self) -> dict:
-        return {"columns": [c.to_dict() for c in self.columns]}
+        d = {"inputs": list(self.inputs), "columns": [c.to_dict() for c in self.columns]}
+        if self.row_norm is not None:
+            d["row_norm"] = self.row_norm.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(tuple(Column.from_dict(c) for c in d.get("columns", [])))
+        row_norm = d.get("row_norm")
+        return cls(
+            tuple(Column.from_dict(c) for c in d.get("columns", [])),
+            tuple(str(x) for x in d.get("inputs", ())),
+            RowNorm.from_dict(row_norm) if row_norm else None,
+        )
+
+    def model_features(self, X: Any, bounds: Bounds) -> np.ndarray:
+        """Raw inputs -> model features, checked or clipped against the bounds, row-norm clipped:
+        exactly what the model multiplies (plaintext reference and client alike)."""
+        Z = bounds.apply(self.transform(X), self.feature_names)
+        return self.row_norm.apply(Z) if self.row_norm is not None else Z
 
     # ------------------------------------------------------------------ transform
     def transform(self, X: Any) -> np.ndarray:
         """Raw inputs (DataFrame by column name, or array-like by position) -> float64 (n, d)."""
-        raw = self._raw_columns(X)
-        n = len(raw[0]) if raw else _n_rows(X)
+        numeric = [c for c in self.columns if c.kind == "numeric"]
+        source = self._source(X)
+        num = self._numeric_block(numeric, source)
+        if len(numeric) == len(self.columns):
+            return num
+        n = num.shape[0] if numeric else len(self._column(source, self.columns[0].name))
         out = np.empty((n, self.n_features), dtype=np.float64)
-        j = 0
-        for col, values in zip(self.columns, raw, strict=True):
+        j = k = 0
+        for col in self.columns:
             if col.kind == "numeric":
-                out[:, j] = self._numeric(col, values)
+                out[:, j] = num[:, k]
                 j += 1
+                k += 1
             else:
-                block = self._onehot(col, values)
+                block = self._onehot(col, self._column(source, col.name))
                 out[:, j : j + block.shape[1]] = block
                 j += block.shape[1]
         return out
 
-    def _raw_columns(self, X: Any) -> list[np.ndarray]:
-        names = self.input_names
+    def _source(self, X: Any):
+        """A DataFrame (checked for the needed columns) or a 2-D array (checked for width)."""
         if _is_dataframe(X):
-            missing = [c for c in names if c not in X.columns]
+            missing = [c for c in self.input_names if c not in X.columns]
             if missing:
                 shown = ", ".join(repr(m) for m in missing[:10])
                 more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
                 raise InputError(
                     f"input is missing {len(missing)} column(s) the model needs: {shown}{more}"
                 )
-            return [X[c].to_numpy() for c in names]
+            return X
+        names = list(self.inputs)
         try:
             arr = np.asarray(X)
         except Exception as exc:  # ragged lists and similar
@@ -162,81 +236,108 @@ class Preprocessing:
                 f"shape {arr.shape}; reshape a single sample with X.reshape(1, -1)"
             )
         if arr.shape[1] != len(names):
+            shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
             raise InputError(
-                f"X has {arr.shape[1]} features, but the model expects {len(names)}"
-                + (f" ({', '.join(names[:5])}{', …' if len(names) > 5 else ''})" if names else "")
+                f"X has {arr.shape[1]} features, but the model expects {len(names)} ({shown})"
             )
-        return [arr[:, i] for i in range(arr.shape[1])]
+        return arr
 
-    @staticmethod
-    def _numeric(col: Column, values: np.ndarray) -> np.ndarray:
+    def _column(self, source, name: str) -> np.ndarray:
+        if _is_dataframe(source):
+            return source[name].to_numpy()
+        return source[:, self.inputs.index(name)]
+
+    def _numeric_block(self, cols: list[Column], source) -> np.ndarray:
+        """All numeric columns at once as float64 (n, len(cols)), imputed or refused."""
+        names = [c.name for c in cols]
         try:
-            v = np.asarray(values, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"column {col.name!r} must be numeric: {exc}") from exc
-        bad = ~np.isfinite(v)
-        if np.any(bad):
-            if col.impute is not None and not np.any(np.isinf(v)):
-                v = v.copy()
-                v[bad] = float(col.impute)
+            if _is_dataframe(source):
+                block = source[names].to_numpy(dtype=np.float64) if names else None
             else:
-                row = int(np.flatnonzero(bad)[0])
-                kind = "infinite" if np.isinf(v[row]) else "missing (NaN)"
+                index = {name: i for i, name in enumerate(self.inputs)}
+                block = source[:, [index[n] for n in names]].astype(np.float64)
+        except (TypeError, ValueError):
+            for col in cols:  # find the offending column for the message
+                try:
+                    np.asarray(self._column(source, col.name), dtype=np.float64)
+                except (TypeError, ValueError) as exc:
+                    raise InputError(f"column {col.name!r} must be numeric: {exc}") from exc
+            raise
+        if block is None:
+            rows = len(source) if _is_dataframe(source) else source.shape[0]
+            return np.empty((rows, 0))
+        bad = ~np.isfinite(block)
+        if bad.any():
+            block = block.copy()
+            for k in np.flatnonzero(bad.any(axis=0)):
+                col, v = cols[k], block[:, k]
+                if col.impute is not None and not np.isinf(v).any():
+                    v[~np.isfinite(v)] = float(col.impute)
+                    continue
+                rows = np.flatnonzero(~np.isfinite(v))
+                kind = "infinite" if np.isinf(v[rows[0]]) else "missing (NaN)"
                 hint = "" if col.impute is not None else "; this model has no imputer for it"
                 raise InputError(
-                    f"column {col.name!r} has {int(bad.sum())} {kind} value(s), first at row "
-                    f"{row}{hint}"
+                    f"column {col.name!r} has {rows.size} {kind} value(s), first at row "
+                    f"{rows[0]}{hint}"
                 )
-        return v
+        return block
 
     @staticmethod
     def _onehot(col: Column, values: np.ndarray) -> np.ndarray:
-        vals = np.asarray(values, dtype=object)
-        missing = np.array([_is_missing(v) for v in vals], dtype=bool)
-        if np.any(missing):
-            if col.impute is None:
-                # scikit-learn's OneHotEncoder treats NaN/None as its own category when it saw one
-                pass
-            else:
-                vals = vals.copy()
-                vals[missing] = col.impute
-        index = {_category_key(c): i for i, c in enumerate(col.categories)}
-        infrequent = {_category_key(c) for c in col.infrequent}
-        n_cat = len(col.categories)
-        # positions of the output features within the full category list
-        kept = [i for i, c in enumerate(col.categories) if _category_key(c) not in infrequent]
+        """One-hot indicators exactly as scikit-learn's OneHotEncoder (vectorized)."""
+        import pandas as pd
+
+        vals = pd.Series(np.asarray(values, dtype=object))
+        missing = vals.isna().to_numpy()
+        if col.impute is not None and missing.any():
+            vals = vals.where(~missing, col.impute)
+            missing = vals.isna().to_numpy()
+        cats = list(col.categories)
+        nan_index = next((i for i, c in enumerate(cats) if _is_missing(c)), None)
+        real = [c for c in cats if not _is_missing(c)]
+        codes_real = pd.Index(real, dtype=object).get_indexer(vals.where(~missing)).astype(np.int64)
+        index_map = np.array([cats.index(c) for c in real], dtype=np.int64)
+        codes = np.where(codes_real >= 0, index_map[np.maximum(codes_real, 0)], -1)
+        if nan_index is not None:
+            codes = np.where(missing, nan_index, codes)
+        infrequent = {i for i, c in enumerate(cats) if any(_same(c, x) for x in col.infrequent)}
+        kept = [i for i in range(len(cats)) if i not in infrequent]
         if col.drop is not None:
-            drop_key = _category_key(col.drop)
-            kept = [i for i in kept if _category_key(col.categories[i]) != drop_key]
-        has_infrequent_column = bool(infrequent)
-        width = len(kept) + (1 if has_infrequent_column else 0)
+            kept = [i for i in kept if not _same(cats[i], col.drop)]
+        has_infrequent = bool(infrequent)
+        width = len(kept) + (1 if has_infrequent else 0)
         if width != len(col.feature_names):
             raise ModelError(
                 f"column {col.name!r}: {width} one-hot features expected, artifact lists "
                 f"{len(col.feature_names)}"
             )
-        position = {cat_i: j for j, cat_i in enumerate(kept)}
+        position = np.full(len(cats) + 1, -1, dtype=np.int64)  # last slot: unknown (-1)
+        position[kept] = np.arange(len(kept))
+        if has_infrequent:
+            position[list(infrequent)] = width - 1
+        unknown = codes < 0
+        if unknown.any():
+            if col.handle_unknown == "error":
+                row = int(np.flatnonzero(unknown)[0])
+                shown = ", ".join(repr(c) for c in cats[:8]) + (", …" if len(cats) > 8 else "")
+                raise InputError(
+                    f"column {col.name!r} has {int(unknown.sum())} unknown categor(y/ies), e.g. "
+                    f"{vals.iloc[row]!r} at row {row} (known: {shown})"
+                )
+            if col.handle_unknown == "infrequent_if_exist" and has_infrequent:
+                position[-1] = width - 1
+        target = position[np.where(unknown, len(cats), codes)]
         out = np.zeros((len(vals), width), dtype=np.float64)
-        for r, v in enumerate(vals):
-            key = _category_key(v)
-            if key in infrequent:
-                out[r, width - 1] = 1.0
-                continue
-            i = index.get(key)
-            if i is None:
-                if col.handle_unknown == "error":
-                    raise InputError(
-                        f"column {col.name!r} has unknown category {v!r} at row {r} (known: "
-                        f"{', '.join(repr(c) for c in col.categories[:8])}"
-                        f"{', …' if n_cat > 8 else ''})"
-                    )
-                if col.handle_unknown == "infrequent_if_exist" and has_infrequent_column:
-                    out[r, width - 1] = 1.0
-                continue  # "ignore": all zeros
-            j = position.get(i)
-            if j is not None:
-                out[r, j] = 1.0
+        hit = target >= 0
+        out[np.flatnonzero(hit), target[hit]] = 1.0
         return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if _is_missing(a) or _is_missing(b):
+        return _is_missing(a) and _is_missing(b)
+    return bool(a == b)
 
 
 def _is_missing(v: Any) -> bool:
@@ -248,26 +349,6 @@ def _is_missing(v: Any) -> bool:
         return False
 
 
-def _category_key(v: Any) -> Any:
-    """Hashable key so that 1, 1.0 and np.int64(1) match, and NaN matches NaN."""
-    if _is_missing(v):
-        return ("<missing>",)
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, bool):
-        return ("bool", v)
-    if isinstance(v, int | float):
-        return ("num", float(v))
-    return ("str", str(v))
-
-
-def _n_rows(X: Any) -> int:
-    try:
-        return len(X)
-    except TypeError:
-        return 0
-
-
 @dataclass(frozen=True)
 class Bounds:
     """Declared per-feature bounds of the model features, and what to do outside them."""
@@ -275,10 +356,20 @@ class Bounds:
     lower: np.ndarray
     upper: np.ndarray
     out_of_bounds: str = "error"
+    # the range the encoder must cover, when it is wider than the clip box (row-norm clipping
+    # toward an origin outside the box); defaults to [lower, upper]
+    encode_lower: np.ndarray | None = None
+    encode_upper: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         lo = np.asarray(self.lower, dtype=np.float64).reshape(-1)
         hi = np.asarray(self.upper, dtype=np.float64).reshape(-1)
+        elo = lo if self.encode_lower is None else np.asarray(self.encode_lower, float).reshape(-1)
+        ehi = hi if self.encode_upper is None else np.asarray(self.encode_upper, float).reshape(-1)
+        if elo.shape != lo.shape or ehi.shape != hi.shape or np.any(elo > lo) or np.any(ehi < hi):
+            raise ModelError("the encoding range must contain the bounds")
+        object.__setattr__(self, "encode_lower", elo)
+        object.__setattr__(self, "encode_upper", ehi)
         if lo.shape != hi.shape:
             raise ModelError(f"bounds have {lo.size} lower and {hi.size} upper values")
         if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
@@ -295,18 +386,18 @@ class Bounds:
 
     @property
     def center(self) -> np.ndarray:
-        return (self.lower + self.upper) / 2.0
+        return (self.encode_lower + self.encode_upper) / 2.0
 
     @property
     def half_width(self) -> np.ndarray:
         """Half-widths; a zero-width feature gets 1 so the normalized value stays 0."""
-        hw = (self.upper - self.lower) / 2.0
+        hw = (self.encode_upper - self.encode_lower) / 2.0
         return np.where(hw > 0, hw, 1.0)
 
     def apply(self, Z: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
         """Check or clip model features against the bounds (per the policy)."""
-        below = Z < self.lower
-        above = Z > self.upper
+        below = self.lower > Z
+        above = self.upper < Z
         if not (np.any(below) or np.any(above)):
             return Z
         if self.out_of_bounds == "clip":
@@ -335,11 +426,15 @@ class Bounds:
         return np.clip((Z - self.center) / self.half_width, -1.0, 1.0)
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "lower": self.lower.tolist(),
             "upper": self.upper.tolist(),
             "out_of_bounds": self.out_of_bounds,
         }
+        if np.any(self.encode_lower != self.lower) or np.any(self.encode_upper != self.upper):
+            d["encode_lower"] = self.encode_lower.tolist()
+            d["encode_upper"] = self.encode_upper.tolist()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Bounds:
@@ -347,4 +442,6 @@ class Bounds:
             np.asarray(d["lower"], dtype=np.float64),
             np.asarray(d["upper"], dtype=np.float64),
             d.get("out_of_bounds", "error"),
+            d.get("encode_lower"),
+            d.get("encode_upper"),
         )

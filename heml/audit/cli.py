@@ -181,7 +181,7 @@ def _load(args):
     try:
         import pandas as pd
     except ImportError:
-        raise _Invalid("heml audit reads CSV with pandas: pip install 'heml[audit]'") from None
+        raise _Invalid("heml audit reads CSV with pandas: pip install pandas") from None
     path = Path(args.data)
     try:
         df = pd.read_csv(path)

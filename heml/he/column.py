@@ -12,15 +12,12 @@ import numpy as np
 
 from ..errors import InvalidCiphertext
 from . import kernels, modmath, prng, wire
-from .decrypt import Decryptor
-from .encrypt import encrypt_coefficients
-from .keys import SecretKey
 from .plan import LayoutPlan, ServerWeights
 
 MAX_CIPHERTEXTS_PER_STEP = 1 << 12  # rows fed to one exact modular matmul
 
 
-# ---------------------------------------------------------------------- client
+# ---------------------------------------------------------------------- client (no keys)
 def encode(Z: np.ndarray, plan: LayoutPlan) -> np.ndarray:
     """Normalized features (n ≤ N, d) -> message coefficients (d, N) as int64."""
     n, d = Z.shape
@@ -29,24 +26,6 @@ def encode(Z: np.ndarray, plan: LayoutPlan) -> np.ndarray:
         raise ValueError(f"a COLUMN block holds at most {N} samples")
     out = np.zeros((d, N), dtype=np.int64)
     out[:, :n] = np.rint(np.ldexp(Z.T, plan.log2_scale_x)).astype(np.int64)
-    return out
-
-
-def encrypt(key: SecretKey, Z: np.ndarray, plan: LayoutPlan) -> list[bytes]:
-    return encrypt_coefficients(key, encode(Z, plan))
-
-
-def decrypt(
-    dec: Decryptor, replies: list[bytes], n: int, plan: LayoutPlan, rows: int
-) -> np.ndarray:
-    """Replies (one per output row) -> row values V (n, rows) in units of q."""
-    N, bits = plan.params.n, plan.reply_bits
-    if len(replies) != rows:
-        raise InvalidCiphertext(f"expected {rows} replies, got {len(replies)}")
-    out = np.empty((n, rows))
-    for r, blob in enumerate(replies):
-        c0, c1 = wire.unpack_reply(blob, n, N, bits)
-        out[:, r] = dec.to_value(dec.leading(c0, c1, n, bits), bits)
     return out
 
 
@@ -59,7 +38,8 @@ class Accumulator:
         self.weights = weights
         self.params = plan.params
         self.n_samples = n_samples
-        self.expected = weights.digits_matrix.shape[1]
+        self.expected = weights.digits.shape[2]
+        self._rows = weights.digits_matrix
         self.received = 0
         rows = weights.rows
         self.acc0 = np.zeros((rows, plan.params.n), dtype=np.uint64)
@@ -77,20 +57,20 @@ class Accumulator:
                 f"{self.expected} features (one ciphertext each)"
             )
         p = self.params
+        if not ciphertexts:
+            return
         # validate everything first: nothing is computed for a block with a bad ciphertext
-        parsed = [
-            wire.unpack_ciphertext(ct, p.n, p.q, self.received + i)
-            for i, ct in enumerate(ciphertexts)
-        ]
-        D = self.weights.digits_matrix
-        for start in range(0, len(parsed), MAX_CIPHERTEXTS_PER_STEP):
-            part = parsed[start : start + MAX_CIPHERTEXTS_PER_STEP]
-            c0 = np.stack([c for c, _ in part])
-            a = np.stack([prng.expand_seed(seed, p.n, p.q) for _, seed in part])
-            cols = D[:, self.received : self.received + len(part)]
+        c0_all, seeds = wire.unpack_ciphertexts(list(ciphertexts), p.n, p.q, self.received)
+        D = self._rows
+        for start in range(0, len(seeds), MAX_CIPHERTEXTS_PER_STEP):
+            c0 = c0_all[start : start + MAX_CIPHERTEXTS_PER_STEP]
+            a = np.empty_like(c0)
+            for i, seed in enumerate(seeds[start : start + len(c0)]):
+                prng.expand_seed(seed, p.n, p.q, out=a[i])
+            cols = D[:, self.received : self.received + len(c0)]
             self.acc0 = modmath.add_mod(self.acc0, modmath.dot_mod(cols, c0, p.q), p.q)
             self.acc1 = modmath.add_mod(self.acc1, modmath.dot_mod(cols, a, p.q), p.q)
-            self.received += len(part)
+            self.received += len(c0)
 
     def replies(self) -> list[bytes]:
         if not self.complete:
@@ -100,7 +80,7 @@ class Accumulator:
         p, plan = self.params, self.weights.plan
         n = self.n_samples
         ker = kernels.for_params(p)
-        bias = self.weights.bias_residues()
+        bias = self.weights.bias_residues().T.reshape(-1)  # row = class · T + digit
         out = []
         for r in range(self.weights.rows):
             c0, c1 = ker.intt(np.stack([self.acc0[r], self.acc1[r]]))

@@ -7,6 +7,8 @@ All arithmetic is on uint64 (wrapping modulo 2^64, hence exact modulo 2^bits).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .keys import SecretKey
@@ -25,20 +27,28 @@ def _signed(words: np.ndarray, bits: int) -> np.ndarray:
 class Decryptor:
     def __init__(self, key: SecretKey) -> None:
         self.n = key.params.n
-        self.q = key.params.q
+        self.q = math.prod(key.primes)  # the modulus replies were switched from
         self._s = key.s.astype(np.int64)
         n = self.n
         pad = np.zeros(2 * n)
         pad[:n] = self._s
         self._s_fft = np.fft.rfft(pad)
+        self._rows_cache: dict[bytes, np.ndarray] = {}
 
     def _product_rows(self, positions: np.ndarray) -> np.ndarray:
         """Rows R[p, j] with (c1 · s)[p] = Σ_j c1[j] R[p, j] (as uint64 two's complement)."""
-        j = np.arange(self.n)[None, :]
-        p = positions.reshape(-1, 1)
-        idx = (p - j) % self.n
-        sign = np.where(j <= p, 1, -1)
-        return (self._s[idx] * sign).astype(np.int64).view(np.uint64)
+        key = positions.tobytes()
+        rows = self._rows_cache.get(key)
+        if rows is None:
+            j = np.arange(self.n)[None, :]
+            p = positions.reshape(-1, 1)
+            idx = (p - j) % self.n
+            sign = np.where(j <= p, 1, -1)
+            rows = (self._s[idx] * sign).astype(np.int64).view(np.uint64)
+            if len(self._rows_cache) >= 64:
+                self._rows_cache.pop(next(iter(self._rows_cache)))
+            self._rows_cache[key] = rows
+        return rows
 
     def at_positions(self, c0: np.ndarray, c1: np.ndarray, positions: np.ndarray, bits: int):
         """Signed messages (units of q / 2^bits) at the given coefficient positions."""

@@ -36,64 +36,93 @@ class NumpyKernels:
 
 
 class SealKernels:
-    """The same kernels run by SEAL's Evaluator on scratch objects (one set per thread)."""
+    """The same kernels run by SEAL's Evaluator on scratch ciphertexts, in place.
+
+    Each thread keeps a small pool of scratch ciphertexts, each either in NTT or in
+    coefficient form; a transform takes one of the right form, overwrites its words, transforms
+    it in place (so it changes form) and returns it to the pool. SEAL refuses transforms whose
+    second polynomial is all zero ("transparent"); such rows are handled without SEAL, since
+    the transform of zero is zero.
+    """
 
     def __init__(self, params: HEParams) -> None:
         self.params = params
         self._evaluator = seal.Evaluator(params.context)
         self._tls = threading.local()
 
-    def _scratch(self):
-        s = getattr(self._tls, "scratch", None)
-        if s is None:
-            p = self.params
-            zeros = np.zeros((2, p.n), dtype=np.uint64)
-            ntt_in = seal_bridge.ciphertext_from_words(p, zeros, ntt=True)
-            coeff_in = seal_bridge.ciphertext_from_words(p, zeros, ntt=False)
+    def _pool(self):
+        pool = getattr(self._tls, "pool", None)
+        if pool is None:
+            pool = self._tls.pool = {True: [], False: []}
+            self._tls.views = seal_bridge.ViewCache()
             plain = seal.Plaintext()
-            seal.CKKSEncoder(p.context).encode(1.0, 1.0, plain)
-            s = (ntt_in, coeff_in, plain, seal.Ciphertext(p.context))
-            self._tls.scratch = s
-        return s
+            seal.CKKSEncoder(self.params.context).encode(1.0, 1.0, plain)
+            self._tls.plain = plain
+        return pool
+
+    def _take(self, ntt_form: bool):
+        pool = self._pool()
+        if pool[ntt_form]:
+            return pool[ntt_form].pop()
+        if pool[not ntt_form]:
+            # reuse a spare one of the other form: its words are overwritten by the caller, so
+            # only the form flag changes (or, failing that, a throwaway transform)
+            ct = pool[not ntt_form].pop()
+            if seal_bridge.set_ntt_form(ct, ntt_form):
+                return ct
+            self._tls.views.ciphertext(ct)[:] = 1
+            if ntt_form:
+                self._evaluator.transform_to_ntt_inplace(ct)
+            else:
+                self._evaluator.transform_from_ntt_inplace(ct)
+            return ct
+        zeros = np.zeros((2, self.params.n), dtype=np.uint64)
+        return seal_bridge.ciphertext_from_words(self.params, zeros, ntt=ntt_form)
+
+    def _transform(self, rows: np.ndarray, to_ntt: bool) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.uint64)
+        flat = rows.reshape(-1, self.params.n)
+        result = np.empty_like(flat)
+        pool, views = self._pool(), self._tls.views
+        for i in range(0, flat.shape[0], 2):
+            pair = flat[i : i + 2]
+            ct = self._take(not to_ntt)
+            view = views.ciphertext(ct).reshape(2, -1)
+            view[: pair.shape[0]] = pair
+            zero_second = pair.shape[0] == 1 or not pair[1].any()
+            if zero_second:
+                view[1] = 1
+            if to_ntt:
+                self._evaluator.transform_to_ntt_inplace(ct)
+            else:
+                self._evaluator.transform_from_ntt_inplace(ct)
+            out = views.ciphertext(ct).reshape(2, -1)
+            result[i] = out[0]
+            if pair.shape[0] == 2:
+                result[i + 1] = 0 if zero_second else out[1]
+            pool[to_ntt].append(ct)
+        return result.reshape(rows.shape)
 
     def ntt(self, coeffs: np.ndarray) -> np.ndarray:
         """Forward NTT of each row of ``coeffs`` (..., N)."""
-        _ntt_in, coeff_in, _plain, out = self._scratch()
-        rows = np.asarray(coeffs, dtype=np.uint64).reshape(-1, self.params.n)
-        result = np.empty_like(rows)
-        view = seal_bridge.ciphertext_view(coeff_in).reshape(2, -1)
-        for i in range(0, rows.shape[0], 2):
-            pair = rows[i : i + 2]
-            view[: pair.shape[0]] = pair
-            if pair.shape[0] == 1:
-                view[1] = 1  # a zero c1 makes SEAL refuse the "transparent" ciphertext
-            self._evaluator.transform_to_ntt(coeff_in, out)
-            result[i : i + 2] = seal_bridge.ciphertext_view(out).reshape(2, -1)[: pair.shape[0]]
-        return result.reshape(np.shape(coeffs))
+        return self._transform(coeffs, to_ntt=True)
 
     def intt(self, values: np.ndarray) -> np.ndarray:
         """Inverse NTT of each row of ``values`` (..., N)."""
-        ntt_in, _coeff_in, _plain, out = self._scratch()
-        rows = np.asarray(values, dtype=np.uint64).reshape(-1, self.params.n)
-        result = np.empty_like(rows)
-        view = seal_bridge.ciphertext_view(ntt_in).reshape(2, -1)
-        for i in range(0, rows.shape[0], 2):
-            pair = rows[i : i + 2]
-            view[: pair.shape[0]] = pair
-            if pair.shape[0] == 1:
-                view[1] = 1
-            self._evaluator.transform_from_ntt(ntt_in, out)
-            result[i : i + 2] = seal_bridge.ciphertext_view(out).reshape(2, -1)[: pair.shape[0]]
-        return result.reshape(np.shape(values))
+        return self._transform(values, to_ntt=False)
 
     def mul(self, ct: np.ndarray, plain_ntt: np.ndarray) -> np.ndarray:
-        ntt_in, _coeff_in, plain, out = self._scratch()
-        seal_bridge.ciphertext_view(ntt_in)[:] = np.asarray(ct, dtype=np.uint64).reshape(-1)
-        seal_bridge.plaintext_view(plain)[:] = plain_ntt
+        """(c0, c1) ⊙ p in the NTT domain: shape (2, N) times (N,)."""
         if not np.any(plain_ntt):
             return np.zeros_like(ct)
-        self._evaluator.multiply_plain(ntt_in, plain, out)
-        return seal_bridge.ciphertext_view(out).reshape(2, -1).copy()
+        pool, views = self._pool(), self._tls.views
+        scratch = self._take(True)
+        views.ciphertext(scratch)[:] = np.asarray(ct, dtype=np.uint64).reshape(-1)
+        views.plaintext(self._tls.plain)[:] = plain_ntt
+        self._evaluator.multiply_plain_inplace(scratch, self._tls.plain)
+        out = views.ciphertext(scratch).reshape(2, -1).copy()
+        pool[True].append(scratch)
+        return out
 
 
 @functools.lru_cache(maxsize=8)

@@ -58,20 +58,47 @@ def mulmod(x: np.ndarray, y: np.ndarray, q: int) -> np.ndarray:
 
 
 def dot_mod(D: np.ndarray, X: np.ndarray, q: int) -> np.ndarray:
-    """(D @ X) mod q for small signed integers D (R × m, |D| < 2^20) and residues X (m × N).
+    """(D @ X) mod q for small signed integers D (R × m) and residues X (m × N), exactly.
 
-    Exact: X is split into 27-bit limbs so every int64 partial sum stays below 2^63 for
-    m ≤ 2^15 (the caller feeds at most that many rows at once).
+    X is split once into two 27-bit limbs and D into as many limbs as needed so that every
+    partial sum D_limb @ X_limb is an integer below 2^53: float64 BLAS computes it exactly. The
+    partial products are recombined modulo q. (Splitting D is free: it is tiny.)
     """
     _check_q(q)
     D = np.asarray(D, dtype=np.int64)
-    if X.shape[0] > 1 << 15:
-        raise ValueError("dot_mod takes at most 2^15 rows at once")
-    lo = (X & U64(LIMB_MASK)).view(np.int64)
-    hi = (X >> U64(LIMB_BITS)).view(np.int64)
-    s_lo = reduce_signed(D @ lo, q)
-    s_hi = reduce_signed(D @ hi, q)
-    return add_mod(mulmod_small(s_hi, 1 << LIMB_BITS, q), s_lo, q)
+    m = X.shape[0]
+    dmax = int(np.abs(D).max()) if D.size else 0
+    if dmax == 0:
+        return np.zeros((D.shape[0], X.shape[1]), dtype=U64)
+    width = 52 - LIMB_BITS - max(1, (m - 1).bit_length())  # bits of D per limb
+    if width < 4:
+        raise ValueError("too many ciphertexts for one exact modular product")
+    d_limbs = []
+    sign = np.sign(D)
+    mag = np.abs(D)
+    shift = 0
+    while (mag >> shift).any():
+        d_limbs.append((shift, (sign * ((mag >> shift) & ((1 << width) - 1))).astype(np.float64)))
+        shift += width
+    x_limbs = (
+        (0, (X & U64(LIMB_MASK)).astype(np.float64)),
+        (LIMB_BITS, (X >> U64(LIMB_BITS)).astype(np.float64)),
+    )
+    out = np.zeros((D.shape[0], X.shape[1]), dtype=U64)
+    for xs, xl in x_limbs:
+        for ds, dl in d_limbs:
+            partial = reduce_signed((dl @ xl).astype(np.int64), q)  # exact: |sum| < 2^52
+            out = add_mod(out, _mul_pow2(partial, xs + ds, q), q)
+    return out
+
+
+def _mul_pow2(x: np.ndarray, shift: int, q: int) -> np.ndarray:
+    """x * 2^shift mod q, in steps of at most 26 bits (mulmod_small's range)."""
+    while shift > 0:
+        step = min(shift, LIMB_BITS - 1)
+        x = mulmod_small(x, 1 << step, q)
+        shift -= step
+    return x
 
 
 def switch_modulus(x: np.ndarray, q: int, bits: int) -> np.ndarray:

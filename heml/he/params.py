@@ -58,7 +58,8 @@ def check_params(n: int, q: int) -> None:
     limit = MAX_MODULUS_BITS_128[n]
     if q.bit_length() > min(limit, 60):
         raise ParameterError(
-            f"modulus of {q.bit_length()} bits is not 128-bit secure at N={n} (max {min(limit, 60)})"
+            f"modulus of {q.bit_length()} bits is not 128-bit secure at N={n} "
+            f"(max {min(limit, 60)})"
         )
     if q % (2 * n) != 1:
         raise ParameterError(f"modulus {q} is not 1 mod 2N={2 * n} (no negacyclic NTT)")

@@ -18,6 +18,7 @@ and the client recombines Σ_t 2^(b·t) · v_t. T = 1 for most standardized mode
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -28,9 +29,9 @@ from .params import ERROR_STDDEV, HEParams
 
 ROW, COLUMN = "row", "column"
 LAYOUTS = (ROW, COLUMN)
-REPLY_BITS = (32, 40, 48, 56)
+REPLY_BITS = tuple(range(24, 57))  # reply words are bit-packed at any width in this range
 MAX_DIGITS = 8
-MAX_DIGIT_BITS = 20
+MAX_DIGIT_BITS = 36  # keeps dot_mod's float64 partial sums exact with limbs of ≥ 9 bits
 CAPACITY_FRACTION = 0.45  # |row value| < 0.45 q (q/2 minus room for noise and rounding)
 NOISE_SIGMAS = 6.0
 
@@ -78,49 +79,71 @@ class LayoutPlan:
 class RowGeometry:
     """Where samples, features and outputs sit in ROW-layout polynomials.
 
-    s samples per ciphertext, m features per chunk (C chunks), G output rows per reply
-    (``groups`` replies per sample group). Input (sample a, feature i of a chunk) sits at
-    coefficient a·m + i; output (sample a, row r' of a group) at r'·s·m + a·m + m - 1, which
-    needs G·s·m ≤ N.
+    s samples per ciphertext, m = min(d, N // s) features per chunk (``chunks`` chunks).
+    Outputs come in groups of up to G = min(k, N // (s·m)) classes of one weight digit (a group
+    never mixes digits, so a digit row only picks up encryption noise times its own digits);
+    there are ``groups`` = T · ceil(k / G) replies per sample group. Input (sample a, feature
+    i of a chunk) sits at coefficient a·m + i; output (class r' of a group, sample a) at
+    r'·s·m + a·m + m - 1, which needs G·s·m ≤ N.
     """
 
     n: int
     d: int
-    rows: int
+    k: int
+    digits: int
     s: int
 
     def __post_init__(self) -> None:
-        if not 1 <= self.s <= self.n:
-            raise ValueError(f"samples per ciphertext must be in [1, {self.n}], got {self.s}")
-        if self.s * min(self.d, self.n // self.s) > self.n or self.n // self.s < 1:
-            raise ValueError("samples per ciphertext too large for the ring degree")
+        if not 1 <= self.s <= self.n // min(self.d, self.n):
+            raise ValueError(
+                f"samples per ciphertext must be in [1, {self.n // min(self.d, self.n)}] for "
+                f"d={self.d}, got {self.s}"
+            )
 
-    @property
+    @functools.cached_property
     def m(self) -> int:
         return min(self.d, self.n // self.s)
 
-    @property
+    @functools.cached_property
     def chunks(self) -> int:
         return -(-self.d // self.m)
 
-    @property
-    def rows_per_group(self) -> int:
-        return max(1, min(self.rows, self.n // (self.s * self.m)))
+    @functools.cached_property
+    def classes_per_group(self) -> int:
+        return max(1, min(self.k, self.n // (self.s * self.m)))
 
-    @property
+    @functools.cached_property
+    def groups_per_digit(self) -> int:
+        return -(-self.k // self.classes_per_group)
+
+    @functools.cached_property
     def groups(self) -> int:
-        return -(-self.rows // self.rows_per_group)
+        return self.digits * self.groups_per_digit
+
+    def group_rows(self, group: int) -> tuple[int, int, int]:
+        """(digit t, first class, number of classes) of an output group."""
+        t, g = divmod(group, self.groups_per_digit)
+        first = g * self.classes_per_group
+        return t, first, min(self.classes_per_group, self.k - first)
 
     def output_positions(self, group: int) -> np.ndarray:
-        """Coefficient of (sample a, row r' in group) as an array of shape (rows_in_group, s)."""
-        g_rows = min(self.rows_per_group, self.rows - group * self.rows_per_group)
-        r = np.arange(g_rows)[:, None]
-        a = np.arange(self.s)[None, :]
-        return r * self.s * self.m + a * self.m + self.m - 1
+        """Coefficient of (class r' in group, sample a): shape (classes_in_group, s)."""
+        cache = self.__dict__.setdefault("_positions", {})
+        pos = cache.get(group)
+        if pos is None:
+            _t, _first, count = self.group_rows(group)
+            r = np.arange(count)[:, None]
+            a = np.arange(self.s)[None, :]
+            pos = cache[group] = r * self.s * self.m + a * self.m + self.m - 1
+        return pos
+
+    @functools.cached_property
+    def _input_positions(self) -> np.ndarray:
+        return np.arange(self.s)[:, None] * self.m + np.arange(self.m)[None, :]
 
     def input_positions(self) -> np.ndarray:
         """Coefficient of (sample a, feature i in chunk): shape (s, m)."""
-        return np.arange(self.s)[:, None] * self.m + np.arange(self.m)[None, :]
+        return self._input_positions
 
 
 def normalized_weights(coef: np.ndarray, intercept: np.ndarray, center, half_width):
@@ -137,7 +160,7 @@ def quantize(Wn: np.ndarray, log2_scale_w: int) -> np.ndarray:
 
 
 def split_digits(Wq: np.ndarray, digit_bits: int, digits: int) -> np.ndarray:
-    """Balanced base-2^b digits: Wq = Σ_t 2^(b t) D[t], D[t] ∈ [-2^(b-1), 2^(b-1)). Shape (T, ...)."""
+    """Balanced base-2^b digits, shape (T, ...): Wq = Σ_t 2^(b t) D[t], |D[t]| ≤ 2^(b-1)."""
     base = 1 << digit_bits
     half = base >> 1
     rest = Wq.astype(np.int64).copy()
@@ -167,31 +190,37 @@ def split_bias(bias_int: int, digit_bits: int, digits: int) -> list[int]:
 
 @dataclass(frozen=True)
 class ServerWeights:
-    """Digit rows (R = k·T, d) and integer biases per row: what the server multiplies."""
+    """What the server multiplies: weight digits (T, k, d) and integer row biases (T, k)."""
 
     plan: LayoutPlan
-    digits_matrix: np.ndarray  # (R, d) int64, row index = class * T + digit
-    bias_rows: np.ndarray  # (R,) object (Python ints; may exceed 64 bits before reduction)
+    digits: np.ndarray  # (T, k, d) int64
+    biases: np.ndarray  # (T, k) Python ints (object), may exceed 64 bits before reduction
 
     @property
     def rows(self) -> int:
-        return self.digits_matrix.shape[0]
+        """k · T output rows, class-major (row = class · T + digit) as in COLUMN replies."""
+        return self.digits.shape[0] * self.digits.shape[1]
+
+    @property
+    def digits_matrix(self) -> np.ndarray:
+        """(k·T, d), row = class · T + digit."""
+        T, k, d = self.digits.shape
+        return np.transpose(self.digits, (1, 0, 2)).reshape(k * T, d)
 
     def bias_residues(self) -> np.ndarray:
+        """(T, k) biases reduced mod q."""
         q = self.plan.params.q
-        return np.array([int(b) % q for b in self.bias_rows], dtype=np.uint64)
+        return np.array([[int(v) % q for v in row] for row in self.biases], dtype=np.uint64)
 
 
 def server_weights(plan: LayoutPlan, Wn: np.ndarray, bn: np.ndarray) -> ServerWeights:
     Wq = quantize(Wn, plan.log2_scale_w)
     D = split_digits(Wq, plan.digit_bits, plan.digits)  # (T, k, d)
-    k, d = Wn.shape
-    rows = np.transpose(D, (1, 0, 2)).reshape(k * plan.digits, d)
-    biases: list[int] = []
-    for c in range(k):
+    biases = np.empty((plan.digits, Wn.shape[0]), dtype=object)
+    for c in range(Wn.shape[0]):
         bias_int = round(math.ldexp(float(bn[c]), plan.log2_scale_w + plan.log2_scale_x))
-        biases.extend(split_bias(bias_int, plan.digit_bits, plan.digits))
-    return ServerWeights(plan, rows, np.array(biases, dtype=object))
+        biases[:, c] = split_bias(bias_int, plan.digit_bits, plan.digits)
+    return ServerWeights(plan, D, biases)
 
 
 # ---------------------------------------------------------------------- planning
@@ -204,7 +233,9 @@ def _candidate(Wn, bn, Wq, ew: int, bb: int, T: int, layout: str, q: int):
     if layout == COLUMN:
         noise_rows = NOISE_SIGMAS * ERROR_STDDEV * np.sqrt((D**2).sum(axis=2))  # (T, k)
     else:
-        noise_rows = np.full((T, k), NOISE_SIGMAS * ERROR_STDDEV * math.sqrt(float((D**2).sum())))
+        # a ROW output sees every coefficient of its plaintext: all classes of its own digit
+        per_digit = np.sqrt((D**2).sum(axis=(1, 2)))  # (T,)
+        noise_rows = NOISE_SIGMAS * ERROR_STDDEV * np.repeat(per_digit[:, None], k, axis=1)
     # row value bound = sx * slope + const (bias digits: |β_t| ≤ base/2 below the top row)
     slope = np.abs(D).sum(axis=2)
     slope[-1] += np.abs(bn) * sw / base ** (T - 1)
@@ -214,7 +245,7 @@ def _candidate(Wn, bn, Wq, ew: int, bb: int, T: int, layout: str, q: int):
         return None
     with np.errstate(divide="ignore"):
         limit = np.where(slope > 0, room / np.where(slope > 0, slope, 1.0), np.inf)
-    ex = min(int(math.floor(math.log2(float(limit.min())))), 60) if np.isfinite(limit.min()) else 60
+    ex = min(math.floor(math.log2(float(limit.min()))), 60) if np.isfinite(limit.min()) else 60
     if ex < 1:
         return None
     sx = math.ldexp(1.0, ex)
@@ -245,36 +276,40 @@ def make_plan(
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}")
     Wn, bn = normalized_weights(coef, intercept, center, half_width)
-    d = Wn.shape[1]
     n, q = params.n, params.q
-    budget_w = tolerance / 8
-    # weight grid: the coarsest power of two whose worst-case quantization error fits
-    ew = max(0, math.floor(math.log2(max(d, 1) / budget_w)) - 6)
-    while True:
-        Wq = quantize(Wn, ew)
-        if np.abs(Wq / math.ldexp(1.0, ew) - Wn).sum(axis=1).max() <= budget_w:
-            break
-        ew += 1
-        if ew > 60:
+    # weight grids to try: from the coarsest whose quantization error alone fits, 12 finer
+    ew0 = 0
+    while np.abs(quantize(Wn, ew0) / math.ldexp(1.0, ew0) - Wn).sum(axis=1).max() > tolerance:
+        ew0 += 1
+        if ew0 > 62:
             raise ModelError("cannot quantize the weights finely enough")
-    wq_bits = int(np.abs(Wq).max()).bit_length() + 1 if np.any(Wq) else 2
-    sw = math.ldexp(1.0, ew)
+    grids = []
+    for ew in range(ew0, min(ew0 + 13, 63)):
+        Wq = quantize(Wn, ew)
+        grids.append((ew, Wq, int(np.abs(Wq).max()).bit_length() + 1 if np.any(Wq) else 2))
 
     best = math.inf
     for T in range(1, MAX_DIGITS + 1):
-        bb = max(2, -(-wq_bits // T) + 1)
-        if bb > MAX_DIGIT_BITS:
-            continue
-        cand = _candidate(Wn, bn, Wq, ew, bb, T, layout, q)
-        if cand is None:
-            continue
-        ex, fixed, weights_t = cand
-        sx = math.ldexp(1.0, ex)
-        for bits in REPLY_BITS:
-            total = fixed + _switch_error(bits, n, q, weights_t, sx, sw)
-            if total <= tolerance:
-                return LayoutPlan(layout, params, ex, ew, bb, T, bits, total)
-            best = min(best, total)
+        found: tuple | None = None
+        for ew, Wq, wq_bits in grids:
+            bb = max(2, -(-wq_bits // T) + 1)
+            if bb > MAX_DIGIT_BITS:
+                continue
+            cand = _candidate(Wn, bn, Wq, ew, bb, T, layout, q)
+            if cand is None:
+                continue
+            ex, fixed, weights_t = cand
+            sx, sw = math.ldexp(1.0, ex), math.ldexp(1.0, ew)
+            for bits in REPLY_BITS:
+                total = fixed + _switch_error(bits, n, q, weights_t, sx, sw)
+                best = min(best, total)
+                if total <= tolerance:
+                    key = (bits, total)
+                    if found is None or key < found[0]:
+                        found = (key, LayoutPlan(layout, params, ex, ew, bb, T, bits, total))
+                    break
+        if found is not None:
+            return found[1]
     raise ModelError(
         f"no 128-bit CKKS parameters reach the tolerance {tolerance:g} for this model "
         f"(best error bound {best:.3g}); narrow the declared bounds or raise the tolerance"

@@ -18,48 +18,31 @@ import numpy as np
 
 from ..errors import InvalidCiphertext
 from . import kernels, modmath, prng, wire
-from .decrypt import Decryptor
-from .encrypt import encrypt_coefficients
-from .keys import SecretKey
 from .plan import LayoutPlan, RowGeometry, ServerWeights
 
+ENCODE_BITS = 52  # at most this many bits of a feature's scale go into int64 coefficients
 
-# ---------------------------------------------------------------------- client
+
+def extra_scale_bits(plan) -> int:
+    """Power of two the encryptor multiplies in (mod q) beyond the int64 coefficients."""
+    return max(0, plan.log2_scale_x - ENCODE_BITS)
+
+
+# ---------------------------------------------------------------------- client (no keys)
 def encode(Z: np.ndarray, plan: LayoutPlan, geo: RowGeometry) -> np.ndarray:
     """Normalized features (n ≤ s, d) -> message coefficients (chunks, N) as int64."""
     n, d = Z.shape
     if n > geo.s:
         raise ValueError(f"a ROW block holds at most {geo.s} samples")
     N, m = plan.params.n, geo.m
-    scaled = np.rint(np.ldexp(Z, plan.log2_scale_x)).astype(np.int64)
+    # scales above 2^52 (model-privacy mode) are applied modulo q by the encryptor
+    scaled = np.rint(np.ldexp(Z, min(plan.log2_scale_x, ENCODE_BITS))).astype(np.int64)
     padded = np.zeros((geo.s, geo.chunks * m), dtype=np.int64)
     padded[:n, :d] = scaled
     out = np.zeros((geo.chunks, N), dtype=np.int64)
     pos = geo.input_positions()  # (s, m)
     for c in range(geo.chunks):
         out[c, pos] = padded[:, c * m : (c + 1) * m]
-    return out
-
-
-def encrypt(key: SecretKey, Z: np.ndarray, plan: LayoutPlan, geo: RowGeometry) -> list[bytes]:
-    return encrypt_coefficients(key, encode(Z, plan, geo))
-
-
-def decrypt(
-    dec: Decryptor, replies: list[bytes], n: int, plan: LayoutPlan, geo: RowGeometry
-) -> np.ndarray:
-    """Replies (one per output group) -> row values V (n, rows) in units of q."""
-    N, bits = plan.params.n, plan.reply_bits
-    if len(replies) != geo.groups:
-        raise InvalidCiphertext(f"expected {geo.groups} replies, got {len(replies)}")
-    out = np.empty((n, geo.rows))
-    for g, blob in enumerate(replies):
-        pos = geo.output_positions(g)  # (rows_in_group, s)
-        c0, c1 = wire.unpack_reply(blob, pos.size, N, bits)
-        vals = dec.to_value(dec.at_positions(c0, c1, pos.reshape(-1), bits), bits)
-        vals = vals.reshape(pos.shape)[:, :n]  # (rows_in_group, n)
-        r0 = g * geo.rows_per_group
-        out[:, r0 : r0 + pos.shape[0]] = vals.T
     return out
 
 
@@ -77,7 +60,8 @@ class RowEvaluator:
 
     def geometry(self, s: int) -> RowGeometry:
         try:
-            return RowGeometry(self.params.n, self.weights.digits_matrix.shape[1], self.weights.rows, s)
+            T, k, d = self.weights.digits.shape
+            return RowGeometry(self.params.n, d, k, T, s)
         except ValueError as exc:
             raise InvalidCiphertext(str(exc)) from exc
 
@@ -88,16 +72,15 @@ class RowEvaluator:
             if hit is not None:
                 self._cache.move_to_end(geo.s)
                 return hit
-        D = self.weights.digits_matrix
+        D = self.weights.digits  # (T, k, d)
         N, m, s = self.params.n, geo.m, geo.s
         polys = np.zeros((geo.chunks, geo.groups, N), dtype=np.int64)
         for c in range(geo.chunks):
-            block = D[:, c * m : (c + 1) * m]  # (rows, m_c)
-            m_c = block.shape[1]
             for g in range(geo.groups):
-                r0 = g * geo.rows_per_group
-                rows = block[r0 : r0 + geo.rows_per_group]
-                for rp in range(rows.shape[0]):
+                t, first, count = geo.group_rows(g)
+                rows = D[t, first : first + count, c * m : (c + 1) * m]  # (count, m_c)
+                m_c = rows.shape[1]
+                for rp in range(count):
                     start = rp * s * m + m - m_c
                     polys[c, g, start : start + m_c] = rows[rp, ::-1]
         ntt = kernels.for_params(self.params).ntt(modmath.reduce_signed(polys, self.params.q))
@@ -134,9 +117,9 @@ class RowEvaluator:
                     prod = ker.mul(ct, polys[c, g])
                     acc = prod if acc is None else modmath.add_mod(acc, prod, p.q)
                 c0, c1 = ker.intt(acc)
+                t, first, count = geo.group_rows(g)
                 pos = geo.output_positions(g)
-                r0 = g * geo.rows_per_group
-                row_bias = np.repeat(bias[r0 : r0 + pos.shape[0]], pos.shape[1])
+                row_bias = np.repeat(bias[t, first : first + count], pos.shape[1])
                 c0_out = modmath.add_mod(c0[pos.reshape(-1)], row_bias, p.q)
                 out.append(
                     wire.pack_reply(

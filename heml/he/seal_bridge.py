@@ -106,10 +106,11 @@ def ciphertext_words_serialized(ct) -> np.ndarray:
     return data
 
 
-def seeded_c0_and_seed_serialized(ser, n: int) -> tuple[np.ndarray, bytes]:
+def seeded_c0_and_seed_serialized(ser, n: int, levels: int = 1) -> tuple[np.ndarray, bytes]:
     """c0 and the 64-byte seed of a seeded ``Serializable<Ciphertext>`` via save()."""
     body = unwrap(save_bytes(ser))
     c0, end = _parse_dynarray(body, 32 + 1 + 5 * 8)
+    n = n * levels
     if c0.size != n:
         raise ValueError(f"expected a seeded ciphertext with {n} c0 words, got {c0.size}")
     info = unwrap(body[end:])
@@ -181,6 +182,53 @@ def ciphertext_view(ct, *, expect: tuple[int, int, int] | None = None) -> np.nda
     return _buffer_view(int(w[_CT_PTR]), length)
 
 
+def set_ntt_form(ct, ntt_form: bool) -> bool:
+    """Mark a ciphertext as NTT or coefficient form without transforming it (its words are
+    about to be overwritten). Checks the flag byte against ``is_ntt_form()`` before and after;
+    returns False (and changes nothing) when the layout is not the verified one."""
+    flag = ctypes.c_uint8.from_address(ctypes.c_void_p.from_address(id(ct) + 16).value + 32)
+    if flag.value not in (0, 1) or bool(flag.value) != ct.is_ntt_form():
+        return False
+    flag.value = 1 if ntt_form else 0
+    if ct.is_ntt_form() != ntt_form:  # pragma: no cover - layout drift
+        flag.value = 0 if ntt_form else 1
+        return False
+    return True
+
+
+class ViewCache:
+    """Zero-copy views of long-lived SEAL objects, re-derived only when SEAL reallocates.
+
+    The header words are re-read on every access (a numpy view of the object itself), so a
+    moved or resized buffer is noticed; the expensive part, building the views, is cached.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple] = {}
+
+    def ciphertext(self, ct) -> np.ndarray:
+        hit = self._cache.get(id(ct))
+        if hit is not None:
+            owner, header, ptr, length, view = hit
+            if owner is ct and int(header[_CT_PTR]) == ptr and int(header[_CT_LEN]) == length:
+                return view
+        view = ciphertext_view(ct)
+        header = _object_words(ct, 15)
+        self._cache[id(ct)] = (ct, header, int(header[_CT_PTR]), view.size, view)
+        return view
+
+    def plaintext(self, pt) -> np.ndarray:
+        hit = self._cache.get(id(pt))
+        if hit is not None:
+            owner, header, ptr, length, view = hit
+            if owner is pt and int(header[_PT_PTR]) == ptr and int(header[_PT_LEN]) == length:
+                return view
+        view = plaintext_view(pt)
+        header = _object_words(pt, 11)
+        self._cache[id(pt)] = (pt, header, int(header[_PT_PTR]), view.size, view)
+        return view
+
+
 def plaintext_view(pt) -> np.ndarray:
     w = _object_words(pt, 11)
     count, length, cap = int(w[_PT_COUNT]), int(w[_PT_LEN]), int(w[_PT_CAP])
@@ -189,22 +237,23 @@ def plaintext_view(pt) -> np.ndarray:
     return _buffer_view(int(w[_PT_PTR]), length)
 
 
-def seeded_c0_and_seed_view(ser, n: int) -> tuple[np.ndarray, bytes]:
-    """c0 (copied) and seed of a seeded ``Serializable<Ciphertext>`` without serializing.
+def seeded_c0_and_seed_view(ser, n: int, levels: int = 1) -> tuple[np.ndarray, bytes]:
+    """c0 (copied, levels × n words) and seed of a seeded ``Serializable<Ciphertext>``.
 
     SEAL marks a seeded ciphertext with c1[0] = 2^64 - 1 followed by its serialized
     UniformRandomGeneratorInfo (header, PRNG type byte, 64-byte seed).
     """
-    words = ciphertext_view(ser, expect=(2, n, 1))  # Serializable<T> holds only T
-    if words.size != 2 * n or words[n] != np.uint64(0xFFFFFFFFFFFFFFFF):
+    words = ciphertext_view(ser, expect=(2, n, levels))  # Serializable<T> holds only T
+    size = n * levels
+    if words.size != 2 * size or words[size] != np.uint64(0xFFFFFFFFFFFFFFFF):
         raise RuntimeError("not a seeded ciphertext")
-    info = words[n + 1 : n + 12].tobytes()
-    magic, hsize, *_rest, size = _HEADER.unpack_from(info)
-    if magic != SEAL_MAGIC or hsize != 16 or size != 16 + 1 + 64:
+    info = words[size + 1 : size + 12].tobytes()
+    magic, hsize, *_rest, record = _HEADER.unpack_from(info)
+    if magic != SEAL_MAGIC or hsize != 16 or record != 16 + 1 + 64:
         raise RuntimeError("unexpected seed record")
     if info[16] != int(seal.prng_type.blake2xb):
         raise RuntimeError("ciphertext seed uses an unexpected PRNG")
-    return words[:n].copy(), info[17 : 17 + 64]
+    return words[:size].copy(), info[17 : 17 + 64]
 
 
 @functools.lru_cache(maxsize=1)
@@ -237,17 +286,24 @@ def zero_copy_enabled() -> bool:
         return False
 
 
-def seeded_c0_and_seed(ser, n: int) -> tuple[np.ndarray, bytes]:
+def seeded_c0_and_seed(ser, n: int, levels: int = 1) -> tuple[np.ndarray, bytes]:
     if zero_copy_enabled():
-        return seeded_c0_and_seed_view(ser, n)
-    return seeded_c0_and_seed_serialized(ser, n)
+        return seeded_c0_and_seed_view(ser, n, levels)
+    return seeded_c0_and_seed_serialized(ser, n, levels)
 
 
 def secret_key_ntt(sk, n: int) -> np.ndarray:
-    """The secret key's NTT-form words (client side only)."""
+    """The secret key's NTT-form words for its first prime (client side only)."""
     words = plaintext_view(sk.data()).copy() if zero_copy_enabled() else None
     if words is None:
         words = plaintext_words_serialized(sk.data())
-    if words.size != n:
-        raise ValueError(f"secret key has {words.size} words, expected {n}")
-    return words
+    if words.size % n:
+        raise ValueError(f"secret key has {words.size} words, not a multiple of {n}")
+    return words[:n]
+
+
+def words_serialized(obj) -> np.ndarray:
+    """All data words of a ciphertext-like SEAL object (e.g. a PublicKey) via save()."""
+    body = unwrap(save_bytes(obj))
+    data, _ = _parse_dynarray(body, 32 + 1 + 5 * 8)
+    return data

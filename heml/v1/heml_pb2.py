@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12heml/v1/heml.proto\x12\x07heml.v1\"\x13\n\x11ListModelsRequest\"]\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.heml.v1.ModelInfo\x12#\n\x06server\x18\x02 \x01(\x0b\x32\x13.heml.v1.ServerInfo\"W\n\nServerInfo\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x17\n\x0ftenseal_version\x18\x03 \x01(\t\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"|\n\x0cHEParameters\x12\x0e\n\x06scheme\x18\x01 \x01(\t\x12\x1b\n\x13poly_modulus_degree\x18\x02 \x01(\r\x12\x15\n\rcoeff_modulus\x18\x03 \x03(\x04\x12\x15\n\rsecurity_bits\x18\x04 \x01(\r\x12\x11\n\tseed_prng\x18\x05 \x01(\t\"\xe8\x01\n\nLayoutPlan\x12\x1f\n\x06layout\x18\x01 \x01(\x0e\x32\x0f.heml.v1.Layout\x12%\n\x06params\x18\x02 \x01(\x0b\x32\x15.heml.v1.HEParameters\x12\x14\n\x0clog2_scale_x\x18\x03 \x01(\x05\x12\x14\n\x0clog2_scale_w\x18\x04 \x01(\x05\x12\x12\n\ndigit_bits\x18\x05 \x01(\r\x12\x0e\n\x06\x64igits\x18\x06 \x01(\r\x12\x12\n\nreply_bits\x18\x07 \x01(\r\x12\x13\n\x0b\x65rror_bound\x18\x08 \x01(\x01\x12\x19\n\x11max_block_samples\x18\t \x01(\r\"D\n\rFeatureBounds\x12\r\n\x05lower\x18\x01 \x03(\x01\x12\r\n\x05upper\x18\x02 \x03(\x01\x12\x15\n\rout_of_bounds\x18\x03 \x01(\t\"\xa6\x01\n\x0b\x44PGuarantee\x12\x0f\n\x07private\x18\x01 \x01(\x08\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x11\n\tmechanism\x18\x04 \x01(\t\x12\x14\n\x0cneighbouring\x18\x05 \x01(\t\x12\x12\n\naccountant\x18\x06 \x01(\t\x12\x13\n\x0bnot_covered\x18\x07 \x03(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x08 \x01(\t\"-\n\x0c\x41uditSummary\x12\x0f\n\x07present\x18\x01 \x01(\x08\x12\x0c\n\x04json\x18\x02 \x01(\t\"\xc9\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x1b\n\x04task\x18\x03 \x01(\x0e\x32\r.heml.v1.Task\x12\x12\n\nn_features\x18\x04 \x01(\r\x12\x11\n\tn_outputs\x18\x05 \x01(\r\x12\x1b\n\x04link\x18\x06 \x01(\x0e\x32\r.heml.v1.Link\x12\x0f\n\x07\x63lasses\x18\x07 \x03(\t\x12\x15\n\rclasses_dtype\x18\x08 \x01(\t\x12\x15\n\rfeature_names\x18\t \x03(\t\x12\x1a\n\x12preprocessing_json\x18\n \x01(\t\x12&\n\x06\x62ounds\x18\x0b \x01(\x0b\x32\x16.heml.v1.FeatureBounds\x12$\n\x07layouts\x18\x0c \x03(\x0b\x32\x13.heml.v1.LayoutPlan\x12 \n\x02\x64p\x18\r \x01(\x0b\x32\x14.heml.v1.DPGuarantee\x12$\n\x05\x61udit\x18\x0e \x01(\x0b\x32\x15.heml.v1.AuditSummary\x12#\n\x06server\x18\x0f \x01(\x0b\x32\x13.heml.v1.ServerInfo\x12\x11\n\testimator\x18\x10 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x11 \x01(\t\"\xc0\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x1f\n\x06layout\x18\x03 \x01(\x0e\x32\x0f.heml.v1.Layout\x12\t\n\x01n\x18\x04 \x01(\r\x12\x1e\n\x16samples_per_ciphertext\x18\x05 \x01(\r\x12\x13\n\x0b\x63iphertexts\x18\x06 \x03(\x0c\x12\x19\n\x11total_ciphertexts\x18\x07 \x01(\r\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"\x96\x01\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x1f\n\x06layout\x18\x03 \x01(\x0e\x32\x0f.heml.v1.Layout\x12\t\n\x01n\x18\x04 \x01(\r\x12\x12\n\nreply_bits\x18\x05 \x01(\r\x12\x0f\n\x07replies\x18\x06 \x03(\x0c\x12\x12\n\nrequest_id\x18\x07 \x01(\t*H\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x0e\n\nREGRESSION\x10\x01\x12\n\n\x06\x42INARY\x10\x02\x12\x0e\n\nMULTICLASS\x10\x03*\x88\x01\n\x04Link\x12\x14\n\x10LINK_UNSPECIFIED\x10\x00\x12\x0c\n\x08IDENTITY\x10\x01\x12\x0c\n\x08LOGISTIC\x10\x02\x12\x0b\n\x07SOFTMAX\x10\x03\x12\x10\n\x0cOVR_LOGISTIC\x10\x04\x12\x12\n\x0eMODIFIED_HUBER\x10\x05\x12\x12\n\x0eNO_PROBABILITY\x10\x06\x12\x07\n\x03\x45XP\x10\x07*5\n\x06Layout\x12\x16\n\x12LAYOUT_UNSPECIFIED\x10\x00\x12\x07\n\x03ROW\x10\x01\x12\n\n\x06\x43OLUMN\x10\x02\x32\x92\x02\n\tInference\x12\x45\n\nListModels\x12\x1a.heml.v1.ListModelsRequest\x1a\x1b.heml.v1.ListModelsResponse\x12\x38\n\x08GetModel\x12\x18.heml.v1.GetModelRequest\x1a\x12.heml.v1.ModelInfo\x12<\n\x07Predict\x12\x17.heml.v1.PredictRequest\x1a\x18.heml.v1.PredictResponse\x12\x46\n\rPredictStream\x12\x17.heml.v1.PredictRequest\x1a\x18.heml.v1.PredictResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12heml/v1/heml.proto\x12\x07heml.v1\"\x13\n\x11ListModelsRequest\"]\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.heml.v1.ModelInfo\x12#\n\x06server\x18\x02 \x01(\x0b\x32\x13.heml.v1.ServerInfo\"W\n\nServerInfo\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x17\n\x0ftenseal_version\x18\x03 \x01(\t\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"|\n\x0cHEParameters\x12\x0e\n\x06scheme\x18\x01 \x01(\t\x12\x1b\n\x13poly_modulus_degree\x18\x02 \x01(\r\x12\x15\n\rcoeff_modulus\x18\x03 \x03(\x04\x12\x15\n\rsecurity_bits\x18\x04 \x01(\r\x12\x11\n\tseed_prng\x18\x05 \x01(\t\"\x91\x02\n\nLayoutPlan\x12\x1f\n\x06layout\x18\x01 \x01(\x0e\x32\x0f.heml.v1.Layout\x12%\n\x06params\x18\x02 \x01(\x0b\x32\x15.heml.v1.HEParameters\x12\x14\n\x0clog2_scale_x\x18\x03 \x01(\x05\x12\x14\n\x0clog2_scale_w\x18\x04 \x01(\x05\x12\x12\n\ndigit_bits\x18\x05 \x01(\r\x12\x0e\n\x06\x64igits\x18\x06 \x01(\r\x12\x12\n\nreply_bits\x18\x07 \x01(\r\x12\x13\n\x0b\x65rror_bound\x18\x08 \x01(\x01\x12\x19\n\x11max_block_samples\x18\t \x01(\r\x12\x12\n\nlog2_flood\x18\n \x01(\x01\x12\x13\n\x0bhiding_bits\x18\x0b \x01(\r\"p\n\rFeatureBounds\x12\r\n\x05lower\x18\x01 \x03(\x01\x12\r\n\x05upper\x18\x02 \x03(\x01\x12\x15\n\rout_of_bounds\x18\x03 \x01(\t\x12\x14\n\x0c\x65ncode_lower\x18\x04 \x03(\x01\x12\x14\n\x0c\x65ncode_upper\x18\x05 \x03(\x01\"\xa6\x01\n\x0b\x44PGuarantee\x12\x0f\n\x07private\x18\x01 \x01(\x08\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x11\n\tmechanism\x18\x04 \x01(\t\x12\x14\n\x0cneighbouring\x18\x05 \x01(\t\x12\x12\n\naccountant\x18\x06 \x01(\t\x12\x13\n\x0bnot_covered\x18\x07 \x03(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x08 \x01(\t\"-\n\x0c\x41uditSummary\x12\x0f\n\x07present\x18\x01 \x01(\x08\x12\x0c\n\x04json\x18\x02 \x01(\t\"\xaf\x04\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x1b\n\x04task\x18\x03 \x01(\x0e\x32\r.heml.v1.Task\x12\x12\n\nn_features\x18\x04 \x01(\r\x12\x11\n\tn_outputs\x18\x05 \x01(\r\x12\x1b\n\x04link\x18\x06 \x01(\x0e\x32\r.heml.v1.Link\x12\x0f\n\x07\x63lasses\x18\x07 \x03(\t\x12\x14\n\x0c\x63lasses_json\x18\x08 \x01(\t\x12\x15\n\rfeature_names\x18\t \x03(\t\x12\x1a\n\x12preprocessing_json\x18\n \x01(\t\x12&\n\x06\x62ounds\x18\x0b \x01(\x0b\x32\x16.heml.v1.FeatureBounds\x12$\n\x07layouts\x18\x0c \x03(\x0b\x32\x13.heml.v1.LayoutPlan\x12 \n\x02\x64p\x18\r \x01(\x0b\x32\x14.heml.v1.DPGuarantee\x12$\n\x05\x61udit\x18\x0e \x01(\x0b\x32\x15.heml.v1.AuditSummary\x12#\n\x06server\x18\x0f \x01(\x0b\x32\x13.heml.v1.ServerInfo\x12\x11\n\testimator\x18\x10 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x11 \x01(\t\x12\x13\n\x0boutput_ndim\x18\x12 \x01(\r\x12\x11\n\ttolerance\x18\x13 \x01(\x01\x12\x15\n\rclasses_dtype\x18\x14 \x01(\t\x12&\n\x07privacy\x18\x15 \x01(\x0b\x32\x15.heml.v1.ModelPrivacy\"U\n\x0cModelPrivacy\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x1f\n\x17max_predictions_per_key\x18\x02 \x01(\x04\x12\x13\n\x0bhiding_bits\x18\x03 \x01(\r\"H\n\x12RegisterKeyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\"%\n\x13RegisterKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\xd0\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x1f\n\x06layout\x18\x03 \x01(\x0e\x32\x0f.heml.v1.Layout\x12\t\n\x01n\x18\x04 \x01(\r\x12\x1e\n\x16samples_per_ciphertext\x18\x05 \x01(\r\x12\x13\n\x0b\x63iphertexts\x18\x06 \x03(\x0c\x12\x19\n\x11total_ciphertexts\x18\x07 \x01(\r\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x0e\n\x06key_id\x18\t \x01(\t\"\xca\x01\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x1f\n\x06layout\x18\x03 \x01(\x0e\x32\x0f.heml.v1.Layout\x12\t\n\x01n\x18\x04 \x01(\r\x12\x12\n\nreply_bits\x18\x05 \x01(\r\x12\x0f\n\x07replies\x18\x06 \x03(\x0c\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x16\n\x0eserver_seconds\x18\x08 \x01(\x01\x12\x1a\n\x12server_cpu_seconds\x18\t \x01(\x01*H\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x0e\n\nREGRESSION\x10\x01\x12\n\n\x06\x42INARY\x10\x02\x12\x0e\n\nMULTICLASS\x10\x03*\x88\x01\n\x04Link\x12\x14\n\x10LINK_UNSPECIFIED\x10\x00\x12\x0c\n\x08IDENTITY\x10\x01\x12\x0c\n\x08LOGISTIC\x10\x02\x12\x0b\n\x07SOFTMAX\x10\x03\x12\x10\n\x0cOVR_LOGISTIC\x10\x04\x12\x12\n\x0eMODIFIED_HUBER\x10\x05\x12\x12\n\x0eNO_PROBABILITY\x10\x06\x12\x07\n\x03\x45XP\x10\x07*B\n\x06Layout\x12\x16\n\x12LAYOUT_UNSPECIFIED\x10\x00\x12\x07\n\x03ROW\x10\x01\x12\n\n\x06\x43OLUMN\x10\x02\x12\x0b\n\x07PRIVATE\x10\x03\x32\xdc\x02\n\tInference\x12\x45\n\nListModels\x12\x1a.heml.v1.ListModelsRequest\x1a\x1b.heml.v1.ListModelsResponse\x12\x38\n\x08GetModel\x12\x18.heml.v1.GetModelRequest\x1a\x12.heml.v1.ModelInfo\x12<\n\x07Predict\x12\x17.heml.v1.PredictRequest\x1a\x18.heml.v1.PredictResponse\x12\x46\n\rPredictStream\x12\x17.heml.v1.PredictRequest\x1a\x18.heml.v1.PredictResponse(\x01\x30\x01\x12H\n\x0bRegisterKey\x12\x1b.heml.v1.RegisterKeyRequest\x1a\x1c.heml.v1.RegisterKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'heml.v1.heml_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASK']._serialized_start=1741
-  _globals['_TASK']._serialized_end=1813
-  _globals['_LINK']._serialized_start=1816
-  _globals['_LINK']._serialized_end=1952
-  _globals['_LAYOUT']._serialized_start=1954
-  _globals['_LAYOUT']._serialized_end=2007
+  _globals['_TASK']._serialized_start=2196
+  _globals['_TASK']._serialized_end=2268
+  _globals['_LINK']._serialized_start=2271
+  _globals['_LINK']._serialized_end=2407
+  _globals['_LAYOUT']._serialized_start=2409
+  _globals['_LAYOUT']._serialized_end=2475
   _globals['_LISTMODELSREQUEST']._serialized_start=31
   _globals['_LISTMODELSREQUEST']._serialized_end=50
   _globals['_LISTMODELSRESPONSE']._serialized_start=52
@@ -48,19 +48,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEPARAMETERS']._serialized_start=286
   _globals['_HEPARAMETERS']._serialized_end=410
   _globals['_LAYOUTPLAN']._serialized_start=413
-  _globals['_LAYOUTPLAN']._serialized_end=645
-  _globals['_FEATUREBOUNDS']._serialized_start=647
-  _globals['_FEATUREBOUNDS']._serialized_end=715
-  _globals['_DPGUARANTEE']._serialized_start=718
-  _globals['_DPGUARANTEE']._serialized_end=884
-  _globals['_AUDITSUMMARY']._serialized_start=886
-  _globals['_AUDITSUMMARY']._serialized_end=931
-  _globals['_MODELINFO']._serialized_start=934
-  _globals['_MODELINFO']._serialized_end=1391
-  _globals['_PREDICTREQUEST']._serialized_start=1394
-  _globals['_PREDICTREQUEST']._serialized_end=1586
-  _globals['_PREDICTRESPONSE']._serialized_start=1589
-  _globals['_PREDICTRESPONSE']._serialized_end=1739
-  _globals['_INFERENCE']._serialized_start=2010
-  _globals['_INFERENCE']._serialized_end=2284
+  _globals['_LAYOUTPLAN']._serialized_end=686
+  _globals['_FEATUREBOUNDS']._serialized_start=688
+  _globals['_FEATUREBOUNDS']._serialized_end=800
+  _globals['_DPGUARANTEE']._serialized_start=803
+  _globals['_DPGUARANTEE']._serialized_end=969
+  _globals['_AUDITSUMMARY']._serialized_start=971
+  _globals['_AUDITSUMMARY']._serialized_end=1016
+  _globals['_MODELINFO']._serialized_start=1019
+  _globals['_MODELINFO']._serialized_end=1578
+  _globals['_MODELPRIVACY']._serialized_start=1580
+  _globals['_MODELPRIVACY']._serialized_end=1665
+  _globals['_REGISTERKEYREQUEST']._serialized_start=1667
+  _globals['_REGISTERKEYREQUEST']._serialized_end=1739
+  _globals['_REGISTERKEYRESPONSE']._serialized_start=1741
+  _globals['_REGISTERKEYRESPONSE']._serialized_end=1778
+  _globals['_PREDICTREQUEST']._serialized_start=1781
+  _globals['_PREDICTREQUEST']._serialized_end=1989
+  _globals['_PREDICTRESPONSE']._serialized_start=1992
+  _globals['_PREDICTRESPONSE']._serialized_end=2194
+  _globals['_INFERENCE']._serialized_start=2478
+  _globals['_INFERENCE']._serialized_end=2826
 # @@protoc_insertion_point(module_scope)

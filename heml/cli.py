@@ -1,0 +1,301 @@
+"""The ``heml`` command line: serve, models, predict, keys, demo (and train/audit/bench).
+
+Thin by design: argparse, then one library call. Exit codes: 0 success, 1 a failed remote call
+or runtime failure, 2 bad usage or bad input; failures print one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ._version import __version__
+from .errors import HemlError, InputError, KeyFileError, ModelError, RemoteError
+
+DEFAULT_PORT = 50051
+
+
+class CliError(Exception):
+    """A failure with its exit code and one-line reason."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server.options import ServerConfig
+    from .server.supervisor import NoModelsError, Supervisor, configure_logging
+
+    configure_logging(args.log_level)
+    config = ServerConfig(
+        models_dir=str(Path(args.models).resolve()),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        reload_seconds=args.reload_seconds,
+        drain_seconds=args.drain_seconds,
+        grace_seconds=args.grace_seconds,
+    )
+    try:
+        return Supervisor(config).run()
+    except NoModelsError as exc:
+        raise CliError(str(exc)) from exc
+    except OSError as exc:
+        raise CliError(str(exc), 1) from exc
+
+
+# ---------------------------------------------------------------------- models
+def _client(args: argparse.Namespace, keys=None):
+    from .client import Client
+
+    return Client(args.server, keys=keys, api_key=args.api_key, timeout=args.timeout)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        models = client.models()
+        server = client.server_info()
+    if args.json:
+        print(json.dumps([_model_summary(m) for m in models], indent=1))
+        return 0
+    rows = [("MODEL", "VERSION", "TASK", "FEATURES", "OUTPUTS", "DP GUARANTEE", "AUDIT")]
+    for m in models:
+        dp = "not private"
+        if m.is_private:
+            dp = f"ε={m.dp.get('epsilon'):g}, δ={m.dp.get('delta'):g} ({m.dp.get('mechanism', '')})"
+        audit = "-"
+        if m.audit:
+            lb = m.audit.get("epsilon_lower_bound")
+            audit = f"ε_lb={lb:.2f}" if isinstance(lb, int | float) else "attached"
+        rows.append(
+            (m.name, str(m.version), m.task, str(m.n_features), str(m.n_outputs), dp, audit)
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    print(
+        f"\n{len(models)} model(s) on {args.server} (heml {server.server_version}, protocol "
+        f"{server.protocol_version}, TenSEAL {server.tenseal_version})"
+    )
+    return 0
+
+
+def _model_summary(m) -> dict:
+    return {
+        "name": m.name,
+        "version": m.version,
+        "task": m.task,
+        "n_features": m.n_features,
+        "n_outputs": m.n_outputs,
+        "classes": None if m.classes is None else [str(c) for c in m.classes],
+        "inputs": m.input_names,
+        "dp": m.dp,
+        "audit": m.audit,
+        "layouts": {k: p.to_dict() for k, p in m.plans.items()},
+    }
+
+
+# ---------------------------------------------------------------------- predict
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from .links import finish_predict, finish_predict_proba
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    keep = [c for c in (args.keep or "").split(",") if c]
+    header = list(pd.read_csv(path, nrows=0).columns)
+    missing_keep = [c for c in keep if c not in header]
+    if missing_keep:
+        raise CliError(f"--keep names column(s) not in {path.name}: {', '.join(missing_keep)}")
+    keys = args.keys
+    if keys is not None and not Path(keys).exists():
+        raise CliError(f"key file {keys} does not exist (create it with `heml keys generate`)")
+    with _client(args, keys=keys) as client:
+        model = client.model(args.model, args.version)
+        info = model.info
+        missing = [c for c in info.input_names if c not in header]
+        if missing:
+            shown = ", ".join(missing[:10]) + (
+                f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            )
+            raise CliError(f"{path.name} lacks column(s) model {info.name!r} needs: {shown}", 2)
+        out = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
+        progress = _progress(path.stat().st_size, args.quiet)
+        rows = 0
+        try:
+            with path.open("rb") as raw:
+                reader = pd.read_csv(raw, chunksize=args.chunk_size)
+                for i, chunk in enumerate(reader):
+                    scores = model.scores(chunk[info.input_names])
+                    result = pd.DataFrame({c: chunk[c].to_numpy() for c in keep})
+                    pred = finish_predict(
+                        scores, info.task, info.link, info.classes, info.output_ndim
+                    )
+                    if np.ndim(pred) == 2:
+                        for j in range(pred.shape[1]):
+                            result[f"prediction_{j}"] = pred[:, j]
+                    else:
+                        result["prediction"] = pred
+                    if info.task != "regression" and info.link != "none":
+                        proba = finish_predict_proba(scores, info.task, info.link)
+                        for j, label in enumerate(info.classes):
+                            result[f"proba_{label}"] = proba[:, j]
+                    result.to_csv(out, header=(i == 0), index=False)
+                    rows += len(chunk)
+                    progress.update(raw.tell() - progress.n)
+        finally:
+            progress.close()
+            if out is not sys.stdout:
+                out.close()
+    if not args.quiet:
+        dest = args.output or "stdout"
+        print(f"scored {rows} row(s) with {info.name} v{info.version} -> {dest}", file=sys.stderr)
+    return 0
+
+
+def _progress(total: int, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc="scoring",
+        file=sys.stderr,
+        disable=quiet,
+        mininterval=0.5,
+    )
+
+
+# ---------------------------------------------------------------------- keys
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from .he.keys import KeySet
+    from .he.scoring import default_layout_params
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise CliError(f"{out} exists; pass --force to replace it (old replies become unreadable)")
+    keys = KeySet()
+    for params in default_layout_params().values():
+        keys.get(params)
+    keys.save(out)
+    degrees = ", ".join(f"N={p.n}" for p in default_layout_params().values())
+    print(f"wrote secret keys ({degrees}) to {out} (mode 0600); keep it private", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(epsilon=args.epsilon, private=not args.no_dp, workers=args.workers)
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="heml",
+        description="Differentially private linear models, scored on CKKS-encrypted features.",
+    )
+    p.add_argument("--version", action="version", version=f"heml {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("serve", help="serve a folder of model files over gRPC")
+    s.add_argument("--models", required=True, metavar="DIR", help="folder of *.json model files")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    s.add_argument("--workers", type=int, default=1, help="worker processes (one per core)")
+    s.add_argument("--max-concurrent-rpcs", type=int, default=64)
+    s.add_argument(
+        "--reload-seconds", type=float, default=2.0, help="re-read the model folder (0: never)"
+    )
+    s.add_argument(
+        "--drain-seconds", type=float, default=1.0, help="NOT_SERVING before refusing calls"
+    )
+    s.add_argument("--grace-seconds", type=float, default=30.0, help="in-flight calls' grace")
+    s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    s.set_defaults(func=cmd_serve)
+
+    def remote(parser):
+        parser.add_argument("--server", required=True, metavar="HOST:PORT")
+        parser.add_argument(
+            "--api-key", default=os.environ.get("HEML_API_KEY"), help="or set HEML_API_KEY"
+        )
+        parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+
+    m = sub.add_parser("models", help="list the models a server serves")
+    remote(m)
+    m.add_argument("--json", action="store_true", help="machine-readable output")
+    m.set_defaults(func=cmd_models)
+
+    pr = sub.add_parser("predict", help="score a CSV file under encryption")
+    remote(pr)
+    pr.add_argument("--model", required=True)
+    pr.add_argument("--version", type=int, default=None)
+    pr.add_argument("file", metavar="FILE.csv")
+    pr.add_argument("-o", "--output", help="output CSV (default: stdout)")
+    pr.add_argument("--keep", metavar="COL,…", help="input columns to copy into the output")
+    pr.add_argument("--keys", metavar="FILE", help="key file from `heml keys generate`")
+    pr.add_argument("--chunk-size", type=int, default=16384, help="rows per chunk (memory bound)")
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    pr.set_defaults(func=cmd_predict)
+
+    k = sub.add_parser("keys", help="manage client key files")
+    ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    kg = ksub.add_parser("generate", help="create a secret-key file (mode 0600)")
+    kg.add_argument("--out", required=True, metavar="FILE")
+    kg.add_argument("--force", action="store_true", help="replace an existing file")
+    kg.set_defaults(func=cmd_keys_generate)
+
+    d = sub.add_parser("demo", help="train, serve and score encrypted, end to end, in one go")
+    d.add_argument("--epsilon", type=float, default=1.0, help="DP budget of the demo model")
+    d.add_argument("--no-dp", action="store_true", help="train without differential privacy")
+    d.add_argument("--workers", type=int, default=1)
+    d.set_defaults(func=cmd_demo)
+
+    for module in ("heml.dp.cli", "heml.audit.cli", "heml.bench"):
+        if importlib.util.find_spec(module.rsplit(".", 1)[0]) and importlib.util.find_spec(module):
+            importlib.import_module(module).register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"heml {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except (InputError, ModelError, KeyFileError) as exc:
+        print(f"heml {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except RemoteError as exc:
+        print(f"heml {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except HemlError as exc:
+        print(f"heml {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"heml {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,385 @@
+"""The heml SDK: score encrypted features on a heml server.
+
+    with heml.Client("localhost:50051") as client:
+        model = client.model("cancer")
+        model.predict_proba(X)
+
+Keys are generated in this process and never leave it; only ciphertexts go out. Every call
+has a deadline; idempotent calls (all of heml's) are retried on UNAVAILABLE with backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+
+from ._version import PROTOCOL_VERSION
+from .errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    PermissionDenied,
+    RemoteError,
+    ResourceExhausted,
+    ServerUnavailable,
+    Unauthenticated,
+    VersionMismatch,
+)
+from .he.codec import ClientCodec
+from .he.keys import KeySet
+from .he.private import PRIVATE
+from .he.scoring import Block
+from .info import LAYOUT_TO_PB, ModelInfo, ServerInfo, model_info_from_pb
+from .links import finish_decision_function, finish_predict, finish_predict_proba
+from .v1 import heml_pb2 as pb
+from .v1 import heml_pb2_grpc
+
+MiB = 1 << 20
+DEFAULT_TIMEOUT = 60.0
+MAX_MESSAGE_BYTES = 4 * MiB  # what this client sends per message
+MAX_RECEIVE_BYTES = 64 * MiB
+BLOCKS_PER_STREAM = 32
+
+_ERRORS = {
+    grpc.StatusCode.NOT_FOUND: ModelNotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.FAILED_PRECONDITION: InvalidRequest,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidRequest,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAVAILABLE: ServerUnavailable,
+}
+
+
+def translate(exc: grpc.RpcError, target: str) -> RemoteError:
+    """gRPC errors -> heml errors (the only place the SDK looks at gRPC status codes)."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    kind = _ERRORS.get(code, RemoteError)
+    err = kind(f"{target}: {details} ({code.name})", code=code.name, details=details or "")
+    if isinstance(err, ResourceExhausted):
+        meta = dict(exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else {}
+        if "retry-after" in meta:
+            with contextlib.suppress(ValueError):
+                err.retry_after = float(meta["retry-after"])
+    return err
+
+
+@dataclass
+class CallStats:
+    """What the last predict* call cost: bytes on the wire, blocks and wall time."""
+
+    samples: int = 0
+    blocks: int = 0
+    ciphertexts_sent: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    seconds: float = 0.0
+    server_seconds: float = 0.0  # server-reported time on the blocks (wall)
+    server_cpu_seconds: float = 0.0  # server-reported CPU time on the blocks
+    layouts: dict = field(default_factory=dict)
+
+
+class Client:
+    """A connection to a heml server.
+
+    Parameters
+    ----------
+    target : str
+        ``host:port`` of the server.
+    keys : str, path or KeySet, optional
+        Where the secret keys live. A path is loaded if it exists, else created (mode 0600)
+        and filled as keys are generated. Default: fresh keys kept in memory only.
+    api_key : str, optional
+        Sent as ``authorization: Bearer <api_key>`` on every call.
+    timeout : float, default=60
+        Deadline in seconds for each call (large batches: per stream of blocks).
+    root_certificates, client_cert, client_key : bytes, optional
+        TLS (server CA) and mTLS (client certificate and key), PEM.
+    retries : int, default=4
+        Extra attempts for calls that fail with UNAVAILABLE (with exponential backoff).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        keys: str | os.PathLike | KeySet | None = None,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        root_certificates: bytes | None = None,
+        client_cert: bytes | None = None,
+        client_key: bytes | None = None,
+        retries: int = 4,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        if timeout is None or timeout <= 0:
+            raise ValueError("timeout must be a positive number of seconds")
+        self.target = target
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.max_message_bytes = int(max_message_bytes)
+        if isinstance(keys, KeySet):
+            self.keys = keys
+        elif keys is None:
+            self.keys = KeySet()
+        else:
+            self.keys = KeySet.open(keys)
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        options = [
+            ("grpc.max_send_message_length", self.max_message_bytes + MiB),
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+            ("grpc.enable_retries", 0),  # retries are ours: deadline-aware, UNAVAILABLE only
+        ]
+        if root_certificates is not None or client_cert is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates, client_key, client_cert)
+            self._channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._stub = heml_pb2_grpc.InferenceStub(self._channel)
+        self._closed = False
+        self._server: ServerInfo | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ lifecycle
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._channel.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Client is closed; create a new one")
+
+    # ------------------------------------------------------------ calls
+    def _unary(self, method, request, timeout: float | None = None):
+        """One unary call with deadline and retries on UNAVAILABLE."""
+        self._check_open()
+        budget = timeout or self.timeout
+        deadline = time.monotonic() + budget
+        delay = 0.1
+        for attempt in range(self.retries + 1):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded(
+                    f"{self.target}: no answer within {budget:g} s", code="DEADLINE_EXCEEDED"
+                )
+            try:
+                return method(request, timeout=left, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                    raise translate(exc, self.target) from None
+            time.sleep(min(delay * (1 + random.random()), max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    def _check_server(self, server: pb.ServerInfo) -> ServerInfo:
+        info = ServerInfo(server.protocol_version, server.server_version, server.tenseal_version)
+        ours, theirs = PROTOCOL_VERSION.split(".")[0], (info.protocol_version or "0").split(".")[0]
+        if ours != theirs:
+            raise VersionMismatch(
+                f"{self.target} speaks heml protocol {info.protocol_version or 'unknown'}; this "
+                f"client speaks {PROTOCOL_VERSION} (major versions must match)",
+                code="FAILED_PRECONDITION",
+            )
+        self._server = info
+        return info
+
+    def server_info(self) -> ServerInfo:
+        if self._server is None:
+            self.models()
+        return self._server
+
+    def models(self) -> list[ModelInfo]:
+        """Metadata of every served model (latest versions)."""
+        resp = self._unary(self._stub.ListModels, pb.ListModelsRequest())
+        self._check_server(resp.server)
+        return [model_info_from_pb(m) for m in resp.models]
+
+    def model(self, name: str, version: int | None = None) -> RemoteModel:
+        """A handle to one served model (fetches its metadata)."""
+        resp = self._unary(self._stub.GetModel, pb.GetModelRequest(name=name, version=version or 0))
+        self._check_server(resp.server)
+        return RemoteModel(self, model_info_from_pb(resp))
+
+
+class RemoteModel:
+    """A served model, scored under encryption; scikit-learn's predict* shapes and dtypes."""
+
+    def __init__(self, client: Client, info: ModelInfo) -> None:
+        self.client = client
+        self.info = info
+        self._codec = ClientCodec(info.plans, info.n_features, info.n_outputs, client.keys)
+        self.last_call = CallStats()
+        self._key_id = ""
+
+    def _register_key(self, force: bool = False) -> str:
+        """Model-privacy mode: upload the public key (once; the server keys it by sha256)."""
+        if self._key_id and not force:
+            return self._key_id
+        plan = self.info.plans[PRIVATE]
+        blob = self.client.keys.get(plan.params).public_key_bytes()
+        reply = self.client._unary(
+            self.client._stub.RegisterKey,
+            pb.RegisterKeyRequest(model=self.info.name, version=self.info.version, public_key=blob),
+        )
+        self._key_id = reply.key_id
+        return self._key_id
+
+    def __repr__(self) -> str:
+        i = self.info
+        return (
+            f"<RemoteModel {i.name} v{i.version} {i.task} d={i.n_features} k={i.n_outputs} "
+            f"{i.describe_dp()} at {self.client.target}>"
+        )
+
+    @property
+    def classes_(self) -> np.ndarray | None:
+        return self.info.classes
+
+    # ------------------------------------------------------------ sklearn-style API
+    def predict(self, X: Any, *, layout: str | None = None) -> np.ndarray:
+        i = self.info
+        return finish_predict(
+            self.scores(X, layout=layout), i.task, i.link, i.classes, i.output_ndim
+        )
+
+    def predict_proba(self, X: Any, *, layout: str | None = None) -> np.ndarray:
+        if self.info.task == "regression":
+            raise AttributeError("predict_proba is for classifiers")
+        return finish_predict_proba(self.scores(X, layout=layout), self.info.task, self.info.link)
+
+    def decision_function(self, X: Any, *, layout: str | None = None) -> np.ndarray:
+        i = self.info
+        return finish_decision_function(
+            self.scores(X, layout=layout), i.task, i.link, i.output_ndim
+        )
+
+    def scores(self, X: Any, *, layout: str | None = None) -> np.ndarray:
+        """W·x + b under encryption: (n, k) float64 (the server never sees x or the result)."""
+        info = self.info
+        # names, finiteness, imputation, one-hot, bounds, row-norm clip: all in plaintext here
+        Z = info.bounds.normalize(info.preprocessing.model_features(X, info.bounds))
+        n = Z.shape[0]
+        stats = CallStats(samples=n)
+        started = time.perf_counter()
+        out = np.empty((n, info.n_outputs))
+        if n:
+            blocks = self._codec.blocks(n, layout)
+            for b in blocks:
+                stats.layouts[b.layout] = stats.layouts.get(b.layout, 0) + b.n
+            stats.blocks = len(blocks)
+            if len(blocks) == 1 and self._fits_one_message(blocks[0]):
+                self._score_unary(Z, blocks[0], out, stats)
+            else:
+                for i in range(0, len(blocks), BLOCKS_PER_STREAM):
+                    self._score_stream(Z, blocks[i : i + BLOCKS_PER_STREAM], out, stats)
+        stats.seconds = time.perf_counter() - started
+        self.last_call = stats
+        return out
+
+    # ------------------------------------------------------------ transport
+    def _header(self, block: Block, total: int) -> pb.PredictRequest:
+        return pb.PredictRequest(
+            model=self.info.name,
+            version=self.info.version,
+            layout=LAYOUT_TO_PB[block.layout],
+            n=block.n,
+            samples_per_ciphertext=block.s,
+            total_ciphertexts=total,
+            request_id=uuid.uuid4().hex[:16],
+            key_id=self._register_key() if block.layout == PRIVATE else "",
+        )
+
+    def _fits_one_message(self, block: Block) -> bool:
+        per_ct = 7 * self.info.plans[block.layout].params.n + 64 + 8
+        return self._codec.ciphertext_count(block) * per_ct < self.client.max_message_bytes
+
+    def _score_unary(self, Z: np.ndarray, block: Block, out: np.ndarray, stats: CallStats) -> None:
+        cts = self._codec.encrypt(Z[block.start : block.stop], block)
+        request = self._header(block, len(cts))
+        request.ciphertexts.extend(cts)
+        stats.ciphertexts_sent += len(cts)
+        stats.bytes_sent += request.ByteSize()
+        try:
+            reply = self.client._unary(self.client._stub.Predict, request)
+        except ModelNotFound as exc:
+            if block.layout != PRIVATE or "not registered" not in str(exc):
+                raise
+            # another worker process answered: register there too (idempotent) and retry
+            request.key_id = self._register_key(force=True)
+            reply = self.client._unary(self.client._stub.Predict, request)
+        stats.bytes_received += reply.ByteSize()
+        stats.server_seconds += reply.server_seconds
+        stats.server_cpu_seconds += reply.server_cpu_seconds
+        out[block.start : block.stop] = self._codec.decrypt(list(reply.replies), block)
+
+    def _messages(self, Z: np.ndarray, blocks: list[Block], stats: CallStats) -> Iterator:
+        """Encrypt lazily and split each block into messages under the size limit."""
+        limit = self.client.max_message_bytes
+        for block in blocks:
+            cts = self._codec.encrypt(Z[block.start : block.stop], block)
+            stats.ciphertexts_sent += len(cts)
+            msg = self._header(block, len(cts))
+            size = msg.ByteSize()
+            for ct in cts:
+                if msg.ciphertexts and size + len(ct) + 8 > limit:
+                    stats.bytes_sent += msg.ByteSize()
+                    yield msg
+                    msg, size = pb.PredictRequest(), 0
+                msg.ciphertexts.append(ct)
+                size += len(ct) + 8
+            stats.bytes_sent += msg.ByteSize()
+            yield msg
+
+    def _score_stream(self, Z, blocks: list[Block], out: np.ndarray, stats: CallStats) -> None:
+        client = self.client
+        client._check_open()
+        pending = list(blocks)
+        delay = 0.1
+        attempts = 0
+        while pending:
+            budget = client.timeout * (1 + len(pending) / 4)
+            done = 0
+            try:
+                responses = client._stub.PredictStream(
+                    self._messages(Z, pending, stats), timeout=budget, metadata=client._metadata
+                )
+                for block, reply in zip(pending, responses, strict=False):
+                    stats.bytes_received += reply.ByteSize()
+                    stats.server_seconds += reply.server_seconds
+                    stats.server_cpu_seconds += reply.server_cpu_seconds
+                    out[block.start : block.stop] = self._codec.decrypt(list(reply.replies), block)
+                    done += 1
+            except grpc.RpcError as exc:
+                pending = pending[done:]
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempts >= client.retries:
+                    raise translate(exc, client.target) from None
+                attempts += 1
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 2.0)
+                continue
+            if done != len(pending):
+                raise RemoteError(
+                    f"{client.target}: stream ended after {done} of {len(pending)} replies",
+                    code="UNKNOWN",
+                )
+            pending = []

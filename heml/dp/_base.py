@@ -1,0 +1,98 @@
+"""What the DP estimators share: the fit prologue (check the budget first) and the guarantee."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from ._accountant import BudgetAccountant
+from ._validation import check_privacy_params
+
+NEIGHBOURING = "replace-one"
+NOT_COVERED = [
+    "preprocessing fitted on private data (e.g. a StandardScaler fitted on the training set) "
+    "unless its statistics are public or were themselves computed with DP",
+    "bounds or norms read from the training data (a PrivacyLeakWarning was raised if so)",
+    "other releases about the same people (compose them with a BudgetAccountant)",
+    "model extraction through many queries is not prevented by DP (it only bounds what the "
+    "model reveals about each training record)",
+    "floating-point and timing side channels beyond what docs/dp.md states",
+]
+
+
+class DPEstimatorMixin:
+    """Budget check before the data is read; budget spend once the model exists."""
+
+    def _begin_fit(self) -> tuple[float, float, BudgetAccountant]:
+        eps, delta = check_privacy_params(self.epsilon, self.delta)
+        accountant = BudgetAccountant.load_default(self.accountant)
+        accountant.check(eps, delta)
+        return eps, delta, accountant
+
+    def _noise_label(self) -> str:
+        if self.random_state is None:
+            return "os.urandom (CSPRNG), Box-Muller, lattice-rounded releases"
+        return "seeded numpy generator (random_state set): reproducible, NOT private"
+
+    def _guarantee(
+        self,
+        *,
+        epsilon: float,
+        delta: float,
+        mechanism: str,
+        accountant: str,
+        hyperparameters: dict,
+        bounds: dict,
+        n_samples: int,
+    ) -> dict:
+        private = math.isfinite(epsilon)
+        not_covered = list(NOT_COVERED)
+        if self.random_state is not None and private:
+            not_covered.insert(
+                0,
+                f"noise from a seeded generator (random_state={self.random_state!r}): anyone who "
+                "knows the seed can remove it; use random_state=None for a released model",
+            )
+        return _jsonable(
+            {
+                "private": private,
+                "epsilon": epsilon if private else None,
+                "delta": delta if private else None,
+                "mechanism": mechanism,
+                "neighbouring": NEIGHBOURING,
+                "accountant": accountant,
+                "noise": self._noise_label() if private else "none (epsilon=inf)",
+                "n_samples": int(n_samples),
+                "not_covered": not_covered,
+                "hyperparameters": hyperparameters,
+                "bounds": bounds,
+            }
+        )
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        eps = self.epsilon
+        tags.non_deterministic = self.random_state is None and not (
+            isinstance(eps, float) and math.isinf(eps)
+        )
+        return tags
+
+
+def _jsonable(obj):
+    """Plain Python types only (numpy scalars/arrays -> float/list), for the model file."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+__all__ = ["NEIGHBOURING", "NOT_COVERED", "BaseEstimator", "DPEstimatorMixin"]

@@ -1,0 +1,440 @@
+"""DPLogisticRegression: objective perturbation (binary) and DP gradient descent (softmax)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit, log_softmax, softmax
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted
+
+from . import _calibration as cal
+from ._base import DPEstimatorMixin
+from ._noise import NoiseSource, rounding_slack
+from ._validation import check_delta_vs_n, clip_rows, resolve_feature_bounds, validate_data
+
+METHODS = ("auto", "objpert", "dpgd")
+
+# Objective perturbation, fixed a priori (public; chosen on synthetic make_classification data):
+OBJPERT_BETA = 0.25  # bound on the logistic loss's second derivative (rows have ‖z‖ ≤ 1)
+OBJPERT_LAMBDA_FACTOR = 0.5  # ridge λ = factor · σ · √(d+1): about E‖b‖/2
+OBJPERT_MAX_JACOBIAN_SHARE = 0.5  # the Jacobian term never takes more than half of ε
+NEWTON_MAX_ITER = 200
+
+# DP gradient descent on the softmax loss (public; chosen on synthetic make_classification data):
+DPGD_CLIP = 0.5  # per-example gradient L2 clip C (the unclipped bound is √2)
+DPGD_LR = 2.0  # step size 1/L for the average softmax loss on rows with ‖a‖ ≤ 1 (L ≤ 1/2)
+DPGD_MIN_STEPS, DPGD_MAX_STEPS = 5, 100
+DPGD_STEP_RULE = 1.0 / 8.0  # T = ν²/8 with ν = n / (m · √(k(d+1))), m the ε,δ-Gaussian multiplier
+
+# Intercept column, as a fraction of the row bound: a = [x, κ] / √(R² + κ²).
+INTERCEPT_FRACTION = 0.5
+
+
+class ConvergenceError(RuntimeError):
+    """The solver did not reach the exact minimizer that objective perturbation's proof needs."""
+
+
+class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
+    """Logistic regression with (ε, δ)-differential privacy.
+
+    Binary problems use Gaussian objective perturbation (Kifer et al. 2012, with the replace-one
+    analysis in ``docs/dp.md``): the exact minimizer of the logistic loss plus a ridge and a
+    random linear term. Problems with three or more classes use full-batch DP gradient descent
+    on the multinomial (softmax) loss: one model, the whole budget, no one-vs-rest split.
+
+    Parameters
+    ----------
+    epsilon : float, default=1.0
+        Privacy budget ε of this fit, > 0. ``inf`` fits without privacy (the unpenalized
+        maximum-likelihood model on the clipped data).
+    delta : float, default=1e-5
+        δ of this fit, in (0, 1/n).
+    bounds_X : (lower, upper), default=None
+        Public per-feature bounds: scalars or arrays of length n_features. Values are clipped
+        to them in ``fit``; ``heml.export`` makes clients clip the same way.
+    data_norm : float, default=None
+        Public bound on a row's L2 norm; longer rows (after the per-feature clip) are scaled onto
+        it. ``None``: one third of the L2 radius of the ``bounds_X`` box (√d for features
+        standardized and clipped at ±3). ``inf``: no row clipping. With neither ``bounds_X`` nor
+        a finite ``data_norm``, bounds are read from the data (``PrivacyLeakWarning``).
+    accountant : BudgetAccountant, default=None
+        Where the budget is checked and spent; ``None`` uses the default accountant.
+    random_state : int, numpy Generator or None, default=None
+        ``None`` draws noise from the operating system's CSPRNG. A seed makes fits reproducible
+        **for tests only**: anyone who knows the seed can remove the noise.
+    method : {"auto", "objpert", "dpgd"}, default="auto"
+        "auto": objective perturbation for two classes, DP gradient descent for more.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    coef_ : ndarray of shape (1, n_features) or (n_classes, n_features)
+    intercept_ : ndarray of shape (1,) or (n_classes,)
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Only when X has string column names.
+    bounds_X_ : (ndarray, ndarray)
+        Per-feature clipping applied in ``fit``.
+    data_norm_ : float or None
+        Row L2-norm clip applied after the per-feature clip (None: none).
+    dp_guarantee_ : dict
+        The privacy guarantee (JSON-serializable); ``heml.export`` stores it in the model file.
+    noise_ : dict
+        Noise scale and hyperparameters actually used (public).
+
+    Warns
+    -----
+    PrivacyLeakWarning
+        When neither ``bounds_X`` nor a finite ``data_norm`` is given.
+
+    Raises
+    ------
+    ConvergenceError
+        If objective perturbation's solver misses the exact minimizer (its privacy proof holds
+        only there). The budget is spent all the same, since the data were used.
+
+    Notes
+    -----
+    Neighbouring datasets differ by replacing one record. Rows become a = [x, κ]/√(R² + κ²)
+    with ‖a‖ ≤ 1 (κ = R/2 carries the intercept). Objective perturbation releases
+    argmin Σ log(1 + exp(-yᵢaᵢᵀθ)) + λ‖θ‖²/2 + bᵀθ, b ~ N(0, σ²I); it is (ε, δ)-DP with
+    ε = log(1 + β/λ) + ε_G and δ = δ_G(σ/2; ε_G) + 2δ_G(σ; ε_G) (β = 1/4; δ_G from
+    dp-accounting). DP gradient descent clips each example's gradient to C = 0.5 and adds
+    N(0, σ²) to the summed gradient at each of T steps; the T Gaussian releases (replace-one
+    sensitivity 2C) are composed and calibrated with dp-accounting.
+
+    References
+    ----------
+    K. Chaudhuri, C. Monteleoni, A. Sarwate. Differentially private empirical risk
+    minimization. JMLR 12, 2011. D. Kifer, A. Smith, A. Thakurta. Private convex empirical risk
+    minimization and high-dimensional regression. COLT 2012. M. Abadi et al. Deep learning with
+    differential privacy. CCS 2016.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from heml.dp import DPLogisticRegression
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((4000, 2))
+    >>> y = (X[:, 0] - X[:, 1] > 0).astype(int)
+    >>> clf = DPLogisticRegression(epsilon=1.0, bounds_X=(-3, 3), random_state=0).fit(X, y)
+    >>> clf.predict([[2.0, -2.0], [-2.0, 2.0]])
+    array([1, 0])
+    """
+
+    def __init__(
+        self,
+        epsilon=1.0,
+        delta=1e-5,
+        bounds_X=None,
+        data_norm=None,
+        accountant=None,
+        random_state=None,
+        method="auto",
+    ):
+        self.epsilon = epsilon
+        self.delta = delta
+        self.bounds_X = bounds_X
+        self.data_norm = data_norm
+        self.accountant = accountant
+        self.random_state = random_state
+        self.method = method
+
+    def fit(self, X, y):
+        """Fit with (epsilon, delta)-DP; spends the budget once the model exists.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        """
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        eps, delta, accountant = self._begin_fit()
+        private = math.isfinite(eps)
+        X, y = validate_data(self, X, y, reset=True)
+        check_classification_targets(y)
+        classes, y_idx = np.unique(y, return_inverse=True)
+        if classes.size < 2:
+            raise ValueError(
+                f"DPLogisticRegression needs samples of at least 2 classes; got 1 class "
+                f"({classes[0]!r})"
+            )
+        n, d = X.shape
+        check_delta_vs_n(eps, delta, n)
+        k = classes.size
+        method = self.method
+        if method == "auto":
+            method = "objpert" if k == 2 else "dpgd"
+        if method == "objpert" and k > 2:
+            raise ValueError(
+                "objective perturbation handles two classes; use method='dpgd' (or 'auto') "
+                f"for {k} classes"
+            )
+        noise = NoiseSource(self.random_state)
+
+        lo, hi, row_norm, x_source = resolve_feature_bounds(
+            X, self.bounds_X, self.data_norm, private=private
+        )
+        Xc = clip_rows(X, lo, hi, row_norm)
+        cx = (lo + hi) / 2.0 if row_norm is None else np.zeros(d)
+        box = float(np.linalg.norm(np.maximum(np.abs(lo - cx), np.abs(hi - cx))))
+        R = box if row_norm is None else min(box, row_norm)
+        R = R if R > 0 else 1.0
+        kappa = INTERCEPT_FRACTION * R
+        scale = math.sqrt(R**2 + kappa**2)
+        A = np.hstack([Xc - cx, np.full((n, 1), kappa)]) / scale
+
+        if method == "objpert":
+            theta, details, failure = _objective_perturbation(A, y_idx, eps, delta, noise)
+            Wa = theta[None, :]
+            mechanism = (
+                "Gaussian objective perturbation (Kifer et al. 2012; replace-one analysis in "
+                "heml docs/dp.md) on the logistic loss"
+            )
+            label = cal.accountant_label("analytic Gaussian (objective-perturbation bound)")
+        else:
+            Wa, details = _dp_gradient_descent(A, y_idx, k, eps, delta, noise)
+            failure = None
+            if k == 2:  # two softmax rows -> one logistic row
+                Wa = (Wa[1] - Wa[0])[None, :]
+            mechanism = (
+                "full-batch DP gradient descent on the softmax loss (per-example clipping, "
+                "Gaussian noise; Abadi et al. 2016)"
+                if private
+                else "exact maximum likelihood (epsilon=inf)"
+            )
+            label = cal.accountant_label("analytic Gaussian + Gaussian composition")
+
+        coef = Wa[:, :d] / scale
+        intercept = Wa[:, d] * kappa / scale - coef @ cx
+        self.classes_ = classes
+        self.coef_ = coef
+        self.intercept_ = intercept
+        self.bounds_X_ = (lo, hi)
+        self.data_norm_ = row_norm
+        self.noise_ = details
+        self.dp_guarantee_ = self._guarantee(
+            epsilon=eps,
+            delta=delta,
+            mechanism=mechanism if private else "exact maximum likelihood (epsilon=inf)",
+            accountant=label,
+            hyperparameters={"method": method, "intercept_column": kappa, **details},
+            bounds={
+                "X": {"lower": lo, "upper": hi, "source": x_source},
+                "data_norm": row_norm,
+                "row_scale": scale,
+            },
+            n_samples=n,
+        )
+        accountant.spend(eps, delta, mechanism=f"DPLogisticRegression/{method}")
+        if failure is not None:
+            for attr in ("coef_", "intercept_", "classes_", "dp_guarantee_"):
+                delattr(self, attr)
+            raise ConvergenceError(failure)
+        return self
+
+    # ------------------------------------------------------------------ prediction
+    def decision_function(self, X):
+        """Scores on X clipped as in ``fit``: (n_samples,) for two classes, else (n, n_classes).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False)
+        X = clip_rows(X, *self.bounds_X_, self.data_norm_)
+        scores = X @ self.coef_.T + self.intercept_
+        return scores[:, 0] if scores.shape[1] == 1 else scores
+
+    def predict(self, X):
+        """Class labels, shape (n_samples,)."""
+        scores = self.decision_function(X)
+        idx = (scores > 0).astype(int) if scores.ndim == 1 else np.argmax(scores, axis=1)
+        return self.classes_[idx]
+
+    def predict_proba(self, X):
+        """Class probabilities, shape (n_samples, n_classes) (sigmoid or softmax)."""
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            p = expit(scores)
+            return np.column_stack([1.0 - p, p])
+        return softmax(scores, axis=1)
+
+    def predict_log_proba(self, X):
+        """Log of ``predict_proba``."""
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            return np.column_stack([-np.logaddexp(0, scores), -np.logaddexp(0, -scores)])
+        return log_softmax(scores, axis=1)
+
+
+# ---------------------------------------------------------------------- objective perturbation
+def objpert_lambda_rule(d_aug: int):
+    """λ as a function of σ (public): about half the expected norm of the noise vector b."""
+    return lambda sigma: OBJPERT_LAMBDA_FACTOR * sigma * math.sqrt(d_aug)
+
+
+def _objective_perturbation(A, y_idx, eps, delta, noise: NoiseSource):
+    p = A.shape[1]
+    Z = A * (2.0 * y_idx - 1.0)[:, None]
+    if math.isinf(eps):
+        lam, b = 0.0, np.zeros(p)
+        details = {"lambda": 0.0, "sigma": 0.0}
+    else:
+        c = cal.calibrate_objpert(
+            eps, delta, OBJPERT_BETA, objpert_lambda_rule(p), OBJPERT_MAX_JACOBIAN_SHARE
+        )
+        lam = c.lam
+        # rounding b to the lattice moves it by < step·√p; b is not added to a statistic, so
+        # the rounding only makes its law a lattice Gaussian (see docs/dp.md)
+        b = noise.release(np.zeros(p), c.sigma, c.sigma)
+        details = {
+            "lambda": lam,
+            "sigma": c.sigma,
+            "eps_jacobian": c.eps_jacobian,
+            "eps_gaussian": c.eps_gaussian,
+            "beta": OBJPERT_BETA,
+            "lambda_rule": f"max({OBJPERT_LAMBDA_FACTOR}*sigma*sqrt(d+1), "
+            f"beta/(exp(eps*{OBJPERT_MAX_JACOBIAN_SHARE})-1))",
+        }
+    theta, gnorm, tol, converged = _newton_logistic(Z, lam, b)
+    details.update({"solver": "Newton", "gradient_norm": gnorm, "gradient_tolerance": tol})
+    failure = None
+    if not converged:
+        hint = (
+            " With epsilon=inf there is no ridge: the classes are probably separable, so the "
+            "maximum-likelihood model does not exist."
+            if lam == 0
+            else ""
+        )
+        failure = (
+            f"objective perturbation did not reach the exact minimizer (gradient norm {gnorm:.3g} "
+            f"> tolerance {tol:.3g} after {NEWTON_MAX_ITER} Newton steps); no model is released "
+            f"because the privacy proof holds only at the minimizer.{hint}"
+        )
+    return theta, details, failure
+
+
+def _newton_logistic(Z, lam, b):
+    """Minimize Σ log(1 + exp(-zᵢᵀθ)) + λ‖θ‖²/2 + bᵀθ by damped Newton steps."""
+    n, p = Z.shape
+    theta = np.zeros(p)
+    # about 10^3 times the floating-point error of the gradient: "exact" for the proof
+    tol = 1e-11 * (n + lam + float(np.linalg.norm(b)) + 1.0)
+    eye = np.eye(p)
+
+    def objective(t):
+        return float(np.sum(np.logaddexp(0.0, -(Z @ t))) + 0.5 * lam * t @ t + b @ t)
+
+    def gradient(t):
+        return -(Z.T @ expit(-(Z @ t))) + lam * t + b
+
+    value = objective(theta)
+    grad = gradient(theta)
+    for _ in range(NEWTON_MAX_ITER):
+        gnorm = float(np.linalg.norm(grad))
+        if not math.isfinite(gnorm):
+            break
+        if gnorm <= tol:
+            return theta, gnorm, tol, True
+        m = Z @ theta
+        w = expit(m) * expit(-m)
+        H = (Z.T * w) @ Z + lam * eye
+        try:
+            step = np.linalg.solve(H, grad)
+        except np.linalg.LinAlgError:
+            step = np.linalg.lstsq(H, grad, rcond=None)[0]
+        slope = float(grad @ step)
+        t = 1.0
+        while True:
+            candidate = theta - t * step
+            new_value = objective(candidate)
+            new_grad = gradient(candidate)
+            if new_value <= value - 1e-4 * t * slope:
+                break
+            # near the optimum the objective no longer resolves the decrease in floating
+            # point: accept a step that shrinks the gradient instead
+            flat = abs(new_value - value) <= 1e-12 * (1.0 + abs(value))
+            if flat and np.linalg.norm(new_grad) < gnorm:
+                break
+            t *= 0.5
+            if t < 1e-10:
+                break
+        theta, value, grad = candidate, new_value, new_grad
+    gnorm = float(np.linalg.norm(grad))
+    return theta, gnorm, tol, gnorm <= tol
+
+
+# ---------------------------------------------------------------------- DP gradient descent
+def dpgd_steps(n: int, k: int, d_aug: int, eps: float, delta: float) -> int:
+    """Number of steps T, from public quantities only (see module constants)."""
+    import dp_accounting
+
+    m = dp_accounting.get_sigma_gaussian(eps, delta)
+    nu = n / (m * math.sqrt(k * d_aug))
+    return int(min(max(round(DPGD_STEP_RULE * nu * nu), DPGD_MIN_STEPS), DPGD_MAX_STEPS))
+
+
+def _dp_gradient_descent(A, y_idx, k, eps, delta, noise: NoiseSource):
+    n, p = A.shape
+    Y = np.zeros((n, k))
+    Y[np.arange(n), y_idx] = 1.0
+    if math.isinf(eps):
+        return _softmax_mle(A, Y), {"steps": 0, "sigma": 0.0, "solver": "L-BFGS (exact)"}
+
+    T = dpgd_steps(n, k, p, eps, delta)
+    magnitude = n * DPGD_CLIP
+    sensitivity = 2.0 * DPGD_CLIP + rounding_slack(magnitude, k * p)
+    multiplier = cal.calibrate_gaussian_scale(
+        lambda s: cal.gaussian_event([s], count=T), eps, delta
+    )
+    sigma = multiplier * sensitivity
+    row_norms = np.linalg.norm(A, axis=1)
+    W = np.zeros((k, p))
+    for _ in range(T):
+        E = softmax(A @ W.T, axis=1) - Y
+        g_norm = np.linalg.norm(E, axis=1) * row_norms
+        E *= np.minimum(1.0, DPGD_CLIP / np.maximum(g_norm, 1e-300))[:, None]
+        G = noise.release(E.T @ A, sigma, magnitude)
+        W -= (DPGD_LR / n) * G
+    details = {
+        "steps": T,
+        "learning_rate": DPGD_LR,
+        "clip": DPGD_CLIP,
+        "sigma": sigma,
+        "noise_multiplier": multiplier,
+        "sensitivity": sensitivity,
+        "step_rule": f"T = clip(round(nu^2 * {DPGD_STEP_RULE}), {DPGD_MIN_STEPS}, "
+        f"{DPGD_MAX_STEPS}), nu = n / (m(eps, delta) * sqrt(k * (d + 1)))",
+    }
+    return W, details
+
+
+def _softmax_mle(A, Y):
+    """Unpenalized multinomial maximum likelihood (epsilon = inf), solved to tight tolerance."""
+    n, p = A.shape
+    k = Y.shape[1]
+
+    def f(w):
+        W = w.reshape(k, p)
+        S = A @ W.T
+        lse = np.logaddexp.reduce(S, axis=1)
+        loss = float(np.sum(lse) - np.sum(S * Y))
+        G = (softmax(S, axis=1) - Y).T @ A
+        return loss / n, G.ravel() / n
+
+    res = minimize(
+        f,
+        np.zeros(k * p),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 20000, "gtol": 1e-10, "ftol": 1e-15},
+    )
+    W = res.x.reshape(k, p)
+    return W - W.mean(axis=0, keepdims=True)

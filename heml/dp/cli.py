@@ -1,0 +1,278 @@
+"""``heml train``: fit a DP model on a CSV file, export it, and keep a privacy ledger.
+
+Wired into ``heml/cli.py`` with ``register(subparsers)``; ``run(args)`` returns the exit code:
+0 success, 2 invalid input or arguments, 3 privacy budget refused, 1 training failed.
+
+Standardization does not leak: features are never scaled with statistics of the private data.
+The estimators clip every feature to the declared ``--bounds`` and rescale with the bounds
+box (a public affine map). Without ``--bounds``, min/max are read from the data: the run warns
+(PrivacyLeakWarning) and the model's guarantee records the bounds as "not private".
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import _ledger
+from ._accountant import BudgetError, PrivacyLeakWarning
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BUDGET = 0, 1, 2, 3
+_IDENTIFIER_NAMES = re.compile(
+    r"(^|_)(id|uuid|guid|name|first_?name|last_?name|full_?name|email|e_?mail|phone|ssn|"
+    r"address|passport|account)($|_)",
+    re.IGNORECASE,
+)
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# a column of at most this many distinct integer values is read as class labels (task=auto)
+_MAX_AUTO_CLASSES = 20
+
+
+class _Invalid(Exception):
+    """Bad arguments or data: exit 2 before any budget is spent."""
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``train`` subcommand to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a differentially private model on a CSV file",
+        description=(
+            "Train a DP linear or logistic model on a CSV file, export it as a heml model file "
+            "and record the privacy spent in a ledger (per dataset fingerprint)."
+        ),
+    )
+    p.add_argument("data", help="CSV file with a header row")
+    p.add_argument("--target", required=True, help="name of the column to predict")
+    p.add_argument("--epsilon", required=True, type=float, help="privacy budget of this fit")
+    p.add_argument("--delta", required=True, type=float, help="delta of this fit (< 1/rows)")
+    p.add_argument("-o", "--output", required=True, help="model file to write (NAME.json)")
+    p.add_argument("--drop", default="", help="comma-separated columns to drop (identifiers)")
+    p.add_argument(
+        "--ledger", help="privacy ledger file (default: .heml-privacy-ledger.json beside -o)"
+    )
+    p.add_argument("--budget", type=float, help="total epsilon allowed for this dataset")
+    p.add_argument("--task", choices=("auto", "regression", "classification"), default="auto")
+    p.add_argument("--bounds", help="public bounds of every feature value: LO,HI")
+    p.add_argument("--target-bounds", help="public bounds of the target (regression): LO,HI")
+    p.add_argument("--seed", type=int, help="noise seed: reproducible and NOT private (tests)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    try:
+        return _run(args)
+    except _Invalid as exc:
+        return _fail(str(exc), EXIT_INVALID)
+    except BudgetError as exc:
+        return _fail(str(exc), EXIT_BUDGET)
+    except _ledger.LedgerError as exc:
+        return _fail(str(exc), EXIT_INVALID)
+    except Exception as exc:  # training or export failed after validation
+        return _fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"heml train: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def _pair(text: str | None, flag: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise _Invalid(f"{flag} must be LO,HI (two numbers), got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise _Invalid(f"{flag} must be finite with LO < HI, got {text!r}")
+    return lo, hi
+
+
+def _run(args) -> int:
+    import pandas as pd
+
+    import heml
+    from heml.model import validate_name
+
+    from ._linear import DPLinearRegression
+    from ._logistic import DPLogisticRegression
+    from ._validation import check_delta_vs_n, check_privacy_params
+
+    # ---------------------------------------------------------------- arguments
+    try:
+        eps, delta = check_privacy_params(args.epsilon, args.delta)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    if math.isinf(eps):
+        raise _Invalid("--epsilon must be finite: heml train always trains with DP")
+    if args.budget is not None and not (args.budget > 0 and math.isfinite(args.budget)):
+        raise _Invalid(f"--budget must be a positive number, got {args.budget}")
+    bounds = _pair(args.bounds, "--bounds")
+    target_bounds = _pair(args.target_bounds, "--target-bounds")
+    out = Path(args.output)
+    try:
+        name = validate_name(out.stem)
+    except ValueError as exc:
+        raise _Invalid(f"-o: {exc}") from None
+    if not out.parent.exists():
+        raise _Invalid(f"-o: directory {str(out.parent)!r} does not exist")
+    ledger_path = Path(args.ledger) if args.ledger else out.with_name(".heml-privacy-ledger.json")
+
+    # ---------------------------------------------------------------- data
+    path = Path(args.data)
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise _Invalid(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    fingerprint = hashlib.sha256(content).hexdigest()
+    try:
+        df = pd.read_csv(path)
+    except Exception as exc:
+        raise _Invalid(f"cannot parse {str(path)!r} as CSV: {exc}") from None
+    if df.shape[0] == 0:
+        raise _Invalid(f"{str(path)!r} has no data rows")
+    if args.target not in df.columns:
+        raise _Invalid(f"--target {args.target!r} is not a column of {str(path)!r}")
+    drop = [c for c in (s.strip() for s in args.drop.split(",")) if c]
+    missing = [c for c in drop if c not in df.columns]
+    if missing:
+        raise _Invalid(f"--drop names unknown column(s): {', '.join(missing)}")
+    if args.target in drop:
+        raise _Invalid("--drop includes the target column")
+    df = df.drop(columns=drop)
+    y = df.pop(args.target)
+    if df.shape[1] == 0:
+        raise _Invalid("no feature columns left after --drop and --target")
+    for warning in identifier_warnings(df):
+        print(f"heml train: warning: {warning}", file=sys.stderr)
+    non_numeric = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+    if non_numeric:
+        raise _Invalid(
+            f"non-numeric feature column(s) {', '.join(map(repr, non_numeric[:5]))}: encode "
+            "them as numbers or drop them with --drop"
+        )
+    X = df.astype(np.float64)
+    bad = [c for c in X.columns if not np.all(np.isfinite(X[c].to_numpy()))]
+    if bad:
+        raise _Invalid(
+            f"column(s) with missing or infinite values: {', '.join(map(repr, bad[:5]))}"
+        )
+    if y.isna().any():
+        raise _Invalid(f"target {args.target!r} has missing values")
+    n = len(y)
+    try:
+        check_delta_vs_n(eps, delta, n)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    task = args.task if args.task != "auto" else _infer_task(y)
+    if task == "regression":
+        if not pd.api.types.is_numeric_dtype(y):
+            raise _Invalid(f"target {args.target!r} is not numeric; use --task classification")
+        y = y.astype(np.float64)
+        if not np.all(np.isfinite(y.to_numpy())):
+            raise _Invalid(f"target {args.target!r} has infinite values")
+        est = DPLinearRegression(
+            epsilon=eps,
+            delta=delta,
+            bounds_X=bounds,
+            bounds_y=target_bounds,
+            random_state=args.seed,
+        )
+    else:
+        if y.nunique() < 2:
+            raise _Invalid(f"target {args.target!r} has a single class; need at least 2")
+        est = DPLogisticRegression(
+            epsilon=eps, delta=delta, bounds_X=bounds, random_state=args.seed
+        )
+
+    # ---------------------------------------------------------------- budget, fit, export
+    with _ledger.locked(ledger_path):
+        ledger = _ledger.load(ledger_path)
+        accountant = _ledger.accountant_for(ledger, fingerprint, args.budget)
+        accountant.check(eps, delta)  # refuses (exit 3) before the data are used
+        est.set_params(accountant=accountant)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PrivacyLeakWarning)
+            est.fit(X, y.to_numpy())
+        for w in caught:
+            if issubclass(w.category, PrivacyLeakWarning):
+                print(f"heml train: warning: privacy leak: {w.message}", file=sys.stderr)
+        model = heml.export(est, name=name)
+        model.save(out)
+        _ledger.record(
+            ledger,
+            fingerprint,
+            source=path.name,
+            budget=args.budget,
+            epsilon=eps,
+            delta=delta,
+            model=str(out),
+        )
+        _ledger.save(ledger_path, ledger)
+    spent, _ = accountant.spent
+    left = accountant.remaining()[0]
+    print(
+        f"trained {type(est).__name__} on {n} rows ({task}); epsilon={eps:g}, delta={delta:g}; "
+        f"dataset {fingerprint[:12]} has spent epsilon={spent:g}"
+        + ("" if math.isinf(left) else f" (remaining {left:g})")
+        + f"; wrote {out}"
+    )
+    return EXIT_OK
+
+
+def _infer_task(y) -> str:
+    import pandas as pd
+
+    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
+        return "classification"
+    values = y.to_numpy(dtype=np.float64)
+    if np.all(values == np.round(values)) and len(np.unique(values)) <= _MAX_AUTO_CLASSES:
+        return "classification"
+    return "regression"
+
+
+def identifier_warnings(df) -> list[str]:
+    """Columns that look like direct identifiers: names, emails, or unique per row."""
+    import pandas as pd
+
+    out = []
+    n = len(df)
+    for col in df.columns:
+        s = df[col]
+        reasons = []
+        if _IDENTIFIER_NAMES.search(str(col)):
+            reasons.append("its name suggests an identifier")
+        if not pd.api.types.is_float_dtype(s) and n >= 10 and s.nunique(dropna=True) == n:
+            reasons.append("every row has a distinct value")
+        if s.dtype == object:
+            sample = s.dropna().astype(str).head(200)
+            if len(sample) and sample.map(lambda v: bool(_EMAIL.match(v))).mean() > 0.5:
+                reasons.append("it holds email addresses")
+        if reasons:
+            out.append(
+                f"column {col!r} looks like a direct identifier ({'; '.join(reasons)}): "
+                "drop it with --drop"
+            )
+    return out
+
+
+def main(argv=None) -> int:
+    """Standalone entry point (``python -m heml.dp.cli train ...``)."""
+    parser = argparse.ArgumentParser(prog="heml")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

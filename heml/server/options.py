@@ -1,0 +1,41 @@
+"""Server settings and the gRPC option block, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    models_dir: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    workers: int = 1
+    threads: int = 8  # per worker: I/O concurrency (HE work holds the GIL)
+    max_concurrent_rpcs: int = 64  # per worker; beyond this callers get RESOURCE_EXHAUSTED
+    max_receive_bytes: int = 8 * MiB  # clients send ≤ 4 MiB per message
+    max_send_bytes: int = 32 * MiB
+    grace_seconds: float = 30.0  # in-flight calls may finish within this after SIGTERM
+    drain_seconds: float = 1.0  # health says NOT_SERVING this long before new calls are refused
+    reload_seconds: float = 2.0  # how often workers re-read the model folder (0: never)
+    log_level: str = "WARNING"  # heml.serve() is quiet; `heml serve` logs at INFO
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def grpc_options(self, reuse_port: bool) -> list[tuple[str, int]]:
+        return [
+            ("grpc.max_receive_message_length", self.max_receive_bytes),
+            ("grpc.max_send_message_length", self.max_send_bytes),
+            # several worker processes share the port; the kernel balances connections
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            # rebalance long-lived connections across workers now and then
+            ("grpc.max_connection_age_ms", 10 * 60 * 1000),
+            ("grpc.max_connection_age_grace_ms", 30 * 1000),
+            ("grpc.keepalive_time_ms", 60 * 1000),
+            ("grpc.keepalive_timeout_ms", 20 * 1000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]

@@ -1,0 +1,74 @@
+"""Shared fixtures: fitted models, a model folder, a real server on loopback, a client."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+import heml
+
+
+def assert_scores_close(actual, expected, tol=1e-4):
+    """The project's accuracy contract: |encrypted - plaintext| ≤ tol · max(1, |y|)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape
+    bound = tol * np.maximum(1.0, np.abs(expected))
+    worst = np.max(np.abs(actual - expected) - bound) if actual.size else -1
+    assert worst <= 0, f"error exceeds tolerance by {worst:.3g}"
+
+
+@pytest.fixture(scope="session")
+def cancer():
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X, y)
+    return X, y, clf
+
+
+@pytest.fixture(scope="session")
+def wine():
+    X, y = load_wine(return_X_y=True)
+    labels = np.array(["barolo", "grignolino", "barbera"])[y]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X, labels)
+    return X, labels, clf
+
+
+@pytest.fixture(scope="session")
+def diabetes_raw():
+    """Linear regression on raw, unscaled features of magnitude 1e3–1e4 with large outputs."""
+    X, y = load_diabetes(return_X_y=True)
+    rng = np.random.default_rng(0)
+    scale = rng.uniform(1e3, 1e4, size=X.shape[1])
+    Xr = X * scale + scale  # values ~1e3..1e4
+    yr = y * 1000.0  # outputs ~1e5
+    reg = LinearRegression().fit(Xr, yr)
+    return Xr, yr, reg
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, cancer, wine, diabetes_raw):
+    folder = tmp_path_factory.mktemp("models")
+    heml.export(cancer[2], name="cancer").save(folder / "cancer.json")
+    heml.export(wine[2], name="wine").save(folder / "wine.json")
+    Xr, _, reg = diabetes_raw
+    heml.export(reg, name="diabetes-raw", bounds=(Xr.min(0), Xr.max(0))).save(
+        folder / "diabetes-raw.json"
+    )
+    (folder / "broken.json").write_text('{"schema": "heml.linear-model", "schema_version": 1}')
+    return folder
+
+
+@pytest.fixture(scope="session")
+def server(model_dir):
+    with heml.serve(model_dir, port=0) as handle:
+        yield handle
+
+
+@pytest.fixture()
+def client(server):
+    with heml.Client(f"localhost:{server.port}", timeout=60) as c:
+        yield c

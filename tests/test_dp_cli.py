@@ -1,0 +1,146 @@
+"""`heml train` (heml.dp.cli), run as a subprocess through a tiny argparse harness."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pd = pytest.importorskip("pandas")
+
+HARNESS = (
+    "import argparse, sys\n"
+    "from heml.dp.cli import register\n"
+    "p = argparse.ArgumentParser(prog='heml')\n"
+    "register(p.add_subparsers(dest='command', required=True))\n"
+    "a = p.parse_args(sys.argv[1:])\n"
+    "sys.exit(a.func(a))\n"
+)
+
+
+def heml_train(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-c", HARNESS, "train", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def csv(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 4))
+    df = pd.DataFrame(X, columns=["age", "income", "score", "visits"])
+    df.insert(0, "email", [f"user{i}@example.org" for i in range(600)])
+    df["label"] = np.where(X[:, 0] + X[:, 1] > 0, "yes", "no")
+    path = tmp_path / "people.csv"
+    df.to_csv(path, index=False)
+    (tmp_path / "models").mkdir()
+    return path
+
+
+def test_train_exports_and_keeps_a_ledger(csv, tmp_path):
+    args = [
+        csv,
+        "--target",
+        "label",
+        "--epsilon",
+        "1",
+        "--delta",
+        "1e-5",
+        "-o",
+        "models/people.json",
+        "--drop",
+        "email",
+        "--bounds=-3,3",
+        "--budget",
+        "1.5",
+    ]
+    r = heml_train(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    model = json.loads((tmp_path / "models/people.json").read_text())
+    assert model["name"] == "people" and model["task"] == "binary"
+    assert model["dp"]["epsilon"] == 1.0 and model["dp"]["neighbouring"] == "replace-one"
+    assert model["preprocessing"]["columns"][0]["name"] == "age"
+    ledger = json.loads((tmp_path / "models/.heml-privacy-ledger.json").read_text())
+    (entry,) = ledger["datasets"].values()
+    assert entry["spent_epsilon"] == 1.0 and entry["budget_epsilon"] == 1.5
+
+    # a second run on the same file would exceed the budget: refused, ledger unchanged
+    r2 = heml_train(*args, cwd=tmp_path)
+    assert r2.returncode == 3
+    assert r2.stderr.strip().startswith("heml train: error: privacy budget exceeded")
+    assert len(r2.stderr.strip().splitlines()) == 1
+    ledger2 = json.loads((tmp_path / "models/.heml-privacy-ledger.json").read_text())
+    assert ledger2 == ledger
+
+
+def test_identifier_column_is_flagged_and_non_numeric_refused(csv, tmp_path):
+    r = heml_train(
+        csv,
+        "--target",
+        "label",
+        "--epsilon",
+        "1",
+        "--delta",
+        "1e-5",
+        "-o",
+        "models/m.json",
+        "--bounds=-3,3",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2
+    assert "'email' looks like a direct identifier" in r.stderr
+    assert "--drop" in r.stderr.splitlines()[-1]
+    assert not (tmp_path / "models/.heml-privacy-ledger.json").exists()  # nothing spent
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--epsilon", "0"], "epsilon"),
+        (["--delta", "0.01"], "not below 1/n"),
+        (["--target", "nope"], "not a column"),
+        (["--bounds=3,-3"], "LO < HI"),
+    ],
+)
+def test_invalid_runs_exit_2_before_any_spend(csv, tmp_path, extra, message):
+    base = {"--target": "label", "--epsilon": "1", "--delta": "1e-5"}
+    for flag, value in zip(extra[::2], extra[1::2], strict=False):
+        base[flag] = value
+    args = [csv, *[x for kv in base.items() for x in kv], "-o", "models/m.json", "--drop", "email"]
+    args += [e for e in extra if e.startswith("--bounds")] or ["--bounds=-3,3"]
+    r = heml_train(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr
+    assert not (tmp_path / "models/.heml-privacy-ledger.json").exists()
+
+
+def test_regression_without_bounds_warns_about_the_leak(tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((500, 3))
+    df = pd.DataFrame(X, columns=["a", "b", "c"])
+    df["price"] = X @ [1.0, 2.0, -1.0] + rng.standard_normal(500)
+    df.to_csv(tmp_path / "houses.csv", index=False)
+    r = heml_train(
+        "houses.csv",
+        "--target",
+        "price",
+        "--epsilon",
+        "2",
+        "--delta",
+        "1e-5",
+        "-o",
+        "houses.json",
+        "--seed",
+        "0",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "privacy leak" in r.stderr and "bounds_X" in r.stderr
+    model = json.loads((tmp_path / "houses.json").read_text())
+    assert model["task"] == "regression"
+    assert "not private" in model["dp"]["bounds"]["X"]["source"]
