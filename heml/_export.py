@@ -90,6 +90,8 @@ def export(
     bounds: Any = None,
     out_of_bounds: str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    model_privacy: bool = False,
+    max_predictions_per_key: int | None = None,
 ) -> LinearModel:
     """Turn a fitted scikit-learn linear model (or pipeline) into a servable LinearModel.
 
@@ -114,6 +116,13 @@ def export(
         self-clipping scalers (that is what training saw), "error" otherwise.
     tolerance : float, default=1e-4
         Allowed |encrypted - plaintext| error on scores; parameters are chosen to meet it.
+    model_privacy : bool, default=False
+        Serve only in model-privacy mode: replies re-randomized under the client's public key
+        and noise-flooded (40-bit statistical hiding of the weights' noise contribution), with
+        a lifetime quota per key below d predictions. Costs N=4096 over 108 bits, about 4x the
+        bytes and time of the default path (docs/model-privacy.md).
+    max_predictions_per_key : int, optional
+        The quota for model-privacy mode (default d // 2, at least 1; must be below d).
     """
     steps, final = _split_pipeline(estimator)
     W, b, task, link, classes, output_ndim = _final_estimator(final)
@@ -166,6 +175,12 @@ def export(
         dp=dp,
         estimator=_qualname(final),
         tolerance=tolerance,
+        privacy={
+            "enabled": True,
+            "max_predictions_per_key": max_predictions_per_key or max(1, d // 2),
+        }
+        if model_privacy
+        else None,
     )
 
 

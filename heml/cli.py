@@ -43,6 +43,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             log_level=args.log_level,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
+            reload_seconds=args.reload_seconds,
+            drain_seconds=args.drain_seconds,
+            grace_seconds=args.grace_seconds,
             api_keys=args.api_keys,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
@@ -251,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="sample slots one call may compute (default 1048576)",
     )
+    s.add_argument(
+        "--reload-seconds", type=float, default=2.0, help="re-read the model folder (0: never)"
+    )
+    s.add_argument(
+        "--drain-seconds", type=float, default=1.0, help="NOT_SERVING before refusing calls"
+    )
+    s.add_argument("--grace-seconds", type=float, default=30.0, help="in-flight calls' grace")
     sec = s.add_argument_group("security (docs/security.md)")
     sec.add_argument(
         "--api-keys", metavar="FILE", help="require API keys from FILE (`heml keys issue`)"

@@ -38,6 +38,7 @@ from .errors import (
 )
 from .he.codec import ClientCodec
 from .he.keys import KeySet
+from .he.private import PRIVATE
 from .he.scoring import Block
 from .info import LAYOUT_TO_PB, ModelInfo, ServerInfo, model_info_from_pb
 from .links import finish_decision_function, finish_predict, finish_predict_proba
@@ -92,6 +93,8 @@ class CallStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     seconds: float = 0.0
+    server_seconds: float = 0.0  # server-reported time on the blocks (wall)
+    server_cpu_seconds: float = 0.0  # server-reported CPU time on the blocks
     layouts: dict = field(default_factory=dict)
 
 
@@ -241,6 +244,20 @@ class RemoteModel:
         self.info = info
         self._codec = ClientCodec(info.plans, info.n_features, info.n_outputs, client.keys)
         self.last_call = CallStats()
+        self._key_id = ""
+
+    def _register_key(self, force: bool = False) -> str:
+        """Model-privacy mode: upload the public key (once; the server keys it by sha256)."""
+        if self._key_id and not force:
+            return self._key_id
+        plan = self.info.plans[PRIVATE]
+        blob = self.client.keys.get(plan.params).public_key_bytes()
+        reply = self.client._unary(
+            self.client._stub.RegisterKey,
+            pb.RegisterKeyRequest(model=self.info.name, version=self.info.version, public_key=blob),
+        )
+        self._key_id = reply.key_id
+        return self._key_id
 
     def __repr__(self) -> str:
         i = self.info
@@ -304,6 +321,7 @@ class RemoteModel:
             samples_per_ciphertext=block.s,
             total_ciphertexts=total,
             request_id=uuid.uuid4().hex[:16],
+            key_id=self._register_key() if block.layout == PRIVATE else "",
         )
 
     def _fits_one_message(self, block: Block) -> bool:
@@ -316,8 +334,17 @@ class RemoteModel:
         request.ciphertexts.extend(cts)
         stats.ciphertexts_sent += len(cts)
         stats.bytes_sent += request.ByteSize()
-        reply = self.client._unary(self.client._stub.Predict, request)
+        try:
+            reply = self.client._unary(self.client._stub.Predict, request)
+        except ModelNotFound as exc:
+            if block.layout != PRIVATE or "not registered" not in str(exc):
+                raise
+            # another worker process answered: register there too (idempotent) and retry
+            request.key_id = self._register_key(force=True)
+            reply = self.client._unary(self.client._stub.Predict, request)
         stats.bytes_received += reply.ByteSize()
+        stats.server_seconds += reply.server_seconds
+        stats.server_cpu_seconds += reply.server_cpu_seconds
         out[block.start : block.stop] = self._codec.decrypt(list(reply.replies), block)
 
     def _messages(self, Z: np.ndarray, blocks: list[Block], stats: CallStats) -> Iterator:
@@ -353,6 +380,8 @@ class RemoteModel:
                 )
                 for block, reply in zip(pending, responses, strict=False):
                     stats.bytes_received += reply.ByteSize()
+                    stats.server_seconds += reply.server_seconds
+                    stats.server_cpu_seconds += reply.server_cpu_seconds
                     out[block.start : block.stop] = self._codec.decrypt(list(reply.replies), block)
                     done += 1
             except grpc.RpcError as exc:

@@ -16,7 +16,8 @@ import numpy as np
 from .errors import ParameterError
 from .he.params import SEED_PRNG, HEParams
 from .he.plan import COLUMN, MAX_DIGIT_BITS, MAX_DIGITS, REPLY_BITS, ROW, LayoutPlan
-from .model import LinearModel
+from .he.private import HIDING_BITS, PRIVATE, PrivatePlan, RNSParams
+from .model import LinearModel, ModelFacts
 from .preprocessing import Bounds, Preprocessing
 from .v1 import heml_pb2 as pb
 
@@ -32,7 +33,7 @@ LINK_TO_PB = {
     "exp": pb.EXP,
 }
 LINK_FROM_PB = {v: k for k, v in LINK_TO_PB.items()}
-LAYOUT_TO_PB = {ROW: pb.ROW, COLUMN: pb.COLUMN}
+LAYOUT_TO_PB = {ROW: pb.ROW, COLUMN: pb.COLUMN, PRIVATE: pb.PRIVATE}
 LAYOUT_FROM_PB = {v: k for k, v in LAYOUT_TO_PB.items()}
 
 
@@ -44,7 +45,7 @@ class ServerInfo:
 
 
 @dataclass(frozen=True)
-class ModelInfo:
+class ModelInfo(ModelFacts):
     """What a client knows about a served model (no weights)."""
 
     name: str
@@ -65,18 +66,7 @@ class ModelInfo:
     fingerprint: str
     server: ServerInfo | None = None
     extra: dict = field(default_factory=dict)
-
-    @property
-    def feature_names(self) -> list[str]:
-        return self.preprocessing.feature_names
-
-    @property
-    def input_names(self) -> list[str]:
-        return self.preprocessing.input_names
-
-    @property
-    def is_private(self) -> bool:
-        return bool(self.dp.get("private"))
+    privacy: dict | None = None
 
     def describe_dp(self) -> str:
         if not self.is_private:
@@ -89,7 +79,27 @@ class ModelInfo:
 
 
 # ---------------------------------------------------------------------- server side
-def plan_to_pb(plan: LayoutPlan, d: int) -> pb.LayoutPlan:
+def plan_to_pb(plan: LayoutPlan | PrivatePlan, d: int) -> pb.LayoutPlan:
+    if isinstance(plan, PrivatePlan):
+        return pb.LayoutPlan(
+            layout=pb.PRIVATE,
+            params=pb.HEParameters(
+                scheme="CKKS",
+                poly_modulus_degree=plan.params.n,
+                coeff_modulus=list(plan.params.primes),
+                security_bits=128,
+                seed_prng=SEED_PRNG,
+            ),
+            log2_scale_x=plan.log2_scale_x,
+            log2_scale_w=plan.log2_scale_w,
+            digit_bits=0,
+            digits=1,
+            reply_bits=plan.reply_bits,
+            error_bound=plan.error_bound,
+            max_block_samples=plan.max_samples_per_ciphertext(d),
+            log2_flood=plan.log2_flood,
+            hiding_bits=plan.hiding_bits,
+        )
     return pb.LayoutPlan(
         layout=LAYOUT_TO_PB[plan.layout],
         params=pb.HEParameters(
@@ -153,15 +163,35 @@ def model_info_pb(
         fingerprint=fingerprint,
         output_ndim=model.output_ndim,
         tolerance=model.tolerance,
+        privacy=pb.ModelPrivacy(
+            enabled=model.model_privacy,
+            max_predictions_per_key=(model.privacy or {}).get("max_predictions_per_key", 0),
+            hiding_bits=HIDING_BITS if model.model_privacy else 0,
+        ),
     )
 
 
 # ---------------------------------------------------------------------- client side
-def plan_from_pb(msg: pb.LayoutPlan) -> LayoutPlan:
+def plan_from_pb(msg: pb.LayoutPlan) -> LayoutPlan | PrivatePlan:
     layout = LAYOUT_FROM_PB.get(msg.layout)
     if layout is None:
         raise ParameterError(f"server offers an unknown layout ({msg.layout})")
     p = msg.params
+    if layout == PRIVATE:
+        if p.scheme != "CKKS" or p.seed_prng != SEED_PRNG or len(p.coeff_modulus) < 2:
+            raise ParameterError("server offers unsupported model-privacy parameters")
+        params = RNSParams(int(p.poly_modulus_degree), tuple(int(q) for q in p.coeff_modulus))
+        if msg.hiding_bits < HIDING_BITS or msg.reply_bits not in REPLY_BITS:
+            raise ParameterError("server offers weaker model-privacy settings than heml's")
+        return PrivatePlan(
+            params,
+            int(msg.log2_scale_x),
+            int(msg.log2_scale_w),
+            int(msg.reply_bits),
+            float(msg.log2_flood),
+            int(msg.hiding_bits),
+            float(msg.error_bound),
+        )
     if p.scheme != "CKKS" or len(p.coeff_modulus) != 1 or p.seed_prng != SEED_PRNG:
         raise ParameterError(
             f"server offers unsupported parameters (scheme {p.scheme!r}, "
@@ -224,4 +254,11 @@ def model_info_from_pb(msg: pb.ModelInfo) -> ModelInfo:
         estimator=msg.estimator,
         fingerprint=msg.fingerprint,
         server=server,
+        privacy={
+            "enabled": True,
+            "max_predictions_per_key": int(msg.privacy.max_predictions_per_key),
+            "hiding_bits": int(msg.privacy.hiding_bits),
+        }
+        if msg.privacy.enabled
+        else None,
     )

@@ -39,7 +39,35 @@ def validate_name(name: str) -> str:
     return name
 
 
-class LinearModel:
+class ModelFacts:
+    """Accessors shared by the artifact (LinearModel) and what clients see (ModelInfo)."""
+
+    preprocessing: Preprocessing
+    dp: dict
+    privacy: dict | None
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Model features (after client-side preprocessing), the columns W multiplies."""
+        return self.preprocessing.feature_names
+
+    @property
+    def input_names(self) -> list[str]:
+        """Raw columns the client must provide."""
+        return self.preprocessing.input_names
+
+    @property
+    def is_private(self) -> bool:
+        """Trained with differential privacy."""
+        return bool(self.dp.get("private"))
+
+    @property
+    def model_privacy(self) -> bool:
+        """Served only in model-privacy mode (re-randomized, flooded replies; per-key quota)."""
+        return bool(self.privacy and self.privacy.get("enabled"))
+
+
+class LinearModel(ModelFacts):
     """A linear or logistic model as served by heml.
 
     Parameters
@@ -81,6 +109,7 @@ class LinearModel:
         estimator: str = "",
         tolerance: float = DEFAULT_TOLERANCE,
         created: str | None = None,
+        privacy: dict | None = None,
     ) -> None:
         self.name = validate_name(name)
         W = np.array(coef, dtype=np.float64, ndmin=2)
@@ -157,6 +186,7 @@ class LinearModel:
         self.estimator = estimator
         self.tolerance = float(tolerance)
         self.created = created or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        self.privacy = _check_privacy(privacy, d)
 
     # ------------------------------------------------------------------ shape
     @property
@@ -168,19 +198,6 @@ class LinearModel:
     def n_outputs(self) -> int:
         """k: scores per sample (1 for regression and binary)."""
         return self.coef.shape[0]
-
-    @property
-    def feature_names(self) -> list[str]:
-        return self.preprocessing.feature_names
-
-    @property
-    def input_names(self) -> list[str]:
-        """Raw columns the client must provide."""
-        return self.preprocessing.input_names
-
-    @property
-    def is_private(self) -> bool:
-        return bool(self.dp.get("private"))
 
     # ------------------------------------------------------------------ plaintext reference
     def transform(self, X: Any) -> np.ndarray:
@@ -234,6 +251,7 @@ class LinearModel:
             "preprocessing": self.preprocessing.to_dict(),
             "bounds": self.bounds.to_dict(),
             "tolerance": self.tolerance,
+            "privacy": self.privacy,
             "dp": self.dp,
             "audit": self.audit,
             "estimator": self.estimator,
@@ -284,6 +302,7 @@ class LinearModel:
                 estimator=data.get("estimator", ""),
                 tolerance=data.get("tolerance", DEFAULT_TOLERANCE),
                 created=data.get("created"),
+                privacy=data.get("privacy"),
             )
         except ModelError:
             raise
@@ -326,6 +345,18 @@ class LinearModel:
             f"LinearModel(name={self.name!r}, version={self.version}, task={self.task!r}, "
             f"link={self.link!r}, d={self.n_features}, k={self.n_outputs}{dp})"
         )
+
+
+def _check_privacy(privacy: dict | None, d: int) -> dict | None:
+    if not privacy or not privacy.get("enabled"):
+        return None
+    limit = privacy.get("max_predictions_per_key")
+    if not isinstance(limit, int) or not 1 <= limit < max(d, 2):
+        raise ModelError(
+            f"model privacy needs max_predictions_per_key in [1, d-1] = [1, {max(d - 1, 1)}] "
+            f"(d+1 exact predictions determine a linear model), got {limit!r}"
+        )
+    return {"enabled": True, "max_predictions_per_key": limit}
 
 
 def _label_to_json(v: Any) -> Any:

@@ -134,10 +134,12 @@ def test_wire_round_trip_and_validation():
     big[:7] = b"\xff" * 7
     with pytest.raises(InvalidCiphertext, match="not below the modulus"):
         wire.unpack_ciphertext(bytes(big), n, q)
-    r = RNG.integers(0, 1 << 40, size=n + 5, dtype=np.uint64)
-    packed = wire.pack_reply(r[:5], r[5:], 40)
-    c0r, c1r = wire.unpack_reply(packed, 5, n, 40)
-    np.testing.assert_array_equal(np.concatenate([c0r, c1r]), r)
+    for bits in (24, 29, 31, 32, 37, 40, 53, 56):
+        r = RNG.integers(0, 1 << bits, size=n + 5, dtype=np.uint64)
+        packed = wire.pack_reply(r[:5], r[5:], bits)
+        assert len(packed) == -(-(n + 5) * bits // 8)  # exactly the bits, no padding per word
+        c0r, c1r = wire.unpack_reply(packed, 5, n, bits)
+        np.testing.assert_array_equal(np.concatenate([c0r, c1r]), r)
 
 
 def test_heparams_rejects_foreign_moduli():

@@ -17,11 +17,12 @@ from .encrypt import encrypt_coefficients
 from .keys import KeySet, SecretKey
 from .params import HEParams
 from .plan import COLUMN, ROW, LayoutPlan, RowGeometry
+from .private import PRIVATE
 from .scoring import Block
 
 
 def _row_encrypt(key: SecretKey, Z: np.ndarray, plan: LayoutPlan, geo: RowGeometry) -> list[bytes]:
-    return encrypt_coefficients(key, row.encode(Z, plan, geo))
+    return encrypt_coefficients(key, row.encode(Z, plan, geo), row.extra_scale_bits(plan))
 
 
 def _row_decrypt(
@@ -72,7 +73,7 @@ class ClientCodec:
         self.d, self.k = d, k
         self.keys = keys
         self._decryptors: dict[HEParams, Decryptor] = {}
-        self._geometries: dict[int, RowGeometry] = {}
+        self._geometries: dict[tuple[str, int], RowGeometry] = {}
         self._choices: dict[tuple[int, str | None], tuple[str, int]] = {}
 
     def _decryptor(self, params: HEParams) -> Decryptor:
@@ -83,18 +84,19 @@ class ClientCodec:
         return dec
 
     # ------------------------------------------------------------ layout choice
-    def _row_geometry(self, s: int) -> RowGeometry:
-        geo = self._geometries.get(s)
+    def _row_geometry(self, s: int, layout: str = ROW) -> RowGeometry:
+        geo = self._geometries.get((layout, s))
         if geo is None:
-            plan = self.plans[ROW]
-            geo = self._geometries[s] = RowGeometry(plan.params.n, self.d, self.k, plan.digits, s)
+            plan = self.plans[layout]
+            geo = RowGeometry(plan.params.n, self.d, self.k, plan.digits, s)
+            self._geometries[(layout, s)] = geo
         return geo
 
     def ciphertext_count(self, block: Block) -> int:
         """Ciphertexts a block uploads."""
         if block.layout == COLUMN:
             return self.d
-        return -(-block.n // block.s) * self._row_geometry(block.s).chunks
+        return -(-block.n // block.s) * self._row_geometry(block.s, block.layout).chunks
 
     def _row_cost(self, n: int, s: int) -> float:
         geo = self._row_geometry(s)
@@ -124,6 +126,8 @@ class ClientCodec:
         return hit
 
     def _choose(self, n: int, layout: str | None) -> tuple[str, int]:
+        if PRIVATE in self.plans:  # a model-privacy model is served in that mode only
+            return PRIVATE, min(n, self.plans[PRIVATE].max_samples_per_ciphertext(self.d))
         if layout == COLUMN or (layout is None and COLUMN in self.plans and ROW not in self.plans):
             return COLUMN, 0
         s = self.best_row_s(n)
@@ -150,8 +154,8 @@ class ClientCodec:
                 else:
                     blocks.append(Block(full * size, n, COLUMN, 0))
             return blocks
-        per = s * 64  # up to 64 ciphertext groups per block
-        return [Block(i, min(n, i + per), ROW, s) for i in range(0, n, per)]
+        per = s * (16 if lay == PRIVATE else 64)  # ciphertext groups per block
+        return [Block(i, min(n, i + per), lay, s) for i in range(0, n, per)]
 
     # ------------------------------------------------------------ crypto
     def encrypt(self, Z: np.ndarray, block: Block) -> list[bytes]:
@@ -160,7 +164,7 @@ class ClientCodec:
         key = self.keys.get(plan.params)
         if block.layout == COLUMN:
             return _column_encrypt(key, Z, plan)
-        geo = self._row_geometry(block.s)
+        geo = self._row_geometry(block.s, block.layout)
         out: list[bytes] = []
         for i in range(0, Z.shape[0], block.s):
             out.extend(_row_encrypt(key, Z[i : i + block.s], plan, geo))
@@ -174,7 +178,7 @@ class ClientCodec:
         if block.layout == COLUMN:
             V = _column_decrypt(dec, replies, block.n, plan, rows)
         else:
-            geo = self._row_geometry(block.s)
+            geo = self._row_geometry(block.s, block.layout)
             per = geo.groups
             parts = []
             for b, i in enumerate(range(0, block.n, block.s)):

@@ -57,20 +57,20 @@ class Accumulator:
                 f"{self.expected} features (one ciphertext each)"
             )
         p = self.params
+        if not ciphertexts:
+            return
         # validate everything first: nothing is computed for a block with a bad ciphertext
-        parsed = [
-            wire.unpack_ciphertext(ct, p.n, p.q, self.received + i)
-            for i, ct in enumerate(ciphertexts)
-        ]
+        c0_all, seeds = wire.unpack_ciphertexts(list(ciphertexts), p.n, p.q, self.received)
         D = self._rows
-        for start in range(0, len(parsed), MAX_CIPHERTEXTS_PER_STEP):
-            part = parsed[start : start + MAX_CIPHERTEXTS_PER_STEP]
-            c0 = np.stack([c for c, _ in part])
-            a = np.stack([prng.expand_seed(seed, p.n, p.q) for _, seed in part])
-            cols = D[:, self.received : self.received + len(part)]
+        for start in range(0, len(seeds), MAX_CIPHERTEXTS_PER_STEP):
+            c0 = c0_all[start : start + MAX_CIPHERTEXTS_PER_STEP]
+            a = np.empty_like(c0)
+            for i, seed in enumerate(seeds[start : start + len(c0)]):
+                prng.expand_seed(seed, p.n, p.q, out=a[i])
+            cols = D[:, self.received : self.received + len(c0)]
             self.acc0 = modmath.add_mod(self.acc0, modmath.dot_mod(cols, c0, p.q), p.q)
             self.acc1 = modmath.add_mod(self.acc1, modmath.dot_mod(cols, a, p.q), p.q)
-            self.received += len(part)
+            self.received += len(c0)
 
     def replies(self) -> list[bytes]:
         if not self.complete:

@@ -7,6 +7,8 @@ All arithmetic is on uint64 (wrapping modulo 2^64, hence exact modulo 2^bits).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .keys import SecretKey
@@ -25,7 +27,7 @@ def _signed(words: np.ndarray, bits: int) -> np.ndarray:
 class Decryptor:
     def __init__(self, key: SecretKey) -> None:
         self.n = key.params.n
-        self.q = key.params.q
+        self.q = math.prod(key.primes)  # the modulus replies were switched from
         self._s = key.s.astype(np.int64)
         n = self.n
         pad = np.zeros(2 * n)

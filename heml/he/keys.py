@@ -27,25 +27,47 @@ KEY_FILE_FORMAT = "heml-secret-keys"
 KEY_FILE_VERSION = 1
 
 
+def _primes(params) -> tuple[int, ...]:
+    return tuple(params.primes) if hasattr(params, "primes") else (params.q,)
+
+
 class SecretKey:
     """One SEAL secret key and its ternary coefficient vector s (for numpy decryption)."""
 
-    def __init__(self, params: HEParams, sk: seal.SecretKey) -> None:
+    def __init__(self, params, sk: seal.SecretKey) -> None:
+        """``params``: HEParams (one prime) or RNSParams (several; model-privacy mode)."""
         self.params = params
         self._sk = sk
+        first = HEParams(params.n, _primes(params)[0])
         words = seal_bridge.secret_key_ntt(sk, params.n)
-        coeffs = kernels.for_params(params).intt(words)
+        coeffs = kernels.for_params(first).intt(words)
         s = np.zeros(params.n, dtype=np.int8)
         s[coeffs == 1] = 1
-        s[coeffs == np.uint64(params.q - 1)] = -1
+        s[coeffs == np.uint64(first.q - 1)] = -1
         if np.count_nonzero(s) != np.count_nonzero(coeffs):
             raise KeyFileError("secret key is not ternary; the key file is corrupt or foreign")
         self.s = s
         self._encryptor = threading.local()
 
     @classmethod
-    def generate(cls, params: HEParams) -> SecretKey:
+    def generate(cls, params) -> SecretKey:
         return cls(params, seal.KeyGenerator(params.context).secret_key())
+
+    @property
+    def primes(self) -> tuple[int, ...]:
+        return _primes(self.params)
+
+    def public_key_bytes(self) -> bytes:
+        """The matching SEAL public key (model-privacy mode), as 7-byte words of (p0, p1)."""
+        cached = getattr(self, "_pk_bytes", None)
+        if cached is None:
+            from .wire import pack_words
+
+            pk = seal.PublicKey()
+            seal.KeyGenerator(self.params.context, self._sk).create_public_key(pk)
+            words = seal_bridge.words_serialized(pk)
+            cached = self._pk_bytes = pack_words(words, 7)
+        return cached
 
     @property
     def seal_key(self) -> seal.SecretKey:

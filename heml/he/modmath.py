@@ -60,8 +60,9 @@ def mulmod(x: np.ndarray, y: np.ndarray, q: int) -> np.ndarray:
 def dot_mod(D: np.ndarray, X: np.ndarray, q: int) -> np.ndarray:
     """(D @ X) mod q for small signed integers D (R × m) and residues X (m × N), exactly.
 
-    X is split into limbs narrow enough that every partial sum of D times a limb is an integer
-    below 2^53, so float64 BLAS computes it exactly; the limbs are recombined modulo q.
+    X is split once into two 27-bit limbs and D into as many limbs as needed so that every
+    partial sum D_limb @ X_limb is an integer below 2^53: float64 BLAS computes it exactly. The
+    partial products are recombined modulo q. (Splitting D is free: it is tiny.)
     """
     _check_q(q)
     D = np.asarray(D, dtype=np.int64)
@@ -69,18 +70,25 @@ def dot_mod(D: np.ndarray, X: np.ndarray, q: int) -> np.ndarray:
     dmax = int(np.abs(D).max()) if D.size else 0
     if dmax == 0:
         return np.zeros((D.shape[0], X.shape[1]), dtype=U64)
-    spare = 52 - dmax.bit_length() - max(1, (m - 1).bit_length())
-    if spare < 9:
-        raise ValueError("weights too large for an exact modular product; use more digits")
-    limb = min(spare, MAX_Q_BITS)
-    Df = D.astype(np.float64)
-    out = np.zeros((D.shape[0], X.shape[1]), dtype=U64)
+    width = 52 - LIMB_BITS - max(1, (m - 1).bit_length())  # bits of D per limb
+    if width < 4:
+        raise ValueError("too many ciphertexts for one exact modular product")
+    d_limbs = []
+    sign = np.sign(D)
+    mag = np.abs(D)
     shift = 0
-    while shift < MAX_Q_BITS:
-        part = ((X >> U64(shift)) & U64((1 << limb) - 1)).astype(np.float64)
-        partial = reduce_signed((Df @ part).astype(np.int64), q)  # exact: |sum| < 2^53
-        out = add_mod(out, _mul_pow2(partial, shift, q), q)
-        shift += limb
+    while (mag >> shift).any():
+        d_limbs.append((shift, (sign * ((mag >> shift) & ((1 << width) - 1))).astype(np.float64)))
+        shift += width
+    x_limbs = (
+        (0, (X & U64(LIMB_MASK)).astype(np.float64)),
+        (LIMB_BITS, (X >> U64(LIMB_BITS)).astype(np.float64)),
+    )
+    out = np.zeros((D.shape[0], X.shape[1]), dtype=U64)
+    for xs, xl in x_limbs:
+        for ds, dl in d_limbs:
+            partial = reduce_signed((dl @ xl).astype(np.int64), q)  # exact: |sum| < 2^52
+            out = add_mod(out, _mul_pow2(partial, xs + ds, q), q)
     return out
 
 

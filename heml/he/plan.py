@@ -29,7 +29,7 @@ from .params import ERROR_STDDEV, HEParams
 
 ROW, COLUMN = "row", "column"
 LAYOUTS = (ROW, COLUMN)
-REPLY_BITS = (32, 40, 48, 56)
+REPLY_BITS = tuple(range(24, 57))  # reply words are bit-packed at any width in this range
 MAX_DIGITS = 8
 MAX_DIGIT_BITS = 36  # keeps dot_mod's float64 partial sums exact with limbs of ≥ 9 bits
 CAPACITY_FRACTION = 0.45  # |row value| < 0.45 q (q/2 minus room for noise and rounding)

@@ -144,12 +144,18 @@ def _refills_portable(seed: bytes, refills: int) -> np.ndarray:
     return out.T.reshape(-1).astype("<u8").astype(np.uint64)
 
 
-def stream(seed: bytes, nbytes: int, *, portable: bool = False) -> np.ndarray:
+def stream(
+    seed: bytes, nbytes: int, *, portable: bool = False, out: np.ndarray | None = None
+) -> np.ndarray:
     """The first ``nbytes`` (rounded up to refills) of SEAL's PRNG stream, as uint64 words."""
     if len(seed) != SEED_BYTES:
         raise ValueError(f"seeds are {SEED_BYTES} bytes, got {len(seed)}")
     refills = -(-nbytes // REFILL_BYTES)
-    buf = np.empty(refills * REFILL_BYTES // 8, dtype=np.uint64)
+    words = refills * REFILL_BYTES // 8
+    if out is not None and out.size == words and out.dtype == np.uint64 and out.flags.c_contiguous:
+        buf = out
+    else:
+        buf = np.empty(words, dtype=np.uint64)
     if _BLAKE2XB is not None and not portable:
         counter = np.zeros(1, dtype=np.uint64)
         key = ctypes.create_string_buffer(seed, SEED_BYTES)
@@ -169,11 +175,16 @@ def _rejection_threshold(q: int) -> int:
     return _U64_MAX - (_U64_MAX % q) - 1
 
 
-def expand_seed(seed: bytes, n: int, q: int, *, portable: bool = False) -> np.ndarray:
-    """SEAL's ``sample_poly_uniform`` for one prime: the n NTT-form coefficients of a."""
+def expand_seed(
+    seed: bytes, n: int, q: int, *, portable: bool = False, out: np.ndarray | None = None
+) -> np.ndarray:
+    """SEAL's ``sample_poly_uniform`` for one prime: the n NTT-form coefficients of a.
+
+    With ``out`` (n uint64 words, contiguous; n a multiple of 512) the result is written there.
+    """
     limit = _rejection_threshold(q)
-    words = stream(seed, n * 8, portable=portable)
-    a = words[:n].copy()
+    words = stream(seed, n * 8, portable=portable, out=out)
+    a = words if words is out else words[:n].copy()
     rejected = np.flatnonzero(a >= np.uint64(limit))
     if rejected.size:
         # each rejected word is replaced by the next acceptable word after the first n
@@ -187,7 +198,8 @@ def expand_seed(seed: bytes, n: int, q: int, *, portable: bool = False) -> np.nd
                 if w < limit:
                     a[idx] = w
                     break
-    return a % np.uint64(q)
+    np.remainder(a, np.uint64(q), out=a)
+    return a
 
 
 def fast_path_available() -> bool:

@@ -20,6 +20,13 @@ from ..errors import InvalidCiphertext
 from . import kernels, modmath, prng, wire
 from .plan import LayoutPlan, RowGeometry, ServerWeights
 
+ENCODE_BITS = 52  # at most this many bits of a feature's scale go into int64 coefficients
+
+
+def extra_scale_bits(plan) -> int:
+    """Power of two the encryptor multiplies in (mod q) beyond the int64 coefficients."""
+    return max(0, plan.log2_scale_x - ENCODE_BITS)
+
 
 # ---------------------------------------------------------------------- client (no keys)
 def encode(Z: np.ndarray, plan: LayoutPlan, geo: RowGeometry) -> np.ndarray:
@@ -28,7 +35,8 @@ def encode(Z: np.ndarray, plan: LayoutPlan, geo: RowGeometry) -> np.ndarray:
     if n > geo.s:
         raise ValueError(f"a ROW block holds at most {geo.s} samples")
     N, m = plan.params.n, geo.m
-    scaled = np.rint(np.ldexp(Z, plan.log2_scale_x)).astype(np.int64)
+    # scales above 2^52 (model-privacy mode) are applied modulo q by the encryptor
+    scaled = np.rint(np.ldexp(Z, min(plan.log2_scale_x, ENCODE_BITS))).astype(np.int64)
     padded = np.zeros((geo.s, geo.chunks * m), dtype=np.int64)
     padded[:n, :d] = scaled
     out = np.zeros((geo.chunks, N), dtype=np.int64)

@@ -106,10 +106,11 @@ def ciphertext_words_serialized(ct) -> np.ndarray:
     return data
 
 
-def seeded_c0_and_seed_serialized(ser, n: int) -> tuple[np.ndarray, bytes]:
+def seeded_c0_and_seed_serialized(ser, n: int, levels: int = 1) -> tuple[np.ndarray, bytes]:
     """c0 and the 64-byte seed of a seeded ``Serializable<Ciphertext>`` via save()."""
     body = unwrap(save_bytes(ser))
     c0, end = _parse_dynarray(body, 32 + 1 + 5 * 8)
+    n = n * levels
     if c0.size != n:
         raise ValueError(f"expected a seeded ciphertext with {n} c0 words, got {c0.size}")
     info = unwrap(body[end:])
@@ -236,22 +237,23 @@ def plaintext_view(pt) -> np.ndarray:
     return _buffer_view(int(w[_PT_PTR]), length)
 
 
-def seeded_c0_and_seed_view(ser, n: int) -> tuple[np.ndarray, bytes]:
-    """c0 (copied) and seed of a seeded ``Serializable<Ciphertext>`` without serializing.
+def seeded_c0_and_seed_view(ser, n: int, levels: int = 1) -> tuple[np.ndarray, bytes]:
+    """c0 (copied, levels × n words) and seed of a seeded ``Serializable<Ciphertext>``.
 
     SEAL marks a seeded ciphertext with c1[0] = 2^64 - 1 followed by its serialized
     UniformRandomGeneratorInfo (header, PRNG type byte, 64-byte seed).
     """
-    words = ciphertext_view(ser, expect=(2, n, 1))  # Serializable<T> holds only T
-    if words.size != 2 * n or words[n] != np.uint64(0xFFFFFFFFFFFFFFFF):
+    words = ciphertext_view(ser, expect=(2, n, levels))  # Serializable<T> holds only T
+    size = n * levels
+    if words.size != 2 * size or words[size] != np.uint64(0xFFFFFFFFFFFFFFFF):
         raise RuntimeError("not a seeded ciphertext")
-    info = words[n + 1 : n + 12].tobytes()
-    magic, hsize, *_rest, size = _HEADER.unpack_from(info)
-    if magic != SEAL_MAGIC or hsize != 16 or size != 16 + 1 + 64:
+    info = words[size + 1 : size + 12].tobytes()
+    magic, hsize, *_rest, record = _HEADER.unpack_from(info)
+    if magic != SEAL_MAGIC or hsize != 16 or record != 16 + 1 + 64:
         raise RuntimeError("unexpected seed record")
     if info[16] != int(seal.prng_type.blake2xb):
         raise RuntimeError("ciphertext seed uses an unexpected PRNG")
-    return words[:n].copy(), info[17 : 17 + 64]
+    return words[:size].copy(), info[17 : 17 + 64]
 
 
 @functools.lru_cache(maxsize=1)
@@ -284,17 +286,24 @@ def zero_copy_enabled() -> bool:
         return False
 
 
-def seeded_c0_and_seed(ser, n: int) -> tuple[np.ndarray, bytes]:
+def seeded_c0_and_seed(ser, n: int, levels: int = 1) -> tuple[np.ndarray, bytes]:
     if zero_copy_enabled():
-        return seeded_c0_and_seed_view(ser, n)
-    return seeded_c0_and_seed_serialized(ser, n)
+        return seeded_c0_and_seed_view(ser, n, levels)
+    return seeded_c0_and_seed_serialized(ser, n, levels)
 
 
 def secret_key_ntt(sk, n: int) -> np.ndarray:
-    """The secret key's NTT-form words (client side only)."""
+    """The secret key's NTT-form words for its first prime (client side only)."""
     words = plaintext_view(sk.data()).copy() if zero_copy_enabled() else None
     if words is None:
         words = plaintext_words_serialized(sk.data())
-    if words.size != n:
-        raise ValueError(f"secret key has {words.size} words, expected {n}")
-    return words
+    if words.size % n:
+        raise ValueError(f"secret key has {words.size} words, not a multiple of {n}")
+    return words[:n]
+
+
+def words_serialized(obj) -> np.ndarray:
+    """All data words of a ciphertext-like SEAL object (e.g. a PublicKey) via save()."""
+    body = unwrap(save_bytes(obj))
+    data, _ = _parse_dynarray(body, 32 + 1 + 5 * 8)
+    return data

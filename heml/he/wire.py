@@ -2,8 +2,8 @@
 
 Upload, one seeded ciphertext:   c0 as N little-endian 7-byte words (each < q), then the
                                  64-byte seed that expands to c1 (heml.he.prng).
-Reply, one output polynomial:    words modulo 2^bits as little-endian bits/8-byte words: first
-                                 c0 at the output positions, then all N words of c1.
+Reply, one output polynomial:    words modulo 2^bits as a little-endian bit stream (bits per
+                                 word): first c0 at the output positions, then all N words of c1.
 
 Sizes are fixed by the parameters, so a length check rejects most garbage before any
 arithmetic; every c0 word is then checked against q.
@@ -61,17 +61,81 @@ def unpack_ciphertext(buf: bytes, n: int, q: int, index: int = 0) -> tuple[np.nd
     return c0, bytes(buf[expected - SEED_BYTES :])
 
 
+def unpack_ciphertexts(
+    bufs: list[bytes], n: int, q: int, first_index: int = 0
+) -> tuple[np.ndarray, list[bytes]]:
+    """Validate many uploaded ciphertexts at once: (c0 words (m, N), seeds)."""
+    expected = ciphertext_size(n)
+    for i, buf in enumerate(bufs):
+        if len(buf) != expected:
+            raise InvalidCiphertext(
+                f"ciphertext {first_index + i} has {len(buf)} bytes; parameters N={n} need "
+                f"exactly {expected}"
+            )
+    m = len(bufs)
+    joined = b"".join(bufs)
+    raw = np.frombuffer(joined, dtype=np.uint8).reshape(m, expected)
+    # 8-byte little-endian reads at 7-byte strides (the seed follows c0, so the last read stays
+    # inside the record), keeping the low 56 bits
+    words = np.ndarray((m, n), dtype="<u8", buffer=joined, strides=(expected, C0_WORD_BYTES))
+    c0 = (words & np.uint64((1 << 56) - 1)).astype(np.uint64, copy=False)
+    bad = c0 >= np.uint64(q)
+    if bad.any():
+        i = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise InvalidCiphertext(
+            f"ciphertext {first_index + i} has {int(bad[i].sum())} coefficient(s) not below the "
+            "modulus q (corrupt or encrypted under other parameters)"
+        )
+    seeds = [bytes(raw[i, expected - SEED_BYTES :]) for i in range(m)]
+    return c0, seeds
+
+
+def packed_size(count: int, bits: int) -> int:
+    return (count * bits + 7) // 8
+
+
+def pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """Values < 2^bits (24 ≤ bits ≤ 56) as a little-endian bit stream: value i occupies bits
+    i·bits .. (i+1)·bits - 1 (byte k holds stream bits 8k..8k+7, least significant first)."""
+    v = np.ascontiguousarray(values, dtype=np.uint64).reshape(-1)
+    if bits % 8 == 0:
+        return pack_words(v, bits // 8)
+    count = v.size
+    start = np.arange(count, dtype=np.uint64) * np.uint64(bits)
+    word = (start >> np.uint64(6)).astype(np.int64)
+    off = start & np.uint64(63)
+    low = v << off
+    high = np.where(off > 0, v >> ((np.uint64(64) - off) & np.uint64(63)), np.uint64(0))
+    out = np.zeros(int(word[-1]) + 2 if count else 1, dtype=np.uint64)
+    first = np.flatnonzero(np.r_[True, word[1:] != word[:-1]])  # word is non-decreasing
+    out[word[first]] |= np.bitwise_or.reduceat(low, first)
+    out[word[first] + 1] |= np.bitwise_or.reduceat(high, first)
+    return out.astype("<u8").view(np.uint8)[: packed_size(count, bits)].tobytes()
+
+
+def unpack_bits(buf: bytes, count: int, bits: int) -> np.ndarray:
+    if bits % 8 == 0:
+        return unpack_words(buf, count, bits // 8)
+    raw = np.zeros(packed_size(count, bits) + 8, dtype=np.uint8)
+    raw[: packed_size(count, bits)] = np.frombuffer(
+        buf, dtype=np.uint8, count=packed_size(count, bits)
+    )
+    start = np.arange(count, dtype=np.int64) * bits
+    gathered = raw[(start >> 3)[:, None] + np.arange(8)].view("<u8").reshape(count)
+    return (gathered >> (start & 7).astype(np.uint64)) & np.uint64((1 << bits) - 1)
+
+
 def reply_size(positions: int, n: int, bits: int) -> int:
-    return (positions + n) * (bits // 8)
+    return packed_size(positions + n, bits)
 
 
 def pack_reply(c0_out: np.ndarray, c1: np.ndarray, bits: int) -> bytes:
-    return pack_words(np.concatenate([c0_out, c1]), bits // 8)
+    return pack_bits(np.concatenate([c0_out, c1]), bits)
 
 
 def unpack_reply(buf: bytes, positions: int, n: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
     expected = reply_size(positions, n, bits)
     if len(buf) != expected:
         raise InvalidCiphertext(f"reply has {len(buf)} bytes, expected {expected}")
-    words = unpack_words(buf, positions + n, bits // 8)
+    words = unpack_bits(buf, positions + n, bits)
     return words[:positions], words[positions:]

@@ -43,11 +43,27 @@ class ServerHandle:
     def running(self) -> bool:
         return self._proc.poll() is None
 
+    def current_worker_pids(self) -> list[int]:
+        """The supervisor's live worker processes now (workers that died were replaced)."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.pid and fields[0] not in ("Z", "X"):
+                pids.append(int(entry))
+        return sorted(pids)
+
     def stop(self, grace: float | None = None) -> int:
         """Stop gracefully (in-flight calls finish within ``grace`` seconds); returns exit code."""
         if self._proc.poll() is None:
             self._proc.send_signal(signal.SIGTERM)
             wait = (grace if grace is not None else self.config.grace_seconds) + 10
+            wait += self.config.drain_seconds
             try:
                 self._proc.wait(wait)
             except subprocess.TimeoutExpired:

@@ -147,7 +147,10 @@ class Guard:
         if not self._request_id_set and header.request_id:
             rec.request_id = safe_token(header.request_id)
             self._request_id_set = True
-        computed = served.scorer.computed_samples(block.layout, block.n, block.s)
+        # a model-privacy model has no ServerScorer; its blocks are all PRIVATE (the servicer
+        # refuses other layouts before admit)
+        evaluator = served.private if getattr(served, "private", None) else served.scorer
+        computed = evaluator.computed_samples(block.layout, block.n, block.s)
         limit = self.policy.max_samples_per_request
         key_id = self.key.key_id if self.key is not None else ""
         if rec.computed + computed > limit:

@@ -18,7 +18,9 @@ class ServerConfig:
     max_concurrent_rpcs: int = 64  # per worker; beyond this callers get RESOURCE_EXHAUSTED
     max_receive_bytes: int = 8 * MiB  # clients send ≤ 4 MiB per message
     max_send_bytes: int = 32 * MiB
-    grace_seconds: float = 5.0
+    grace_seconds: float = 30.0  # in-flight calls may finish within this after SIGTERM
+    drain_seconds: float = 1.0  # health says NOT_SERVING this long before new calls are refused
+    reload_seconds: float = 2.0  # how often workers re-read the model folder (0: never)
     log_level: str = "WARNING"  # heml.serve() is quiet; `heml serve` logs at INFO
     # security (docs/security.md): all off by default, paths are made absolute
     api_keys: str | None = None  # key file from `heml keys issue`; None = no authentication

@@ -5,6 +5,7 @@ A broken file is reported by name (with the reason) and skipped; the others are 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ import tenseal
 
 from .._version import PROTOCOL_VERSION, __version__
 from ..errors import HemlError, ModelError
+from ..he.plan import normalized_weights
+from ..he.private import PRIVATE, PrivateEvaluator, make_private_plan
 from ..he.scoring import ServerScorer
 from ..info import model_info_pb
 from ..model import LinearModel
@@ -38,9 +41,10 @@ def server_info_pb() -> pb.ServerInfo:
 @dataclass(frozen=True)
 class ServedModel:
     model: LinearModel
-    scorer: ServerScorer
+    scorer: ServerScorer | None  # default layouts (None in model-privacy mode)
     info: pb.ModelInfo
     path: Path
+    private: PrivateEvaluator | None = None  # model-privacy mode
 
 
 def load_model_file(path: Path) -> ServedModel:
@@ -49,9 +53,16 @@ def load_model_file(path: Path) -> ServedModel:
     if size > MAX_MODEL_FILE_BYTES:
         raise ModelError(f"file is {size} bytes, above the {MAX_MODEL_FILE_BYTES}-byte limit")
     model = LinearModel.load(path)
-    scorer = ServerScorer(
-        model.coef, model.intercept, model.bounds.center, model.bounds.half_width, model.tolerance
-    )
+    center, half_width = model.bounds.center, model.bounds.half_width
+    if model.model_privacy:
+        plan = make_private_plan(
+            model.coef, model.intercept, center, half_width, tolerance=model.tolerance
+        )
+        Wn, bn = normalized_weights(model.coef, model.intercept, center, half_width)
+        private = PrivateEvaluator(plan, Wn, bn)
+        info = model_info_pb(model, {PRIVATE: plan}, server_info_pb(), model.fingerprint())
+        return ServedModel(model, None, info, path, private)
+    scorer = ServerScorer(model.coef, model.intercept, center, half_width, model.tolerance)
     info = model_info_pb(model, scorer.plans, server_info_pb(), model.fingerprint())
     return ServedModel(model, scorer, info, path)
 
@@ -84,20 +95,108 @@ def scan(models_dir: str | Path) -> tuple[list[ServedModel], dict[str, str]]:
 
 
 class Registry:
-    """Thread-safe lookup of served models by (name, version); version 0 means latest."""
+    """Thread-safe lookup of served models by (name, version); version 0 means latest.
 
-    def __init__(self, models: list[ServedModel]) -> None:
+    ``refresh()`` re-reads the model folder: new or changed files are loaded and swapped in
+    atomically (requests in flight keep the model they started with); a file that fails to
+    load keeps its previous version serving; a removed file stops being served.
+    """
+
+    def __init__(self, models: list[ServedModel], folder: str | Path | None = None) -> None:
         self._lock = threading.Lock()
-        self._by_name: dict[str, dict[int, ServedModel]] = {}
+        self.folder = Path(folder) if folder is not None else None
+        self._files: dict[str, tuple[tuple, ServedModel]] = {}
+        self._rejected: dict[str, tuple] = {}  # file -> signature that failed to load
         for m in models:
-            self._by_name.setdefault(m.model.name, {})[m.model.version] = m
+            self._files[m.path.name] = (_signature(m.path), m)
+        self._by_name: dict[str, dict[int, ServedModel]] = {}
+        self._rebuild()
 
     @classmethod
     def from_folder(cls, models_dir: str | Path) -> tuple[Registry, dict[str, str]]:
         models, errors = scan(models_dir)
         for name, reason in errors.items():
             log.warning("skipping model file %s: %s", name, reason)
-        return cls(models), errors
+        registry = cls(models, models_dir)
+        for name in errors:
+            with contextlib.suppress(OSError):
+                registry._rejected[name] = _signature(Path(models_dir) / name)
+        return registry, errors
+
+    def _rebuild(self) -> None:
+        index: dict[str, dict[int, ServedModel]] = {}
+        for _sig, m in self._files.values():
+            index.setdefault(m.model.name, {})[m.model.version] = m
+        self._by_name = index
+
+    def refresh(self) -> dict[str, str]:
+        """Pick up added, changed and removed model files; returns {file: error} for failures."""
+        if self.folder is None or not self.folder.is_dir():
+            return {}
+        errors: dict[str, str] = {}
+        present = {p.name: p for p in self.folder.glob("*.json") if not p.name.startswith(".")}
+        with self._lock:
+            files = dict(self._files)
+        changed = False
+        for name in list(files):
+            if name not in present:
+                log.info("model file %s removed: no longer served", name)
+                del files[name]
+                changed = True
+        for name, path in sorted(present.items()):
+            try:
+                sig = _signature(path)
+            except OSError:
+                continue
+            old = files.get(name)
+            if (old is not None and old[0] == sig) or self._rejected.get(name) == sig:
+                continue
+            try:
+                served = load_model_file(path)
+                key = (served.model.name, served.model.version)
+                clash = [
+                    other
+                    for other, (_s, m) in files.items()
+                    if other != name and (m.model.name, m.model.version) == key
+                ]
+                if clash:
+                    raise ModelError(
+                        f"model {key[0]!r} version {key[1]} is already served from {clash[0]}"
+                    )
+            except (ModelError, OSError, ValueError) as exc:
+                errors[name] = str(exc)
+                self._rejected[name] = sig
+                kept = f"; still serving v{old[1].model.version}" if old else ""
+                log.warning("model file %s rejected: %s%s", name, exc, kept)
+                continue
+            files[name] = (sig, served)
+            changed = True
+            log.info(
+                "model %s v%d %s from %s",
+                served.model.name,
+                served.model.version,
+                "reloaded" if old else "added",
+                name,
+            )
+        if changed:
+            with self._lock:
+                self._files = files
+                self._rebuild()
+        return errors
+
+    def watch(self, stop: threading.Event, interval: float = 2.0) -> threading.Thread:
+        """Refresh every ``interval`` seconds until ``stop`` is set (a daemon thread)."""
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.refresh()
+                except Exception:  # never let a bad folder kill the worker
+                    log.exception("model folder refresh failed")
+
+        thread = threading.Thread(target=loop, name="heml-model-watch", daemon=True)
+        thread.start()
+        return thread
 
     def get(self, name: str, version: int = 0) -> ServedModel:
         with self._lock:
@@ -119,4 +218,10 @@ class Registry:
             return [v[max(v)] for _, v in sorted(self._by_name.items())]
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._by_name.values())
+        with self._lock:
+            return sum(len(v) for v in self._by_name.values())
+
+
+def _signature(path: Path) -> tuple:
+    st = path.stat()
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

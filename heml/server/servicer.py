@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import grpc
 
 from ..he.plan import COLUMN, ROW
+from ..he.private import PRIVATE
 from ..info import LAYOUT_FROM_PB, LAYOUT_TO_PB
 from ..v1 import heml_pb2 as pb
 from ..v1 import heml_pb2_grpc
@@ -19,7 +21,7 @@ log = logging.getLogger("heml.server")
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 # rough server cost of one uploaded ciphertext, used to refuse work a deadline cannot cover
-SECONDS_PER_CIPHERTEXT = {ROW: 0.0002, COLUMN: 0.0003}
+SECONDS_PER_CIPHERTEXT = {ROW: 0.0002, COLUMN: 0.0003, PRIVATE: 0.002}
 MAX_ROW_CIPHERTEXTS = 4096
 
 
@@ -47,14 +49,17 @@ class Block:
         self.served = served
         self.header = header
         self.layout = _layout(header.layout)
-        scorer = served.scorer
         n, s = int(header.n), int(header.samples_per_ciphertext)
         if self.layout == COLUMN:
             s = 0
-        scorer.check_block(self.layout, n, s)
         self.n, self.s = n, s
-        self.expected = scorer.expected_ciphertexts(self.layout, n, s)
-        if self.layout == ROW and self.expected > MAX_ROW_CIPHERTEXTS:
+        if served.private is not None or self.layout == PRIVATE:
+            self.expected = _check_private_block(served, self.layout, header, n, s)
+        else:
+            served.scorer.check_block(self.layout, n, s)
+            self.expected = served.scorer.expected_ciphertexts(self.layout, n, s)
+        scorer = served.scorer
+        if self.layout in (ROW, PRIVATE) and self.expected > MAX_ROW_CIPHERTEXTS:
             raise RequestError(
                 INVALID, f"ROW blocks take at most {MAX_ROW_CIPHERTEXTS} ciphertexts"
             )
@@ -68,8 +73,17 @@ class Block:
         self._column = scorer.column_accumulator(n) if self.layout == COLUMN else None
         self._row: list[bytes] = []
         self.received = 0
+        self._started = time.perf_counter()
+        self._cpu = 0.0
 
     def add(self, ciphertexts) -> None:
+        cpu = time.thread_time()
+        try:
+            self._add(ciphertexts)
+        finally:
+            self._cpu += time.thread_time() - cpu
+
+    def _add(self, ciphertexts) -> None:
         cts = list(ciphertexts)
         if self.received + len(cts) > self.expected:
             raise RequestError(
@@ -92,11 +106,24 @@ class Block:
             raise RequestError(
                 INVALID, f"block ended after {self.received} of {self.expected} ciphertexts"
             )
+        cpu = time.thread_time()
         if self._column is not None:
             replies = self._column.replies()
+            plan = self.served.scorer.plans[self.layout]
+        elif self.layout == PRIVATE:
+            private = self.served.private
+            try:
+                replies = private.evaluate(self._row, self.n, self.s, self.header.key_id)
+            except KeyError:
+                raise RequestError(
+                    grpc.StatusCode.NOT_FOUND,
+                    "public key not registered with this server process; call RegisterKey "
+                    "(idempotent) and retry",
+                ) from None
+            plan = private.plan
         else:
             replies = self.served.scorer.evaluate(ROW, self.n, self.s, self._row)
-        plan = self.served.scorer.plans[self.layout]
+            plan = self.served.scorer.plans[self.layout]
         return pb.PredictResponse(
             model=self.served.model.name,
             version=self.served.model.version,
@@ -105,12 +132,81 @@ class Block:
             reply_bits=plan.reply_bits,
             replies=replies,
             request_id=self.header.request_id,
+            server_seconds=time.perf_counter() - self._started,
+            server_cpu_seconds=self._cpu + time.thread_time() - cpu,
         )
+
+
+def _check_private_block(served: ServedModel, layout: str, header, n: int, s: int) -> int:
+    """Validate a model-privacy block; returns the number of ciphertexts it needs."""
+    name = served.model.name
+    if served.private is None:
+        raise RequestError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"model {name!r} is not served in model-privacy mode; use ROW or COLUMN",
+        )
+    if layout != PRIVATE:
+        raise RequestError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"model {name!r} is served in model-privacy mode only (layout PRIVATE)",
+        )
+    if not header.key_id:
+        raise RequestError(INVALID, "model-privacy requests need the key_id from RegisterKey")
+    plan = served.private.plan
+    smax = plan.max_samples_per_ciphertext(served.model.n_features)
+    if not 1 <= s <= smax:
+        raise RequestError(INVALID, f"samples_per_ciphertext must be in [1, {smax}], got {s}")
+    if not 1 <= n <= s * 256:
+        raise RequestError(INVALID, f"n must be in [1, {s * 256}] for s={s}, got {n}")
+    return -(-n // s) * served.private.geometry(s).chunks
+
+
+class KeyQuota:
+    """Model-privacy quota: lifetime sample slots per (model, key identity), below d.
+
+    Counted per worker process; with several workers a client can use up to workers × the
+    quota (documented in docs/model-privacy.md).
+    """
+
+    def __init__(self) -> None:
+        self._used: dict[tuple[str, int, str], int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, served: ServedModel, identity: str, slots: int) -> None:
+        limit = served.model.privacy["max_predictions_per_key"]
+        key = (served.model.name, served.model.version, identity)
+        with self._lock:
+            used = self._used.get(key, 0)
+            if used + slots > limit:
+                raise RequestError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"model-privacy quota of {limit} predictions per key is used up "
+                    f"({used} used, {slots} requested): d+1 exact answers would reveal the "
+                    "model",
+                )
+            self._used[key] = used + slots
 
 
 class InferenceServicer(heml_pb2_grpc.InferenceServicer):
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
+        self.key_quota = KeyQuota()
+
+    def RegisterKey(self, request, context):
+        with abort_on_error(context):
+            served = self.registry.get(request.model, request.version)
+            if served.private is None:
+                raise RequestError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"model {served.model.name!r} is not served in model-privacy mode",
+                )
+            return pb.RegisterKeyResponse(key_id=served.private.keys.register(request.public_key))
+
+    def _take_quota(self, block: Block) -> None:
+        if block.layout == PRIVATE:
+            # every sample slot of every ciphertext group is computed and returned
+            slots = -(-block.n // block.s) * block.s
+            self.key_quota.take(block.served, block.header.key_id, slots)
 
     def ListModels(self, request, context):
         with abort_on_error(context):
@@ -134,6 +230,7 @@ class InferenceServicer(heml_pb2_grpc.InferenceServicer):
                     f"got {len(request.ciphertexts)} ciphertexts; this block needs "
                     f"{block.expected} (use PredictStream to split a block across messages)",
                 )
+            self._take_quota(block)
             _check_deadline(context, block.layout, block.expected)
             admit(context, block)  # per-call limit and the key's quota, before any HE work
             block.add(request.ciphertexts)
@@ -159,6 +256,7 @@ class InferenceServicer(heml_pb2_grpc.InferenceServicer):
                             "ciphertexts of the previous one",
                         )
                     block = Block(self.registry.get(message.model, message.version), message)
+                    self._take_quota(block)
                     _check_deadline(context, block.layout, block.expected)
                     admit(context, block)
                 elif block is None:
@@ -204,6 +302,7 @@ def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
         "ListModels": unary(servicer.ListModels, pb.ListModelsRequest, pb.ListModelsResponse),
         "GetModel": unary(servicer.GetModel, pb.GetModelRequest, pb.ModelInfo),
         "Predict": unary(servicer.Predict, pb.PredictRequest, pb.PredictResponse),
+        "RegisterKey": unary(servicer.RegisterKey, pb.RegisterKeyRequest, pb.RegisterKeyResponse),
         "PredictStream": grpc.stream_stream_rpc_method_handler(
             stream_handler, response_serializer=pb.PredictResponse.SerializeToString
         ),

@@ -187,7 +187,7 @@ class Supervisor:
         for pid in list(self.workers):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.config.grace_seconds + 5
+        deadline = time.monotonic() + self.config.drain_seconds + self.config.grace_seconds + 5
         while self.workers and time.monotonic() < deadline:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from concurrent import futures
 
 from .options import ServerConfig
@@ -50,6 +51,8 @@ def run_worker(
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     stop = threading.Event()
+    if config.reload_seconds > 0:
+        registry.watch(stop, config.reload_seconds)
 
     def _on_signal(signum, _frame):
         stop.set()
@@ -62,9 +65,12 @@ def run_worker(
     log.info(
         "worker %d serving %d model(s) on %s:%d", os.getpid(), len(registry), config.host, port
     )
-    while not stop.wait(0.5):
+    while not stop.wait(0.1):
         pass
+    # NOT_SERVING first, keep answering for the drain period (load balancers and clients
+    # notice), then stop accepting calls and let in-flight ones finish within the grace period
     health_servicer.enter_graceful_shutdown()
+    time.sleep(config.drain_seconds)
     server.stop(config.grace_seconds).wait()
     log.info("worker %d stopped", os.getpid())
     return 0

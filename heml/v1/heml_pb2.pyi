@@ -30,6 +30,7 @@ class Layout(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LAYOUT_UNSPECIFIED: _ClassVar[Layout]
     ROW: _ClassVar[Layout]
     COLUMN: _ClassVar[Layout]
+    PRIVATE: _ClassVar[Layout]
 TASK_UNSPECIFIED: Task
 REGRESSION: Task
 BINARY: Task
@@ -45,6 +46,7 @@ EXP: Link
 LAYOUT_UNSPECIFIED: Layout
 ROW: Layout
 COLUMN: Layout
+PRIVATE: Layout
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -91,7 +93,7 @@ class HEParameters(_message.Message):
     def __init__(self, scheme: _Optional[str] = ..., poly_modulus_degree: _Optional[int] = ..., coeff_modulus: _Optional[_Iterable[int]] = ..., security_bits: _Optional[int] = ..., seed_prng: _Optional[str] = ...) -> None: ...
 
 class LayoutPlan(_message.Message):
-    __slots__ = ("layout", "params", "log2_scale_x", "log2_scale_w", "digit_bits", "digits", "reply_bits", "error_bound", "max_block_samples")
+    __slots__ = ("layout", "params", "log2_scale_x", "log2_scale_w", "digit_bits", "digits", "reply_bits", "error_bound", "max_block_samples", "log2_flood", "hiding_bits")
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     LOG2_SCALE_X_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +103,8 @@ class LayoutPlan(_message.Message):
     REPLY_BITS_FIELD_NUMBER: _ClassVar[int]
     ERROR_BOUND_FIELD_NUMBER: _ClassVar[int]
     MAX_BLOCK_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LOG2_FLOOD_FIELD_NUMBER: _ClassVar[int]
+    HIDING_BITS_FIELD_NUMBER: _ClassVar[int]
     layout: Layout
     params: HEParameters
     log2_scale_x: int
@@ -110,7 +114,9 @@ class LayoutPlan(_message.Message):
     reply_bits: int
     error_bound: float
     max_block_samples: int
-    def __init__(self, layout: _Optional[_Union[Layout, str]] = ..., params: _Optional[_Union[HEParameters, _Mapping]] = ..., log2_scale_x: _Optional[int] = ..., log2_scale_w: _Optional[int] = ..., digit_bits: _Optional[int] = ..., digits: _Optional[int] = ..., reply_bits: _Optional[int] = ..., error_bound: _Optional[float] = ..., max_block_samples: _Optional[int] = ...) -> None: ...
+    log2_flood: float
+    hiding_bits: int
+    def __init__(self, layout: _Optional[_Union[Layout, str]] = ..., params: _Optional[_Union[HEParameters, _Mapping]] = ..., log2_scale_x: _Optional[int] = ..., log2_scale_w: _Optional[int] = ..., digit_bits: _Optional[int] = ..., digits: _Optional[int] = ..., reply_bits: _Optional[int] = ..., error_bound: _Optional[float] = ..., max_block_samples: _Optional[int] = ..., log2_flood: _Optional[float] = ..., hiding_bits: _Optional[int] = ...) -> None: ...
 
 class FeatureBounds(_message.Message):
     __slots__ = ("lower", "upper", "out_of_bounds", "encode_lower", "encode_upper")
@@ -155,7 +161,7 @@ class AuditSummary(_message.Message):
     def __init__(self, present: _Optional[bool] = ..., json: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "task", "n_features", "n_outputs", "link", "classes", "classes_json", "feature_names", "preprocessing_json", "bounds", "layouts", "dp", "audit", "server", "estimator", "fingerprint", "output_ndim", "tolerance", "classes_dtype")
+    __slots__ = ("name", "version", "task", "n_features", "n_outputs", "link", "classes", "classes_json", "feature_names", "preprocessing_json", "bounds", "layouts", "dp", "audit", "server", "estimator", "fingerprint", "output_ndim", "tolerance", "classes_dtype", "privacy")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +182,7 @@ class ModelInfo(_message.Message):
     OUTPUT_NDIM_FIELD_NUMBER: _ClassVar[int]
     TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     CLASSES_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     task: Task
@@ -196,10 +203,37 @@ class ModelInfo(_message.Message):
     output_ndim: int
     tolerance: float
     classes_dtype: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., n_features: _Optional[int] = ..., n_outputs: _Optional[int] = ..., link: _Optional[_Union[Link, str]] = ..., classes: _Optional[_Iterable[str]] = ..., classes_json: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., preprocessing_json: _Optional[str] = ..., bounds: _Optional[_Union[FeatureBounds, _Mapping]] = ..., layouts: _Optional[_Iterable[_Union[LayoutPlan, _Mapping]]] = ..., dp: _Optional[_Union[DPGuarantee, _Mapping]] = ..., audit: _Optional[_Union[AuditSummary, _Mapping]] = ..., server: _Optional[_Union[ServerInfo, _Mapping]] = ..., estimator: _Optional[str] = ..., fingerprint: _Optional[str] = ..., output_ndim: _Optional[int] = ..., tolerance: _Optional[float] = ..., classes_dtype: _Optional[str] = ...) -> None: ...
+    privacy: ModelPrivacy
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., n_features: _Optional[int] = ..., n_outputs: _Optional[int] = ..., link: _Optional[_Union[Link, str]] = ..., classes: _Optional[_Iterable[str]] = ..., classes_json: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., preprocessing_json: _Optional[str] = ..., bounds: _Optional[_Union[FeatureBounds, _Mapping]] = ..., layouts: _Optional[_Iterable[_Union[LayoutPlan, _Mapping]]] = ..., dp: _Optional[_Union[DPGuarantee, _Mapping]] = ..., audit: _Optional[_Union[AuditSummary, _Mapping]] = ..., server: _Optional[_Union[ServerInfo, _Mapping]] = ..., estimator: _Optional[str] = ..., fingerprint: _Optional[str] = ..., output_ndim: _Optional[int] = ..., tolerance: _Optional[float] = ..., classes_dtype: _Optional[str] = ..., privacy: _Optional[_Union[ModelPrivacy, _Mapping]] = ...) -> None: ...
+
+class ModelPrivacy(_message.Message):
+    __slots__ = ("enabled", "max_predictions_per_key", "hiding_bits")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    MAX_PREDICTIONS_PER_KEY_FIELD_NUMBER: _ClassVar[int]
+    HIDING_BITS_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    max_predictions_per_key: int
+    hiding_bits: int
+    def __init__(self, enabled: _Optional[bool] = ..., max_predictions_per_key: _Optional[int] = ..., hiding_bits: _Optional[int] = ...) -> None: ...
+
+class RegisterKeyRequest(_message.Message):
+    __slots__ = ("model", "version", "public_key")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    public_key: bytes
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., public_key: _Optional[bytes] = ...) -> None: ...
+
+class RegisterKeyResponse(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "version", "layout", "n", "samples_per_ciphertext", "ciphertexts", "total_ciphertexts", "request_id")
+    __slots__ = ("model", "version", "layout", "n", "samples_per_ciphertext", "ciphertexts", "total_ciphertexts", "request_id", "key_id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +242,7 @@ class PredictRequest(_message.Message):
     CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     layout: Layout
@@ -216,10 +251,11 @@ class PredictRequest(_message.Message):
     ciphertexts: _containers.RepeatedScalarFieldContainer[bytes]
     total_ciphertexts: int
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., layout: _Optional[_Union[Layout, str]] = ..., n: _Optional[int] = ..., samples_per_ciphertext: _Optional[int] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., total_ciphertexts: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    key_id: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., layout: _Optional[_Union[Layout, str]] = ..., n: _Optional[int] = ..., samples_per_ciphertext: _Optional[int] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., total_ciphertexts: _Optional[int] = ..., request_id: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model", "version", "layout", "n", "reply_bits", "replies", "request_id")
+    __slots__ = ("model", "version", "layout", "n", "reply_bits", "replies", "request_id", "server_seconds", "server_cpu_seconds")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +263,8 @@ class PredictResponse(_message.Message):
     REPLY_BITS_FIELD_NUMBER: _ClassVar[int]
     REPLIES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     layout: Layout
@@ -234,4 +272,6 @@ class PredictResponse(_message.Message):
     reply_bits: int
     replies: _containers.RepeatedScalarFieldContainer[bytes]
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., layout: _Optional[_Union[Layout, str]] = ..., n: _Optional[int] = ..., reply_bits: _Optional[int] = ..., replies: _Optional[_Iterable[bytes]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    server_seconds: float
+    server_cpu_seconds: float
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., layout: _Optional[_Union[Layout, str]] = ..., n: _Optional[int] = ..., reply_bits: _Optional[int] = ..., replies: _Optional[_Iterable[bytes]] = ..., request_id: _Optional[str] = ..., server_seconds: _Optional[float] = ..., server_cpu_seconds: _Optional[float] = ...) -> None: ...

@@ -54,6 +54,11 @@ class InferenceStub:
                 request_serializer=heml_dot_v1_dot_heml__pb2.PredictRequest.SerializeToString,
                 response_deserializer=heml_dot_v1_dot_heml__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.RegisterKey = channel.unary_unary(
+                '/heml.v1.Inference/RegisterKey',
+                request_serializer=heml_dot_v1_dot_heml__pb2.RegisterKeyRequest.SerializeToString,
+                response_deserializer=heml_dot_v1_dot_heml__pb2.RegisterKeyResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -88,6 +93,13 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterKey(self, request, context):
+        """Model-privacy mode only: register the client's public key (content-addressed, idempotent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +122,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.PredictStream,
                     request_deserializer=heml_dot_v1_dot_heml__pb2.PredictRequest.FromString,
                     response_serializer=heml_dot_v1_dot_heml__pb2.PredictResponse.SerializeToString,
+            ),
+            'RegisterKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterKey,
+                    request_deserializer=heml_dot_v1_dot_heml__pb2.RegisterKeyRequest.FromString,
+                    response_serializer=heml_dot_v1_dot_heml__pb2.RegisterKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +237,33 @@ class Inference:
             '/heml.v1.Inference/PredictStream',
             heml_dot_v1_dot_heml__pb2.PredictRequest.SerializeToString,
             heml_dot_v1_dot_heml__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heml.v1.Inference/RegisterKey',
+            heml_dot_v1_dot_heml__pb2.RegisterKeyRequest.SerializeToString,
+            heml_dot_v1_dot_heml__pb2.RegisterKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

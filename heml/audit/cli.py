@@ -1,0 +1,374 @@
+"""``heml audit``: train models at several ε on a CSV file and write a privacy report.
+
+Wired into ``heml/cli.py`` with ``register(subparsers)``; ``run(args)`` returns the exit code:
+0 the report is written and no private model failed its audit; 4 the report is written and some
+private model's ε lower bound exceeds its claimed ε (a failed audit); 2 invalid input or
+arguments; 1 training failed. Errors are one line on stderr.
+
+The models are the ones ``heml train`` fits, with the same options (``--bounds``,
+``--target-bounds``, ``--delta``, ``--drop``, ``--task``): ``heml.dp.DPLogisticRegression`` or
+``DPLinearRegression`` at every ε, ``inf`` included (the contract's non-private fit). Without
+``heml.dp`` only ``--epsilons inf`` works, with scikit-learn's estimators behind a scaler.
+``python -m heml.audit.cli audit …`` runs the same command without ``heml/cli.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_AUDIT_FAILED = 0, 1, 2, 4
+# a column of at most this many distinct integer values is read as class labels (as heml train)
+_MAX_AUTO_CLASSES = 20
+
+
+class _Invalid(Exception):
+    """Bad arguments or data (exit 2)."""
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``audit`` subcommand to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "audit",
+        help="audit the privacy of models trained at several ε (membership inference, DP audit)",
+        description=(
+            "Train a model at each ε on a CSV file, attack it (LOSS threshold, LiRA offline and "
+            "online, with shadow models) and audit its DP claim with canaries; write audit.json, "
+            "summary.md and PNG figures to the output directory."
+        ),
+    )
+    p.add_argument("data", help="CSV file with a header row")
+    p.add_argument("--target", required=True, help="name of the column to predict")
+    p.add_argument(
+        "--epsilons",
+        default="0.5,1,2,5,inf",
+        help="comma-separated ε values; inf is the non-private model (default: %(default)s)",
+    )
+    p.add_argument("--delta", type=float, default=1e-5, help="δ of the private fits (%(default)s)")
+    p.add_argument("-o", "--output", required=True, help="directory to write the report to")
+    p.add_argument("--drop", default="", help="comma-separated columns to drop (identifiers)")
+    p.add_argument("--task", choices=("auto", "regression", "classification"), default="auto")
+    p.add_argument("--bounds", help="public bounds of every feature value: LO,HI")
+    p.add_argument("--target-bounds", help="public bounds of the target (regression): LO,HI")
+    p.add_argument("--test-size", type=float, default=0.3, help="held-out share (%(default)s)")
+    p.add_argument("--n-shadow", type=int, default=64, help="shadow models per ε (%(default)s)")
+    p.add_argument(
+        "--canary-runs", type=int, default=500, help="training runs per world (%(default)s)"
+    )
+    p.add_argument("--no-canaries", action="store_true", help="skip the DP (canary) audit")
+    p.add_argument(
+        "--alpha", type=float, default=0.05, help="1 − confidence of ε bounds (%(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds the split, subsets and training runs")
+    p.add_argument(
+        "--jobs", type=int, default=None, help="worker processes (default: one per core)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    try:
+        return _run(args)
+    except _Invalid as exc:
+        return _fail(str(exc), EXIT_INVALID)
+    except Exception as exc:  # training failed after validation
+        # the audit's RuntimeErrors already name the run and the underlying error
+        message = str(exc) if type(exc) is RuntimeError else f"{type(exc).__name__}: {exc}"
+        return _fail(message, EXIT_FAILED)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"heml audit: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def _pair(text: str | None, flag: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise _Invalid(f"{flag} must be LO,HI (two numbers), got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise _Invalid(f"{flag} must be finite with LO < HI, got {text!r}")
+    return lo, hi
+
+
+def _epsilons(text: str) -> list[float]:
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            e = float(part)
+        except ValueError:
+            raise _Invalid(
+                f"--epsilons: {part!r} is not a number (use inf for non-private)"
+            ) from None
+        if not e > 0:
+            raise _Invalid(f"--epsilons: every ε must be > 0 (or inf), got {part!r}")
+        out.append(e)
+    if not out:
+        raise _Invalid("--epsilons is empty")
+    if len(set(out)) != len(out):
+        raise _Invalid(f"--epsilons has duplicates: {text!r}")
+    return out
+
+
+def _have_dp() -> bool:
+    try:
+        import heml.dp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class EstimatorFactory:
+    """``make_estimator(ε)`` for the CLI: what ``heml train`` would fit (picklable)."""
+
+    task: str
+    delta: float
+    bounds: tuple[float, float] | None
+    target_bounds: tuple[float, float] | None
+    use_dp: bool
+
+    def __call__(self, epsilon: float):
+        if self.use_dp:
+            from heml.dp import DPLinearRegression, DPLogisticRegression
+
+            if self.task == "regression":
+                return DPLinearRegression(
+                    epsilon=epsilon,
+                    delta=self.delta,
+                    bounds_X=self.bounds,
+                    bounds_y=self.target_bounds,
+                )
+            return DPLogisticRegression(epsilon=epsilon, delta=self.delta, bounds_X=self.bounds)
+        if math.isfinite(epsilon):
+            raise RuntimeError(f"ε={epsilon:g} needs heml.dp, which is not installed")
+        from sklearn.linear_model import LinearRegression, LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        if self.task == "regression":
+            return make_pipeline(StandardScaler(), LinearRegression())
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+
+
+def _infer_task(y) -> str:
+    import pandas as pd
+
+    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
+        return "classification"
+    values = y.to_numpy(dtype=np.float64)
+    if np.all(values == np.round(values)) and len(np.unique(values)) <= _MAX_AUTO_CLASSES:
+        return "classification"
+    return "regression"
+
+
+def _load(args):
+    try:
+        import pandas as pd
+    except ImportError:
+        raise _Invalid("heml audit reads CSV with pandas: pip install pandas") from None
+    path = Path(args.data)
+    try:
+        df = pd.read_csv(path)
+    except OSError as exc:
+        raise _Invalid(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except Exception as exc:
+        raise _Invalid(f"cannot parse {str(path)!r} as CSV: {exc}") from None
+    if df.shape[0] == 0:
+        raise _Invalid(f"{str(path)!r} has no data rows")
+    if args.target not in df.columns:
+        raise _Invalid(f"--target {args.target!r} is not a column of {str(path)!r}")
+    drop = [c for c in (s.strip() for s in args.drop.split(",")) if c]
+    missing = [c for c in drop if c not in df.columns]
+    if missing:
+        raise _Invalid(f"--drop names unknown column(s): {', '.join(missing)}")
+    if args.target in drop:
+        raise _Invalid("--drop includes the target column")
+    df = df.drop(columns=drop)
+    y = df.pop(args.target)
+    if df.shape[1] == 0:
+        raise _Invalid("no feature columns left after --drop and --target")
+    non_numeric = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+    if non_numeric:
+        raise _Invalid(
+            f"non-numeric feature column(s) {', '.join(map(repr, non_numeric[:5]))}: encode "
+            "them as numbers or drop them with --drop"
+        )
+    X = df.to_numpy(dtype=np.float64)
+    bad = [c for c, ok in zip(df.columns, np.isfinite(X).all(axis=0), strict=True) if not ok]
+    if bad:
+        raise _Invalid(
+            f"column(s) with missing or infinite values: {', '.join(map(repr, bad[:5]))}"
+        )
+    if y.isna().any():
+        raise _Invalid(f"target {args.target!r} has missing values")
+    task = args.task if args.task != "auto" else _infer_task(y)
+    if task == "regression":
+        if not pd.api.types.is_numeric_dtype(y):
+            raise _Invalid(f"target {args.target!r} is not numeric; use --task classification")
+        yv = y.to_numpy(dtype=np.float64)
+        if not np.isfinite(yv).all():
+            raise _Invalid(f"target {args.target!r} has infinite values")
+    else:
+        yv = y.to_numpy()
+        if yv.dtype.kind not in "iub":
+            yv = yv.astype(object)
+        counts = y.value_counts()
+        if counts.size < 2:
+            raise _Invalid(f"target {args.target!r} has a single class; need at least 2")
+    return X, yv, task, path
+
+
+def _run(args) -> int:
+    t0 = time.perf_counter()
+    epsilons = _epsilons(args.epsilons)
+    bounds = _pair(args.bounds, "--bounds")
+    target_bounds = _pair(args.target_bounds, "--target-bounds")
+    if not 0.0 < args.test_size < 1.0:
+        raise _Invalid(f"--test-size must be in (0, 1), got {args.test_size}")
+    if args.n_shadow < 2:
+        raise _Invalid(f"--n-shadow must be at least 2, got {args.n_shadow}")
+    if not args.no_canaries and args.canary_runs < 4:
+        raise _Invalid(f"--canary-runs must be at least 4, got {args.canary_runs}")
+    if not 0.0 < args.alpha < 1.0:
+        raise _Invalid(f"--alpha must be in (0, 1), got {args.alpha}")
+    if not 0.0 < args.delta < 1.0:
+        raise _Invalid(f"--delta must be in (0, 1), got {args.delta}")
+    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    if jobs < 1:
+        raise _Invalid(f"--jobs must be at least 1, got {args.jobs}")
+    use_dp = _have_dp()
+    finite = [e for e in epsilons if math.isfinite(e)]
+    if finite and not use_dp:
+        raise _Invalid(
+            f"ε={finite[0]:g} needs the DP estimators (heml.dp), which this installation lacks; "
+            "only --epsilons inf can be audited without them"
+        )
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise _Invalid(f"-o: {str(out)!r} exists and is not a directory")
+    if not out.parent.exists():
+        raise _Invalid(f"-o: directory {str(out.parent)!r} does not exist")
+
+    X, y, task, path = _load(args)
+    n_pool = X.shape[0]
+    if finite and args.delta * (n_pool / 2) >= 1.0:
+        raise _Invalid(
+            f"--delta={args.delta:g} is not below 1/n for the ≈{n_pool // 2} records each shadow "
+            "model trains on; use a smaller --delta"
+        )
+    if task == "regression" and target_bounds is None and use_dp:
+        print(
+            "heml audit: warning: no --target-bounds: the DP regressions read the target range "
+            "from each training set (not covered by ε)",
+            file=sys.stderr,
+        )
+    if bounds is None and use_dp:
+        print(
+            "heml audit: warning: no --bounds: the DP estimators read feature bounds from each "
+            "training set (a PrivacyLeakWarning; not covered by ε)",
+            file=sys.stderr,
+        )
+
+    from sklearn.model_selection import train_test_split
+
+    stratify = None
+    if task == "classification":
+        _, counts = np.unique(y.astype(str), return_counts=True)
+        stratify = y if counts.min() >= 2 else None
+    try:
+        Xtr, Xte, ytr, yte = train_test_split(
+            X, y, test_size=args.test_size, random_state=args.seed, stratify=stratify
+        )
+    except ValueError as exc:
+        raise _Invalid(f"cannot split {str(path)!r} into train and test: {exc}") from None
+
+    from ._audit import audit
+
+    factory = EstimatorFactory(task, args.delta, bounds, target_bounds, use_dp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the report keeps the warnings raised while training
+        try:
+            report = audit(
+                factory,
+                Xtr,
+                ytr,
+                Xte,
+                yte,
+                epsilons=epsilons,
+                n_shadow=args.n_shadow,
+                canaries=not args.no_canaries,
+                canary_runs=args.canary_runs,
+                alpha=args.alpha,
+                random_state=args.seed,
+                n_jobs=jobs,
+                progress=not args.no_progress,
+            )
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+
+    out.mkdir(exist_ok=True)
+    written = [report.save(out / "audit.json")]
+    figures = {}
+    try:
+        written.append(report.plot_roc(out / "roc.png"))
+        written.append(report.plot_privacy_utility(out / "privacy_utility.png"))
+        figures = {"ROC per model": "roc.png", "Privacy–utility": "privacy_utility.png"}
+    except ImportError as exc:
+        print(f"heml audit: warning: no figures: {exc}", file=sys.stderr)
+    md = out / "summary.md"
+    md.write_text(report.to_markdown(figures=figures))
+    written.append(md)
+
+    _print_table(report)
+    print(f"wrote {', '.join(str(p) for p in written)} in {time.perf_counter() - t0:.0f} s")
+    if report.passed is False:
+        return _fail(
+            "audit FAILED: the ε lower bound exceeds the claimed ε for "
+            + ", ".join(report.summary["failed_models"]),
+            EXIT_AUDIT_FAILED,
+        )
+    return EXIT_OK
+
+
+def _print_table(report) -> None:
+    head = (
+        f"{'model':<20} {'utility':>13} {'AUC':>6} {'TPR@1%':>7} {'TPR@.1%':>8} {'ε LB':>6}  audit"
+    )
+    print(head)
+    for m in report.models:
+        s = m.summary
+        lb = "—" if s["epsilon_lower_bound"] is None else f"{s['epsilon_lower_bound']:.2f}"
+        util = f"{m.utility_metric} {m.utility_test:.3f}"
+        print(
+            f"{m.label:<20} {util:>13} {s['auc']:>6.3f} {s['tpr_at_fpr_0.01']:>7.3f} "
+            f"{s['tpr_at_fpr_0.001']:>8.3f} {lb:>6}  {s['audit']}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m heml.audit.cli audit …``: the subcommand without the rest of ``heml``."""
+    parser = argparse.ArgumentParser(prog="heml")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,437 @@
+"""Model-privacy mode (opt-in per model): replies that hide the weights from the client.
+
+By default a client can learn W: from d+1 predictions, and from a reply's second polynomial,
+which is a known linear combination of the client's own ciphertexts. In this mode the server
+
+1. re-randomizes every reply with a fresh encryption of zero under the client's registered
+   public key (so c1 is a fresh RLWE sample: nothing to divide), and
+2. floods the output coefficients with Gaussian noise of standard deviation 2^40 times the
+   largest contribution the weights make to the reply's noise (the client's encryption noise
+   times the weights), so that contribution is hidden with ≥ 40 bits of statistical distance,
+
+and the model's quota per key stays below d predictions. Flooding needs headroom: the mode uses
+N = 4096 with two 54-bit primes (108 bits, 128-bit secure), ciphertexts encrypted at SEAL's key
+level, the ROW layout with one weight digit, and wider replies. What it does not hide: the
+predictions themselves (d+1 of them still determine a linear model; hence the quota), and it
+assumes the client's ciphertexts carry honest (small) encryption noise.
+
+Server side only: nothing here sees a secret key.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from ..errors import InvalidCiphertext, ModelError, ParameterError
+from . import kernels, modmath, prng, seal_bridge
+from .params import ERROR_STDDEV, MAX_MODULUS_BITS_128, HEParams, check_params
+from .plan import NOISE_SIGMAS, REPLY_BITS, RowGeometry, normalized_weights, quantize
+from .wire import C0_WORD_BYTES, pack_reply
+
+PRIVATE = "private"
+PRIVACY_DEGREE = 4096
+PRIVACY_PRIME_BITS = (54, 54)
+HIDING_BITS = 40
+CAPACITY_FRACTION = 0.45
+
+
+@dataclass(frozen=True)
+class RNSParams:
+    """Ring degree n and several primes; ciphertexts live modulo their product Q."""
+
+    n: int
+    primes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.primes) < 1 or len(set(self.primes)) != len(self.primes):
+            raise ParameterError("an RNS modulus needs distinct primes")
+        for q in self.primes:
+            check_params(self.n, q)
+        bits = sum(q.bit_length() for q in self.primes)
+        if bits > MAX_MODULUS_BITS_128[self.n]:
+            raise ParameterError(
+                f"{bits}-bit modulus is not 128-bit secure at N={self.n} "
+                f"(max {MAX_MODULUS_BITS_128[self.n]})"
+            )
+
+    @property
+    def Q(self) -> int:
+        return math.prod(self.primes)
+
+    @property
+    def prime_params(self) -> tuple[HEParams, ...]:
+        return tuple(HEParams(self.n, q) for q in self.primes)
+
+    @property
+    def context(self) -> seal.SEALContext:
+        return _rns_context(self.n, self.primes)
+
+    @property
+    def key_parms_id(self) -> list[int]:
+        return list(self.context.key_parms_id())
+
+    def to_dict(self) -> dict:
+        return {"scheme": "CKKS", "n": self.n, "primes": list(self.primes), "security_bits": 128}
+
+
+@functools.lru_cache(maxsize=4)
+def _rns_context(n: int, primes: tuple[int, ...]) -> seal.SEALContext:
+    parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(n)
+    parms.set_coeff_modulus([seal.Modulus(q) for q in primes])
+    ctx = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+    if not ctx.parameters_set():
+        raise ParameterError(f"SEAL rejects N={n}, primes={primes}")
+    return ctx
+
+
+@functools.lru_cache(maxsize=1)
+def default_privacy_params() -> RNSParams:
+    moduli = seal.CoeffModulus.Create(PRIVACY_DEGREE, list(PRIVACY_PRIME_BITS))
+    return RNSParams(PRIVACY_DEGREE, tuple(int(m.value()) for m in moduli))
+
+
+def ciphertext_size(params: RNSParams) -> int:
+    return C0_WORD_BYTES * params.n * len(params.primes) + prng.SEED_BYTES
+
+
+def public_key_size(params: RNSParams) -> int:
+    return 2 * C0_WORD_BYTES * params.n * len(params.primes)
+
+
+@dataclass(frozen=True)
+class PrivatePlan:
+    """Scales, reply width and flooding for the model-privacy mode (one weight digit)."""
+
+    params: RNSParams
+    log2_scale_x: int
+    log2_scale_w: int
+    reply_bits: int
+    log2_flood: float  # log2 of the flooding standard deviation (units of Q)
+    hiding_bits: int
+    error_bound: float
+    layout: str = PRIVATE
+    digits: int = 1
+    digit_bits: int = 0
+
+    @property
+    def scale_x(self) -> float:
+        return math.ldexp(1.0, self.log2_scale_x)
+
+    @property
+    def scale_w(self) -> float:
+        return math.ldexp(1.0, self.log2_scale_w)
+
+    def max_samples_per_ciphertext(self, d: int) -> int:
+        return max(1, self.params.n // min(d, self.params.n))
+
+    def to_dict(self) -> dict:
+        return {
+            "layout": PRIVATE,
+            **self.params.to_dict(),
+            "log2_scale_x": self.log2_scale_x,
+            "log2_scale_w": self.log2_scale_w,
+            "reply_bits": self.reply_bits,
+            "log2_flood": self.log2_flood,
+            "hiding_bits": self.hiding_bits,
+            "error_bound": self.error_bound,
+        }
+
+
+def make_private_plan(coef, intercept, center, half_width, *, tolerance: float) -> PrivatePlan:
+    params = default_privacy_params()
+    n, Q = params.n, params.Q
+    Wn, bn = normalized_weights(coef, intercept, center, half_width)
+    ew = 0
+    while np.abs(quantize(Wn, ew) / math.ldexp(1.0, ew) - Wn).sum(axis=1).max() > tolerance / 8:
+        ew += 1
+        if ew > 40:
+            raise ModelError("cannot quantize the weights finely enough for model privacy")
+    Wq = quantize(Wn, ew).astype(np.float64)
+    sw = math.ldexp(1.0, ew)
+    # the weights' largest contribution to a reply's noise: client noise (6σ) times all the
+    # coefficients of the plaintext polynomial (every class shares it in the ROW layout)
+    weight_noise = NOISE_SIGMAS * ERROR_STDDEV * float(np.sqrt((Wq**2).sum()))
+    flood = max(1.0, weight_noise) * 2.0**HIDING_BITS
+    # scale x so that flooding costs at most half the tolerance
+    ex = math.ceil(math.log2(2 * NOISE_SIGMAS * flood / (tolerance * sw)))
+    sx = math.ldexp(1.0, ex)
+    row_abs = sx * np.abs(Wq).sum(axis=1) + np.abs(bn) * sw * sx
+    if float(row_abs.max()) + NOISE_SIGMAS * flood + 2 * weight_noise >= CAPACITY_FRACTION * Q:
+        raise ModelError(
+            "model privacy needs more headroom than 128-bit parameters give for this model; "
+            "narrow the declared bounds or raise the tolerance"
+        )
+    e_w = np.abs(Wq / sw - Wn).sum(axis=1).max()
+    e_x = 0.5 * np.abs(Wq).sum(axis=1).max() / (math.ldexp(1.0, min(ex, 52)) * sw)
+    e_noise = weight_noise / (sx * sw)
+    e_flood = NOISE_SIGMAS * flood / (sx * sw)
+    # re-randomization noise (u·e' + e1 + e2·s, all small) is far below the flooding
+    e_rerand = NOISE_SIGMAS * ERROR_STDDEV * 3 * math.sqrt(n) / (sx * sw)
+    fixed = float(e_w + e_x + e_noise + e_flood + e_rerand)
+    for bits in REPLY_BITS:
+        per_word = 0.5 + math.ldexp(1.0, bits - 52)
+        switch = NOISE_SIGMAS * per_word * math.sqrt((n + 1) / 3.0) * Q / 2.0**bits / (sx * sw)
+        if fixed + switch <= tolerance:
+            return PrivatePlan(params, ex, ew, bits, math.log2(flood), HIDING_BITS, fixed + switch)
+    raise ModelError(
+        f"model privacy cannot meet the tolerance {tolerance:g} for this model "
+        f"(flooding alone costs {fixed:.3g}); raise the tolerance or narrow the bounds"
+    )
+
+
+# ---------------------------------------------------------------------- public keys
+class PublicKeyStore:
+    """Registered client public keys, content-addressed (sha256), with a byte budget (LRU)."""
+
+    def __init__(self, params: RNSParams, budget_bytes: int = 64 << 20) -> None:
+        self.params = params
+        self.budget = budget_bytes
+        self._keys: OrderedDict[str, seal.Encryptor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def register(self, blob: bytes) -> str:
+        """Validate a public key (p0, p1 words, each < its prime) and keep an encryptor for it."""
+        import hashlib
+
+        p = self.params
+        L, n = len(p.primes), p.n
+        if len(blob) != public_key_size(p):
+            raise InvalidCiphertext(
+                f"public key has {len(blob)} bytes; N={n} with {L} primes needs "
+                f"{public_key_size(p)}"
+            )
+        key_id = hashlib.sha256(blob).hexdigest()
+        with self._lock:
+            if key_id in self._keys:
+                self._keys.move_to_end(key_id)
+                return key_id
+        words = np.ndarray(
+            (2, L, n), dtype="<u8", buffer=blob + b"\0", strides=(7 * L * n, 7 * n, 7)
+        )
+        words = (words & np.uint64((1 << 56) - 1)).astype(np.uint64)
+        for i, q in enumerate(p.primes):
+            if np.any(words[:, i] >= np.uint64(q)):
+                raise InvalidCiphertext("public key words must be below their primes")
+        pk = seal.PublicKey()
+        seal_bridge.load_from_bytes(pk, p.context, _key_level_blob(p, words))
+        encryptor = seal.Encryptor(p.context, pk)
+        with self._lock:
+            self._keys[key_id] = encryptor
+            per_key = public_key_size(p) * 3  # the key and SEAL's copies
+            while len(self._keys) * per_key > self.budget:
+                self._keys.popitem(last=False)
+        return key_id
+
+    def encryptor(self, key_id: str) -> seal.Encryptor | None:
+        with self._lock:
+            enc = self._keys.get(key_id)
+            if enc is not None:
+                self._keys.move_to_end(key_id)
+            return enc
+
+
+def _key_level_blob(params: RNSParams, words: np.ndarray) -> bytes:
+    """A SEAL serialization of a size-2, NTT-form, key-level ciphertext (public-key format)."""
+    import struct
+
+    flat = np.ascontiguousarray(words, dtype=np.uint64).reshape(-1)
+    header = seal_bridge._header
+    dyn = header(16 + 8 + flat.nbytes) + struct.pack("<Q", flat.size) + flat.tobytes()
+    body = (
+        struct.pack("<4Q", *params.key_parms_id)
+        + struct.pack("<B", 1)
+        + struct.pack("<QQQdQ", 2, params.n, len(params.primes), 1.0, 1)
+        + dyn
+    )
+    return header(16 + len(body)) + body
+
+
+# ---------------------------------------------------------------------- server evaluation
+def _expand_rns(seed: bytes, params: RNSParams) -> np.ndarray:
+    """SEAL's sample_poly_uniform over several primes: N words per prime, in prime order,
+    each segment with its own rejection threshold, from one continuous stream."""
+    n, L = params.n, len(params.primes)
+    words = prng.stream(seed, n * L * 8)
+    out = np.empty((L, n), dtype=np.uint64)
+    pos = n * L
+    for i, q in enumerate(params.primes):
+        seg = words[i * n : (i + 1) * n].copy()
+        limit = prng._rejection_threshold(q)
+        for idx in np.flatnonzero(seg >= np.uint64(limit)):
+            while True:
+                if pos >= words.size:
+                    words = prng.stream(seed, (pos + 1) * 8 + prng.REFILL_BYTES)
+                w = words[pos]
+                pos += 1
+                if w < limit:
+                    seg[idx] = w
+                    break
+        out[i] = seg % np.uint64(q)
+    return out
+
+
+def unpack_rns_ciphertexts(bufs, params: RNSParams) -> tuple[np.ndarray, list[bytes]]:
+    n, L = params.n, len(params.primes)
+    size = ciphertext_size(params)
+    for i, b in enumerate(bufs):
+        if len(b) != size:
+            raise InvalidCiphertext(
+                f"ciphertext {i} has {len(b)} bytes; the privacy parameters need exactly {size}"
+            )
+    joined = b"".join(bufs)
+    m = len(bufs)
+    words = np.ndarray((m, L, n), dtype="<u8", buffer=joined, strides=(size, 7 * n, 7))
+    c0 = (words & np.uint64((1 << 56) - 1)).astype(np.uint64)
+    for i, q in enumerate(params.primes):
+        if np.any(c0[:, i] >= np.uint64(q)):
+            raise InvalidCiphertext("ciphertext coefficients must be below their primes")
+    raw = np.frombuffer(joined, dtype=np.uint8).reshape(m, size)
+    return c0, [bytes(raw[i, size - prng.SEED_BYTES :]) for i in range(m)]
+
+
+def crt_switch(residues: np.ndarray, params: RNSParams, bits: int) -> np.ndarray:
+    """Residues (L, count) of x mod Q -> round(x · 2^bits / Q) mod 2^bits, via x/Q = Σ t_i/q_i."""
+    Q = params.Q
+    frac = np.zeros(residues.shape[1])
+    for i, q in enumerate(params.primes):
+        c = pow(Q // q, -1, q)
+        t = modmath.mulmod(residues[i], np.full(residues.shape[1], c, dtype=np.uint64), q)
+        frac += t.astype(np.float64) / float(q)
+    frac -= np.floor(frac)
+    return np.rint(frac * float(1 << bits)).astype(np.uint64) & np.uint64((1 << bits) - 1)
+
+
+def _gaussian_residues(count: int, log2_sigma: float, primes) -> np.ndarray:
+    """CSPRNG Gaussian noise of σ = 2^log2_sigma, as residues (L, count).
+
+    noise = 2^32 · round(z · σ / 2^32) + U[0, 2^32): a Gaussian staircase smooth at unit
+    granularity (z from 53-bit uniforms of os.urandom via Box–Muller)."""
+    u = np.frombuffer(os.urandom(16 * count), dtype="<u8").reshape(2, count) >> np.uint64(11)
+    u1 = (u[0].astype(np.float64) + 1.0) / 2.0**53
+    u2 = u[1].astype(np.float64) / 2.0**53
+    z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    hi = np.rint(z * 2.0 ** (log2_sigma - 32)).astype(np.int64)
+    lo = np.frombuffer(os.urandom(4 * count), dtype="<u4").astype(np.uint64)
+    out = np.empty((len(primes), count), dtype=np.uint64)
+    for i, q in enumerate(primes):
+        part = modmath._mul_pow2(modmath.reduce_signed(hi, q), 32, q)
+        out[i] = modmath.add_mod(part, lo % np.uint64(q), q)
+    return out
+
+
+class PrivateEvaluator:
+    """Server side of the model-privacy mode for one model."""
+
+    def __init__(self, plan: PrivatePlan, Wn: np.ndarray, bn: np.ndarray) -> None:
+        self.plan = plan
+        self.params = plan.params
+        self.k, self.d = Wn.shape
+        self.Wq = quantize(Wn, plan.log2_scale_w)  # (k, d), one digit
+        self.bias = [round(math.ldexp(float(b), plan.log2_scale_w + plan.log2_scale_x)) for b in bn]
+        self.keys = PublicKeyStore(self.params)
+        self._cache: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def geometry(self, s: int) -> RowGeometry:
+        try:
+            return RowGeometry(self.params.n, self.d, self.k, 1, s)
+        except ValueError as exc:
+            raise InvalidCiphertext(str(exc)) from exc
+
+    def computed_samples(self, layout: str, n: int, s: int) -> int:
+        """Sample slots computed for a block (the quota unit, as ServerScorer.computed_samples):
+        ceil(n / s) groups of N // m slots."""
+        geo = self.geometry(s)
+        return -(-n // s) * (self.params.n // geo.m)
+
+    def _plain_polys(self, geo: RowGeometry) -> np.ndarray:
+        """NTT-form weight polynomials per prime: (chunks, groups, L, N)."""
+        with self._lock:
+            hit = self._cache.get(geo.s)
+        if hit is not None:
+            return hit
+        n, m, s = self.params.n, geo.m, geo.s
+        polys = np.zeros((geo.chunks, geo.groups, n), dtype=np.int64)
+        for c in range(geo.chunks):
+            for g in range(geo.groups):
+                _t, first, count = geo.group_rows(g)
+                rows = self.Wq[first : first + count, c * m : (c + 1) * m]
+                m_c = rows.shape[1]
+                for rp in range(count):
+                    start = rp * s * m + m - m_c
+                    polys[c, g, start : start + m_c] = rows[rp, ::-1]
+        out = np.stack(
+            [
+                kernels.for_params(pp).ntt(modmath.reduce_signed(polys, pp.q))
+                for pp in self.params.prime_params
+            ],
+            axis=2,
+        )
+        with self._lock:
+            self._cache[geo.s] = out
+        return out
+
+    def evaluate(self, ciphertexts: list[bytes], n: int, s: int, key_id: str) -> list[bytes]:
+        encryptor = self.keys.encryptor(key_id)
+        if encryptor is None:
+            raise KeyError(key_id)
+        geo = self.geometry(s)
+        blocks = -(-n // s)
+        if len(ciphertexts) != blocks * geo.chunks:
+            raise InvalidCiphertext(
+                f"{n} samples at {s} per ciphertext need {blocks * geo.chunks} ciphertexts, "
+                f"got {len(ciphertexts)}"
+            )
+        p = self.params
+        L = len(p.primes)
+        c0_all, seeds = unpack_rns_ciphertexts(ciphertexts, p)
+        polys = self._plain_polys(geo)
+        kers = [kernels.for_params(pp) for pp in p.prime_params]
+        bits = self.plan.reply_bits
+        out = []
+        for b in range(blocks):
+            cts = [
+                (c0_all[b * geo.chunks + c], _expand_rns(seeds[b * geo.chunks + c], p))
+                for c in range(geo.chunks)
+            ]
+            for g in range(geo.groups):
+                acc = np.zeros((2, L, p.n), dtype=np.uint64)
+                for c, (c0, a) in enumerate(cts):
+                    for i, q in enumerate(p.primes):
+                        prod = kers[i].mul(np.stack([c0[i], a[i]]), polys[c, g, i])
+                        acc[:, i] = modmath.add_mod(acc[:, i], prod, q)
+                rr = _encrypt_zero(encryptor, p)  # (2, L, N) NTT form, fresh per reply
+                for i, q in enumerate(p.primes):
+                    acc[:, i] = modmath.add_mod(acc[:, i], rr[:, i], q)
+                coeff = np.stack([kers[i].intt(acc[:, i]) for i in range(L)], axis=1)
+                _t, first, count = geo.group_rows(g)
+                pos = geo.output_positions(g).reshape(-1)
+                c0_pos = coeff[0][:, pos]
+                flood = _gaussian_residues(pos.size, self.plan.log2_flood, p.primes)
+                bias = np.repeat(np.array(self.bias[first : first + count], dtype=object), geo.s)
+                for i, q in enumerate(p.primes):
+                    b_res = np.array([int(v) % q for v in bias], dtype=np.uint64)
+                    c0_pos[i] = modmath.add_mod(modmath.add_mod(c0_pos[i], b_res, q), flood[i], q)
+                out.append(
+                    pack_reply(crt_switch(c0_pos, p, bits), crt_switch(coeff[1], p, bits), bits)
+                )
+        return out
+
+
+def _encrypt_zero(encryptor: seal.Encryptor, params: RNSParams) -> np.ndarray:
+    ct = seal.Ciphertext()
+    encryptor.encrypt_zero(params.key_parms_id, ct)
+    if seal_bridge.zero_copy_enabled():
+        words = seal_bridge.ciphertext_view(ct).copy()
+    else:
+        words = seal_bridge.ciphertext_words_serialized(ct)
+    return words.reshape(2, len(params.primes), params.n)

@@ -1,0 +1,181 @@
+"""heml audit: the subcommand through argparse, in-process and as a subprocess."""
+
+import argparse
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_breast_cancer
+
+from heml.audit import AuditReport, NoisySumClassifier
+from heml.audit import cli as audit_cli
+
+HAVE_DP = importlib.util.find_spec("heml.dp") is not None
+SMALL = ["--n-shadow", "4", "--canary-runs", "20", "--jobs", "1"]
+
+
+@pytest.fixture(scope="module")
+def csv_path(tmp_path_factory):
+    data = load_breast_cancer(as_frame=True)
+    frame = data.frame.iloc[:, [*range(8), 30]].rename(columns={"target": "label"})
+    path = tmp_path_factory.mktemp("data") / "cancer.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _cli(*argv):
+    return subprocess.run(
+        [sys.executable, "-m", "heml.audit.cli", "audit", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_register_adds_the_subcommand():
+    parser = argparse.ArgumentParser(prog="heml")
+    sub = parser.add_subparsers(dest="command", required=True)
+    audit_cli.register(sub)
+    args = parser.parse_args(["audit", "d.csv", "--target", "y", "-o", "out"])
+    assert args.func is audit_cli.run
+    assert (args.epsilons, args.n_shadow, args.canary_runs, args.delta) == (
+        "0.5,1,2,5,inf",
+        64,
+        500,
+        1e-5,
+    )
+
+
+def test_non_private_audit_writes_the_report(csv_path, tmp_path):
+    out = tmp_path / "report"
+    res = _cli(csv_path, "--target", "label", "--epsilons", "inf", "-o", out, *SMALL)
+    assert res.returncode == 0, res.stderr
+    assert {p.name for p in out.iterdir()} == {
+        "audit.json",
+        "summary.md",
+        "roc.png",
+        "privacy_utility.png",
+    }
+    report = AuditReport.load(out / "audit.json")
+    assert report.data["n_train"] + report.data["n_test"] == 569
+    assert report.data["n_features"] == 8
+    assert [m.label for m in report.models] == ["non-private (ε=∞)"]
+    assert "non-private (ε=∞)" in res.stdout and "wrote" in res.stdout
+    assert "heml audit:" in res.stderr and "fit" in res.stderr  # the progress bar
+    md = (out / "summary.md").read_text()
+    assert "![ROC per model](roc.png)" in md and "## Threat model" in md
+
+
+def test_finite_epsilons(csv_path, tmp_path):
+    out = tmp_path / "report"
+    res = _cli(
+        csv_path, "--target", "label", "--epsilons", "1,inf", "-o", out, "--no-progress",
+        "--bounds", "0,2600", *SMALL,
+    )  # fmt: skip
+    if not HAVE_DP:
+        assert res.returncode == 2
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "needs the DP estimators (heml.dp)" in lines[0]
+        assert not out.exists()
+        return
+    assert res.returncode == 0, res.stderr
+    report = AuditReport.load(out / "audit.json")
+    private = report.model(1.0)
+    assert private.claim_source == "dp_guarantee_" and private.claimed_delta == 1e-5
+    assert private.audit_status == "passed"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--target", "nope", "--epsilons", "inf"], "--target 'nope' is not a column"),
+        (["--target", "label", "--epsilons", "0,inf"], "every ε must be > 0"),
+        (["--target", "label", "--epsilons", "inf,x"], "'x' is not a number"),
+        (["--target", "label", "--epsilons", "inf", "--bounds", "3,1"], "LO < HI"),
+        (["--target", "label", "--epsilons", "inf", "--drop", "label"], "includes the target"),
+        (["--target", "label", "--epsilons", "inf", "--test-size", "1.5"], "--test-size"),
+        (["--target", "label", "--epsilons", "inf", "--n-shadow", "1"], "--n-shadow"),
+    ],
+)
+def test_invalid_input_exits_2_with_one_line(csv_path, tmp_path, capsys, argv, message):
+    code = audit_cli.main(["audit", str(csv_path), "-o", str(tmp_path / "r"), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("heml audit: error: ") and message in err[0]
+
+
+def test_non_numeric_features_are_refused(tmp_path, capsys):
+    path = tmp_path / "mixed.csv"
+    pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": list("xyzw"), "y": [0, 1, 0, 1]}).to_csv(
+        path, index=False
+    )
+    code = audit_cli.main(["audit", str(path), "--target", "y", "--epsilons", "inf", "-o",
+                           str(tmp_path / "r")])  # fmt: skip
+    assert code == 2
+    assert "non-numeric feature column(s) 'b'" in capsys.readouterr().err
+
+
+class _Understated(NoisySumClassifier):
+    """Adds the noise of 50·ε but claims ε."""
+
+    def fit(self, X, y):
+        claimed = self.epsilon
+        self.epsilon = claimed * 50
+        try:
+            super().fit(X, y)
+        finally:
+            self.epsilon = claimed
+        self.dp_guarantee_["epsilon"] = claimed
+        return self
+
+
+def test_a_failed_audit_exits_4_after_writing_the_report(csv_path, tmp_path, capsys, monkeypatch):
+    def factory(self, epsilon):
+        return _Understated(epsilon=epsilon, norm=300.0)  # about the canary's norm (257)
+
+    monkeypatch.setattr(audit_cli, "_have_dp", lambda: True)
+    monkeypatch.setattr(audit_cli.EstimatorFactory, "__call__", factory)
+    out = tmp_path / "r"
+    code = audit_cli.main(["audit", str(csv_path), "--target", "label", "--epsilons", "0.5",
+                           "-o", str(out), "--no-progress", "--bounds", "0,2600",
+                           "--n-shadow", "4", "--canary-runs", "200", "--jobs", "1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 4, err
+    assert "audit FAILED: the ε lower bound exceeds the claimed ε for ε=0.5" in err
+    data = json.loads((out / "audit.json").read_text())
+    assert data["summary"]["audit_passed"] is False
+
+
+def test_training_failure_exits_1(csv_path, tmp_path, capsys, monkeypatch):
+    def factory(self, epsilon):
+        return _Understated(epsilon=epsilon, noise="bogus")
+
+    monkeypatch.setattr(audit_cli.EstimatorFactory, "__call__", factory)
+    code = audit_cli.main(["audit", str(csv_path), "--target", "label", "--epsilons", "inf",
+                           "-o", str(tmp_path / "r"), "--no-progress", "--bounds", "0,2600",
+                           *SMALL])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and "noise must be 'gaussian' or 'laplace'" in err[0]
+
+
+@pytest.mark.slow
+def test_breast_cancer_with_five_epsilons_in_under_two_minutes(tmp_path):
+    """The acceptance benchmark: the whole command, default settings, on 2 cores."""
+    pytest.importorskip("heml.dp")
+    path = tmp_path / "bc.csv"
+    load_breast_cancer(as_frame=True).frame.to_csv(path, index=False)
+    start = time.perf_counter()
+    res = _cli(path, "--target", "target", "-o", tmp_path / "report", "--jobs", "2")
+    elapsed = time.perf_counter() - start
+    assert res.returncode == 0, res.stderr
+    report = AuditReport.load(tmp_path / "report" / "audit.json")
+    assert [m.requested_epsilon for m in report.models] == [0.5, 1.0, 2.0, 5.0, math.inf]
+    assert elapsed < 120, f"took {elapsed:.0f} s"
+    assert np.isfinite(report.model(math.inf).canary["epsilon_lb"])

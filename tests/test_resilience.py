@@ -1,0 +1,155 @@
+"""Crash isolation, live model reload and graceful shutdown, against real server processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+import heml
+
+from .conftest import assert_scores_close
+
+RNG = np.random.default_rng(8)
+D = 24
+
+
+def _model(version: int, scale: float = 1.0) -> tuple[LogisticRegression, heml.LinearModel]:
+    X = RNG.normal(size=(400, D))
+    y = (X[:, 0] * scale + X[:, 1] > 0).astype(int)
+    clf = LogisticRegression(max_iter=500).fit(X, y)
+    return clf, heml.export(clf, name="m", version=version, bounds=(-6.0, 6.0))
+
+
+def _wait(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_killing_a_worker_mid_request_loses_no_valid_request(tmp_path):
+    clf, model = _model(1)
+    model.save(tmp_path / "m.json")
+    X = RNG.uniform(-3, 3, size=(20000, D))
+    want = clf.decision_function(X)
+    with heml.serve(tmp_path, port=0, workers=2) as server:
+        before = server.current_worker_pids()
+        assert len(before) == 2
+        results, errors = {}, []
+
+        def run(i: int) -> None:
+            try:
+                with heml.Client(f"localhost:{server.port}", timeout=120) as c:
+                    m = c.model("m")
+                    for j in range(3):
+                        results[(i, j)] = m.decision_function(X)
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)  # mid-flight
+        os.kill(before[0], signal.SIGKILL)
+        for t in threads:
+            t.join(300)
+        assert not errors, errors
+        assert len(results) == 9
+        for got in results.values():
+            assert_scores_close(got, want)
+        assert _wait(lambda: len(server.current_worker_pids()) == 2)
+        after = server.current_worker_pids()
+        assert before[0] not in after
+        with heml.Client(f"localhost:{server.port}") as c:  # and it keeps serving
+            assert_scores_close(c.model("m").decision_function(X[:10]), want[:10])
+
+
+def test_models_are_added_replaced_and_kept_on_corruption_without_restart(tmp_path):
+    clf1, m1 = _model(1)
+    m1.save(tmp_path / "m.json")
+    X = RNG.uniform(-3, 3, size=(50, D))
+    with (
+        heml.serve(tmp_path, port=0, workers=2, reload_seconds=0.3) as server,
+        heml.Client(f"localhost:{server.port}") as c,
+    ):
+        assert c.model("m").info.version == 1
+        clf2, m2 = _model(2, scale=-1.0)
+        m2.save(tmp_path / "m-v2.json")  # a new version beside the old one
+        assert _wait(lambda: c.model("m").info.version == 2)
+        assert_scores_close(c.model("m").decision_function(X), clf2.decision_function(X))
+        assert_scores_close(c.model("m", 1).decision_function(X), clf1.decision_function(X))
+        # a corrupt replacement is rejected: version 2 keeps serving
+        (tmp_path / "m-v2.json").write_text('{"schema": "heml.linear-model", "coef": [')
+        time.sleep(1.5)
+        assert c.model("m").info.version == 2
+        assert_scores_close(c.model("m").decision_function(X), clf2.decision_function(X))
+        # a brand-new model appears too
+        _clf3, m3 = _model(1, scale=2.0)
+        m3.name = "other"
+        m3.save(tmp_path / "other.json")
+        assert _wait(lambda: any(i.name == "other" for i in c.models()))
+        # fixing the file swaps in its new content atomically
+        _clf4, m4 = _model(3)
+        m4.save(tmp_path / "m-v2.json")
+        assert _wait(lambda: c.model("m").info.version == 3)
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path):
+    clf, model = _model(1)
+    model.save(tmp_path / "m.json")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "heml", "serve", "--models", str(tmp_path), "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while "heml serving" not in proc.stderr.readline():
+            assert proc.poll() is None
+        X = RNG.uniform(-3, 3, size=(40000, D))
+        out: dict = {}
+
+        def long_call():
+            with heml.Client(f"127.0.0.1:{port}", retries=0) as c:
+                out["scores"] = c.model("m").decision_function(X)
+
+        t = threading.Thread(target=long_call)
+        t.start()
+        time.sleep(0.8)
+        proc.send_signal(signal.SIGTERM)
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        statuses = set()
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    statuses.add(stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status)
+                except grpc.RpcError:
+                    break
+                if health_pb2.HealthCheckResponse.NOT_SERVING in statuses:
+                    break
+                time.sleep(0.05)
+        t.join(120)
+        assert proc.wait(60) == 0
+        assert "scores" in out, "the in-flight request was lost"
+        assert_scores_close(out["scores"], clf.decision_function(X))
+        assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
+    finally:
+        if proc.poll() is None:
+            proc.kill()
