@@ -256,3 +256,18 @@ class TestCA:
             )
         cert = builder.sign(self._key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
+def own_connection(client):
+    """Give an SDK Client a connection of its own (see stub_for), so that several clients in
+    one test process can reach different workers."""
+    options = [
+        ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.enable_retries", 0),
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+    client._channel.close()
+    client._channel = grpc.insecure_channel(client.target, options=options)
+    client._stub = heml_pb2_grpc.InferenceStub(client._channel)
+    return client

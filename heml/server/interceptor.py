@@ -53,6 +53,15 @@ def admit(context, block) -> None:
         guard.admit(block)
 
 
+def shared_quota(context) -> tuple[QuotaTable, str] | None:
+    """The shared quota table and the caller's API key id, for a call authenticated by an API
+    key on a server with ``api_keys`` (else None)."""
+    guard = getattr(context, "heml_guard", None)
+    if guard is None or guard.key is None or guard.policy.quotas is None:
+        return None
+    return guard.policy.quotas, guard.key.key_id
+
+
 def note_model(context, name: str, version: int) -> None:
     """Record which served model a metadata call was about (for the log and the metrics)."""
     guard = getattr(context, "heml_guard", None)

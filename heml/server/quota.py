@@ -17,6 +17,9 @@ Record per key id (found by linear probing on a 16-byte BLAKE2b of the id):
 * one in-flight counter per worker slot: the key's concurrency is their sum. When a worker
   dies mid-call its counters would leak, so the supervisor zeroes that slot's column before
   it starts the replacement.
+
+Records with other ids (containing ``/``, which key ids cannot) hold allowances that never
+refill: the model-privacy mode's per-key quota (``take_total``).
 """
 
 from __future__ import annotations
@@ -161,6 +164,22 @@ class QuotaTable:
         if cost > per_minute:
             return math.inf
         return (cost - tokens) / rate
+
+    def take_total(self, key_id: str, cost: int, limit: int) -> int | None:
+        """Spend ``cost`` of an allowance of ``limit`` that never refills (for the server's life).
+
+        Returns None when granted, else the amount already used. Uses a record of its own
+        (pass an id that cannot be an API key id, e.g. with a ``/``).
+        """
+        with self._locked():
+            index = self._find(key_id)
+            rec = self._read(index)
+            used = int(rec[1])  # the tokens field holds the amount used
+            if used + cost > limit:
+                return used
+            rec[1] = float(used + cost)
+            self._write(index, rec)
+        return None
 
     def acquire(self, key_id: str, limit: int, worker: int) -> int | None:
         """Count one more call in flight for ``key_id`` on ``worker`` if fewer than ``limit``

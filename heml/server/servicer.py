@@ -13,7 +13,7 @@ from ..he.private import PRIVATE
 from ..info import LAYOUT_FROM_PB, LAYOUT_TO_PB
 from ..v1 import heml_pb2 as pb
 from ..v1 import heml_pb2_grpc
-from .interceptor import admit, note_model
+from .interceptor import admit, note_model, shared_quota
 from .registry import Registry, ServedModel, server_info_pb
 from .status import RequestError, abort_on_error
 
@@ -164,27 +164,35 @@ def _check_private_block(served: ServedModel, layout: str, header, n: int, s: in
 class KeyQuota:
     """Model-privacy quota: lifetime sample slots per (model, key identity), below d.
 
-    Counted per worker process; with several workers a client can use up to workers × the
-    quota (documented in docs/model-privacy.md).
+    With API keys the identity is the API key and the count lives in the quota table every
+    worker shares (heml.server.quota), so W workers do not multiply it. Without API keys the
+    identity is the registered public key and the count is per worker process (a client can
+    get W times the quota, and new public keys are new identities: docs/model-privacy.md).
     """
 
     def __init__(self) -> None:
         self._used: dict[tuple[str, int, str], int] = {}
         self._lock = threading.Lock()
 
-    def take(self, served: ServedModel, identity: str, slots: int) -> None:
+    def take(self, served: ServedModel, identity: str, slots: int, shared=None) -> None:
         limit = served.model.privacy["max_predictions_per_key"]
         key = (served.model.name, served.model.version, identity)
-        with self._lock:
-            used = self._used.get(key, 0)
-            if used + slots > limit:
-                raise RequestError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"model-privacy quota of {limit} predictions per key is used up "
-                    f"({used} used, {slots} requested): d+1 exact answers would reveal the "
-                    "model",
-                )
-            self._used[key] = used + slots
+        if shared is not None:  # (table, API key id)
+            table, key_id = shared
+            used = table.take_total(f"private/{key[0]}/{key[1]}/{key_id}", slots, limit)
+        else:
+            with self._lock:
+                used = self._used.get(key, 0)
+                if used + slots <= limit:
+                    self._used[key] = used + slots
+                    used = None
+        if used is not None:
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"model-privacy quota of {limit} predictions per key is used up "
+                f"({used} used, {slots} requested): d+1 exact answers would reveal the "
+                "model",
+            )
 
 
 class InferenceServicer(heml_pb2_grpc.InferenceServicer):
@@ -202,11 +210,12 @@ class InferenceServicer(heml_pb2_grpc.InferenceServicer):
                 )
             return pb.RegisterKeyResponse(key_id=served.private.keys.register(request.public_key))
 
-    def _take_quota(self, block: Block) -> None:
+    def _take_quota(self, block: Block, context) -> None:
         if block.layout == PRIVATE:
             # every sample slot of every ciphertext group is computed and returned
             slots = -(-block.n // block.s) * block.s
-            self.key_quota.take(block.served, block.header.key_id, slots)
+            shared = shared_quota(context)
+            self.key_quota.take(block.served, block.header.key_id, slots, shared)
 
     def ListModels(self, request, context):
         with abort_on_error(context):
@@ -230,7 +239,7 @@ class InferenceServicer(heml_pb2_grpc.InferenceServicer):
                     f"got {len(request.ciphertexts)} ciphertexts; this block needs "
                     f"{block.expected} (use PredictStream to split a block across messages)",
                 )
-            self._take_quota(block)
+            self._take_quota(block, context)
             _check_deadline(context, block.layout, block.expected)
             admit(context, block)  # per-call limit and the key's quota, before any HE work
             block.add(request.ciphertexts)
@@ -256,7 +265,7 @@ class InferenceServicer(heml_pb2_grpc.InferenceServicer):
                             "ciphertexts of the previous one",
                         )
                     block = Block(self.registry.get(message.model, message.version), message)
-                    self._take_quota(block)
+                    self._take_quota(block, context)
                     _check_deadline(context, block.layout, block.expected)
                     admit(context, block)
                 elif block is None:
