@@ -149,6 +149,9 @@ class Client:
             ("grpc.max_send_message_length", self.max_message_bytes + MiB),
             ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
             ("grpc.enable_retries", 0),  # retries are ours: deadline-aware, UNAVAILABLE only
+            # a connection of its own: clients in one process otherwise share one TCP
+            # connection, hence one server worker
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         if (client_cert is None) != (client_key is None):
             raise ValueError("client_cert and client_key go together (mTLS)")

@@ -51,7 +51,9 @@ def run_demo(*, epsilon: float = 1.0, private: bool = True, workers: int = 1) ->
     model = heml.export(clf, name="cancer")
     if is_dp:
         print(f"trained   {model!r} on {len(X_train)} private samples (breast cancer)", file=out)
-        print(f"          scaler fitted on a separate public split ({len(X_public)} rows)", file=out)
+        print(
+            f"          scaler fitted on a separate public split ({len(X_public)} rows)", file=out
+        )
     else:
         n_fit = len(X_train) + len(X_public)
         print(f"trained   {model!r} on {n_fit} samples (breast cancer)", file=out)

@@ -72,3 +72,57 @@ def server(model_dir):
 def client(server):
     with heml.Client(f"localhost:{server.port}", timeout=60) as c:
         yield c
+
+
+class ServeProcess:
+    """`python -m heml serve …` as a user runs it; stderr is drained in a thread (a full pipe
+    would block the server's logging) and kept for assertions."""
+
+    def __init__(self, *args: str, timeout: float = 60.0) -> None:
+        import subprocess
+        import sys
+        import threading
+        import time
+
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "heml", "serve", *args],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._ready = threading.Event()
+
+        def drain():
+            for line in self.proc.stderr:
+                self.lines.append(line)
+                if "heml serving" in line:
+                    self._ready.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.1):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("server did not start:\n" + "".join(self.lines))
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self, sig=None, timeout: float = 60.0) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -9,9 +9,23 @@ import sys
 
 def test_bench_tiny_grid_writes_results(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "heml", "bench", "--quick", "--no-goals", "--dims", "8",
-         "--out", str(tmp_path), "--cap", "2"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "heml",
+            "bench",
+            "--quick",
+            "--no-goals",
+            "--dims",
+            "8",
+            "--out",
+            str(tmp_path),
+            "--cap",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import heml
+
+from .conftest import ServeProcess, free_port
 
 HEML = [sys.executable, "-m", "heml"]
 
@@ -24,40 +24,17 @@ def run(*args, check=False, timeout=120, **kw):
     return proc
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def cli_server(model_dir):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [*HEML, "serve", "--models", str(model_dir), "--port", str(port)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        lines.append(line)
-        if "heml serving" in line:
-            break
-        if proc.poll() is not None:
-            raise AssertionError("".join(lines))
-    yield f"127.0.0.1:{port}", proc, lines
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+    port = free_port()
+    server = ServeProcess("--models", str(model_dir), "--port", str(port))
+    yield f"127.0.0.1:{port}", server, server.lines
+    assert server.stop() == 0
 
 
 def test_serve_logs_models_and_address(cli_server):
-    address, _proc, lines = cli_server
-    log = "".join(lines)
+    address, server, _lines = cli_server
+    log = server.log
     assert "model cancer v1: binary, d=30, k=1" in log
     assert "model wine v1: multiclass, d=13, k=3" in log
     assert "skipping model file broken.json" in log
@@ -164,18 +141,11 @@ def test_key_file_is_private_reused_and_never_printed(cli_server, cancer, tmp_pa
 
 
 def test_serve_stops_cleanly_on_sigterm(model_dir):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [*HEML, "serve", "--models", str(model_dir), "--port", str(port), "--workers", "2"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    while "heml serving" not in proc.stderr.readline():
-        assert proc.poll() is None
+    port = free_port()
+    server = ServeProcess("--models", str(model_dir), "--port", str(port), "--workers", "2")
     with heml.Client(f"127.0.0.1:{port}") as c:
         assert len(c.models()) == 3
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
+    assert server.stop() == 0
 
 
 def test_serve_refuses_a_folder_without_valid_models(tmp_path):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -15,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 
 import heml
 
-from .conftest import assert_scores_close
+from .conftest import ServeProcess, assert_scores_close, free_port
 
 RNG = np.random.default_rng(8)
 D = 24
@@ -107,19 +105,10 @@ def test_models_are_added_replaced_and_kept_on_corruption_without_restart(tmp_pa
 def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path):
     clf, model = _model(1)
     model.save(tmp_path / "m.json")
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "heml", "serve", "--models", str(tmp_path), "--port", str(port)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    port = free_port()
+    server = ServeProcess("--models", str(tmp_path), "--port", str(port))
+    proc = server.proc
     try:
-        while "heml serving" not in proc.stderr.readline():
-            assert proc.poll() is None
         X = RNG.uniform(-3, 3, size=(40000, D))
         out: dict = {}
 

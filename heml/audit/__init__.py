@@ -10,28 +10,52 @@ Convention everywhere: attack scores are "higher = more likely a member", and me
 positive class. Plots need matplotlib (``pip install 'heml[audit]'``); nothing else here does.
 """
 
-from ._attacks import ATTACKS, balanced_keep, leave_one_out_scores, lira
-from ._audit import CanaryAudit, audit, canary_audit
-from ._dp_audit import (
-    Canary,
-    EpsilonLowerBound,
-    cp_lower,
-    cp_upper,
-    epsilon_lower_bound,
-    make_canary,
-    plant,
-)
-from ._mechanisms import NoisySumClassifier, analytic_gaussian_sigma, gaussian_delta
-from ._metrics import (
-    FPR_LEVELS,
-    Roc,
-    attack_metrics,
-    dp_max_advantage,
-    dp_tpr_bound,
-    roc_curve,
-)
-from ._report import THREAT_MODEL, AuditReport, ModelAudit
-from ._signals import membership_signal
+# submodules pull in scikit-learn and scipy: load them on first use (fast `heml` CLI start)
+_LAZY = {
+    "ATTACKS": "._attacks",
+    "AuditReport": "._report",
+    "Canary": "._dp_audit",
+    "CanaryAudit": "._audit",
+    "EpsilonLowerBound": "._dp_audit",
+    "FPR_LEVELS": "._metrics",
+    "ModelAudit": "._report",
+    "NoisySumClassifier": "._mechanisms",
+    "Roc": "._metrics",
+    "THREAT_MODEL": "._report",
+    "analytic_gaussian_sigma": "._mechanisms",
+    "attack_metrics": "._metrics",
+    "audit": "._audit",
+    "balanced_keep": "._attacks",
+    "canary_audit": "._audit",
+    "cp_lower": "._dp_audit",
+    "cp_upper": "._dp_audit",
+    "dp_max_advantage": "._metrics",
+    "dp_tpr_bound": "._metrics",
+    "epsilon_lower_bound": "._dp_audit",
+    "gaussian_delta": "._mechanisms",
+    "leave_one_out_scores": "._attacks",
+    "lira": "._attacks",
+    "make_canary": "._dp_audit",
+    "membership_signal": "._signals",
+    "plant": "._dp_audit",
+    "roc_curve": "._metrics",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'heml.audit' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "ATTACKS",
