@@ -112,13 +112,19 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path):
         X = RNG.uniform(-3, 3, size=(40000, D))
         out: dict = {}
 
+        started = threading.Event()
+
         def long_call():
             with heml.Client(f"127.0.0.1:{port}", retries=0) as c:
-                out["scores"] = c.model("m").decision_function(X)
+                m = c.model("m")
+                m.decision_function(X[:10])  # keys and connection ready
+                started.set()
+                out["scores"] = m.decision_function(X)
 
         t = threading.Thread(target=long_call)
         t.start()
-        time.sleep(0.8)
+        assert started.wait(60)
+        time.sleep(0.3)  # the 40000-sample stream is now in flight
         proc.send_signal(signal.SIGTERM)
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
