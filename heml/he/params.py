@@ -49,6 +49,7 @@ class HEParams:
         return {"scheme": "CKKS", "n": self.n, "q": self.q, "security_bits": 128}
 
 
+@functools.lru_cache(maxsize=64)
 def check_params(n: int, q: int) -> None:
     """Raise ParameterError unless (n, q) is one of heml's 128-bit-secure parameter sets."""
     if n not in SUPPORTED_DEGREES:
