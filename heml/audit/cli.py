@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .._csvdata import InvalidInput, infer_task, numeric_features, parse_pair, read_table
+
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_AUDIT_FAILED = 0, 1, 2, 4
-# a column of at most this many distinct integer values is read as class labels (as heml train)
-_MAX_AUTO_CLASSES = 20
-
-
-class _Invalid(Exception):
-    """Bad arguments or data (exit 2)."""
+_Invalid = InvalidInput  # bad arguments or data (exit 2)
+_pair = parse_pair
+_infer_task = infer_task
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -90,18 +89,6 @@ def run(args) -> int:
 def _fail(message: str, code: int) -> int:
     print(f"heml audit: error: {' '.join(str(message).split())}", file=sys.stderr)
     return code
-
-
-def _pair(text: str | None, flag: str) -> tuple[float, float] | None:
-    if text is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise _Invalid(f"{flag} must be LO,HI (two numbers), got {text!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise _Invalid(f"{flag} must be finite with LO < HI, got {text!r}")
-    return lo, hi
 
 
 def _epsilons(text: str) -> list[float]:
@@ -166,55 +153,12 @@ class EstimatorFactory:
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
 
 
-def _infer_task(y) -> str:
+def _load(args):
     import pandas as pd
 
-    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
-        return "classification"
-    values = y.to_numpy(dtype=np.float64)
-    if np.all(values == np.round(values)) and len(np.unique(values)) <= _MAX_AUTO_CLASSES:
-        return "classification"
-    return "regression"
-
-
-def _load(args):
-    try:
-        import pandas as pd
-    except ImportError:
-        raise _Invalid("heml audit reads CSV with pandas: pip install pandas") from None
     path = Path(args.data)
-    try:
-        df = pd.read_csv(path)
-    except OSError as exc:
-        raise _Invalid(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
-    except Exception as exc:
-        raise _Invalid(f"cannot parse {str(path)!r} as CSV: {exc}") from None
-    if df.shape[0] == 0:
-        raise _Invalid(f"{str(path)!r} has no data rows")
-    if args.target not in df.columns:
-        raise _Invalid(f"--target {args.target!r} is not a column of {str(path)!r}")
-    drop = [c for c in (s.strip() for s in args.drop.split(",")) if c]
-    missing = [c for c in drop if c not in df.columns]
-    if missing:
-        raise _Invalid(f"--drop names unknown column(s): {', '.join(missing)}")
-    if args.target in drop:
-        raise _Invalid("--drop includes the target column")
-    df = df.drop(columns=drop)
-    y = df.pop(args.target)
-    if df.shape[1] == 0:
-        raise _Invalid("no feature columns left after --drop and --target")
-    non_numeric = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
-    if non_numeric:
-        raise _Invalid(
-            f"non-numeric feature column(s) {', '.join(map(repr, non_numeric[:5]))}: encode "
-            "them as numbers or drop them with --drop"
-        )
-    X = df.to_numpy(dtype=np.float64)
-    bad = [c for c, ok in zip(df.columns, np.isfinite(X).all(axis=0), strict=True) if not ok]
-    if bad:
-        raise _Invalid(
-            f"column(s) with missing or infinite values: {', '.join(map(repr, bad[:5]))}"
-        )
+    df, y = read_table(path, args.target, args.drop)
+    X = numeric_features(df)
     if y.isna().any():
         raise _Invalid(f"target {args.target!r} has missing values")
     task = args.task if args.task != "auto" else _infer_task(y)

@@ -14,29 +14,27 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import re
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .._csvdata import (
+    InvalidInput,
+    identifier_warnings,
+    infer_task,
+    numeric_features,
+    parse_pair,
+    read_table,
+)
 from . import _ledger
 from ._accountant import BudgetError, PrivacyLeakWarning
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BUDGET = 0, 1, 2, 3
-_IDENTIFIER_NAMES = re.compile(
-    r"(^|_)(id|uuid|guid|name|first_?name|last_?name|full_?name|email|e_?mail|phone|ssn|"
-    r"address|passport|account)($|_)",
-    re.IGNORECASE,
-)
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-# a column of at most this many distinct integer values is read as class labels (task=auto)
-_MAX_AUTO_CLASSES = 20
-
-
-class _Invalid(Exception):
-    """Bad arguments or data: exit 2 before any budget is spent."""
+_Invalid = InvalidInput  # bad arguments or data: exit 2 before any budget is spent
+_pair = parse_pair
+_infer_task = infer_task
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -85,18 +83,6 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _pair(text: str | None, flag: str) -> tuple[float, float] | None:
-    if text is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise _Invalid(f"{flag} must be LO,HI (two numbers), got {text!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise _Invalid(f"{flag} must be finite with LO < HI, got {text!r}")
-    return lo, hi
-
-
 def _run(args) -> int:
     import pandas as pd
 
@@ -134,38 +120,10 @@ def _run(args) -> int:
     except OSError as exc:
         raise _Invalid(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
     fingerprint = hashlib.sha256(content).hexdigest()
-    try:
-        df = pd.read_csv(path)
-    except Exception as exc:
-        raise _Invalid(f"cannot parse {str(path)!r} as CSV: {exc}") from None
-    if df.shape[0] == 0:
-        raise _Invalid(f"{str(path)!r} has no data rows")
-    if args.target not in df.columns:
-        raise _Invalid(f"--target {args.target!r} is not a column of {str(path)!r}")
-    drop = [c for c in (s.strip() for s in args.drop.split(",")) if c]
-    missing = [c for c in drop if c not in df.columns]
-    if missing:
-        raise _Invalid(f"--drop names unknown column(s): {', '.join(missing)}")
-    if args.target in drop:
-        raise _Invalid("--drop includes the target column")
-    df = df.drop(columns=drop)
-    y = df.pop(args.target)
-    if df.shape[1] == 0:
-        raise _Invalid("no feature columns left after --drop and --target")
+    df, y = read_table(content, args.target, args.drop)
     for warning in identifier_warnings(df):
         print(f"heml train: warning: {warning}", file=sys.stderr)
-    non_numeric = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
-    if non_numeric:
-        raise _Invalid(
-            f"non-numeric feature column(s) {', '.join(map(repr, non_numeric[:5]))}: encode "
-            "them as numbers or drop them with --drop"
-        )
-    X = df.astype(np.float64)
-    bad = [c for c in X.columns if not np.all(np.isfinite(X[c].to_numpy()))]
-    if bad:
-        raise _Invalid(
-            f"column(s) with missing or infinite values: {', '.join(map(repr, bad[:5]))}"
-        )
+    X = pd.DataFrame(numeric_features(df), columns=df.columns)
     if y.isna().any():
         raise _Invalid(f"target {args.target!r} has missing values")
     n = len(y)
@@ -227,42 +185,6 @@ def _run(args) -> int:
         + f"; wrote {out}"
     )
     return EXIT_OK
-
-
-def _infer_task(y) -> str:
-    import pandas as pd
-
-    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
-        return "classification"
-    values = y.to_numpy(dtype=np.float64)
-    if np.all(values == np.round(values)) and len(np.unique(values)) <= _MAX_AUTO_CLASSES:
-        return "classification"
-    return "regression"
-
-
-def identifier_warnings(df) -> list[str]:
-    """Columns that look like direct identifiers: names, emails, or unique per row."""
-    import pandas as pd
-
-    out = []
-    n = len(df)
-    for col in df.columns:
-        s = df[col]
-        reasons = []
-        if _IDENTIFIER_NAMES.search(str(col)):
-            reasons.append("its name suggests an identifier")
-        if not pd.api.types.is_float_dtype(s) and n >= 10 and s.nunique(dropna=True) == n:
-            reasons.append("every row has a distinct value")
-        if s.dtype == object:
-            sample = s.dropna().astype(str).head(200)
-            if len(sample) and sample.map(lambda v: bool(_EMAIL.match(v))).mean() > 0.5:
-                reasons.append("it holds email addresses")
-        if reasons:
-            out.append(
-                f"column {col!r} looks like a direct identifier ({'; '.join(reasons)}): "
-                "drop it with --drop"
-            )
-    return out
 
 
 def main(argv=None) -> int:

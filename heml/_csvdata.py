@@ -1,0 +1,124 @@
+"""Reading a training table for `heml train` and `heml audit`: one set of checks for both.
+
+Everything here fails with ``InvalidInput`` (exit code 2) before any model is fitted, so a bad
+file never costs privacy budget.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+IDENTIFIER_NAMES = re.compile(
+    r"(^|_)(id|uuid|guid|name|first_?name|last_?name|full_?name|email|e_?mail|phone|ssn|"
+    r"address|passport|account)($|_)",
+    re.IGNORECASE,
+)
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# a column of at most this many distinct integer values is read as class labels (task=auto)
+MAX_AUTO_CLASSES = 20
+
+
+class InvalidInput(Exception):
+    """Bad arguments or data (exit 2), reported in one line."""
+
+
+def parse_pair(text: str | None, flag: str) -> tuple[float, float] | None:
+    """ "LO,HI" -> (lo, hi), finite with lo < hi; None stays None."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InvalidInput(f"{flag} must be LO,HI (two numbers), got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise InvalidInput(f"{flag} must be finite with LO < HI, got {text!r}")
+    return lo, hi
+
+
+def infer_task(y) -> str:
+    """'classification' for non-numeric, boolean or few-integer targets, else 'regression'."""
+    import pandas as pd
+
+    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
+        return "classification"
+    values = y.to_numpy(dtype=np.float64)
+    if np.all(values == np.round(values)) and len(np.unique(values)) <= MAX_AUTO_CLASSES:
+        return "classification"
+    return "regression"
+
+
+def identifier_warnings(df) -> list[str]:
+    """Columns that look like direct identifiers: names, emails, or unique per row."""
+    import pandas as pd
+
+    out = []
+    n = len(df)
+    for col in df.columns:
+        s = df[col]
+        reasons = []
+        if IDENTIFIER_NAMES.search(str(col)):
+            reasons.append("its name suggests an identifier")
+        if not pd.api.types.is_float_dtype(s) and n >= 10 and s.nunique(dropna=True) == n:
+            reasons.append("every row has a distinct value")
+        if s.dtype == object:
+            sample = s.dropna().astype(str).head(200)
+            if len(sample) and sample.map(lambda v: bool(EMAIL.match(v))).mean() > 0.5:
+                reasons.append("it holds email addresses")
+        if reasons:
+            out.append(
+                f"column {col!r} looks like a direct identifier ({'; '.join(reasons)}): "
+                "drop it with --drop"
+            )
+    return out
+
+
+def read_table(source: str | Path | bytes, target: str, drop: str = ""):
+    """CSV -> (numeric finite feature DataFrame, target Series), after --drop; checked."""
+    import pandas as pd
+
+    name = "<data>" if isinstance(source, bytes) else str(source)
+    try:
+        df = pd.read_csv(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {name!r}: {exc.strerror or exc}") from None
+    except Exception as exc:
+        raise InvalidInput(f"cannot parse {name!r} as CSV: {exc}") from None
+    if df.shape[0] == 0:
+        raise InvalidInput(f"{name!r} has no data rows")
+    if target not in df.columns:
+        raise InvalidInput(f"--target {target!r} is not a column of {name!r}")
+    dropped = [c for c in (s.strip() for s in (drop or "").split(",")) if c]
+    missing = [c for c in dropped if c not in df.columns]
+    if missing:
+        raise InvalidInput(f"--drop names unknown column(s): {', '.join(missing)}")
+    if target in dropped:
+        raise InvalidInput("--drop includes the target column")
+    df = df.drop(columns=dropped)
+    y = df.pop(target)
+    if df.shape[1] == 0:
+        raise InvalidInput("no feature columns left after --drop and --target")
+    return df, y
+
+
+def numeric_features(df) -> np.ndarray:
+    """Feature columns as float64, refusing non-numeric and non-finite values by name."""
+    import pandas as pd
+
+    non_numeric = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+    if non_numeric:
+        raise InvalidInput(
+            f"non-numeric feature column(s) {', '.join(map(repr, non_numeric[:5]))}: encode "
+            "them as numbers or drop them with --drop"
+        )
+    X = df.to_numpy(dtype=np.float64)
+    bad = [c for c, ok in zip(df.columns, np.isfinite(X).all(axis=0), strict=True) if not ok]
+    if bad:
+        raise InvalidInput(
+            f"column(s) with missing or infinite values: {', '.join(map(repr, bad[:5]))}"
+        )
+    return X
