@@ -522,7 +522,7 @@ def worker_scaling(quick: bool, progress) -> dict:
                 target = f"127.0.0.1:{server.port}"
                 with heml.Client(target) as client:
                     model = client.model("w")
-                    rate = server_throughput(target, model, X, 4, 4.0 if quick else 10.0)
+                    rate = server_throughput(target, model, X, 16, 4.0 if quick else 10.0)
             out[workers] = rate
             progress.update(1)
     out["ratio"] = out[2] / out[1]
@@ -703,7 +703,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  [{mark}] {r['goal']}: {r['heml']} (target {r['target']}; {r['baseline']})")
     if scaling:
         print(
-            f"\nServer throughput, pre-encrypted 4096-sample blocks over 4 channels (d=32): "
+            f"\nServer throughput, pre-encrypted 4096-sample blocks over 16 channels (d=32): "
             f"1 worker {scaling[1]:,.0f}/s, 2 workers {scaling[2]:,.0f}/s "
             f"(×{scaling['ratio']:.2f}; target ≥ 1.6)"
         )

@@ -50,6 +50,7 @@ DEFAULT_TIMEOUT = 60.0
 MAX_MESSAGE_BYTES = 4 * MiB  # what this client sends per message
 MAX_RECEIVE_BYTES = 64 * MiB
 BLOCKS_PER_STREAM = 32
+STREAM_WINDOW = 2  # blocks encrypted ahead of the replies (overlaps client and server work)
 
 _ERRORS = {
     grpc.StatusCode.NOT_FOUND: ModelNotFound,
@@ -350,23 +351,36 @@ class RemoteModel:
         stats.server_cpu_seconds += reply.server_cpu_seconds
         out[block.start : block.stop] = self._codec.decrypt(list(reply.replies), block)
 
-    def _messages(self, Z: np.ndarray, blocks: list[Block], stats: CallStats) -> Iterator:
-        """Encrypt lazily and split each block into messages under the size limit."""
+    def _messages(
+        self,
+        Z: np.ndarray,
+        blocks: list[Block],
+        stats: CallStats,
+        window: threading.Semaphore,
+        cancelled: threading.Event,
+    ) -> Iterator:
+        """Encrypt lazily, message by message, at most WINDOW blocks ahead of the replies.
+
+        gRPC's client stream takes messages as fast as they are produced, so without the
+        window a long batch would sit encrypted in memory (gigabytes at d = 8192)."""
         limit = self.client.max_message_bytes
         for block in blocks:
-            cts = self._codec.encrypt(Z[block.start : block.stop], block)
-            stats.ciphertexts_sent += len(cts)
-            msg = self._header(block, len(cts))
-            size = msg.ByteSize()
-            for ct in cts:
-                if msg.ciphertexts and size + len(ct) + 8 > limit:
-                    stats.bytes_sent += msg.ByteSize()
-                    yield msg
-                    msg, size = pb.PredictRequest(), 0
-                msg.ciphertexts.append(ct)
-                size += len(ct) + 8
-            stats.bytes_sent += msg.ByteSize()
-            yield msg
+            while not window.acquire(timeout=0.5):
+                if cancelled.is_set():
+                    return
+            plan = self.info.plans[block.layout]
+            per_ct = 7 * plan.params.n * len(getattr(plan.params, "primes", (0,))) + 72
+            total = self._codec.ciphertext_count(block)
+            first = True
+            for cts in self._codec.encrypt_iter(
+                Z[block.start : block.stop], block, max(1, (limit - 512) // per_ct)
+            ):
+                msg = self._header(block, total) if first else pb.PredictRequest()
+                first = False
+                msg.ciphertexts.extend(cts)
+                stats.ciphertexts_sent += len(cts)
+                stats.bytes_sent += msg.ByteSize()
+                yield msg
 
     def _score_stream(self, Z, blocks: list[Block], out: np.ndarray, stats: CallStats) -> None:
         client = self.client
@@ -377,17 +391,23 @@ class RemoteModel:
         while pending:
             budget = client.timeout * (1 + len(pending) / 4)
             done = 0
+            window = threading.Semaphore(STREAM_WINDOW)
+            cancelled = threading.Event()
             try:
                 responses = client._stub.PredictStream(
-                    self._messages(Z, pending, stats), timeout=budget, metadata=client._metadata
+                    self._messages(Z, pending, stats, window, cancelled),
+                    timeout=budget,
+                    metadata=client._metadata,
                 )
                 for block, reply in zip(pending, responses, strict=False):
+                    window.release()
                     stats.bytes_received += reply.ByteSize()
                     stats.server_seconds += reply.server_seconds
                     stats.server_cpu_seconds += reply.server_cpu_seconds
                     out[block.start : block.stop] = self._codec.decrypt(list(reply.replies), block)
                     done += 1
             except grpc.RpcError as exc:
+                cancelled.set()
                 pending = pending[done:]
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempts >= client.retries:
                     raise translate(exc, client.target) from None

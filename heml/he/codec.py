@@ -170,6 +170,26 @@ class ClientCodec:
             out.extend(_row_encrypt(key, Z[i : i + block.s], plan, geo))
         return out
 
+    def encrypt_iter(self, Z: np.ndarray, block: Block, max_ciphertexts: int):
+        """Like ``encrypt`` but yields the block's ciphertexts in order, at most
+        ``max_ciphertexts`` at a time, so a large block never sits whole in memory."""
+        plan = self.plans[block.layout]
+        key = self.keys.get(plan.params)
+        step = max(1, max_ciphertexts)
+        if block.layout == COLUMN:
+            coeffs = column.encode(Z, plan)  # (d, N) int64: small next to the ciphertexts
+            for j in range(0, coeffs.shape[0], step):
+                yield encrypt_coefficients(key, coeffs[j : j + step])
+            return
+        geo = self._row_geometry(block.s, block.layout)
+        groups_per_message = max(1, step // geo.chunks)
+        for i in range(0, Z.shape[0], block.s * groups_per_message):
+            part = Z[i : i + block.s * groups_per_message]
+            out: list[bytes] = []
+            for g in range(0, part.shape[0], block.s):
+                out.extend(_row_encrypt(key, part[g : g + block.s], plan, geo))
+            yield out
+
     def decrypt(self, replies: list[bytes], block: Block) -> np.ndarray:
         """Replies for one block -> scores (n, k)."""
         plan = self.plans[block.layout]
