@@ -3,4 +3,4 @@
 __version__ = "0.1.0"
 
 # MAJOR changes break the wire format; clients refuse a server with another major version.
-PROTOCOL_VERSION = "1.0"
+PROTOCOL_VERSION = "2.0"

@@ -63,7 +63,7 @@ def _mutate(data: st.DataObject, ct: bytes) -> bytes:
             buf[i] ^= 1 << data.draw(st.integers(0, 7))
         return bytes(buf)
     if kind == "random":
-        size = data.draw(st.sampled_from([len(ct), 7 * N_COL + 64, 7 * 2 * N_ROW + 64, 0, 100]))
+        size = data.draw(st.sampled_from([len(ct), 7 * N_COL + 32, 7 * 2 * N_ROW + 32, 0, 100]))
         return os.urandom(size)
     return (b"\0" if kind == "zeros" else b"\xff") * len(ct)
 

@@ -84,29 +84,63 @@ def test_modular_helpers_match_python_integers():
         assert max(diff) <= 1 + (1 << max(0, bits - 52))
 
 
-@pytest.mark.parametrize("portable", [False, True], ids=["ctypes", "hashlib"])
-def test_seed_expansion_matches_seal_load(portable):
-    params = P4096
-    keygen = seal.KeyGenerator(params.context)
-    encryptor = seal.Encryptor(params.context, keygen.secret_key())
-    for _ in range(3):
-        ser = encryptor.encrypt_zero_symmetric()
-        c0, seed = seal_bridge.seeded_c0_and_seed_serialized(ser, params.n)
-        ct = seal.Ciphertext(params.context)
-        seal_bridge.load_from_bytes(ct, params.context, seal_bridge.save_bytes(ser))
-        words = seal_bridge.ciphertext_words_serialized(ct)
-        np.testing.assert_array_equal(words[: params.n], c0)
-        a = prng.expand_seed(seed, params.n, params.q, portable=portable)
-        np.testing.assert_array_equal(a, words[params.n :])
+@pytest.mark.parametrize("params", [P2048, P4096], ids=["N2048", "N4096"])
+def test_seal_decrypts_heml_encryption_to_message_plus_small_noise(params):
+    from heml.he.encrypt import encrypt_coefficients
+    from heml.he.keys import SecretKey
+
+    key = SecretKey.generate(params)
+    message = RNG.integers(-(1 << 40), 1 << 40, size=(3, params.n))
+    blobs = encrypt_coefficients(key, message)
+    decryptor = seal.Decryptor(params.context, key.seal_key)
+    ker = kernels.for_params(params)
+    seeds = set()
+    for blob, m in zip(blobs, message, strict=True):
+        c0, seed = wire.unpack_ciphertext(blob, params.n, params.q)
+        seeds.add(seed)
+        a = prng.expand_seed(seed, params.n, params.q)
+        ct = seal_bridge.ciphertext_from_words(params, np.stack([c0, a]), ntt=True)
+        plain = seal.Plaintext()
+        decryptor.decrypt(ct, plain)  # SEAL's own decryption, NTT form
+        coeffs = ker.intt(seal_bridge.plaintext_words_serialized(plain)[: params.n])
+        q = np.int64(params.q)
+        centered = np.where(coeffs > params.q // 2, coeffs.astype(np.int64) - q, coeffs)
+        noise = centered.astype(np.int64) - m
+        assert np.abs(noise).max() <= prng.ERROR_COINS
+        assert noise.std() > 2.5  # the noise is really there
+    assert len(seeds) == 3  # a fresh public polynomial per ciphertext
 
 
-def test_rejection_sampling_follows_the_stream():
-    # a tiny modulus-free check: with a threshold forcing rejections, replacements come in order
-    seed = os.urandom(64)
-    words = prng.stream(seed, 8 * 2048 + 4096)
-    q = P2048.q
-    a = prng.expand_seed(seed, 2048, q)
-    np.testing.assert_array_equal(a, words[:2048] % np.uint64(q))  # no rejection at 54 bits here
+def test_seed_expansion_is_pinned():
+    # the upload format: AES-256-CTR(key = seed) words, reduced modulo q (docs/protocol.md)
+    seed = bytes(range(32))
+    words = np.frombuffer(prng.keystream(seed, 32), dtype="<u8")
+    a = prng.expand_seed(seed, P2048.n, P2048.q)
+    np.testing.assert_array_equal(a[:4], words % np.uint64(P2048.q))
+    assert [int(x) for x in a[:2]] == [8806172133879216, 15532652270199208]
+
+
+def test_rejected_words_are_replaced_in_order_from_after_the_first_n():
+    q = 3 << 62  # not a prime, but expand only needs the threshold: a quarter is rejected
+    seed = os.urandom(32)
+    n = 512
+    words = [int(w) for w in np.frombuffer(prng.keystream(seed, 8 * 4 * n), dtype="<u8")]
+    expected, spare = [], iter(words[n:])
+    for w in words[:n]:
+        while w >= q:
+            w = next(spare)
+        expected.append(w % q)
+    got = prng.expand(seed, n, (q,))[0]
+    assert [int(x) for x in got] == expected
+
+
+def test_error_is_a_centered_binomial_with_21_coins_a_side():
+    e = prng.sample_error((64, 4096), key=bytes(32))
+    assert e.dtype == np.int64 and np.abs(e).max() <= 21
+    assert abs(e.mean()) < 0.05  # σ/√n ≈ 0.006
+    assert abs(e.var() - 10.5) < 0.3  # the estimate's standard error is ≈ 0.03
+    assert abs(np.mean(e == 0) - 0.1224) < 0.005  # C(42, 21) / 2^42
+    assert not np.array_equal(prng.sample_error((8,)), prng.sample_error((8,)))  # fresh keys
 
 
 def test_zero_copy_views_agree_with_serialization():
@@ -122,9 +156,9 @@ def test_zero_copy_views_agree_with_serialization():
 def test_wire_round_trip_and_validation():
     n, q = P2048.n, P2048.q
     c0 = RNG.integers(0, q, size=n, dtype=np.uint64)
-    seed = os.urandom(64)
+    seed = os.urandom(32)
     blob = wire.pack_ciphertext(c0, seed)
-    assert len(blob) == wire.ciphertext_size(n) == 7 * n + 64
+    assert len(blob) == wire.ciphertext_size(n) == 7 * n + 32
     back, s = wire.unpack_ciphertext(blob, n, q)
     np.testing.assert_array_equal(back, c0)
     assert s == seed

@@ -52,7 +52,7 @@ def test_no_pickle_anywhere_in_the_package():
 class _FutureServer(heml_pb2_grpc.InferenceServicer):
     def ListModels(self, request, context):
         return pb.ListModelsResponse(
-            server=pb.ServerInfo(protocol_version="2.0", server_version="9")
+            server=pb.ServerInfo(protocol_version="9.0", server_version="9")
         )
 
 
@@ -67,7 +67,7 @@ def test_client_refuses_a_different_major_protocol_version():
             pytest.raises(heml.errors.VersionMismatch) as info,
         ):
             c.models()
-        assert "2.0" in str(info.value) and heml.PROTOCOL_VERSION in str(info.value)
+        assert "9.0" in str(info.value) and heml.PROTOCOL_VERSION in str(info.value)
     finally:
         server.stop(0)
 

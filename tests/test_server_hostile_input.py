@@ -85,14 +85,14 @@ CASES = [
     ("empty bytes", dict(ciphertexts=[b""]), INVALID, "exactly"),
     (
         "random bytes",
-        dict(ciphertexts=[os.urandom(7 * 2048 + 64)]),
+        dict(ciphertexts=[os.urandom(7 * 2048 + 32)]),
         INVALID,
         "not below the modulus",
     ),
     ("truncated", dict(ciphertexts=["TRUNC"]), INVALID, "exactly"),
     ("extra ciphertext", dict(ciphertexts=["DUP"]), INVALID, "ciphertexts"),
     ("no ciphertexts", dict(ciphertexts=[]), INVALID, "ciphertexts"),
-    ("other parameters", dict(ciphertexts=[os.urandom(7 * 4096 + 64)]), INVALID, "exactly"),
+    ("other parameters", dict(ciphertexts=[os.urandom(7 * 4096 + 32)]), INVALID, "exactly"),
 ]
 
 

@@ -1,15 +1,17 @@
-"""Client-side encryption of integer coefficient vectors (seeded symmetric CKKS).
+"""Client-side encryption of integer coefficient vectors (seeded symmetric RLWE, CKKS-style).
 
-SEAL encrypts zero (c0 = -a·s + e, c1 = a from a fresh seed); heml adds the NTT of the
-message polynomial m to c0, which is exactly what SEAL's encrypt_symmetric does with an
-encoded plaintext, but lets heml place values in coefficients instead of CKKS slots.
+For each prime q of the parameters: c1 = a, expanded from a fresh public seed, and
+c0 = NTT(m + e) - a ⊙ NTT(s) (mod q), everything in SEAL's NTT domain, so SEAL's Decryptor
+recovers m + e (tests check). It is what SEAL's ``encrypt_symmetric`` computes, except that the
+message sits in coefficients (not CKKS slots) and the randomness comes from heml.he.prng
+(AES-256-CTR), which is several times faster than SEAL's BLAKE2Xb on both sides of the wire.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import kernels, modmath, seal_bridge, wire
+from . import kernels, modmath, prng, wire
 from .keys import SecretKey
 from .params import HEParams
 
@@ -17,31 +19,27 @@ from .params import HEParams
 def encrypt_coefficients(key: SecretKey, coeffs: np.ndarray, shift: int = 0) -> list[bytes]:
     """Encrypt each row of an int64 array (rows, N) of message coefficients; wire bytes out.
 
-    With several primes (model-privacy mode) the ciphertext is encrypted at SEAL's key level
-    (all primes) and c0 is sent prime by prime. ``shift`` multiplies the message by 2^shift
-    modulo q (scales wider than int64, used by the model-privacy mode).
+    With several primes (model-privacy mode) c0 is sent prime by prime. ``shift`` multiplies
+    the message (not the noise) by 2^shift modulo q (scales wider than int64).
     """
     params = key.params
     primes = key.primes
-    coeffs = np.asarray(coeffs, dtype=np.int64).reshape(-1, params.n)
+    n = params.n
+    coeffs = np.asarray(coeffs, dtype=np.int64).reshape(-1, n)
     if np.any(np.abs(coeffs) >= min(primes) // 4):
         raise ValueError("message coefficients exceed the capacity of the modulus")
-    m_ntt = [
-        kernels.for_params(HEParams(params.n, q)).ntt(
-            modmath._mul_pow2(modmath.reduce_signed(coeffs, q), shift, q)
-        )
-        for q in primes
-    ]
-    encryptor = key.encryptor()
-    out = []
-    for r in range(coeffs.shape[0]):
-        if len(primes) == 1:
-            ser = encryptor.encrypt_zero_symmetric()
+    rows = coeffs.shape[0]
+    seeds = prng.fresh_seeds(rows)
+    noise = prng.sample_error((rows, n))
+    a = np.stack([prng.expand(seed, n, primes) for seed in seeds])  # (rows, L, n)
+    c0 = np.empty((rows, len(primes), n), dtype=np.uint64)
+    for j, q in enumerate(primes):
+        ker = kernels.for_params(HEParams(n, q))
+        if shift:
+            message = modmath._mul_pow2(modmath.reduce_signed(coeffs, q), shift, q)
+            plain = modmath.add_mod(message, modmath.lift_small(noise, q), q)
         else:
-            ser = encryptor.encrypt_zero_symmetric(params.key_parms_id)
-        c0, seed = seal_bridge.seeded_c0_and_seed(ser, params.n, len(primes))
-        c0 = c0.reshape(len(primes), params.n)
-        for i, q in enumerate(primes):
-            c0[i] = modmath.add_mod(c0[i], m_ntt[i][r], q)
-        out.append(wire.pack_ciphertext(c0.reshape(-1), seed))
-    return out
+            plain = modmath.lift_small(coeffs + noise, q)
+        a_s = ker.mul_rows(a[:, j], key.s_ntt[j])
+        c0[:, j] = modmath.sub_mod(ker.ntt(plain), a_s, q)
+    return wire.pack_ciphertexts(c0.reshape(rows, -1), seeds)

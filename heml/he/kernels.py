@@ -34,6 +34,15 @@ class NumpyKernels:
         """(c0, c1) ⊙ p in the NTT domain: shape (2, N) times (N,)."""
         return modmath.mulmod(ct, np.broadcast_to(plain_ntt, ct.shape), self.params.q)
 
+    def mul_rows(self, rows: np.ndarray, plain_ntt: np.ndarray) -> np.ndarray:
+        """Each row of (r, N) ⊙ p in the NTT domain."""
+        return self.mul(rows, plain_ntt)
+
+    def dot_to_coeffs(self, cts: np.ndarray, plains: np.ndarray) -> np.ndarray:
+        """Σ_c cts[c] ⊙ plains[c] (NTT domain, cts (C, 2, N), plains (C, N)) in coefficient
+        form: shape (2, N)."""
+        return _dot_to_coeffs_reference(self, cts, plains)
+
 
 class SealKernels:
     """The same kernels run by SEAL's Evaluator on scratch ciphertexts, in place.
@@ -123,6 +132,56 @@ class SealKernels:
         out = views.ciphertext(scratch).reshape(2, -1).copy()
         pool[True].append(scratch)
         return out
+
+    def dot_to_coeffs(self, cts: np.ndarray, plains: np.ndarray) -> np.ndarray:
+        """Σ_c cts[c] ⊙ plains[c] (NTT domain, cts (C, 2, N), plains (C, N)) in coefficient
+        form, shape (2, N): SEAL's multiply_plain, add and inverse NTT on two scratch
+        ciphertexts, with no copies between the steps."""
+        live = [c for c in range(len(plains)) if plains[c].any()]
+        if not live:
+            return np.zeros((2, self.params.n), dtype=np.uint64)
+        pool, views = self._pool(), self._tls.views
+        plain, plain_view = self._tls.plain, views.plaintext(self._tls.plain)
+        acc, tmp = self._take(True), self._take(True)
+        try:
+            for i, c in enumerate(live):
+                target = acc if i == 0 else tmp
+                views.ciphertext(target)[:] = cts[c].reshape(-1)
+                plain_view[:] = plains[c]
+                self._evaluator.multiply_plain_inplace(target, plain)
+                if i:
+                    self._evaluator.add_inplace(acc, tmp)
+            if not views.ciphertext(acc).reshape(2, -1)[1].any():
+                # SEAL refuses to transform a "transparent" ciphertext (c1 = 0)
+                pool[True] += [acc, tmp]
+                return _dot_to_coeffs_reference(self, cts, plains)
+            self._evaluator.transform_from_ntt_inplace(acc)
+        except (RuntimeError, ValueError):
+            # SEAL refused (scratch objects are dropped): the same words from the reference
+            return _dot_to_coeffs_reference(self, cts, plains)
+        out = views.ciphertext(acc).reshape(2, -1).copy()
+        pool[False].append(acc)
+        pool[True].append(tmp)
+        return out
+
+    def mul_rows(self, rows: np.ndarray, plain_ntt: np.ndarray) -> np.ndarray:
+        """Each row of (r, N) ⊙ p in the NTT domain (two rows per SEAL product)."""
+        rows = np.asarray(rows, dtype=np.uint64)
+        out = np.empty_like(rows)
+        for i in range(0, rows.shape[0] - 1, 2):
+            out[i : i + 2] = self.mul(rows[i : i + 2], plain_ntt)
+        if rows.shape[0] % 2:
+            pair = np.stack([rows[-1], rows[-1]])
+            out[-1] = self.mul(pair, plain_ntt)[0]
+        return out
+
+
+def _dot_to_coeffs_reference(ker, cts: np.ndarray, plains: np.ndarray) -> np.ndarray:
+    acc = None
+    for ct, plain in zip(cts, plains, strict=True):
+        prod = ker.mul(ct, plain)
+        acc = prod if acc is None else modmath.add_mod(acc, prod, ker.params.q)
+    return ker.intt(acc)
 
 
 @functools.lru_cache(maxsize=8)

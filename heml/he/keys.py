@@ -47,7 +47,15 @@ class SecretKey:
         if np.count_nonzero(s) != np.count_nonzero(coeffs):
             raise KeyFileError("secret key is not ternary; the key file is corrupt or foreign")
         self.s = s
-        self._encryptor = threading.local()
+        # NTT(s) modulo each prime: what encryption multiplies the public polynomial a by
+        self.s_ntt = np.stack(
+            [
+                kernels.for_params(HEParams(params.n, q)).ntt(
+                    np.where(s < 0, np.uint64(q - 1), s.astype(np.uint64))
+                )
+                for q in _primes(params)
+            ]
+        )
 
     @classmethod
     def generate(cls, params) -> SecretKey:
@@ -72,14 +80,6 @@ class SecretKey:
     @property
     def seal_key(self) -> seal.SecretKey:
         return self._sk
-
-    def encryptor(self) -> seal.Encryptor:
-        """A SEAL Encryptor for this key (one per thread: SEAL objects are not thread-safe)."""
-        enc = getattr(self._encryptor, "enc", None)
-        if enc is None:
-            enc = seal.Encryptor(self.params.context, self._sk)
-            self._encryptor.enc = enc
-        return enc
 
     def to_json(self) -> dict:
         blob = seal_bridge.save_bytes(self._sk)

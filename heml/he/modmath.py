@@ -29,13 +29,25 @@ def reduce_signed(x: np.ndarray, q: int) -> np.ndarray:
     return np.mod(x, np.int64(q)).astype(U64)
 
 
+def lift_small(x: np.ndarray, q: int) -> np.ndarray:
+    """int64 values with |x| < q -> uint64 residues in [0, q) (two passes, no division)."""
+    r = np.asarray(x, dtype=np.int64).astype(U64)  # negatives wrap to 2^64 + x
+    np.add(r, U64(q), out=r, where=x < 0)  # ... and 2^64 + x + q wraps to x + q
+    return r
+
+
 def add_mod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
-    s = a + b
-    return np.where(s >= U64(q), s - U64(q), s)
+    """(a + b) mod q for residues a, b < q."""
+    s = np.add(a, b, dtype=U64)
+    np.subtract(s, U64(q), out=s, where=s >= U64(q))
+    return s
 
 
 def sub_mod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
-    return add_mod(a, U64(q) - b, q)
+    """(a - b) mod q for residues a, b < q."""
+    d = np.subtract(a, b, dtype=U64)  # wraps when a < b ...
+    np.add(d, U64(q), out=d, where=np.less(a, b))  # ... and adding q wraps back
+    return d
 
 
 def mulmod_small(x: np.ndarray, c, q: int) -> np.ndarray:

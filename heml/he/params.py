@@ -1,13 +1,14 @@
 """CKKS parameter sets: a ring degree N and one NTT-friendly prime q, 128-bit secure.
 
 Every heml layout works at one modulus level (no rescaling), so one prime suffices. The
-security check is SEAL's HE-standard table for a ternary secret and σ = 3.2 error (the same
+security check is SEAL's HE-standard table for a ternary secret and σ ≈ 3.2 error (the same
 table SEAL enforces when a context is created): log2(q) ≤ 54 bits at N = 2048, 109 at N = 4096.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import tenseal.sealapi as seal
@@ -18,9 +19,9 @@ from ..errors import ParameterError
 MAX_MODULUS_BITS_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
 SUPPORTED_DEGREES = (2048, 4096)
 PRIME_BITS = 54  # one prime; the largest that is 128-bit secure at N = 2048
-SEED_PRNG = "blake2xb"
-ERROR_STDDEV = 3.2  # SEAL's noise standard deviation (clipped at 6σ)
-ERROR_MAX = 19  # |e| ≤ round(6σ) coefficients
+SEED_PRNG = "aes256ctr"  # heml.he.prng; clients refuse parameters naming another
+ERROR_STDDEV = math.sqrt(10.5)  # centered binomial, 21 + 21 coins (heml.he.prng), as SEAL 4.x
+ERROR_MAX = 21  # |e| ≤ 21
 
 
 @dataclass(frozen=True)

@@ -257,26 +257,8 @@ def _key_level_blob(params: RNSParams, words: np.ndarray) -> bytes:
 
 # ---------------------------------------------------------------------- server evaluation
 def _expand_rns(seed: bytes, params: RNSParams) -> np.ndarray:
-    """SEAL's sample_poly_uniform over several primes: N words per prime, in prime order,
-    each segment with its own rejection threshold, from one continuous stream."""
-    n, L = params.n, len(params.primes)
-    words = prng.stream(seed, n * L * 8)
-    out = np.empty((L, n), dtype=np.uint64)
-    pos = n * L
-    for i, q in enumerate(params.primes):
-        seg = words[i * n : (i + 1) * n].copy()
-        limit = prng._rejection_threshold(q)
-        for idx in np.flatnonzero(seg >= np.uint64(limit)):
-            while True:
-                if pos >= words.size:
-                    words = prng.stream(seed, (pos + 1) * 8 + prng.REFILL_BYTES)
-                w = words[pos]
-                pos += 1
-                if w < limit:
-                    seg[idx] = w
-                    break
-        out[i] = seg % np.uint64(q)
-    return out
+    """The public polynomial a modulo each prime (heml.he.prng.expand)."""
+    return prng.expand(seed, params.n, params.primes)
 
 
 def unpack_rns_ciphertexts(bufs, params: RNSParams) -> tuple[np.ndarray, list[bytes]]:

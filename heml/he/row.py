@@ -100,32 +100,23 @@ class RowEvaluator:
                 f"{expected} ciphertexts, got {len(ciphertexts)}"
             )
         p = self.params
-        parsed = [wire.unpack_ciphertext(ct, p.n, p.q, i) for i, ct in enumerate(ciphertexts)]
+        c0_all, seeds = wire.unpack_ciphertexts(ciphertexts, p.n, p.q)  # validates everything
         polys = self._plain_polys(geo)
         ker = kernels.for_params(p)
         bias = self.weights.bias_residues()
         bits = self.plan.reply_bits
+        cts = np.empty((geo.chunks, 2, p.n), dtype=np.uint64)
         out = []
         for b in range(blocks):
-            cts = [
-                np.stack([c0, prng.expand_seed(seed, p.n, p.q)])
-                for c0, seed in parsed[b * geo.chunks : (b + 1) * geo.chunks]
-            ]
+            for c in range(geo.chunks):
+                i = b * geo.chunks + c
+                cts[c, 0] = c0_all[i]
+                prng.expand_seed(seeds[i], p.n, p.q, out=cts[c, 1])
             for g in range(geo.groups):
-                acc = None
-                for c, ct in enumerate(cts):
-                    prod = ker.mul(ct, polys[c, g])
-                    acc = prod if acc is None else modmath.add_mod(acc, prod, p.q)
-                c0, c1 = ker.intt(acc)
+                c0, c1 = ker.dot_to_coeffs(cts, polys[:, g])
                 t, first, count = geo.group_rows(g)
                 pos = geo.output_positions(g)
                 row_bias = np.repeat(bias[t, first : first + count], pos.shape[1])
-                c0_out = modmath.add_mod(c0[pos.reshape(-1)], row_bias, p.q)
-                out.append(
-                    wire.pack_reply(
-                        modmath.switch_modulus(c0_out, p.q, bits),
-                        modmath.switch_modulus(c1, p.q, bits),
-                        bits,
-                    )
-                )
+                words = np.concatenate([modmath.add_mod(c0[pos.reshape(-1)], row_bias, p.q), c1])
+                out.append(wire.pack_bits(modmath.switch_modulus(words, p.q, bits), bits))
         return out

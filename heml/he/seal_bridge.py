@@ -106,19 +106,6 @@ def ciphertext_words_serialized(ct) -> np.ndarray:
     return data
 
 
-def seeded_c0_and_seed_serialized(ser, n: int, levels: int = 1) -> tuple[np.ndarray, bytes]:
-    """c0 and the 64-byte seed of a seeded ``Serializable<Ciphertext>`` via save()."""
-    body = unwrap(save_bytes(ser))
-    c0, end = _parse_dynarray(body, 32 + 1 + 5 * 8)
-    n = n * levels
-    if c0.size != n:
-        raise ValueError(f"expected a seeded ciphertext with {n} c0 words, got {c0.size}")
-    info = unwrap(body[end:])
-    if info[0] != int(seal.prng_type.blake2xb):
-        raise ValueError("ciphertext seed uses an unexpected PRNG")
-    return c0, bytes(info[1:65])
-
-
 def plaintext_words_serialized(pt) -> np.ndarray:
     body = unwrap(save_bytes(pt))
     data, _ = _parse_dynarray(body, 32 + 8 + 8)
@@ -237,25 +224,6 @@ def plaintext_view(pt) -> np.ndarray:
     return _buffer_view(int(w[_PT_PTR]), length)
 
 
-def seeded_c0_and_seed_view(ser, n: int, levels: int = 1) -> tuple[np.ndarray, bytes]:
-    """c0 (copied, levels × n words) and seed of a seeded ``Serializable<Ciphertext>``.
-
-    SEAL marks a seeded ciphertext with c1[0] = 2^64 - 1 followed by its serialized
-    UniformRandomGeneratorInfo (header, PRNG type byte, 64-byte seed).
-    """
-    words = ciphertext_view(ser, expect=(2, n, levels))  # Serializable<T> holds only T
-    size = n * levels
-    if words.size != 2 * size or words[size] != np.uint64(0xFFFFFFFFFFFFFFFF):
-        raise RuntimeError("not a seeded ciphertext")
-    info = words[size + 1 : size + 12].tobytes()
-    magic, hsize, *_rest, record = _HEADER.unpack_from(info)
-    if magic != SEAL_MAGIC or hsize != 16 or record != 16 + 1 + 64:
-        raise RuntimeError("unexpected seed record")
-    if info[16] != int(seal.prng_type.blake2xb):
-        raise RuntimeError("ciphertext seed uses an unexpected PRNG")
-    return words[:size].copy(), info[17 : 17 + 64]
-
-
 @functools.lru_cache(maxsize=1)
 def zero_copy_enabled() -> bool:
     """True when the zero-copy route is supported here and agrees with serialization."""
@@ -272,24 +240,11 @@ def zero_copy_enabled() -> bool:
             return False
         if not np.array_equal(ciphertext_words_serialized(ct), words.reshape(-1)):
             return False
-        keygen = seal.KeyGenerator(params.context)
-        encryptor = seal.Encryptor(params.context, keygen.secret_key())
-        ser = encryptor.encrypt_zero_symmetric()
-        c0a, seed_a = seeded_c0_and_seed_view(ser, params.n)
-        c0b, seed_b = seeded_c0_and_seed_serialized(ser, params.n)
-        if not (np.array_equal(c0a, c0b) and seed_a == seed_b):
-            return False
         pt = seal.Plaintext()
         seal.CKKSEncoder(params.context).encode(0.25, 1.0, pt)
         return bool(np.array_equal(plaintext_view(pt), plaintext_words_serialized(pt)))
     except Exception:
         return False
-
-
-def seeded_c0_and_seed(ser, n: int, levels: int = 1) -> tuple[np.ndarray, bytes]:
-    if zero_copy_enabled():
-        return seeded_c0_and_seed_view(ser, n, levels)
-    return seeded_c0_and_seed_serialized(ser, n, levels)
 
 
 def secret_key_ntt(sk, n: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Byte layouts of ciphertexts and replies (docs/protocol.md is the specification).
 
 Upload, one seeded ciphertext:   c0 as N little-endian 7-byte words (each < q), then the
-                                 64-byte seed that expands to c1 (heml.he.prng).
+                                 32-byte seed that expands to c1 (heml.he.prng).
 Reply, one output polynomial:    words modulo 2^bits as a little-endian bit stream (bits per
                                  word): first c0 at the output positions, then all N words of c1.
 
@@ -10,6 +10,8 @@ arithmetic; every c0 word is then checked against q.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -41,7 +43,21 @@ def ciphertext_size(n: int) -> int:
 
 
 def pack_ciphertext(c0: np.ndarray, seed: bytes) -> bytes:
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f"seeds are {SEED_BYTES} bytes, got {len(seed)}")
     return pack_words(c0, C0_WORD_BYTES) + seed
+
+
+def pack_ciphertexts(c0: np.ndarray, seeds: list[bytes]) -> list[bytes]:
+    """Rows of c0 words (rows, W) and one seed per row -> one upload blob per row."""
+    rows = np.ascontiguousarray(c0, dtype="<u8")
+    body = rows.view(np.uint8).reshape(rows.shape[0], -1, 8)[:, :, :C0_WORD_BYTES]
+    records = np.empty((rows.shape[0], body.shape[1] * C0_WORD_BYTES + SEED_BYTES), np.uint8)
+    records[:, :-SEED_BYTES] = body.reshape(rows.shape[0], -1)
+    records[:, -SEED_BYTES:] = np.frombuffer(b"".join(seeds), dtype=np.uint8).reshape(
+        -1, SEED_BYTES
+    )
+    return [r.tobytes() for r in records]
 
 
 def unpack_ciphertext(buf: bytes, n: int, q: int, index: int = 0) -> tuple[np.ndarray, bytes]:
@@ -94,6 +110,25 @@ def packed_size(count: int, bits: int) -> int:
     return (count * bits + 7) // 8
 
 
+@functools.lru_cache(maxsize=64)
+def _pack_plan(count: int, bits: int):
+    """Index arrays for packing ``count`` words of ``bits`` bits (cached: replies repeat)."""
+    start = np.arange(count, dtype=np.uint64) * np.uint64(bits)
+    word = (start >> np.uint64(6)).astype(np.int64)
+    off = start & np.uint64(63)
+    high_shift = (np.uint64(64) - off) & np.uint64(63)
+    spills = off + np.uint64(bits) > np.uint64(64)  # the value continues in the next word
+    first = np.flatnonzero(np.r_[True, word[1:] != word[:-1]])  # word is non-decreasing
+    return off, high_shift, spills, first, word[first], int(word[-1]) + 2
+
+
+@functools.lru_cache(maxsize=64)
+def _unpack_plan(count: int, bits: int):
+    start = np.arange(count, dtype=np.int64) * bits
+    gather = (start >> 3)[:, None] + np.arange(8)
+    return gather, (start & 7).astype(np.uint64)
+
+
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
     """Values < 2^bits (24 ≤ bits ≤ 56) as a little-endian bit stream: value i occupies bits
     i·bits .. (i+1)·bits - 1 (byte k holds stream bits 8k..8k+7, least significant first)."""
@@ -101,28 +136,27 @@ def pack_bits(values: np.ndarray, bits: int) -> bytes:
     if bits % 8 == 0:
         return pack_words(v, bits // 8)
     count = v.size
-    start = np.arange(count, dtype=np.uint64) * np.uint64(bits)
-    word = (start >> np.uint64(6)).astype(np.int64)
-    off = start & np.uint64(63)
+    if not count:
+        return b""
+    off, high_shift, spills, first, words, size = _pack_plan(count, bits)
     low = v << off
-    high = np.where(off > 0, v >> ((np.uint64(64) - off) & np.uint64(63)), np.uint64(0))
-    out = np.zeros(int(word[-1]) + 2 if count else 1, dtype=np.uint64)
-    first = np.flatnonzero(np.r_[True, word[1:] != word[:-1]])  # word is non-decreasing
-    out[word[first]] |= np.bitwise_or.reduceat(low, first)
-    out[word[first] + 1] |= np.bitwise_or.reduceat(high, first)
-    return out.astype("<u8").view(np.uint8)[: packed_size(count, bits)].tobytes()
+    high = v >> high_shift
+    high[~spills] = 0
+    out = np.zeros(size, dtype=np.uint64)
+    out[words] = np.bitwise_or.reduceat(low, first)
+    out[words + 1] |= np.bitwise_or.reduceat(high, first)
+    return out.astype("<u8", copy=False).view(np.uint8)[: packed_size(count, bits)].tobytes()
 
 
 def unpack_bits(buf: bytes, count: int, bits: int) -> np.ndarray:
     if bits % 8 == 0:
         return unpack_words(buf, count, bits // 8)
-    raw = np.zeros(packed_size(count, bits) + 8, dtype=np.uint8)
-    raw[: packed_size(count, bits)] = np.frombuffer(
-        buf, dtype=np.uint8, count=packed_size(count, bits)
-    )
-    start = np.arange(count, dtype=np.int64) * bits
-    gathered = raw[(start >> 3)[:, None] + np.arange(8)].view("<u8").reshape(count)
-    return (gathered >> (start & 7).astype(np.uint64)) & np.uint64((1 << bits) - 1)
+    nbytes = packed_size(count, bits)
+    raw = np.zeros(nbytes + 8, dtype=np.uint8)
+    raw[:nbytes] = np.frombuffer(buf, dtype=np.uint8, count=nbytes)
+    gather, shift = _unpack_plan(count, bits)
+    gathered = raw[gather].view("<u8").reshape(count)
+    return (gathered >> shift) & np.uint64((1 << bits) - 1)
 
 
 def reply_size(positions: int, n: int, bits: int) -> int:
