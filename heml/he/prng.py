@@ -7,9 +7,10 @@ which dominated both the client's encryption and the server's reading of uploads
 
 * a: the keystream of AES-256-CTR(key = seed, initial counter block = 16 zero bytes), read as
   little-endian uint64 words. For L primes, words j·N .. j·N + N - 1 give a's coefficients
-  modulo prime j: a word w is accepted when w < q·floor(2^64 / q) and becomes w mod q (exactly
-  uniform); a rejected word is replaced by the next accepted word after the first L·N words, in
-  order. The seed is public, so a is public; what matters is that it is uniform and fresh.
+  modulo prime j: keep the low bit_length(q) bits of w; the result is accepted when it is below
+  q (exactly uniform, no division; for heml's primes just under 2^54 a rejection has
+  probability ~4e-12); a rejected word is replaced by the next accepted word after the first
+  L·N words, in order. The seed is public, so a is public; what matters is that it is uniform and fresh.
   (Kyber's "90s" variant expands its public matrix from a seed the same way.)
 * e: a centered binomial with 21 + 21 coin flips per coefficient (σ = √10.5 ≈ 3.24, |e| ≤ 21,
   the distribution SEAL 4.x samples its noise from), with the coins from AES-256-CTR under a
@@ -18,7 +19,6 @@ which dominated both the client's encryption and the server's reading of uploads
 
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
@@ -40,44 +40,34 @@ def keystream(key: bytes, nbytes: int) -> bytes:
     return enc.update(bytes(nbytes))
 
 
-@functools.lru_cache(maxsize=16)
-def _acceptance_limit(q: int) -> np.uint64 | None:
-    """Words below this are accepted (None: every word is, q a power of two)."""
-    limit = ((1 << 64) // q) * q
-    return None if limit == 1 << 64 else np.uint64(limit)
-
-
-def expand(seed: bytes, n: int, primes: tuple[int, ...] | list[int]) -> np.ndarray:
-    """The public polynomial a for a seed: shape (len(primes), n), row j modulo primes[j]."""
+def expand(
+    seed: bytes, n: int, primes: tuple[int, ...] | list[int], *, out: np.ndarray | None = None
+) -> np.ndarray:
+    """The public polynomial a for a seed: shape (len(primes), n), row j modulo primes[j]
+    (written into ``out``, a uint64 array of that shape, when given)."""
     count = n * len(primes)
     words = np.frombuffer(keystream(seed, 8 * (count + SPARE_WORDS)), dtype="<u8")
-    out = words[:count].astype(np.uint64).reshape(len(primes), n)
+    if out is None:
+        out = np.empty((len(primes), n), dtype=np.uint64)
     pos = count
     for j, q in enumerate(primes):
-        limit = _acceptance_limit(q)
-        row = out[j]
-        if limit is not None:
-            for idx in np.flatnonzero(row >= limit):
-                while True:
-                    if pos >= words.size:  # astronomically rare: extend the stream
-                        more = 8 * (2 * words.size)
-                        words = np.frombuffer(keystream(seed, more), dtype="<u8")
-                    w = words[pos]
-                    pos += 1
-                    if w < limit:
-                        row[idx] = w
-                        break
-        np.remainder(row, np.uint64(q), out=row)
+        mask, bound = np.uint64((1 << q.bit_length()) - 1), np.uint64(q)
+        row = np.bitwise_and(words[j * n : (j + 1) * n], mask, out=out[j])
+        for idx in np.flatnonzero(row >= bound):
+            while True:
+                if pos >= words.size:  # astronomically rare: extend the stream
+                    words = np.frombuffer(keystream(seed, 16 * words.size), dtype="<u8")
+                w = words[pos] & mask
+                pos += 1
+                if w < bound:
+                    row[idx] = w
+                    break
     return out
 
 
 def expand_seed(seed: bytes, n: int, q: int, *, out: np.ndarray | None = None) -> np.ndarray:
     """``expand`` for one prime: the n coefficients of a (written to ``out`` when given)."""
-    a = expand(seed, n, (q,))[0]
-    if out is None:
-        return a
-    out[:] = a
-    return out
+    return expand(seed, n, (q,), out=None if out is None else out.reshape(1, n))[0]
 
 
 def fresh_seeds(count: int) -> list[bytes]:
