@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from ._memory import keep_freed_memory
 from ._version import PROTOCOL_VERSION
 from .errors import (
     DeadlineExceeded,
@@ -138,6 +139,7 @@ class Client:
         self.timeout = float(timeout)
         self.retries = int(retries)
         self.max_message_bytes = int(max_message_bytes)
+        keep_freed_memory()  # blocks reuse freed memory instead of faulting it in again
         if isinstance(keys, KeySet):
             self.keys = keys
         elif keys is None:

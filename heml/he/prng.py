@@ -10,8 +10,8 @@ which dominated both the client's encryption and the server's reading of uploads
   modulo prime j: keep the low bit_length(q) bits of w; the result is accepted when it is below
   q (exactly uniform, no division; for heml's primes just under 2^54 a rejection has
   probability ~4e-12); a rejected word is replaced by the next accepted word after the first
-  L·N words, in order. The seed is public, so a is public; what matters is that it is uniform and fresh.
-  (Kyber's "90s" variant expands its public matrix from a seed the same way.)
+  L·N words, in order. The seed is public, so a is public; what matters is that it is uniform
+  and fresh. (Kyber's "90s" variant expands its public matrix from a seed the same way.)
 * e: a centered binomial with 21 + 21 coin flips per coefficient (σ = √10.5 ≈ 3.24, |e| ≤ 21,
   the distribution SEAL 4.x samples its noise from), with the coins from AES-256-CTR under a
   fresh key from ``os.urandom`` for every call.

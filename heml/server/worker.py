@@ -27,10 +27,12 @@ def run_worker(
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+    from .._memory import keep_freed_memory
     from . import tls
     from .interceptor import build_interceptor
     from .servicer import InferenceServicer, add_to_server
 
+    keep_freed_memory()  # requests reuse freed memory instead of faulting it in again
     registry, _errors = Registry.from_folder(config.models_dir)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="heml-rpc"),
