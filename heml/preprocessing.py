@@ -8,6 +8,7 @@ encoding, and clipping to the declared bounds.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,10 +161,26 @@ class Preprocessing:
 
     @property
     def feature_names(self) -> list[str]:
+        return list(self._feature_names)
+
+    @functools.cached_property
+    def _feature_names(self) -> tuple[str, ...]:
         out: list[str] = []
         for c in self.columns:
             out.extend(c.feature_names if c.kind == "categorical" else [c.name])
-        return out
+        return tuple(out)
+
+    @functools.cached_property
+    def _identity(self) -> np.ndarray:
+        return np.arange(len(self.inputs), dtype=np.intp)
+
+    @functools.cached_property
+    def _numeric(self) -> tuple[list[Column], np.ndarray]:
+        """The numeric columns and their positions among the raw inputs (per-call work saved:
+        at d = 1000 rebuilding these took longer than encrypting)."""
+        cols = [c for c in self.columns if c.kind == "numeric"]
+        index = {name: i for i, name in enumerate(self.inputs)}
+        return cols, np.array([index[c.name] for c in cols], dtype=np.intp)
 
     @property
     def n_features(self) -> int:
@@ -187,13 +204,13 @@ class Preprocessing:
     def model_features(self, X: Any, bounds: Bounds) -> np.ndarray:
         """Raw inputs -> model features, checked or clipped against the bounds, row-norm clipped:
         exactly what the model multiplies (plaintext reference and client alike)."""
-        Z = bounds.apply(self.transform(X), self.feature_names)
+        Z = bounds.apply(self.transform(X), self._feature_names)
         return self.row_norm.apply(Z) if self.row_norm is not None else Z
 
     # ------------------------------------------------------------------ transform
     def transform(self, X: Any) -> np.ndarray:
         """Raw inputs (DataFrame by column name, or array-like by position) -> float64 (n, d)."""
-        numeric = [c for c in self.columns if c.kind == "numeric"]
+        numeric = self._numeric[0]
         source = self._source(X)
         num = self._numeric_block(numeric, source)
         if len(numeric) == len(self.columns):
@@ -253,6 +270,10 @@ class Preprocessing:
         try:
             if _is_dataframe(source):
                 block = source[names].to_numpy(dtype=np.float64) if names else None
+            elif len(cols) == len(self.inputs) and cols is self._numeric[0]:
+                positions = self._numeric[1]
+                same_order = positions.size == 0 or np.array_equal(positions, self._identity)
+                block = (source if same_order else source[:, positions]).astype(np.float64)
             else:
                 index = {name: i for i, name in enumerate(self.inputs)}
                 block = source[:, [index[n] for n in names]].astype(np.float64)
