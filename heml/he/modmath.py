@@ -96,10 +96,11 @@ def dot_mod(D: np.ndarray, X: np.ndarray, q: int) -> np.ndarray:
         (0, (X & U64(LIMB_MASK)).astype(np.float64)),
         (LIMB_BITS, (X >> U64(LIMB_BITS)).astype(np.float64)),
     )
+    reduce = lift_small if q > 1 << 52 else reduce_signed  # |sum| < 2^52 < q: no division
     out = np.zeros((D.shape[0], X.shape[1]), dtype=U64)
     for xs, xl in x_limbs:
         for ds, dl in d_limbs:
-            partial = reduce_signed((dl @ xl).astype(np.int64), q)  # exact: |sum| < 2^52
+            partial = reduce((dl @ xl).astype(np.int64), q)  # exact: |sum| < 2^52
             out = add_mod(out, _mul_pow2(partial, xs + ds, q), q)
     return out
 
