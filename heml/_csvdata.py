@@ -7,6 +7,7 @@ file never costs privacy budget.
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 from pathlib import Path
@@ -37,6 +38,45 @@ def parse_pair(text: str | None, flag: str) -> tuple[float, float] | None:
         raise InvalidInput(f"{flag} must be LO,HI (two numbers), got {text!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise InvalidInput(f"{flag} must be finite with LO < HI, got {text!r}")
+    return lo, hi
+
+
+def parse_feature_bounds(text: str | None, columns, flag: str = "--bounds"):
+    """``--bounds``: "LO,HI" for every feature, or FILE.json mapping each feature column to
+    [LO, HI] (heterogeneous raw features need their own ranges). Returns None, a (lo, hi) pair
+    of floats, or a pair of per-column arrays in ``columns`` order."""
+    if text is None:
+        return None
+    if not text.lower().endswith(".json"):
+        return parse_pair(text, flag)
+    try:
+        spec = json.loads(Path(text).read_text())
+    except OSError as exc:
+        raise InvalidInput(f"{flag}: cannot read {text!r}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{flag}: {text!r} is not valid JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise InvalidInput(f'{flag}: {text!r} must hold an object {{"column": [LO, HI], ...}}')
+    columns = [str(c) for c in columns]
+    missing = [c for c in columns if c not in spec]
+    unknown = [k for k in spec if k not in columns]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"no bounds for {len(missing)} feature column(s): {missing[:10]}")
+        if unknown:
+            parts.append(
+                f"bounds for {len(unknown)} column(s) that are not features: {unknown[:10]}"
+            )
+        raise InvalidInput(f"{flag}: {text!r} has " + "; ".join(parts))
+    lo, hi = np.empty(len(columns)), np.empty(len(columns))
+    for j, c in enumerate(columns):
+        pair = spec[c]
+        ok = isinstance(pair, list) and len(pair) == 2
+        ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
+        if not ok or not (math.isfinite(pair[0]) and math.isfinite(pair[1]) and pair[0] < pair[1]):
+            raise InvalidInput(f"{flag}: bounds of {c!r} must be [LO, HI], finite, LO < HI")
+        lo[j], hi[j] = pair
     return lo, hi
 
 

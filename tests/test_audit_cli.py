@@ -179,3 +179,20 @@ def test_breast_cancer_with_five_epsilons_in_under_two_minutes(tmp_path):
     assert [m.requested_epsilon for m in report.models] == [0.5, 1.0, 2.0, 5.0, math.inf]
     assert elapsed < 120, f"took {elapsed:.0f} s"
     assert np.isfinite(report.model(math.inf).canary["epsilon_lb"])
+
+
+def test_per_feature_bounds_scale_each_feature_before_the_dp_fit():
+    import warnings
+
+    from heml.audit.cli import EstimatorFactory
+    from heml.dp import PrivacyLeakWarning
+
+    rng = np.random.default_rng(5)
+    X = np.column_stack([rng.uniform(0, 100_000, 1500), rng.uniform(0, 1, 1500)])
+    y = (X[:, 0] / 100_000 + X[:, 1] > 1).astype(int)
+    bounds = (np.array([0.0, 0.0]), np.array([100_000.0, 1.0]))
+    make = EstimatorFactory("classification", 1e-5, bounds, None, use_dp=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrivacyLeakWarning)  # nothing is read from the data
+        est = make(2.0).fit(X, y)
+    assert est.score(X, y) > 0.9  # one shared scale for both features: 0.71 here

@@ -144,3 +144,41 @@ def test_regression_without_bounds_warns_about_the_leak(tmp_path):
     model = json.loads((tmp_path / "houses.json").read_text())
     assert model["task"] == "regression"
     assert "not private" in model["dp"]["bounds"]["X"]["source"]
+
+
+def test_per_feature_bounds_from_a_json_file(tmp_path):
+    # raw features on very different scales: one LO,HI pair for all would waste the budget
+    rng = np.random.default_rng(3)
+    n = 2000
+    df = pd.DataFrame(
+        {
+            "income": rng.uniform(20_000, 120_000, n),
+            "age": rng.uniform(18, 90, n),
+            "ratio": rng.uniform(0, 1, n),
+        }
+    )
+    df["label"] = np.where(
+        (df.income - 70_000) / 50_000 + (df.age - 54) / 36 + 2 * (df.ratio - 0.5) > 0, 1, 0
+    )
+    df.to_csv(tmp_path / "loans.csv", index=False)
+    spec = {"income": [0, 150_000], "age": [18, 100], "ratio": [0, 1]}
+    (tmp_path / "bounds.json").write_text(json.dumps(spec))
+    base = ["loans.csv", "--target", "label", "--epsilon", "2", "--delta", "1e-5", "--seed", "0"]
+    r = heml_train(*base, "-o", "loans.json", "--bounds", "bounds.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "privacy leak" not in r.stderr  # the bounds are public, not read from the data
+    model = json.loads((tmp_path / "loans.json").read_text())
+    assert model["bounds"]["lower"] == [0, 18, 0] and model["bounds"]["upper"] == [150000, 100, 1]
+
+    import heml
+
+    fitted = heml.LinearModel.load(tmp_path / "loans.json")
+    accuracy = np.mean(fitted.predict(df[["income", "age", "ratio"]]) == df.label)
+    assert accuracy > 0.9, accuracy
+
+    # a file that misses a feature column is refused before any budget is spent
+    (tmp_path / "bad.json").write_text(json.dumps({"income": [0, 1], "age": [0, 1]}))
+    r = heml_train(*base, "-o", "m2.json", "--bounds", "bad.json", cwd=tmp_path)
+    assert r.returncode == 2 and "no bounds for 1 feature column(s): ['ratio']" in r.stderr
+    ledger = json.loads((tmp_path / ".heml-privacy-ledger.json").read_text())
+    assert [e["spent_epsilon"] for e in ledger["datasets"].values()] == [2.0]

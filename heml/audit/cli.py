@@ -25,7 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .._csvdata import InvalidInput, infer_task, numeric_features, parse_pair, read_table
+from .._csvdata import (
+    InvalidInput,
+    infer_task,
+    numeric_features,
+    parse_feature_bounds,
+    parse_pair,
+    read_table,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_AUDIT_FAILED = 0, 1, 2, 4
 _Invalid = InvalidInput  # bad arguments or data (exit 2)
@@ -55,7 +62,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="directory to write the report to")
     p.add_argument("--drop", default="", help="comma-separated columns to drop (identifiers)")
     p.add_argument("--task", choices=("auto", "regression", "classification"), default="auto")
-    p.add_argument("--bounds", help="public bounds of every feature value: LO,HI")
+    p.add_argument(
+        "--bounds",
+        help="public bounds of the features: LO,HI for every one, or FILE.json mapping each "
+        "feature column to [LO, HI]",
+    )
     p.add_argument("--target-bounds", help="public bounds of the target (regression): LO,HI")
     p.add_argument("--test-size", type=float, default=0.3, help="held-out share (%(default)s)")
     p.add_argument("--n-shadow", type=int, default=64, help="shadow models per ε (%(default)s)")
@@ -126,22 +137,27 @@ class EstimatorFactory:
 
     task: str
     delta: float
-    bounds: tuple[float, float] | None
+    bounds: tuple | None  # (lo, hi): scalars or per-feature arrays
     target_bounds: tuple[float, float] | None
     use_dp: bool
 
     def __call__(self, epsilon: float):
         if self.use_dp:
             from heml.dp import DPLinearRegression, DPLogisticRegression
+            from heml.dp._public_scaling import scaled
 
+            per_feature = self.bounds is not None and np.ndim(self.bounds[0]) == 1
+            bounds_X = (-1.0, 1.0) if per_feature else self.bounds
             if self.task == "regression":
-                return DPLinearRegression(
+                est = DPLinearRegression(
                     epsilon=epsilon,
                     delta=self.delta,
-                    bounds_X=self.bounds,
+                    bounds_X=bounds_X,
                     bounds_y=self.target_bounds,
                 )
-            return DPLogisticRegression(epsilon=epsilon, delta=self.delta, bounds_X=self.bounds)
+            else:
+                est = DPLogisticRegression(epsilon=epsilon, delta=self.delta, bounds_X=bounds_X)
+            return scaled(est, *self.bounds) if per_feature else est
         if math.isfinite(epsilon):
             raise RuntimeError(f"ε={epsilon:g} needs heml.dp, which is not installed")
         from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -159,6 +175,7 @@ def _load(args):
     path = Path(args.data)
     df, y = read_table(path, args.target, args.drop)
     X = numeric_features(df)
+    bounds = parse_feature_bounds(args.bounds, df.columns)
     if y.isna().any():
         raise _Invalid(f"target {args.target!r} has missing values")
     task = args.task if args.task != "auto" else _infer_task(y)
@@ -175,13 +192,14 @@ def _load(args):
         counts = y.value_counts()
         if counts.size < 2:
             raise _Invalid(f"target {args.target!r} has a single class; need at least 2")
-    return X, yv, task, path
+    return X, yv, task, path, bounds
 
 
 def _run(args) -> int:
     t0 = time.perf_counter()
     epsilons = _epsilons(args.epsilons)
-    bounds = _pair(args.bounds, "--bounds")
+    if args.bounds is not None and not args.bounds.lower().endswith(".json"):
+        _pair(args.bounds, "--bounds")  # a malformed pair fails before the data are read
     target_bounds = _pair(args.target_bounds, "--target-bounds")
     if not 0.0 < args.test_size < 1.0:
         raise _Invalid(f"--test-size must be in (0, 1), got {args.test_size}")
@@ -209,7 +227,7 @@ def _run(args) -> int:
     if not out.parent.exists():
         raise _Invalid(f"-o: directory {str(out.parent)!r} does not exist")
 
-    X, y, task, path = _load(args)
+    X, y, task, path, bounds = _load(args)
     n_pool = X.shape[0]
     if finite and args.delta * (n_pool / 2) >= 1.0:
         raise _Invalid(

@@ -25,6 +25,7 @@ from .._csvdata import (
     identifier_warnings,
     infer_task,
     numeric_features,
+    parse_feature_bounds,
     parse_pair,
     read_table,
 )
@@ -58,7 +59,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--budget", type=float, help="total epsilon allowed for this dataset")
     p.add_argument("--task", choices=("auto", "regression", "classification"), default="auto")
-    p.add_argument("--bounds", help="public bounds of every feature value: LO,HI")
+    p.add_argument(
+        "--bounds",
+        help="public bounds of the features: LO,HI for every one, or FILE.json mapping each "
+        "feature column to [LO, HI]",
+    )
     p.add_argument("--target-bounds", help="public bounds of the target (regression): LO,HI")
     p.add_argument("--seed", type=int, help="noise seed: reproducible and NOT private (tests)")
     p.set_defaults(func=run)
@@ -89,6 +94,7 @@ def _run(args) -> int:
     import heml
     from heml.model import validate_name
 
+    from . import _public_scaling
     from ._linear import DPLinearRegression
     from ._logistic import DPLogisticRegression
     from ._validation import check_delta_vs_n, check_privacy_params
@@ -102,7 +108,8 @@ def _run(args) -> int:
         raise _Invalid("--epsilon must be finite: heml train always trains with DP")
     if args.budget is not None and not (args.budget > 0 and math.isfinite(args.budget)):
         raise _Invalid(f"--budget must be a positive number, got {args.budget}")
-    bounds = _pair(args.bounds, "--bounds")
+    if args.bounds is not None and not args.bounds.lower().endswith(".json"):
+        _pair(args.bounds, "--bounds")  # a malformed pair fails before the data are read
     target_bounds = _pair(args.target_bounds, "--target-bounds")
     out = Path(args.output)
     try:
@@ -124,6 +131,9 @@ def _run(args) -> int:
     for warning in identifier_warnings(df):
         print(f"heml train: warning: {warning}", file=sys.stderr)
     X = pd.DataFrame(numeric_features(df), columns=df.columns)
+    bounds = parse_feature_bounds(args.bounds, df.columns)
+    per_feature = bounds is not None and np.ndim(bounds[0]) == 1
+    bounds_X = (-1.0, 1.0) if per_feature else bounds  # per-feature: scaled by the bounds first
     if y.isna().any():
         raise _Invalid(f"target {args.target!r} has missing values")
     n = len(y)
@@ -141,7 +151,7 @@ def _run(args) -> int:
         est = DPLinearRegression(
             epsilon=eps,
             delta=delta,
-            bounds_X=bounds,
+            bounds_X=bounds_X,
             bounds_y=target_bounds,
             random_state=args.seed,
         )
@@ -149,8 +159,9 @@ def _run(args) -> int:
         if y.nunique() < 2:
             raise _Invalid(f"target {args.target!r} has a single class; need at least 2")
         est = DPLogisticRegression(
-            epsilon=eps, delta=delta, bounds_X=bounds, random_state=args.seed
+            epsilon=eps, delta=delta, bounds_X=bounds_X, random_state=args.seed
         )
+    fit_target = _public_scaling.scaled(est, *bounds) if per_feature else est
 
     # ---------------------------------------------------------------- budget, fit, export
     with _ledger.locked(ledger_path):
@@ -160,11 +171,15 @@ def _run(args) -> int:
         est.set_params(accountant=accountant)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PrivacyLeakWarning)
-            est.fit(X, y.to_numpy())
+            fit_target.fit(X, y.to_numpy())
         for w in caught:
             if issubclass(w.category, PrivacyLeakWarning):
                 print(f"heml train: warning: privacy leak: {w.message}", file=sys.stderr)
-        model = heml.export(est, name=name)
+        if per_feature:  # the declared bounds, exactly (not refolded through the scaling)
+            exported = _public_scaling.exportable(fit_target, *bounds, X.columns)
+            model = heml.export(exported, name=name, bounds=bounds)
+        else:
+            model = heml.export(fit_target, name=name)
         model.save(out)
         _ledger.record(
             ledger,

@@ -1,0 +1,51 @@
+"""Per-feature scaling taken from public bounds, never from the data.
+
+The DP estimators centre the bounds box and scale it by one number, which suits standardized
+features. Raw features on different scales (an income in dollars beside a ratio) would then
+leave the small-range ones almost no weight under the noise: heml train and heml audit first
+map each feature to [-1, 1] with its declared bounds (a public affine map, so no privacy cost)
+and fit with ``bounds_X=(-1, 1)``. The exported model folds the map back into W and b.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def bounds_map(lower, upper) -> tuple[np.ndarray, np.ndarray]:
+    """(center, half width) of each feature's bounds; a zero width becomes 1."""
+    lo, hi = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+    half = (hi - lo) / 2.0
+    return (lo + hi) / 2.0, np.where(half > 0, half, 1.0)
+
+
+def normalize(X, center, half_width) -> np.ndarray:
+    """Raw features -> (x - center) / half_width (module-level: picklable for joblib)."""
+    return (np.asarray(X, dtype=np.float64) - center) / half_width
+
+
+def scaled(estimator, lower, upper):
+    """A pipeline that maps features to [-1, 1] by the bounds, then fits ``estimator``; the
+    first step learns nothing from the data."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    center, half = bounds_map(lower, upper)
+    step = FunctionTransformer(normalize, kw_args={"center": center, "half_width": half})
+    return Pipeline([("bounds", step), ("model", estimator)])
+
+
+def exportable(fitted_scaled, lower, upper, feature_names=None):
+    """The fitted ``scaled`` pipeline with its map as a StandardScaler whose statistics are the
+    public bounds, so heml.export folds it into the model."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    center, half = bounds_map(lower, upper)
+    scaler = StandardScaler()
+    scaler.mean_, scaler.scale_, scaler.var_ = center, half, half**2
+    scaler.n_features_in_ = center.size
+    scaler.n_samples_seen_ = 0
+    if feature_names is not None:
+        scaler.feature_names_in_ = np.asarray([str(c) for c in feature_names], dtype=object)
+    return Pipeline([("bounds", scaler), ("model", fitted_scaled[-1])])
