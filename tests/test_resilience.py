@@ -38,12 +38,12 @@ def _wait(predicate, timeout: float = 30.0) -> bool:
 def test_killing_a_worker_mid_request_loses_no_valid_request(tmp_path):
     clf, model = _model(1)
     model.save(tmp_path / "m.json")
-    X = RNG.uniform(-3, 3, size=(20000, D))
+    X = RNG.uniform(-3, 3, size=(60000, D))  # several seconds of work: the kill lands mid-flight
     want = clf.decision_function(X)
     with heml.serve(tmp_path, port=0, workers=2) as server:
         before = server.current_worker_pids()
         assert len(before) == 2
-        results, errors = {}, []
+        results, errors, finished = {}, [], []
 
         def run(i: int) -> None:
             try:
@@ -53,21 +53,28 @@ def test_killing_a_worker_mid_request_loses_no_valid_request(tmp_path):
                         results[(i, j)] = m.decision_function(X)
             except Exception as exc:  # pragma: no cover - reported below
                 errors.append(exc)
+            finished.append(time.monotonic())
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
         for t in threads:
             t.start()
         time.sleep(1.0)  # mid-flight
+        killed_at = time.monotonic()
         os.kill(before[0], signal.SIGKILL)
         for t in threads:
             t.join(300)
         assert not errors, errors
+        assert max(finished) > killed_at  # calls were still running when the worker died
         assert len(results) == 9
         for got in results.values():
             assert_scores_close(got, want)
-        assert _wait(lambda: len(server.current_worker_pids()) == 2)
-        after = server.current_worker_pids()
-        assert before[0] not in after
+        # the supervisor notices the death and forks a replacement
+        assert _wait(
+            lambda: (
+                before[0] not in server.current_worker_pids()
+                and len(server.current_worker_pids()) == 2
+            )
+        )
         with heml.Client(f"localhost:{server.port}") as c:  # and it keeps serving
             assert_scores_close(c.model("m").decision_function(X[:10]), want[:10])
 
