@@ -58,6 +58,13 @@ def test_seal_kernels_equal_numpy_kernels(params):
     ct = x[:2]
     p = RNG.integers(0, params.q, size=params.n, dtype=np.uint64)
     np.testing.assert_array_equal(fast.mul(ct, p), slow.mul(ct, p))
+    np.testing.assert_array_equal(fast.mul_rows(x, p), slow.mul_rows(x, p))  # odd row count
+    cts = RNG.integers(0, params.q, size=(3, 2, params.n), dtype=np.uint64)
+    plains = RNG.integers(0, params.q, size=(3, params.n), dtype=np.uint64)
+    plains[1] = 0  # an all-zero weight polynomial is skipped, not handed to SEAL
+    np.testing.assert_array_equal(fast.dot_to_coeffs(cts, plains), slow.dot_to_coeffs(cts, plains))
+    zero = np.zeros((1, params.n), dtype=np.uint64)
+    np.testing.assert_array_equal(fast.dot_to_coeffs(cts[:1], zero), np.zeros((2, params.n)))
 
 
 def test_modular_helpers_match_python_integers():
@@ -84,11 +91,14 @@ def test_modular_helpers_match_python_integers():
         assert max(diff) <= 1 + (1 << max(0, bits - 52))
 
 
+@pytest.mark.parametrize("route", ["seal", "numpy"])
 @pytest.mark.parametrize("params", [P2048, P4096], ids=["N2048", "N4096"])
-def test_seal_decrypts_heml_encryption_to_message_plus_small_noise(params):
+def test_seal_decrypts_heml_encryption_to_message_plus_small_noise(params, route, monkeypatch):
     from heml.he.encrypt import encrypt_coefficients
     from heml.he.keys import SecretKey
 
+    if route == "numpy":  # the kernels used where SEAL's zero-copy route is unavailable
+        monkeypatch.setattr(kernels, "for_params", kernels.NumpyKernels)
     key = SecretKey.generate(params)
     message = RNG.integers(-(1 << 40), 1 << 40, size=(3, params.n))
     blobs = encrypt_coefficients(key, message)
