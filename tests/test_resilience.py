@@ -116,7 +116,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path):
     server = ServeProcess("--models", str(tmp_path), "--port", str(port))
     proc = server.proc
     try:
-        X = RNG.uniform(-3, 3, size=(40000, D))
+        X = RNG.uniform(-3, 3, size=(150_000, D))  # about a second of work at ~200k/s
         out: dict = {}
 
         started = threading.Event()
@@ -127,11 +127,13 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path):
                 m.decision_function(X[:10])  # keys and connection ready
                 started.set()
                 out["scores"] = m.decision_function(X)
+                out["finished"] = time.monotonic()
 
         t = threading.Thread(target=long_call)
         t.start()
         assert started.wait(60)
-        time.sleep(0.3)  # the 40000-sample stream is now in flight
+        time.sleep(0.3)  # the long stream is now in flight
+        terminated_at = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -150,6 +152,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path):
         t.join(120)
         assert proc.wait(60) == 0
         assert "scores" in out, "the in-flight request was lost"
+        assert out["finished"] > terminated_at  # it really was in flight when SIGTERM came
         assert_scores_close(out["scores"], clf.decision_function(X))
         assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
     finally:
