@@ -113,10 +113,11 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path):
     clf, model = _model(1)
     model.save(tmp_path / "m.json")
     port = free_port()
-    server = ServeProcess("--models", str(tmp_path), "--port", str(port))
+    # a 3 s drain: the health probe below shares two busy cores with the scoring client
+    server = ServeProcess("--models", str(tmp_path), "--port", str(port), "--drain-seconds", "3")
     proc = server.proc
     try:
-        X = RNG.uniform(-3, 3, size=(150_000, D))  # about a second of work at ~200k/s
+        X = RNG.uniform(-3, 3, size=(100_000, D))  # most of a second of work
         out: dict = {}
 
         started = threading.Event()
@@ -140,11 +141,13 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path):
         statuses = set()
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = health_pb2_grpc.HealthStub(ch)
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 try:
-                    statuses.add(stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status)
-                except grpc.RpcError:
+                    statuses.add(stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status)
+                except grpc.RpcError as exc:
+                    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        continue  # a slow answer on saturated cores says nothing; ask again
                     break
                 if health_pb2.HealthCheckResponse.NOT_SERVING in statuses:
                     break
