@@ -41,13 +41,24 @@ def parse_pair(text: str | None, flag: str) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _is_bounds_file(text: str) -> bool:
+    return text.lower().endswith(".json")
+
+
+def check_bounds_arg(text: str | None, flag: str = "--bounds") -> None:
+    """Fail on a malformed LO,HI pair before the data are read (a bounds file is read by
+    ``parse_feature_bounds`` once the feature columns are known)."""
+    if text is not None and not _is_bounds_file(text):
+        parse_pair(text, flag)
+
+
 def parse_feature_bounds(text: str | None, columns, flag: str = "--bounds"):
     """``--bounds``: "LO,HI" for every feature, or FILE.json mapping each feature column to
     [LO, HI] (heterogeneous raw features need their own ranges). Returns None, a (lo, hi) pair
     of floats, or a pair of per-column arrays in ``columns`` order."""
     if text is None:
         return None
-    if not text.lower().endswith(".json"):
+    if not _is_bounds_file(text):
         return parse_pair(text, flag)
     try:
         spec = json.loads(Path(text).read_text())
@@ -78,6 +89,23 @@ def parse_feature_bounds(text: str | None, columns, flag: str = "--bounds"):
             raise InvalidInput(f"{flag}: bounds of {c!r} must be [LO, HI], finite, LO < HI")
         lo[j], hi[j] = pair
     return lo, hi
+
+
+def checked_task(y, target: str, task: str = "auto") -> str:
+    """The task for a target column without missing values ("auto" infers it), after the
+    checks both commands make: a regression target is numeric and finite, a classification
+    target has at least two classes."""
+    import pandas as pd
+
+    task = task if task != "auto" else infer_task(y)
+    if task == "regression":
+        if not pd.api.types.is_numeric_dtype(y):
+            raise InvalidInput(f"target {target!r} is not numeric; use --task classification")
+        if not np.isfinite(y.to_numpy(dtype=np.float64)).all():
+            raise InvalidInput(f"target {target!r} has infinite values")
+    elif y.nunique() < 2:
+        raise InvalidInput(f"target {target!r} has a single class; need at least 2")
+    return task
 
 
 def infer_task(y) -> str:

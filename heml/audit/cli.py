@@ -27,7 +27,8 @@ import numpy as np
 
 from .._csvdata import (
     InvalidInput,
-    infer_task,
+    check_bounds_arg,
+    checked_task,
     numeric_features,
     parse_feature_bounds,
     parse_pair,
@@ -37,7 +38,6 @@ from .._csvdata import (
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_AUDIT_FAILED = 0, 1, 2, 4
 _Invalid = InvalidInput  # bad arguments or data (exit 2)
 _pair = parse_pair
-_infer_task = infer_task
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -143,21 +143,15 @@ class EstimatorFactory:
 
     def __call__(self, epsilon: float):
         if self.use_dp:
-            from heml.dp import DPLinearRegression, DPLogisticRegression
-            from heml.dp._public_scaling import scaled
+            from heml.dp._public_scaling import cli_estimator
 
-            per_feature = self.bounds is not None and np.ndim(self.bounds[0]) == 1
-            bounds_X = (-1.0, 1.0) if per_feature else self.bounds
-            if self.task == "regression":
-                est = DPLinearRegression(
-                    epsilon=epsilon,
-                    delta=self.delta,
-                    bounds_X=bounds_X,
-                    bounds_y=self.target_bounds,
-                )
-            else:
-                est = DPLogisticRegression(epsilon=epsilon, delta=self.delta, bounds_X=bounds_X)
-            return scaled(est, *self.bounds) if per_feature else est
+            return cli_estimator(
+                self.task,
+                epsilon=epsilon,
+                delta=self.delta,
+                bounds=self.bounds,
+                target_bounds=self.target_bounds,
+            )
         if math.isfinite(epsilon):
             raise RuntimeError(f"ε={epsilon:g} needs heml.dp, which is not installed")
         from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -170,36 +164,26 @@ class EstimatorFactory:
 
 
 def _load(args):
-    import pandas as pd
-
     path = Path(args.data)
     df, y = read_table(path, args.target, args.drop)
     X = numeric_features(df)
     bounds = parse_feature_bounds(args.bounds, df.columns)
     if y.isna().any():
         raise _Invalid(f"target {args.target!r} has missing values")
-    task = args.task if args.task != "auto" else _infer_task(y)
+    task = checked_task(y, args.target, args.task)
     if task == "regression":
-        if not pd.api.types.is_numeric_dtype(y):
-            raise _Invalid(f"target {args.target!r} is not numeric; use --task classification")
         yv = y.to_numpy(dtype=np.float64)
-        if not np.isfinite(yv).all():
-            raise _Invalid(f"target {args.target!r} has infinite values")
     else:
         yv = y.to_numpy()
         if yv.dtype.kind not in "iub":
             yv = yv.astype(object)
-        counts = y.value_counts()
-        if counts.size < 2:
-            raise _Invalid(f"target {args.target!r} has a single class; need at least 2")
     return X, yv, task, path, bounds
 
 
 def _run(args) -> int:
     t0 = time.perf_counter()
     epsilons = _epsilons(args.epsilons)
-    if args.bounds is not None and not args.bounds.lower().endswith(".json"):
-        _pair(args.bounds, "--bounds")  # a malformed pair fails before the data are read
+    check_bounds_arg(args.bounds)
     target_bounds = _pair(args.target_bounds, "--target-bounds")
     if not 0.0 < args.test_size < 1.0:
         raise _Invalid(f"--test-size must be in (0, 1), got {args.test_size}")

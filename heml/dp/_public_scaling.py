@@ -5,6 +5,9 @@ features. Raw features on different scales (an income in dollars beside a ratio)
 leave the small-range ones almost no weight under the noise: heml train and heml audit first
 map each feature to [-1, 1] with its declared bounds (a public affine map, so no privacy cost)
 and fit with ``bounds_X=(-1, 1)``. The exported model folds the map back into W and b.
+
+``cli_estimator`` and ``export_fitted`` are the one place that decides what those two commands
+fit and export.
 """
 
 from __future__ import annotations
@@ -49,3 +52,55 @@ def exportable(fitted_scaled, lower, upper, feature_names=None):
     if feature_names is not None:
         scaler.feature_names_in_ = np.asarray([str(c) for c in feature_names], dtype=object)
     return Pipeline([("bounds", scaler), ("model", fitted_scaled[-1])])
+
+
+def per_feature(bounds) -> bool:
+    """True for (lower, upper) arrays of one bound per feature (not one pair for all)."""
+    return bounds is not None and np.ndim(bounds[0]) == 1
+
+
+def cli_estimator(
+    task: str,
+    *,
+    epsilon: float,
+    delta: float,
+    bounds,
+    target_bounds=None,
+    random_state=None,
+    accountant=None,
+):
+    """What ``heml train`` fits and ``heml audit`` attacks: DPLinearRegression (task
+    "regression") or DPLogisticRegression, behind the bounds map when bounds are per feature."""
+    from ._linear import DPLinearRegression
+    from ._logistic import DPLogisticRegression
+
+    scale = per_feature(bounds)
+    bounds_X = (-1.0, 1.0) if scale else bounds
+    if task == "regression":
+        est = DPLinearRegression(
+            epsilon=epsilon,
+            delta=delta,
+            bounds_X=bounds_X,
+            bounds_y=target_bounds,
+            accountant=accountant,
+            random_state=random_state,
+        )
+    else:
+        est = DPLogisticRegression(
+            epsilon=epsilon,
+            delta=delta,
+            bounds_X=bounds_X,
+            accountant=accountant,
+            random_state=random_state,
+        )
+    return scaled(est, *bounds) if scale else est
+
+
+def export_fitted(fitted, *, name: str, bounds, feature_names):
+    """heml.export of a fitted ``cli_estimator``; per-feature bounds are declared exactly (not
+    refolded through the scaling, which would round them)."""
+    import heml
+
+    if not per_feature(bounds):
+        return heml.export(fitted, name=name)
+    return heml.export(exportable(fitted, *bounds, feature_names), name=name, bounds=bounds)

@@ -22,8 +22,9 @@ import numpy as np
 
 from .._csvdata import (
     InvalidInput,
+    check_bounds_arg,
+    checked_task,
     identifier_warnings,
-    infer_task,
     numeric_features,
     parse_feature_bounds,
     parse_pair,
@@ -35,7 +36,6 @@ from ._accountant import BudgetError, PrivacyLeakWarning
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BUDGET = 0, 1, 2, 3
 _Invalid = InvalidInput  # bad arguments or data: exit 2 before any budget is spent
 _pair = parse_pair
-_infer_task = infer_task
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -91,12 +91,9 @@ def _fail(message: str, code: int) -> int:
 def _run(args) -> int:
     import pandas as pd
 
-    import heml
     from heml.model import validate_name
 
-    from . import _public_scaling
-    from ._linear import DPLinearRegression
-    from ._logistic import DPLogisticRegression
+    from ._public_scaling import cli_estimator, export_fitted, per_feature
     from ._validation import check_delta_vs_n, check_privacy_params
 
     # ---------------------------------------------------------------- arguments
@@ -108,8 +105,7 @@ def _run(args) -> int:
         raise _Invalid("--epsilon must be finite: heml train always trains with DP")
     if args.budget is not None and not (args.budget > 0 and math.isfinite(args.budget)):
         raise _Invalid(f"--budget must be a positive number, got {args.budget}")
-    if args.bounds is not None and not args.bounds.lower().endswith(".json"):
-        _pair(args.bounds, "--bounds")  # a malformed pair fails before the data are read
+    check_bounds_arg(args.bounds)
     target_bounds = _pair(args.target_bounds, "--target-bounds")
     out = Path(args.output)
     try:
@@ -132,8 +128,6 @@ def _run(args) -> int:
         print(f"heml train: warning: {warning}", file=sys.stderr)
     X = pd.DataFrame(numeric_features(df), columns=df.columns)
     bounds = parse_feature_bounds(args.bounds, df.columns)
-    per_feature = bounds is not None and np.ndim(bounds[0]) == 1
-    bounds_X = (-1.0, 1.0) if per_feature else bounds  # per-feature: scaled by the bounds first
     if y.isna().any():
         raise _Invalid(f"target {args.target!r} has missing values")
     n = len(y)
@@ -141,45 +135,31 @@ def _run(args) -> int:
         check_delta_vs_n(eps, delta, n)
     except ValueError as exc:
         raise _Invalid(str(exc)) from None
-    task = args.task if args.task != "auto" else _infer_task(y)
+    task = checked_task(y, args.target, args.task)
     if task == "regression":
-        if not pd.api.types.is_numeric_dtype(y):
-            raise _Invalid(f"target {args.target!r} is not numeric; use --task classification")
         y = y.astype(np.float64)
-        if not np.all(np.isfinite(y.to_numpy())):
-            raise _Invalid(f"target {args.target!r} has infinite values")
-        est = DPLinearRegression(
-            epsilon=eps,
-            delta=delta,
-            bounds_X=bounds_X,
-            bounds_y=target_bounds,
-            random_state=args.seed,
-        )
-    else:
-        if y.nunique() < 2:
-            raise _Invalid(f"target {args.target!r} has a single class; need at least 2")
-        est = DPLogisticRegression(
-            epsilon=eps, delta=delta, bounds_X=bounds_X, random_state=args.seed
-        )
-    fit_target = _public_scaling.scaled(est, *bounds) if per_feature else est
 
     # ---------------------------------------------------------------- budget, fit, export
     with _ledger.locked(ledger_path):
         ledger = _ledger.load(ledger_path)
         accountant = _ledger.accountant_for(ledger, fingerprint, args.budget)
         accountant.check(eps, delta)  # refuses (exit 3) before the data are used
-        est.set_params(accountant=accountant)
+        est = cli_estimator(
+            task,
+            epsilon=eps,
+            delta=delta,
+            bounds=bounds,
+            target_bounds=target_bounds,
+            random_state=args.seed,
+            accountant=accountant,
+        )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PrivacyLeakWarning)
-            fit_target.fit(X, y.to_numpy())
+            est.fit(X, y.to_numpy())
         for w in caught:
             if issubclass(w.category, PrivacyLeakWarning):
                 print(f"heml train: warning: privacy leak: {w.message}", file=sys.stderr)
-        if per_feature:  # the declared bounds, exactly (not refolded through the scaling)
-            exported = _public_scaling.exportable(fit_target, *bounds, X.columns)
-            model = heml.export(exported, name=name, bounds=bounds)
-        else:
-            model = heml.export(fit_target, name=name)
+        model = export_fitted(est, name=name, bounds=bounds, feature_names=X.columns)
         model.save(out)
         _ledger.record(
             ledger,
@@ -193,8 +173,9 @@ def _run(args) -> int:
         _ledger.save(ledger_path, ledger)
     spent, _ = accountant.spent
     left = accountant.remaining()[0]
+    fitted = est[-1] if per_feature(bounds) else est  # the DP estimator behind the bounds map
     print(
-        f"trained {type(est).__name__} on {n} rows ({task}); epsilon={eps:g}, delta={delta:g}; "
+        f"trained {type(fitted).__name__} on {n} rows ({task}); epsilon={eps:g}, delta={delta:g}; "
         f"dataset {fingerprint[:12]} has spent epsilon={spent:g}"
         + ("" if math.isinf(left) else f" (remaining {left:g})")
         + f"; wrote {out}"
