@@ -4,6 +4,7 @@ Public surface: ``export``, ``LinearModel``, ``serve``, ``Client`` and the error
 """
 
 from ._export import export
+from ._lazy import lazy_attributes
 from ._version import PROTOCOL_VERSION, __version__
 from .errors import (
     HemlError,
@@ -41,14 +42,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # gRPC-dependent parts load on first use, so `import heml` stays light
-    if name == "Client":
-        from .client import Client
-
-        return Client
-    if name == "serve":
-        from .server import serve
-
-        return serve
-    raise AttributeError(f"module 'heml' has no attribute {name!r}")
+# gRPC-dependent parts load on first use, so `import heml` stays light
+__getattr__, _ = lazy_attributes(__name__, {"Client": ".client", "serve": ".server"}, __all__)

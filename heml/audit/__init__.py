@@ -10,6 +10,8 @@ Convention everywhere: attack scores are "higher = more likely a member", and me
 positive class. Plots need matplotlib (``pip install 'heml[audit]'``); nothing else here does.
 """
 
+from .._lazy import lazy_attributes
+
 # submodules pull in scikit-learn and scipy: load them on first use (fast `heml` CLI start)
 _LAZY = {
     "ATTACKS": "._attacks",
@@ -41,22 +43,6 @@ _LAZY = {
     "roc_curve": "._metrics",
 }
 
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'heml.audit' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
-
 __all__ = [
     "ATTACKS",
     "FPR_LEVELS",
@@ -86,3 +72,5 @@ __all__ = [
     "plant",
     "roc_curve",
 ]
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

@@ -4,6 +4,7 @@ Estimators follow scikit-learn's API and carry their guarantee in ``dp_guarantee
 ``heml.export`` writes into the model file. Neighbouring relation everywhere: replace-one.
 """
 
+from .._lazy import lazy_attributes
 from ._accountant import BudgetAccountant, BudgetError, PrivacyLeakWarning
 
 # the estimators pull in scipy and dp-accounting: load them on first use so that importing
@@ -14,22 +15,6 @@ _LAZY = {
     "ConvergenceError": "._logistic",
 }
 
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'heml.dp' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
-
 __all__ = [
     "BudgetAccountant",
     "BudgetError",
@@ -38,3 +23,5 @@ __all__ = [
     "DPLogisticRegression",
     "PrivacyLeakWarning",
 ]
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
