@@ -1,11 +1,14 @@
 """Regenerate the protobuf/gRPC modules under heml/v1 from proto/ (``make proto``).
 
-The generator is the pinned grpcio-tools from the ``dev`` extra; tests/test_proto_codegen.py
-regenerates into a temporary folder and fails when the committed files differ.
+The generator is the pinned grpcio-tools from the ``dev`` extra; tests/test_repository_contracts.py
+regenerates into a temporary folder and fails when the committed files differ. protoc runs in a
+child process: grpc_tools' bundled protobuf and TenSEAL's cannot share one process (importing
+tenseal after grpc_tools aborts the interpreter).
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,10 +19,10 @@ PROTO_FILES = ["heml/v1/heml.proto"]
 
 def generate(out_dir: Path) -> list[Path]:
     """Run protoc for every proto file into ``out_dir``; return the generated paths."""
-    from grpc_tools import protoc
-
     out_dir.mkdir(parents=True, exist_ok=True)
     args = [
+        sys.executable,
+        "-m",
         "grpc_tools.protoc",
         f"-I{PROTO_DIR}",
         f"--python_out={out_dir}",
@@ -27,8 +30,9 @@ def generate(out_dir: Path) -> list[Path]:
         f"--grpc_python_out={out_dir}",
         *PROTO_FILES,
     ]
-    if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed: {' '.join(args)}")
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"protoc failed: {' '.join(args[2:])}: {done.stderr.strip()}")
     return sorted(p for p in (out_dir / "heml" / "v1").iterdir() if "_pb2" in p.name)
 
 
