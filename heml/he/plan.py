@@ -36,18 +36,9 @@ CAPACITY_FRACTION = 0.45  # |row value| < 0.45 q (q/2 minus room for noise and r
 NOISE_SIGMAS = 6.0
 
 
-@dataclass(frozen=True)
-class LayoutPlan:
-    """What client and server agree on for one layout (published in GetModel)."""
-
-    layout: str
-    params: HEParams
-    log2_scale_x: int
-    log2_scale_w: int
-    digit_bits: int
-    digits: int
-    reply_bits: int
-    error_bound: float
+class PlanScales:
+    """Derived numbers every plan offers (LayoutPlan, heml.he.private.PrivatePlan); the plan
+    has the fields ``layout``, ``params``, ``log2_scale_x`` and ``log2_scale_w``."""
 
     @property
     def scale_x(self) -> float:
@@ -60,6 +51,20 @@ class LayoutPlan:
     def max_samples_per_ciphertext(self, d: int) -> int:
         n = self.params.n
         return n if self.layout == COLUMN else max(1, n // min(d, n))
+
+
+@dataclass(frozen=True)
+class LayoutPlan(PlanScales):
+    """What client and server agree on for one layout (published in GetModel)."""
+
+    layout: str
+    params: HEParams
+    log2_scale_x: int
+    log2_scale_w: int
+    digit_bits: int
+    digits: int
+    reply_bits: int
+    error_bound: float
 
     def to_dict(self) -> dict:
         return {

@@ -33,7 +33,14 @@ import tenseal.sealapi as seal
 from ..errors import InvalidCiphertext, ModelError, ParameterError
 from . import kernels, modmath, prng, seal_bridge
 from .params import ERROR_STDDEV, MAX_MODULUS_BITS_128, HEParams, check_params
-from .plan import NOISE_SIGMAS, REPLY_BITS, RowGeometry, normalized_weights, quantize
+from .plan import (
+    NOISE_SIGMAS,
+    REPLY_BITS,
+    PlanScales,
+    RowGeometry,
+    normalized_weights,
+    quantize,
+)
 from .wire import C0_WORD_BYTES, pack_reply
 
 PRIVATE = "private"
@@ -108,7 +115,7 @@ def public_key_size(params: RNSParams) -> int:
 
 
 @dataclass(frozen=True)
-class PrivatePlan:
+class PrivatePlan(PlanScales):
     """Scales, reply width and flooding for the model-privacy mode (one weight digit)."""
 
     params: RNSParams
@@ -121,17 +128,6 @@ class PrivatePlan:
     layout: str = PRIVATE
     digits: int = 1
     digit_bits: int = 0
-
-    @property
-    def scale_x(self) -> float:
-        return math.ldexp(1.0, self.log2_scale_x)
-
-    @property
-    def scale_w(self) -> float:
-        return math.ldexp(1.0, self.log2_scale_w)
-
-    def max_samples_per_ciphertext(self, d: int) -> int:
-        return max(1, self.params.n // min(d, self.params.n))
 
     def to_dict(self) -> dict:
         return {
