@@ -32,6 +32,8 @@ import signal
 import socket
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from ._fork import fork_child
+
 log = logging.getLogger("heml.server")
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -133,25 +135,16 @@ class MetricsExporter:
 
     def start(self) -> int:
         """Fork the serving process (from a process with no threads); returns its pid."""
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-        pid = os.fork()
-        if pid == 0:  # child
-            code = 1
-            try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops us
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                with contextlib.suppress(Exception):
-                    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-                self._serve()
-                code = 0
-            except BaseException:
-                log.exception("metrics exporter crashed")
-            finally:
-                os._exit(code)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        pid = fork_child(self._run_child, what="metrics exporter", sigint=signal.SIG_IGN)
         self.pid = pid
         return pid
+
+    def _run_child(self) -> int:
+        # SIGINT is ignored: the supervisor stops us; die with the parent too
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        self._serve()
+        return 0
 
     def _serve(self) -> None:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest

@@ -20,6 +20,7 @@ import sys
 import time
 
 from ..errors import HemlError, ModelError
+from ._fork import fork_child
 from .options import ServerConfig
 from .registry import scan
 from .runtime import Runtime
@@ -68,26 +69,14 @@ class Supervisor:
         self.runtime: Runtime | None = None  # quota table, metrics exporter
 
     def _fork_worker(self, slot: int, ready_w: int | None) -> int:
-        # a SIGTERM arriving just after the fork would run our handler in the child and be
-        # lost (the worker then ignores the stop): hold signals until the child has SIG_DFL
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-        pid = os.fork()
-        if pid == 0:  # child
-            code = 1
-            try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                from .worker import run_worker
+        def run() -> int:
+            from .worker import run_worker
 
-                if self.runtime is not None:
-                    self.runtime.in_worker()
-                code = run_worker(self.config, self.port, ready_w, slot=slot, runtime=self.runtime)
-            except BaseException:
-                logging.getLogger("heml.server").exception("worker crashed")
-            finally:
-                os._exit(code)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if self.runtime is not None:
+                self.runtime.in_worker()
+            return run_worker(self.config, self.port, ready_w, slot=slot, runtime=self.runtime)
+
+        pid = fork_child(run, what="worker")
         self.workers[pid] = slot
         return pid
 
