@@ -13,8 +13,10 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from heml.audit import AuditReport, NoisySumClassifier
+from heml.audit import AuditReport
 from heml.audit import cli as audit_cli
+
+from .audit_support import UnderstatedNoisySum
 
 HAVE_DP = importlib.util.find_spec("heml.dp") is not None
 SMALL = ["--n-shadow", "4", "--canary-runs", "20", "--jobs", "1"]
@@ -121,23 +123,9 @@ def test_non_numeric_features_are_refused(tmp_path, capsys):
     assert "non-numeric feature column(s) 'b'" in capsys.readouterr().err
 
 
-class _Understated(NoisySumClassifier):
-    """Adds the noise of 50·ε but claims ε."""
-
-    def fit(self, X, y):
-        claimed = self.epsilon
-        self.epsilon = claimed * 50
-        try:
-            super().fit(X, y)
-        finally:
-            self.epsilon = claimed
-        self.dp_guarantee_["epsilon"] = claimed
-        return self
-
-
 def test_a_failed_audit_exits_4_after_writing_the_report(csv_path, tmp_path, capsys, monkeypatch):
     def factory(self, epsilon):
-        return _Understated(epsilon=epsilon, norm=300.0)  # about the canary's norm (257)
+        return UnderstatedNoisySum(epsilon=epsilon, norm=300.0)  # about the canary's norm (257)
 
     monkeypatch.setattr(audit_cli, "_have_dp", lambda: True)
     monkeypatch.setattr(audit_cli.EstimatorFactory, "__call__", factory)
@@ -154,7 +142,7 @@ def test_a_failed_audit_exits_4_after_writing_the_report(csv_path, tmp_path, cap
 
 def test_training_failure_exits_1(csv_path, tmp_path, capsys, monkeypatch):
     def factory(self, epsilon):
-        return _Understated(epsilon=epsilon, noise="bogus")
+        return UnderstatedNoisySum(epsilon=epsilon, noise="bogus")
 
     monkeypatch.setattr(audit_cli.EstimatorFactory, "__call__", factory)
     code = audit_cli.main(["audit", str(csv_path), "--target", "label", "--epsilons", "inf",

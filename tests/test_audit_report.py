@@ -12,6 +12,8 @@ from sklearn.model_selection import train_test_split
 import heml
 from heml.audit import AuditReport, NoisySumClassifier, audit
 
+from .audit_support import UnderstatedNoisySum
+
 INF = math.inf
 
 
@@ -132,24 +134,10 @@ def test_audit_runs_do_not_spend_the_callers_default_budget(overfit_data):
     assert report.models[0].claimed_epsilon == 1.0
 
 
-class _UnderstatedNoisySum(NoisySumClassifier):
-    """A buggy mechanism: adds the noise of ε·50 but claims ε."""
-
-    def fit(self, X, y):
-        claimed = self.epsilon
-        self.epsilon = claimed * 50
-        try:
-            super().fit(X, y)
-        finally:
-            self.epsilon = claimed
-        self.dp_guarantee_["epsilon"] = claimed
-        return self
-
-
 def test_a_mechanism_that_understates_epsilon_fails_the_audit(overfit_data):
     Xtr, Xte, ytr, yte = overfit_data
     report = audit(
-        lambda e: _UnderstatedNoisySum(epsilon=e),
+        lambda e: UnderstatedNoisySum(epsilon=e),
         Xtr,
         ytr,
         Xte,
