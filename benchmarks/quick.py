@@ -14,7 +14,6 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -24,15 +23,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import heml
-
-
-def _timed(fn, reps: int) -> list[float]:
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+from heml.bench import _timed  # wall-clock times of repeated calls, as heml bench takes them
 
 
 def main() -> None:
