@@ -117,6 +117,12 @@ class RowEvaluator:
                 t, first, count = geo.group_rows(g)
                 pos = geo.output_positions(g)
                 row_bias = np.repeat(bias[t, first : first + count], pos.shape[1])
-                words = np.concatenate([modmath.add_mod(c0[pos.reshape(-1)], row_bias, p.q), c1])
-                out.append(wire.pack_bits(modmath.switch_modulus(words, p.q, bits), bits))
+                c0_out = modmath.add_mod(c0[pos.reshape(-1)], row_bias, p.q)
+                out.append(
+                    wire.pack_reply(
+                        modmath.switch_modulus(c0_out, p.q, bits),
+                        modmath.switch_modulus(c1, p.q, bits),
+                        bits,
+                    )
+                )
         return out
