@@ -31,7 +31,9 @@ def encrypt_coefficients(key: SecretKey, coeffs: np.ndarray, shift: int = 0) -> 
     rows = coeffs.shape[0]
     seeds = prng.fresh_seeds(rows)
     noise = prng.sample_error((rows, n))
-    a = np.stack([prng.expand(seed, n, primes) for seed in seeds])  # (rows, L, n)
+    a = np.empty((len(primes), rows, n), dtype=np.uint64)  # prime-major: a[j] is contiguous
+    for r, seed in enumerate(seeds):
+        prng.expand(seed, n, primes, out=a[:, r])
     c0 = np.empty((rows, len(primes), n), dtype=np.uint64)
     for j, q in enumerate(primes):
         ker = kernels.for_params(HEParams(n, q))
@@ -40,6 +42,6 @@ def encrypt_coefficients(key: SecretKey, coeffs: np.ndarray, shift: int = 0) -> 
             plain = modmath.add_mod(message, modmath.lift_small(noise, q), q)
         else:
             plain = modmath.lift_small(coeffs + noise, q)
-        a_s = ker.mul_rows(a[:, j], key.s_ntt[j])
+        a_s = ker.mul_rows(a[j], key.s_ntt[j])
         c0[:, j] = modmath.sub_mod(ker.ntt(plain), a_s, q)
     return wire.pack_ciphertexts(c0.reshape(rows, -1), seeds)
