@@ -171,16 +171,15 @@ class Preprocessing:
         return tuple(out)
 
     @functools.cached_property
-    def _identity(self) -> np.ndarray:
-        return np.arange(len(self.inputs), dtype=np.intp)
-
-    @functools.cached_property
-    def _numeric(self) -> tuple[list[Column], np.ndarray]:
-        """The numeric columns and their positions among the raw inputs (per-call work saved:
-        at d = 1000 rebuilding these took longer than encrypting)."""
+    def _numeric(self) -> tuple[list[Column], list[str], np.ndarray, bool]:
+        """The numeric columns, their names, their positions among the raw inputs and whether
+        those are all the inputs in order (computed once: at d = 1000 rebuilding them on every
+        call took longer than encrypting)."""
         cols = [c for c in self.columns if c.kind == "numeric"]
         index = {name: i for i, name in enumerate(self.inputs)}
-        return cols, np.array([index[c.name] for c in cols], dtype=np.intp)
+        positions = np.array([index[c.name] for c in cols], dtype=np.intp)
+        in_order = np.array_equal(positions, np.arange(len(self.inputs)))
+        return cols, [c.name for c in cols], positions, in_order
 
     @property
     def n_features(self) -> int:
@@ -212,7 +211,7 @@ class Preprocessing:
         """Raw inputs (DataFrame by column name, or array-like by position) -> float64 (n, d)."""
         numeric = self._numeric[0]
         source = self._source(X)
-        num = self._numeric_block(numeric, source)
+        num = self._numeric_block(source)
         if len(numeric) == len(self.columns):
             return num
         n = num.shape[0] if numeric else len(self._column(source, self.columns[0].name))
@@ -264,19 +263,14 @@ class Preprocessing:
             return source[name].to_numpy()
         return source[:, self.inputs.index(name)]
 
-    def _numeric_block(self, cols: list[Column], source) -> np.ndarray:
+    def _numeric_block(self, source) -> np.ndarray:
         """All numeric columns at once as float64 (n, len(cols)), imputed or refused."""
-        names = [c.name for c in cols]
+        cols, names, positions, in_order = self._numeric
         try:
             if _is_dataframe(source):
                 block = source[names].to_numpy(dtype=np.float64) if names else None
-            elif len(cols) == len(self.inputs) and cols is self._numeric[0]:
-                positions = self._numeric[1]
-                same_order = positions.size == 0 or np.array_equal(positions, self._identity)
-                block = (source if same_order else source[:, positions]).astype(np.float64)
             else:
-                index = {name: i for i, name in enumerate(self.inputs)}
-                block = source[:, [index[n] for n in names]].astype(np.float64)
+                block = (source if in_order else source[:, positions]).astype(np.float64)
         except (TypeError, ValueError):
             for col in cols:  # find the offending column for the message
                 try:
