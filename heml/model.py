@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import links
+from ._files import write_atomically
 from ._version import __version__
 from .errors import ModelError
 from .preprocessing import Bounds, Preprocessing
@@ -319,11 +320,7 @@ class LinearModel(ModelFacts):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model as JSON, atomically (a reader never sees half a file)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, path)
-        return path
+        return write_atomically(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LinearModel:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._files import write_atomically
 from ._attacks import ATTACK_TITLES
 from ._metrics import FPR_LEVELS, dp_max_advantage
 
@@ -274,11 +275,7 @@ class AuditReport:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the report as strict JSON (infinities as the string "inf")."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        os.replace(tmp, path)
-        return path
+        return write_atomically(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> AuditReport:

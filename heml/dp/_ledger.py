@@ -6,9 +6,9 @@ import contextlib
 import datetime as _dt
 import fcntl
 import json
-import os
 from pathlib import Path
 
+from .._files import write_atomically
 from ._accountant import BudgetAccountant, Spend
 
 SCHEMA = "heml.privacy-ledger"
@@ -51,9 +51,7 @@ def load(path: Path) -> dict:
 
 
 def save(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=False))
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(data, indent=1, allow_nan=False))
 
 
 def accountant_for(data: dict, fingerprint: str, budget: float | None) -> BudgetAccountant:

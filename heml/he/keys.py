@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import tenseal.sealapi as seal
 
+from .._files import write_atomically
 from ..errors import KeyFileError
 from . import kernels, seal_bridge
 from .params import HEParams, check_params
@@ -144,13 +145,7 @@ class KeySet:
             "warning": "secret keys: whoever holds this file can decrypt your predictions",
             "keys": [k.to_json() for k in self._keys.values()],
         }
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-        return path
+        return write_atomically(path, json.dumps(doc), private=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> KeySet:

@@ -30,13 +30,13 @@ import os
 import re
 import secrets
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._files import write_atomically
 from ..errors import KeyFileError
 
 log = logging.getLogger("heml.server")
@@ -187,19 +187,7 @@ def _locked(path: Path):
 
 
 def _write_atomically(path: Path, keys: Iterable[ApiKey]) -> None:
-    body = "".join(k.to_json() + "\n" for k in keys)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, "".join(k.to_json() + "\n" for k in keys), private=True)
 
 
 def issue_key(
