@@ -194,25 +194,20 @@ class ViewCache:
         self._cache: dict[int, tuple] = {}
 
     def ciphertext(self, ct) -> np.ndarray:
-        hit = self._cache.get(id(ct))
-        if hit is not None:
-            owner, header, ptr, length, view = hit
-            if owner is ct and int(header[_CT_PTR]) == ptr and int(header[_CT_LEN]) == length:
-                return view
-        view = ciphertext_view(ct)
-        header = _object_words(ct, 15)
-        self._cache[id(ct)] = (ct, header, int(header[_CT_PTR]), view.size, view)
-        return view
+        return self._view(ct, 15, _CT_PTR, _CT_LEN, ciphertext_view)
 
     def plaintext(self, pt) -> np.ndarray:
-        hit = self._cache.get(id(pt))
+        return self._view(pt, 11, _PT_PTR, _PT_LEN, plaintext_view)
+
+    def _view(self, obj, header_words: int, ptr: int, length: int, make) -> np.ndarray:
+        hit = self._cache.get(id(obj))
         if hit is not None:
-            owner, header, ptr, length, view = hit
-            if owner is pt and int(header[_PT_PTR]) == ptr and int(header[_PT_LEN]) == length:
+            owner, header, addr, size, view = hit
+            if owner is obj and int(header[ptr]) == addr and int(header[length]) == size:
                 return view
-        view = plaintext_view(pt)
-        header = _object_words(pt, 11)
-        self._cache[id(pt)] = (pt, header, int(header[_PT_PTR]), view.size, view)
+        view = make(obj)
+        header = _object_words(obj, header_words)
+        self._cache[id(obj)] = (obj, header, int(header[ptr]), view.size, view)
         return view
 
 
