@@ -25,16 +25,7 @@ import time
 
 import numpy as np
 
-
-def _rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return 0.0
-    return 0.0
+from heml.bench import _rss_mb  # a process's resident memory (MB), as heml bench reads it
 
 
 def _client_process(args) -> dict:
