@@ -43,13 +43,14 @@ def ciphertext_size(n: int) -> int:
 
 
 def pack_ciphertext(c0: np.ndarray, seed: bytes) -> bytes:
-    if len(seed) != SEED_BYTES:
-        raise ValueError(f"seeds are {SEED_BYTES} bytes, got {len(seed)}")
-    return pack_words(c0, C0_WORD_BYTES) + seed
+    return pack_ciphertexts(np.asarray(c0).reshape(1, -1), [seed])[0]
 
 
 def pack_ciphertexts(c0: np.ndarray, seeds: list[bytes]) -> list[bytes]:
     """Rows of c0 words (rows, W) and one seed per row -> one upload blob per row."""
+    for seed in seeds:
+        if len(seed) != SEED_BYTES:
+            raise ValueError(f"seeds are {SEED_BYTES} bytes, got {len(seed)}")
     rows = np.ascontiguousarray(c0, dtype="<u8")
     body = rows.view(np.uint8).reshape(rows.shape[0], -1, 8)[:, :, :C0_WORD_BYTES]
     records = np.empty((rows.shape[0], body.shape[1] * C0_WORD_BYTES + SEED_BYTES), np.uint8)
@@ -62,19 +63,8 @@ def pack_ciphertexts(c0: np.ndarray, seeds: list[bytes]) -> list[bytes]:
 
 def unpack_ciphertext(buf: bytes, n: int, q: int, index: int = 0) -> tuple[np.ndarray, bytes]:
     """Validate one uploaded ciphertext and return (c0 words, seed)."""
-    expected = ciphertext_size(n)
-    if len(buf) != expected:
-        raise InvalidCiphertext(
-            f"ciphertext {index} has {len(buf)} bytes; parameters N={n} need exactly {expected}"
-        )
-    c0 = unpack_words(buf, n, C0_WORD_BYTES)
-    if np.any(c0 >= np.uint64(q)):
-        bad = int(np.count_nonzero(c0 >= np.uint64(q)))
-        raise InvalidCiphertext(
-            f"ciphertext {index} has {bad} coefficient(s) not below the modulus q (corrupt or "
-            "encrypted under other parameters)"
-        )
-    return c0, bytes(buf[expected - SEED_BYTES :])
+    c0, seeds = unpack_ciphertexts([buf], n, q, index)
+    return c0[0], seeds[0]
 
 
 def unpack_ciphertexts(
