@@ -10,8 +10,13 @@ from pathlib import Path
 
 def write_atomically(path: str | os.PathLike, text: str, *, private: bool = False) -> Path:
     """Write ``text`` to a temporary file beside ``path``, flush it to disk and rename it over
-    ``path``. ``private`` files are owner-only (0600); others get the usual umask."""
+    ``path``, creating missing folders. ``private`` files are owner-only (0600); others get
+    the usual umask."""
     path = Path(path)
+    if not path.parent.is_dir():
+        # a missing folder is created (owner-only for secrets), so the error a user sees is
+        # never about the hidden temporary file
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if private else 0o777)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
     try:

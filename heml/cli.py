@@ -7,6 +7,7 @@ or runtime failure, 2 bad usage or bad input; failures print one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -134,40 +135,66 @@ def _model_summary(m) -> dict:
 
 
 # ---------------------------------------------------------------------- predict
+def _read_header(path: Path) -> list[str]:
+    import pandas as pd
+
+    try:
+        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    except pd.errors.EmptyDataError:
+        raise CliError(f"{path} is empty: expected a CSV file with a header row") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot parse {path} as CSV: {str(exc).strip()}") from None
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
     from .links import finish_predict, finish_predict_proba
 
-    path = Path(args.file)
-    if not path.is_file():
+    path = None if args.file == "-" else Path(args.file)
+    if path is not None and not path.is_file():
         raise CliError(f"no such file: {path}")
+    if args.chunk_size < 1:
+        raise CliError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    source = sys.stdin.buffer if path is None else path
+    label = "stdin" if path is None else path.name
     keep = [c for c in (args.keep or "").split(",") if c]
-    header = list(pd.read_csv(path, nrows=0).columns)
-    missing_keep = [c for c in keep if c not in header]
-    if missing_keep:
-        raise CliError(f"--keep names column(s) not in {path.name}: {', '.join(missing_keep)}")
+    header = None if path is None else _read_header(path)  # checked before any network call
+    if header is not None:
+        missing_keep = [c for c in keep if c not in header]
+        if missing_keep:
+            raise CliError(f"--keep names column(s) not in {label}: {', '.join(missing_keep)}")
     keys = args.keys
     if keys is not None and not Path(keys).exists():
         raise CliError(f"key file {keys} does not exist (create it with `heml keys generate`)")
+    output = Path(args.output) if args.output else None
     with _client(args, keys=keys) as client:
         model = client.model(args.model, args.version)
         info = model.info
-        missing = [c for c in info.input_names if c not in header]
-        if missing:
-            shown = ", ".join(missing[:10]) + (
-                f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-            )
-            raise CliError(f"{path.name} lacks column(s) model {info.name!r} needs: {shown}", 2)
-        out = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
-        progress = _progress(path.stat().st_size, args.quiet)
-        rows = 0
+        if header is not None:
+            _check_columns(header, keep, info, label)
         try:
-            with path.open("rb") as raw:
-                reader = pd.read_csv(raw, chunksize=args.chunk_size)
+            reader = pd.read_csv(source, chunksize=args.chunk_size)
+        except pd.errors.EmptyDataError:
+            raise CliError(f"{label} is empty: expected a CSV file with a header row") from None
+        rows = 0
+        # the output appears only complete: rows go to a temporary file beside it, renamed
+        # over it once every chunk was scored (a failed run leaves no partial file)
+        out, tmp = (sys.stdout, None) if output is None else _temporary_beside(output)
+        progress = _progress(None if path is None else _count_rows(path), args.quiet)
+        try:
+            try:
                 for i, chunk in enumerate(reader):
-                    scores = model.scores(chunk[info.input_names])
+                    if i == 0 and header is None:
+                        _check_columns([str(c) for c in chunk.columns], keep, info, label)
+                    try:
+                        scores = model.scores(chunk[info.input_names])
+                    except InputError as exc:
+                        # CSV line numbers: line 1 is the header, data row 0 is line 2
+                        raise CliError(
+                            exc.located(lambda r, base=rows: f"line {base + r + 2} of {label}")
+                        ) from None
                     result = pd.DataFrame({c: chunk[c].to_numpy() for c in keep})
                     pred = finish_predict(
                         scores, info.task, info.link, info.classes, info.output_ndim
@@ -179,32 +206,79 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         result["prediction"] = pred
                     if info.task != "regression" and info.link != "none":
                         proba = finish_predict_proba(scores, info.task, info.link)
-                        for j, label in enumerate(info.classes):
-                            result[f"proba_{label}"] = proba[:, j]
+                        for j, label_j in enumerate(info.classes):
+                            result[f"proba_{label_j}"] = proba[:, j]
                     result.to_csv(out, header=(i == 0), index=False)
                     rows += len(chunk)
-                    progress.update(raw.tell() - progress.n)
+                    progress.update(len(chunk))
+            except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+                raise CliError(f"cannot parse {label} as CSV: {str(exc).strip()}") from None
+            if tmp is not None:
+                out.flush()
+                os.fsync(out.fileno())
+                out.close()
+                os.replace(tmp, output)
+                tmp = None
         finally:
             progress.close()
-            if out is not sys.stdout:
+            if tmp is not None:
                 out.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
     if not args.quiet:
         dest = args.output or "stdout"
         print(f"scored {rows} row(s) with {info.name} v{info.version} -> {dest}", file=sys.stderr)
     return 0
 
 
-def _progress(total: int, quiet: bool):
+def _check_columns(header: list[str], keep: list[str], info, label: str) -> None:
+    missing_keep = [c for c in keep if c not in header]
+    if missing_keep:
+        raise CliError(f"--keep names column(s) not in {label}: {', '.join(missing_keep)}")
+    missing = [c for c in info.input_names if c not in header]
+    if missing:
+        shown = ", ".join(missing[:10]) + (
+            f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        )
+        raise CliError(f"{label} lacks column(s) model {info.name!r} needs: {shown}")
+
+
+def _temporary_beside(path: Path):
+    """An open text file beside ``path`` (same folder, so the final rename is atomic)."""
+    import tempfile
+
+    folder = path.parent
+    if not folder.is_dir():
+        raise CliError(f"-o {path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    return os.fdopen(fd, "w", newline="", encoding="utf-8"), tmp
+
+
+def _count_rows(path: Path) -> int | None:
+    """Data rows of a CSV file (lines after the header), for the progress bar; None if big."""
+    if path.stat().st_size > 256 << 20:
+        return None
+    lines, last = 0, b"\n"
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return max(0, lines + (last != b"\n") - 1)
+
+
+def _progress(total: int | None, quiet: bool):
+    """Rows scored, on stderr, only for a person watching a terminal."""
     from tqdm import tqdm
 
     return tqdm(
         total=total,
-        unit="B",
+        unit=" rows",
         unit_scale=True,
         desc="scoring",
         file=sys.stderr,
-        disable=quiet,
+        disable=quiet or not sys.stderr.isatty(),
         mininterval=0.5,
+        delay=0.5,  # nothing is drawn for calls that end (or fail) within half a second
     )
 
 
@@ -296,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     remote(pr)
     pr.add_argument("--model", required=True)
     pr.add_argument("--version", type=int, default=None)
-    pr.add_argument("file", metavar="FILE.csv")
+    pr.add_argument("file", metavar="FILE.csv", help="CSV file with a header row; - for stdin")
     pr.add_argument("-o", "--output", help="output CSV (default: stdout)")
     pr.add_argument("--keep", metavar="COL,…", help="input columns to copy into the output")
     pr.add_argument("--keys", metavar="FILE", help="key file from `heml keys generate`")

@@ -48,6 +48,7 @@ from .v1 import heml_pb2_grpc
 
 MiB = 1 << 20
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_PORT = 50051  # `heml serve`'s default port
 MAX_MESSAGE_BYTES = 4 * MiB  # what this client sends per message
 MAX_RECEIVE_BYTES = 64 * MiB
 BLOCKS_PER_STREAM = 32
@@ -71,12 +72,43 @@ def _is_loopback(target: str) -> bool:
     return target.startswith("unix:") or host in ("localhost", "127.0.0.1", "::1")
 
 
+def with_default_port(target: str) -> str:
+    """``host`` -> ``host:50051`` (the port `heml serve` uses by default). gRPC itself would
+    pick 443, which no heml server listens on unless told to. Targets with a scheme
+    (``dns:///``, ``unix:``, ``ipv4:``…) and ``host:port`` forms are kept as they are."""
+    if "://" in target or target.startswith(("unix:", "ipv4:", "ipv6:", "dns:")):
+        return target
+    if target.startswith("["):  # [v6] or [v6]:port
+        return target if "]:" in target else f"{target}:{DEFAULT_PORT}"
+    if target.count(":") == 1 or not target:
+        return target
+    if target.count(":") > 1:  # a bare IPv6 address
+        return f"[{target}]:{DEFAULT_PORT}"
+    return f"{target}:{DEFAULT_PORT}"
+
+
+def _explain(code: grpc.StatusCode, details: str, target: str) -> str:
+    """A failed connection in the user's terms, with what to check."""
+    text = details or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if "HTTP/2" in text or "http2" in text.lower() or "Socket closed" in text:
+            return (
+                f"the server at {target} does not speak gRPC: is this the port of `heml serve`? "
+                "(a TLS server reached without --ca / root_certificates looks like this too)"
+            )
+        if "onnect" in text or "failed to connect" in text or "DNS" in text:
+            return f"cannot reach {target}: is `heml serve` running there?"
+    return ""
+
+
 def translate(exc: grpc.RpcError, target: str) -> RemoteError:
     """gRPC errors -> heml errors (the only place the SDK looks at gRPC status codes)."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
     kind = _ERRORS.get(code, RemoteError)
-    err = kind(f"{target}: {details} ({code.name})", code=code.name, details=details or "")
+    hint = _explain(code, details, target)
+    message = f"{hint} ({code.name}: {details})" if hint else f"{target}: {details} ({code.name})"
+    err = kind(message, code=code.name, details=details or "")
     if isinstance(err, ResourceExhausted):
         meta = dict(exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else {}
         if "retry-after" in meta:
@@ -135,6 +167,7 @@ class Client:
     ) -> None:
         if timeout is None or timeout <= 0:
             raise ValueError("timeout must be a positive number of seconds")
+        target = with_default_port(target)
         self.target = target
         self.timeout = float(timeout)
         self.retries = int(retries)

@@ -35,7 +35,33 @@ class UnsupportedEstimatorError(ModelError, TypeError):
 
 
 class InputError(HemlError, ValueError):
-    """Features given to ``predict*`` have the wrong shape, names or values."""
+    """Features given to ``predict*`` have the wrong shape, names or values.
+
+    ``rows`` holds the 0-based indices, within the array or DataFrame given to the call, of the
+    rows the message names (empty when it names none). ``located(describe)`` renders the message
+    with each of those rows described another way, e.g. as the CSV line `heml predict` read it
+    from.
+    """
+
+    def __init__(
+        self, message: str, *, rows: tuple[int, ...] = (), template: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.rows = tuple(int(r) for r in rows)
+        self._template = template  # the message with "{0}", "{1}", ... where rows are named
+
+    @classmethod
+    def naming_rows(cls, template: str, *rows: int) -> InputError:
+        """An error whose ``template`` names row ``rows[i]`` where it says ``{i}`` (other
+        braces in the template must be doubled, as for ``str.format``)."""
+        rows = tuple(int(r) for r in rows)
+        return cls(template.format(*(f"row {r}" for r in rows)), rows=rows, template=template)
+
+    def located(self, describe) -> str:
+        """The message with each row it names replaced by ``describe(row)``."""
+        if self._template is None:
+            return str(self)
+        return self._template.format(*(describe(r) for r in self.rows))
 
 
 class OutOfBoundsError(InputError):

@@ -292,9 +292,11 @@ class Preprocessing:
                 rows = np.flatnonzero(~np.isfinite(v))
                 kind = "infinite" if np.isinf(v[rows[0]]) else "missing (NaN)"
                 hint = "" if col.impute is not None else "; this model has no imputer for it"
-                raise InputError(
-                    f"column {col.name!r} has {rows.size} {kind} value(s), first at row "
-                    f"{rows[0]}{hint}"
+                raise InputError.naming_rows(
+                    _escaped(f"column {col.name!r} has {rows.size} {kind} value(s), first at ")
+                    + "{0}"
+                    + _escaped(hint),
+                    rows[0],
                 )
         return block
 
@@ -336,9 +338,14 @@ class Preprocessing:
             if col.handle_unknown == "error":
                 row = int(np.flatnonzero(unknown)[0])
                 shown = ", ".join(repr(c) for c in cats[:8]) + (", …" if len(cats) > 8 else "")
-                raise InputError(
-                    f"column {col.name!r} has {int(unknown.sum())} unknown categor(y/ies), e.g. "
-                    f"{vals.iloc[row]!r} at row {row} (known: {shown})"
+                raise InputError.naming_rows(
+                    _escaped(
+                        f"column {col.name!r} has {int(unknown.sum())} unknown categor(y/ies), "
+                        f"e.g. {vals.iloc[row]!r} at "
+                    )
+                    + "{0}"
+                    + _escaped(f" (known: {shown})"),
+                    row,
                 )
             if col.handle_unknown == "infrequent_if_exist" and has_infrequent:
                 position[-1] = width - 1
@@ -418,22 +425,28 @@ class Bounds:
         if self.out_of_bounds == "clip":
             return np.clip(Z, self.lower, self.upper)
         bad_cols = np.flatnonzero(np.any(below | above, axis=0))
-        parts = []
-        for j in bad_cols[:5]:
+        parts, first_rows = [], []
+        for i, j in enumerate(bad_cols[:5]):
             col = Z[:, j]
             rows = np.flatnonzero(below[:, j] | above[:, j])
             name = feature_names[j] if j < len(feature_names) else f"x{j}"
             parts.append(
-                f"{name!r}: {rows.size} value(s) outside [{self.lower[j]:.6g}, {self.upper[j]:.6g}]"
-                f" (e.g. {col[rows[0]]:.6g} at row {rows[0]})"
+                _escaped(
+                    f"{name!r}: {rows.size} value(s) outside "
+                    f"[{self.lower[j]:.6g}, {self.upper[j]:.6g}] (e.g. {col[rows[0]]:.6g} at "
+                )
+                + f"{{{i}}})"
             )
+            first_rows.append(rows[0])
         more = f"; and {bad_cols.size - 5} more feature(s)" if bad_cols.size > 5 else ""
-        raise OutOfBoundsError(
+        raise OutOfBoundsError.naming_rows(
             "input outside the model's declared bounds — "
             + "; ".join(parts)
             + more
             + ". Encrypted scoring is exact only inside the bounds the model was exported with; "
-            "re-export with wider bounds=, or with out_of_bounds='clip' to clip instead."
+            "re-export with wider bounds=, or with out_of_bounds='clip' to clip instead "
+            "(`heml train --out-of-bounds clip`).",
+            *first_rows,
         )
 
     def normalize(self, Z: np.ndarray) -> np.ndarray:
@@ -460,3 +473,8 @@ class Bounds:
             d.get("encode_lower"),
             d.get("encode_upper"),
         )
+
+
+def _escaped(text: str) -> str:
+    """``text`` made literal inside a ``str.format`` template."""
+    return text.replace("{", "{{").replace("}", "}}")

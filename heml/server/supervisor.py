@@ -41,9 +41,31 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def refuse_port_in_use(host: str, port: int) -> None:
+    """Fail if another process listens on ``host:port``.
+
+    Workers share the port with SO_REUSEPORT, which would also let a second `heml serve` (or
+    anything else run by the same user) join it and take half the connections. A probe bound
+    without SO_REUSEPORT conflicts with any listener on the port (SO_REUSEADDR still lets it
+    past connections in TIME_WAIT, so a restart right after a stop works)."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OSError(
+                f"cannot serve on {host}:{port}: the port is in use by another process "
+                f"({exc.strerror}); stop it or choose another --port"
+            ) from exc
+
+
 @contextlib.contextmanager
 def reserve_port(host: str, port: int):
     """Bind (not listen) with SO_REUSEPORT so the port stays ours while workers bind it."""
+    refuse_port_in_use(host, port)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -1,0 +1,139 @@
+"""What a newcomer hits in the first hour (issue 15): each behaviour a user saw go wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import heml
+from heml.client import with_default_port
+from heml.errors import InputError
+
+from .conftest import ServeProcess, free_port
+from .test_cli import cli_server, run  # noqa: F401  (the module-scoped server fixture)
+
+
+def test_a_second_server_on_a_taken_port_is_refused(cli_server, model_dir):  # noqa: F811
+    address, _server, _lines = cli_server
+    port = address.rsplit(":", 1)[1]
+    proc = run("serve", "--models", str(model_dir), "--port", port, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]  # after the model folder's log lines
+    assert last.startswith("heml serve: ") and "in use by another process" in last
+    assert port in last
+    # the running server still answers alone: every call sees its 3 models
+    with heml.Client(address) as c:
+        assert all(len(c.models()) == 3 for _ in range(5))
+
+
+def test_a_restart_on_the_same_port_right_after_a_stop_works(model_dir):
+    port = free_port()
+    for _ in range(2):
+        server = ServeProcess("--models", str(model_dir), "--port", str(port))
+        with heml.Client(f"127.0.0.1:{port}") as c:
+            assert len(c.models()) == 3  # a connection now lingers in TIME_WAIT
+        assert server.stop() == 0
+
+
+def test_failed_predict_leaves_no_output_file(cli_server, cancer, tmp_path):  # noqa: F811
+    address, _proc, _lines = cli_server
+    X, _y, _clf = cancer
+    frame = X.iloc[:300].copy()
+    frame.iloc[250, 3] = np.nan  # chunk 3 of 100 rows fails after two were scored
+    src = tmp_path / "rows.csv"
+    frame.to_csv(src, index=False)
+    dst = tmp_path / "out.csv"
+    proc = run(
+        "predict", "--server", address, "--model", "cancer", str(src), "-o", str(dst),
+        "--chunk-size", "100",
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert not dst.exists()
+    assert list(tmp_path.iterdir()) == [src]  # no temporary file left behind either
+    # the error names the CSV line a user finds in an editor: header = line 1, row 250 = 252
+    assert f"line 252 of {src.name}" in proc.stderr and "row 250" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    # an existing output is kept as it was when a run fails
+    dst.write_text("previous results\n")
+    assert run("predict", "--server", address, "--model", "cancer", str(src), "-o", str(dst),
+               "--chunk-size", "100").returncode == 2  # fmt: skip
+    assert dst.read_text() == "previous results\n"
+
+
+def test_predict_reads_stdin_and_empty_files_fail_in_one_line(cli_server, cancer, tmp_path):  # noqa: F811
+    address, _proc, _lines = cli_server
+    X, _y, clf = cancer
+    csv = X.iloc[:20].to_csv(index=False)
+    proc = run("predict", "--server", address, "--model", "cancer", "-", "-q", input=csv)
+    assert proc.returncode == 0, proc.stderr
+    out = pd.read_csv(__import__("io").StringIO(proc.stdout))
+    np.testing.assert_array_equal(out["prediction"], clf.predict(X.iloc[:20]))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    proc = run("predict", "--server", address, "--model", "cancer", str(empty))
+    assert proc.returncode == 2 and "is empty" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(cli_server, cancer, tmp_path):  # noqa: F811
+    address, _proc, _lines = cli_server
+    X, _y, _clf = cancer
+    src = tmp_path / "x.csv"
+    X.to_csv(src, index=False)
+    proc = run("predict", "--server", address, "--model", "cancer", str(src), "-o",
+               str(tmp_path / "o.csv"), "--chunk-size", "50")  # fmt: skip
+    assert proc.returncode == 0
+    assert "scoring" not in proc.stderr and "%" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"scored {len(X)} row(s) with cancer v1 -> {tmp_path / 'o.csv'}"
+    ]
+
+
+def test_connection_errors_say_what_to_check(tmp_path):
+    src = tmp_path / "x.csv"
+    src.write_text("a\n1\n")
+    proc = run("models", "--server", "127.0.0.1:1", "--timeout", "3")
+    assert proc.returncode == 1
+    assert "is `heml serve` running there?" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_target_without_port_means_the_serve_default():
+    assert with_default_port("localhost") == "localhost:50051"
+    assert with_default_port("10.0.0.7") == "10.0.0.7:50051"
+    assert with_default_port("localhost:7000") == "localhost:7000"
+    assert with_default_port("[::1]") == "[::1]:50051"
+    assert with_default_port("[::1]:7000") == "[::1]:7000"
+    assert with_default_port("::1") == "[::1]:50051"
+    assert with_default_port("dns:///svc.example:7000") == "dns:///svc.example:7000"
+    assert with_default_port("unix:/tmp/heml.sock") == "unix:/tmp/heml.sock"
+
+
+def test_input_errors_can_name_csv_lines():
+    err = InputError.naming_rows("column 'a' has 2 missing value(s), first at {0}", 5)
+    assert str(err) == "column 'a' has 2 missing value(s), first at row 5"
+    assert err.rows == (5,)
+    assert err.located(lambda r: f"line {r + 2}") == (
+        "column 'a' has 2 missing value(s), first at line 7"
+    )
+    plain = InputError("no rows here")
+    assert plain.located(lambda r: "never") == "no rows here"
+
+
+def test_save_into_a_missing_folder_creates_it(cancer, tmp_path):
+    X, _y, clf = cancer
+    model = heml.export(clf, name="cancer", bounds=(X.min(axis=0) - 1, X.max(axis=0) + 1))
+    path = tmp_path / "new" / "deeper" / "cancer.json"
+    model.save(path)
+    assert heml.LinearModel.load(path).name == "cancer"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["cancer.json"]
+
+
+@pytest.mark.parametrize("bad", ["--chunk-size=0"])
+def test_predict_rejects_bad_chunk_size(cli_server, bad, tmp_path):  # noqa: F811
+    address, _proc, _lines = cli_server
+    src = tmp_path / "x.csv"
+    src.write_text("a\n1\n")
+    proc = run("predict", "--server", address, "--model", "cancer", str(src), bad)
+    assert proc.returncode == 2 and "--chunk-size" in proc.stderr
