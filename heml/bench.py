@@ -661,7 +661,12 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a small grid, under two minutes")
     p.add_argument("--workers", type=int, default=1, help="server worker processes")
     p.add_argument("--out", default="bench-results", help="folder for JSON and PNG")
-    p.add_argument("--cap", type=float, default=BASELINE_CAP_SECONDS, help="baseline time cap")
+    p.add_argument(
+        "--cap",
+        type=float,
+        default=BASELINE_CAP_SECONDS,
+        help="seconds a baseline may take per cell before it is reported as not run",
+    )
     p.add_argument("--no-goals", action="store_true", help="skip the goal table")
     p.add_argument("--no-grid", action="store_true", help="skip the per-size grid")
     p.add_argument("--dims", help="comma-separated d values (default: the full or quick set)")

@@ -312,29 +312,47 @@ def build_parser() -> argparse.ArgumentParser:
         prog="heml",
         description="Differentially private linear models, scored on CKKS-encrypted features.",
     )
-    p.add_argument("--version", action="version", version=f"heml {__version__}")
+    p.add_argument("-V", "--version", action="version", version=f"heml {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    s = sub.add_parser("serve", help="serve a folder of model files over gRPC")
+    s = sub.add_parser(
+        "serve",
+        help="serve a folder of model files over gRPC",
+        description=(
+            "Serve every *.json model file in a folder over gRPC. Clients send CKKS-encrypted "
+            "features; the server scores ciphertexts and never holds a secret key. Files added "
+            "or replaced in the folder are picked up without a restart."
+        ),
+    )
     s.add_argument("--models", required=True, metavar="DIR", help="folder of *.json model files")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    s.add_argument("--workers", type=int, default=1, help="worker processes (one per core)")
-    s.add_argument("--max-concurrent-rpcs", type=int, default=64, help="per worker (default 64)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
+    s.add_argument(
+        "--workers", type=int, default=1, help="worker processes (up to one per core pays off)"
+    )
+    s.add_argument("--max-concurrent-rpcs", type=int, default=64, help="calls in flight per worker")
     s.add_argument(
         "--max-samples-per-request",
         type=int,
         default=1 << 20,
         metavar="N",
-        help="sample slots one call may compute (default 1048576)",
+        help="sample slots one call may compute",
     )
     s.add_argument(
-        "--reload-seconds", type=float, default=2.0, help="re-read the model folder (0: never)"
+        "--reload-seconds",
+        type=float,
+        default=2.0,
+        help="seconds between re-reads of the model folder (0: never)",
     )
     s.add_argument(
-        "--drain-seconds", type=float, default=1.0, help="NOT_SERVING before refusing calls"
+        "--drain-seconds",
+        type=float,
+        default=1.0,
+        help="on SIGTERM, seconds of health NOT_SERVING before new calls are refused",
     )
-    s.add_argument("--grace-seconds", type=float, default=30.0, help="in-flight calls' grace")
+    s.add_argument(
+        "--grace-seconds", type=float, default=30.0, help="on SIGTERM, seconds in-flight calls get"
+    )
     sec = s.add_argument_group("security (docs/security.md)")
     sec.add_argument(
         "--api-keys", metavar="FILE", help="require API keys from FILE (`heml keys issue`)"
@@ -348,13 +366,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on PORT"
     )
     sec.add_argument("--metrics-host", metavar="ADDR", help="address for /metrics (default --host)")
-    s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    s.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="server log verbosity (stderr)",
+    )
     s.set_defaults(func=cmd_serve)
 
     def remote(parser):
-        parser.add_argument("--server", required=True, metavar="HOST:PORT")
+        server = os.environ.get("HEML_SERVER")
         parser.add_argument(
-            "--api-key", default=os.environ.get("HEML_API_KEY"), help="or set HEML_API_KEY"
+            "--server",
+            required=server is None,
+            default=server,
+            metavar="HOST[:PORT]",
+            help=f"the heml server (port {DEFAULT_PORT} when omitted; or set HEML_SERVER)",
+        )
+        parser.add_argument(
+            "--api-key",
+            default=os.environ.get("HEML_API_KEY"),
+            help="API key, if the server requires one (or set HEML_API_KEY)",
         )
         parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
         parser.add_argument("--ca", metavar="PEM", help="CA that signed the server's certificate")
@@ -368,8 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="score a CSV file under encryption")
     remote(pr)
-    pr.add_argument("--model", required=True)
-    pr.add_argument("--version", type=int, default=None)
+    pr.add_argument("--model", required=True, help="name of the model (see `heml models`)")
+    pr.add_argument("--version", type=int, default=None, help="model version (default: the latest)")
     pr.add_argument("file", metavar="FILE.csv", help="CSV file with a header row; - for stdin")
     pr.add_argument("-o", "--output", help="output CSV (default: stdout)")
     pr.add_argument("--keep", metavar="COL,…", help="input columns to copy into the output")
@@ -381,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("keys", help="client HE key files; API keys (issue, revoke, list)")
     ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     kg = ksub.add_parser("generate", help="create a secret-key file (mode 0600)")
-    kg.add_argument("--out", required=True, metavar="FILE")
+    kg.add_argument("-o", "--out", required=True, metavar="FILE", help="key file to write")
     kg.add_argument("--force", action="store_true", help="replace an existing file")
     kg.set_defaults(func=cmd_keys_generate)
     from .server.auth_cli import register as register_api_keys
@@ -391,13 +423,44 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train, serve and score encrypted, end to end, in one go")
     d.add_argument("--epsilon", type=float, default=1.0, help="DP budget of the demo model")
     d.add_argument("--no-dp", action="store_true", help="train without differential privacy")
-    d.add_argument("--workers", type=int, default=1)
+    d.add_argument("--workers", type=int, default=1, help="server worker processes")
     d.set_defaults(func=cmd_demo)
 
     for module in ("heml.dp.cli", "heml.audit.cli", "heml.bench"):
         if importlib.util.find_spec(module.rsplit(".", 1)[0]) and importlib.util.find_spec(module):
             importlib.import_module(module).register(sub)
+    _show_defaults(p)
     return p
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default is None
+            or default is False
+            or default in ("", argparse.SUPPRESS)
+            or action.required
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Apply ``_DefaultsFormatter`` to a parser and all its subcommands (also those that the
+    dp, audit and bench modules register)."""
+    parser.formatter_class = _DefaultsFormatter
+    for action in parser._actions:
+        if action.help is None and action.option_strings and action.default not in (None, False):
+            action.help = "(default: %(default)s)"  # argparse skips options without help
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,3 +137,33 @@ def test_predict_rejects_bad_chunk_size(cli_server, bad, tmp_path):  # noqa: F81
     src.write_text("a\n1\n")
     proc = run("predict", "--server", address, "--model", "cancer", str(src), bad)
     assert proc.returncode == 2 and "--chunk-size" in proc.stderr
+
+
+def test_help_shows_every_default_and_what_each_option_is():
+    serve = " ".join(run("serve", "--help", check=True).stdout.split())
+    for needle in ("model folder (0: never) (default: 2.0)", "refused (default: 1.0)"):
+        assert needle in serve, serve
+    assert "calls get (default: 30.0)" in serve and "(one per core)" not in serve
+    assert "never holds a secret key" in serve  # serve has a description
+    predict = " ".join(run("predict", "--help", check=True).stdout.split())
+    assert "seconds per call (default: 60.0)" in predict
+    assert "(memory bound) (default: 16384)" in predict
+    assert "name of the model" in predict and "model version (default: the latest)" in predict
+    assert "HEML_SERVER" in predict
+    demo = " ".join(run("demo", "--help", check=True).stdout.split())
+    assert "DP budget of the demo model (default: 1.0)" in demo
+    bench = " ".join(run("bench", "--help", check=True).stdout.split())
+    assert "seconds a baseline may take" in bench and "(default: 20" in bench
+    assert run("-V", check=True).stdout.strip() == f"heml {heml.__version__}"
+
+
+def test_heml_server_environment_variable_and_keys_dash_o(cli_server, cancer, tmp_path):  # noqa: F811
+    import os
+
+    address, _proc, _lines = cli_server
+    env = {**os.environ, "HEML_SERVER": address}
+    proc = run("models", env=env)
+    assert proc.returncode == 0 and "cancer" in proc.stdout, proc.stderr
+    keyfile = tmp_path / "k.keys"
+    assert run("keys", "generate", "-o", str(keyfile)).returncode == 0
+    assert keyfile.exists()
