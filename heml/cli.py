@@ -100,8 +100,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = [("MODEL", "VERSION", "TASK", "FEATURES", "OUTPUTS", "DP GUARANTEE", "AUDIT")]
     for m in models:
         dp = "not private"
-        if m.is_private:
-            dp = f"ε={m.dp.get('epsilon'):g}, δ={m.dp.get('delta'):g} ({m.dp.get('mechanism', '')})"
+        if m.is_private:  # the mechanism and the rest of the DP block: --json
+            dp = f"ε={m.dp.get('epsilon'):g}, δ={m.dp.get('delta'):g}"
         audit = "-"
         if m.audit:
             lb = m.audit.get("epsilon_lower_bound")
@@ -109,6 +109,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         rows.append(
             (m.name, str(m.version), m.task, str(m.n_features), str(m.n_outputs), dp, audit)
         )
+    rows = [tuple(_fit(cell, 28) for cell in r) for r in rows]  # the table fits 100 columns
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
@@ -117,6 +118,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         f"{server.protocol_version}, TenSEAL {server.tenseal_version})"
     )
     return 0
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _model_summary(m) -> dict:

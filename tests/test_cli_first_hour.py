@@ -167,3 +167,31 @@ def test_heml_server_environment_variable_and_keys_dash_o(cli_server, cancer, tm
     keyfile = tmp_path / "k.keys"
     assert run("keys", "generate", "-o", str(keyfile)).returncode == 0
     assert keyfile.exists()
+
+
+def test_models_table_fits_100_columns(tmp_path, cancer):
+    from sklearn.linear_model import LogisticRegression
+
+    from heml.dp import DPLogisticRegression
+
+    X, y, _clf = cancer
+    Z = ((X - X.mean()) / X.std()).clip(-3, 3).to_numpy()
+    long_name = "a-model-name-that-goes-on-and-on-for-sixty-characters-or-so"
+    dp = DPLogisticRegression(epsilon=0.5, bounds_X=(-3, 3), random_state=0)
+    dp = (
+        dp.fit(Z, y)
+        if "classes" not in dp.get_params()
+        else dp.set_params(classes=[0, 1]).fit(Z, y)
+    )
+    heml.export(dp, name=long_name).save(tmp_path / "long.json")
+    heml.export(LogisticRegression().fit(Z, y), name="plain", bounds=(-3, 3)).save(
+        tmp_path / "plain.json"
+    )
+    port = free_port()
+    server = ServeProcess("--models", str(tmp_path), "--port", str(port))
+    try:
+        out = run("models", "--server", f"127.0.0.1:{port}", check=True).stdout
+    finally:
+        assert server.stop() == 0
+    assert max(len(line) for line in out.splitlines()) <= 100, out
+    assert "ε=0.5, δ=1e-05" in out and "plain" in out and "a-model-name-that" in out
