@@ -145,25 +145,33 @@ def identifier_warnings(df) -> list[str]:
     return out
 
 
-def read_table(source: str | Path | bytes, target: str, drop: str = ""):
-    """CSV -> (numeric finite feature DataFrame, target Series), after --drop; checked."""
+def read_table(source: str | Path | bytes, target: str, drop: str = "", *, name: str | None = None):
+    """CSV -> (numeric finite feature DataFrame, target Series), after --drop; checked.
+
+    ``name`` is how messages call the file (default: its path; "the data" for bytes)."""
     import pandas as pd
 
-    name = "<data>" if isinstance(source, bytes) else str(source)
+    if name is None:
+        name = "the data" if isinstance(source, bytes) else str(source)
     try:
         df = pd.read_csv(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
     except OSError as exc:
-        raise InvalidInput(f"cannot read {name!r}: {exc.strerror or exc}") from None
+        raise InvalidInput(f"cannot read {name}: {exc.strerror or exc}") from None
+    except pd.errors.EmptyDataError:
+        raise InvalidInput(f"{name} is empty: expected a CSV file with a header row") from None
     except Exception as exc:
-        raise InvalidInput(f"cannot parse {name!r} as CSV: {exc}") from None
+        raise InvalidInput(f"cannot parse {name} as CSV: {str(exc).strip()}") from None
     if df.shape[0] == 0:
-        raise InvalidInput(f"{name!r} has no data rows")
+        raise InvalidInput(f"{name} has no data rows (only a header)")
     if target not in df.columns:
-        raise InvalidInput(f"--target {target!r} is not a column of {name!r}")
+        raise InvalidInput(
+            f"--target {target!r} is not a column of {name}{_columns_hint(target, df)}"
+        )
     dropped = [c for c in (s.strip() for s in (drop or "").split(",")) if c]
     missing = [c for c in dropped if c not in df.columns]
     if missing:
-        raise InvalidInput(f"--drop names unknown column(s): {', '.join(missing)}")
+        hint = _columns_hint(missing[0], df)
+        raise InvalidInput(f"--drop names unknown column(s) of {name}: {', '.join(missing)}{hint}")
     if target in dropped:
         raise InvalidInput("--drop includes the target column")
     df = df.drop(columns=dropped)
@@ -190,3 +198,16 @@ def numeric_features(df) -> np.ndarray:
             f"column(s) with missing or infinite values: {', '.join(map(repr, bad[:5]))}"
         )
     return X
+
+
+def _columns_hint(wanted: str, df) -> str:
+    """ "; did you mean 'label'? (columns: a, b, label)": the close match first, then the header."""
+    import difflib
+
+    columns = [str(c) for c in df.columns]
+    close = difflib.get_close_matches(wanted, columns, n=1, cutoff=0.6)
+    if not close:
+        close = [c for c in columns if c.lower() == wanted.lower()]
+    shown = ", ".join(columns[:12]) + (f", … ({len(columns)} in all)" if len(columns) > 12 else "")
+    guess = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{guess} (columns: {shown})"

@@ -195,3 +195,25 @@ def test_models_table_fits_100_columns(tmp_path, cancer):
         assert server.stop() == 0
     assert max(len(line) for line in out.splitlines()) <= 100, out
     assert "ε=0.5, δ=1e-05" in out and "plain" in out and "a-model-name-that" in out
+
+
+def test_table_errors_name_the_file_list_columns_and_suggest(tmp_path):
+    from heml._csvdata import InvalidInput, read_table
+
+    src = tmp_path / "loans.csv"
+    src.write_text("income,age,label\n1,2,0\n3,4,1\n")
+    with pytest.raises(InvalidInput) as e:
+        read_table(src, "Label", name="loans.csv")
+    msg = str(e.value)
+    assert "loans.csv" in msg and "did you mean 'label'?" in msg
+    assert "(columns: income, age, label)" in msg
+    with pytest.raises(InvalidInput, match="did you mean 'income'"):
+        read_table(src.read_bytes(), "label", "incme", name="loans.csv")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(InvalidInput, match="is empty"):
+        read_table(empty, "label")
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("income,label\n")
+    with pytest.raises(InvalidInput, match="no data rows"):
+        read_table(header_only, "label")
