@@ -297,6 +297,17 @@ def test_flooding_covers_the_worst_case_weight_contribution():
     assert int(np.abs(prng.sample_error((1 << 16,))).max()) <= ERROR_MAX
 
 
+def test_the_published_plan_reveals_only_a_power_of_two_bound_on_the_weights():
+    """Weights with different norms in one power-of-two bucket publish identical plans; the
+    test can see a difference (positive control: a bucket apart, the plans differ)."""
+    wq_norm = np.abs(quantize(WN, PLAN.log2_scale_w)).sum()
+    bucket = 2.0 ** np.ceil(np.log2(wq_norm))
+    near = make_private_plan(W * (0.55 * bucket / wq_norm + 0.45), B, CENTER, HW, tolerance=1e-4)
+    far = make_private_plan(W * 4, B, CENTER, HW, tolerance=1e-4)
+    assert near.to_dict() == PLAN.to_dict()
+    assert far.to_dict() != PLAN.to_dict() and far.log2_flood == PLAN.log2_flood + 2
+
+
 def test_key_store_caps_each_identity_and_evicts_the_largest_holder_first():
     keys = KeySet()
     sk = keys.get(PLAN.params)
@@ -365,6 +376,14 @@ def test_model_privacy_end_to_end_over_grpc(tmp_path, cancer):
     with heml.serve(tmp_path, port=0) as server, heml.Client(f"localhost:{server.port}") as c:
         model = c.model("secret")
         assert model.info.model_privacy and list(model.info.plans) == [PRIVATE]
+        # a guessed model is confirmed by its fingerprint in the default mode (positive
+        # control) but not in model-privacy mode (HMAC under a server key)
+        from heml.model import LinearModel
+
+        guess_open = LinearModel.load(tmp_path / "open.json").fingerprint()
+        guess_secret = LinearModel.load(tmp_path / "secret.json").fingerprint()
+        assert c.model("open").info.fingerprint == guess_open
+        assert model.info.fingerprint not in (guess_secret, "")
         got = model.predict_proba(X.iloc[:8])
         np.testing.assert_allclose(got, clf.predict_proba(X.iloc[:8]), atol=1e-4)
         assert model.last_call.layouts == {PRIVATE: 8}

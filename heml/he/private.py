@@ -153,37 +153,48 @@ class PrivatePlan(PlanScales):
 
 
 def make_private_plan(coef, intercept, center, half_width, *, tolerance: float) -> PrivatePlan:
+    """Plan a model-privacy model. Everything the client sees (scales, flooding, reply width,
+    error bound) is a function of public quantities (N, d, the tolerance) and one number
+    about the weights: ⌈log2 ‖Wq‖₁⌉, the power of two the flooding must be sized by."""
     params = default_privacy_params()
     n, Q = params.n, params.Q
     Wn, bn = normalized_weights(coef, intercept, center, half_width)
-    ew = 0
-    while np.abs(quantize(Wn, ew) / math.ldexp(1.0, ew) - Wn).sum(axis=1).max() > tolerance / 8:
-        ew += 1
-        if ew > 40:
-            raise ModelError("cannot quantize the weights finely enough for model privacy")
+    d = Wn.shape[1]
+    # the weight scale from public inputs: rounding each weight costs ≤ 2^-(ew+1), so a row's
+    # L1 quantization error is ≤ d·2^-(ew+1) ≤ tolerance/8
+    ew = max(0, math.ceil(math.log2(4 * d / tolerance)))
+    if ew > 40:
+        raise ModelError("cannot quantize the weights finely enough for model privacy")
     Wq = quantize(Wn, ew).astype(np.float64)
     sw = math.ldexp(1.0, ew)
+    # the one published fact about W: a power-of-two bound on ‖Wq‖₁ (all rows: every class
+    # shares the plaintext polynomial in the ROW layout), which also bounds ‖Wq‖₂ and each
+    # row's ‖·‖₁ below
+    log2_norm = max(0, math.ceil(math.log2(max(1.0, float(np.abs(Wq).sum())))))
+    norm_bound = math.ldexp(1.0, log2_norm)
     # the weights' largest contribution to an output coefficient's noise: the client's error
     # (|e| ≤ ERROR_MAX, a bounded distribution) times every coefficient of the plaintext
-    # polynomial (all classes share it in the ROW layout): worst case, not a tail bound
-    weight_noise = ERROR_MAX * float(np.abs(Wq).sum())
+    # polynomial: worst case, not a tail bound
+    weight_noise = ERROR_MAX * norm_bound
     # smudging: N(0, σ²) and N(c, σ²) are within |c|/(σ√(2π)) in statistical distance, so
-    # σ ≥ 2^40·max|c| hides c to < 2^-40 per coefficient. Rounded up to a power of two so that
-    # the published plan (log2_flood, log2_scale_x) reveals only ⌈log2(21·‖Wq‖₁)⌉, not ‖W‖.
-    log2_flood = HIDING_BITS + max(0, math.ceil(math.log2(max(1.0, weight_noise))))
+    # σ ≥ 2^40·max|c| hides c to < 2^-40 per coefficient (rounded up to a power of two)
+    log2_flood = HIDING_BITS + math.ceil(math.log2(weight_noise))
     flood = 2.0**log2_flood
     # scale x so that flooding costs at most half the tolerance
     ex = math.ceil(math.log2(2 * NOISE_SIGMAS * flood / (tolerance * sw)))
     sx = math.ldexp(1.0, ex)
-    row_abs = sx * np.abs(Wq).sum(axis=1) + np.abs(bn) * sw * sx
-    if float(row_abs.max()) + NOISE_SIGMAS * flood + 2 * weight_noise >= CAPACITY_FRACTION * Q:
+    bias_abs = float(np.abs(bn).max()) * sw * sx
+    if (
+        sx * norm_bound + bias_abs + NOISE_SIGMAS * flood + 2 * weight_noise
+        >= CAPACITY_FRACTION * Q
+    ):
         raise ModelError(
             "model privacy needs more headroom than 128-bit parameters give for this model; "
             "narrow the declared bounds or raise the tolerance"
         )
-    e_w = np.abs(Wq / sw - Wn).sum(axis=1).max()
-    e_x = 0.5 * np.abs(Wq).sum(axis=1).max() / (math.ldexp(1.0, min(ex, 52)) * sw)
-    e_noise = NOISE_SIGMAS * ERROR_STDDEV * float(np.sqrt((Wq**2).sum())) / (sx * sw)
+    e_w = tolerance / 8
+    e_x = 0.5 * norm_bound / (math.ldexp(1.0, min(ex, 52)) * sw)
+    e_noise = NOISE_SIGMAS * ERROR_STDDEV * norm_bound / (sx * sw)
     e_flood = NOISE_SIGMAS * flood / (sx * sw)
     # re-randomization noise (u·e' + e1 + e2·s, all small) is far below the flooding
     e_rerand = NOISE_SIGMAS * ERROR_STDDEV * 3 * math.sqrt(n) / (sx * sw)
