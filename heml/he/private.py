@@ -8,10 +8,10 @@ which is a known linear combination of the client's own ciphertexts. In this mod
    SHA-256(domain ‖ key nonce) (``key_p1``), so the client uploads only p0 = −p1·s + e and the
    c1 part of the re-randomizer, u·p1 + e1, is an RLWE sample under the server's fresh u;
 2. floods the output coefficients with Gaussian noise of standard deviation at least 2^40
-   times the largest contribution the weights can make to an output coefficient's noise
-   (21, the largest centered-binomial error, times ‖W‖₁ of the quantized weights, rounded up
-   to a power of two), so by the smudging lemma that contribution is within statistical
-   distance 2^-40/√(2π) of nothing, per output coefficient,
+   times a bound that the weights' contribution to an output coefficient's noise exceeds
+   with probability ≤ 2^-41 (a Hoeffding tail of the client's centered-binomial errors times
+   ‖Wq‖₂, rounded up to a power of two), so by the smudging lemma each output coefficient
+   is within statistical distance 2^-40 of one without that contribution,
 
 and the model's quota per key stays below d predictions. Flooding needs headroom: the mode uses
 N = 4096 with two 54-bit primes (108 bits, 128-bit secure), ciphertexts encrypted at SEAL's key
@@ -53,7 +53,8 @@ PRIVACY_DEGREE = 4096
 PRIVACY_PRIME_BITS = (54, 54)
 HIDING_BITS = 40
 CAPACITY_FRACTION = 0.45
-ERROR_MAX = 21  # largest |e| of heml.he.prng.sample_error (centered binomial, 21 coins a side)
+# Hoeffding tail for the weights' noise contribution: 2·exp(-t²/2) = 2^-(HIDING_BITS + 1)
+TAIL_SIGMAS = math.sqrt(2 * math.log(2) * (HIDING_BITS + 2))
 KEY_NONCE_BYTES = 32
 KEY_ID_CHARS = 64  # hex SHA-256
 _P1_DOMAIN = b"heml/v1/model-privacy/public-key-p1\0"
@@ -155,7 +156,7 @@ class PrivatePlan(PlanScales):
 def make_private_plan(coef, intercept, center, half_width, *, tolerance: float) -> PrivatePlan:
     """Plan a model-privacy model. Everything the client sees (scales, flooding, reply width,
     error bound) is a function of public quantities (N, d, the tolerance) and one number
-    about the weights: ⌈log2 ‖Wq‖₁⌉, the power of two the flooding must be sized by."""
+    about the weights: ⌈log2 ‖Wq‖₂⌉, the power of two the flooding must be sized by."""
     params = default_privacy_params()
     n, Q = params.n, params.Q
     Wn, bn = normalized_weights(coef, intercept, center, half_width)
@@ -167,17 +168,19 @@ def make_private_plan(coef, intercept, center, half_width, *, tolerance: float) 
         raise ModelError("cannot quantize the weights finely enough for model privacy")
     Wq = quantize(Wn, ew).astype(np.float64)
     sw = math.ldexp(1.0, ew)
-    # the one published fact about W: a power-of-two bound on ‖Wq‖₁ (all rows: every class
-    # shares the plaintext polynomial in the ROW layout), which also bounds ‖Wq‖₂ and each
-    # row's ‖·‖₁ below
-    log2_norm = max(0, math.ceil(math.log2(max(1.0, float(np.abs(Wq).sum())))))
+    # the one published fact about W: a power-of-two bound on ‖Wq‖₂ over all rows (every
+    # class shares the plaintext polynomial in the ROW layout)
+    l2 = float(np.sqrt((Wq**2).sum()))
+    log2_norm = max(0, math.ceil(math.log2(max(1.0, l2))))
     norm_bound = math.ldexp(1.0, log2_norm)
-    # the weights' largest contribution to an output coefficient's noise: the client's error
-    # (|e| ≤ ERROR_MAX, a bounded distribution) times every coefficient of the plaintext
-    # polynomial: worst case, not a tail bound
-    weight_noise = ERROR_MAX * norm_bound
+    # the weights' contribution to an output coefficient is c = Σ_j P_j·e_j with the client's
+    # errors e_j = sums of 42 independent ±1/2 (centered binomial): by Hoeffding, c is
+    # sub-Gaussian with variance proxy 10.5·‖P‖₂² ≤ ERROR_STDDEV²·norm_bound², so
+    # P(|c| > weight_noise) ≤ 2·exp(-TAIL²/2) = 2^-(HIDING_BITS+1)
+    weight_noise = TAIL_SIGMAS * ERROR_STDDEV * norm_bound
     # smudging: N(0, σ²) and N(c, σ²) are within |c|/(σ√(2π)) in statistical distance, so
-    # σ ≥ 2^40·max|c| hides c to < 2^-40 per coefficient (rounded up to a power of two)
+    # σ ≥ 2^40·weight_noise (rounded up to a power of two) leaves each output coefficient
+    # within 2^-41 + 2^-41.3 < 2^-40 of one without c (averaged over honest errors)
     log2_flood = HIDING_BITS + math.ceil(math.log2(weight_noise))
     flood = 2.0**log2_flood
     # scale x so that flooding costs at most half the tolerance
@@ -193,7 +196,7 @@ def make_private_plan(coef, intercept, center, half_width, *, tolerance: float) 
             "narrow the declared bounds or raise the tolerance"
         )
     e_w = tolerance / 8
-    e_x = 0.5 * norm_bound / (math.ldexp(1.0, min(ex, 52)) * sw)
+    e_x = 0.5 * math.sqrt(d) * norm_bound / (math.ldexp(1.0, min(ex, 52)) * sw)  # ‖·‖₁ ≤ √d‖·‖₂
     e_noise = NOISE_SIGMAS * ERROR_STDDEV * norm_bound / (sx * sw)
     e_flood = NOISE_SIGMAS * flood / (sx * sw)
     # re-randomization noise (u·e' + e1 + e2·s, all small) is far below the flooding
