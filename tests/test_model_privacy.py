@@ -304,6 +304,28 @@ def test_flooding_meets_the_stated_statistical_distance():
     assert TAIL_SIGMAS > 7.5 and HIDING_BITS >= 40
 
 
+@pytest.mark.parametrize(("d", "k"), [(30, 3), (300, 3)])
+def test_predictions_stay_within_the_error_bound_at_the_corners_of_the_bounds(d, k):
+    """The flooding, scales and headroom leave decryption correct for the largest in-bounds
+    scores (z = ±1 aligned with each class's weights)."""
+    rng = np.random.default_rng(d)
+    Wk, bk = rng.normal(size=(k, d)), rng.normal(size=k)
+    center, hw = np.zeros(d), np.full(d, 2.0)
+    plan = make_private_plan(Wk, bk, center, hw, tolerance=1e-4)
+    Wn, bn = normalized_weights(Wk, bk, center, hw)
+    evaluator = PrivateEvaluator(plan, Wn, bn)
+    keys = KeySet()
+    nonce = b"\x03" * KEY_NONCE_BYTES
+    key_id = evaluator.keys.register(nonce, public_key_p0(keys.get(plan.params), nonce), "p:a")
+    Z = np.vstack([np.sign(Wn), -np.sign(Wn), rng.uniform(-1, 1, size=(2, d))])
+    codec = ClientCodec({PRIVATE: plan}, d, k, keys)
+    block = codec.blocks(len(Z))[0]
+    replies = evaluator.evaluate(codec.encrypt(Z, block), block.n, block.s, key_id)
+    got = codec.decrypt(replies, block)
+    np.testing.assert_allclose(got, (Z * hw + center) @ Wk.T + bk, atol=plan.error_bound)
+    assert plan.error_bound <= 1e-4
+
+
 def test_the_published_plan_reveals_only_a_power_of_two_bound_on_the_weights():
     """Weights with different norms in one power-of-two bucket publish identical plans; the
     test can see a difference (positive control: a bucket apart, the plans differ)."""

@@ -26,7 +26,11 @@ def encrypt_coefficients(key: SecretKey, coeffs: np.ndarray, shift: int = 0) -> 
     primes = key.primes
     n = params.n
     coeffs = np.asarray(coeffs, dtype=np.int64).reshape(-1, n)
-    if np.any(np.abs(coeffs) >= min(primes) // 4):
+    # unshifted, the coefficients are the message and must leave room (|m| < q/4); shifted
+    # (model-privacy scales above 2^52: |z| ≤ 1 encodes to |m| ≤ 2^52, exactly 2^52 at the
+    # bounds) they need only reduce below the smallest prime: the plan checks capacity on Q
+    limit = min(primes) // (2 if shift else 4)
+    if np.any(np.abs(coeffs) >= limit):
         raise ValueError("message coefficients exceed the capacity of the modulus")
     rows = coeffs.shape[0]
     seeds = prng.fresh_seeds(rows)

@@ -186,11 +186,9 @@ def make_private_plan(coef, intercept, center, half_width, *, tolerance: float) 
     # scale x so that flooding costs at most half the tolerance
     ex = math.ceil(math.log2(2 * NOISE_SIGMAS * flood / (tolerance * sw)))
     sx = math.ldexp(1.0, ex)
-    bias_abs = float(np.abs(bn).max()) * sw * sx
-    if (
-        sx * norm_bound + bias_abs + NOISE_SIGMAS * flood + 2 * weight_noise
-        >= CAPACITY_FRACTION * Q
-    ):
+    # headroom for in-bounds inputs (a server-side check; nothing about it is published)
+    row_abs = sx * np.abs(Wq).sum(axis=1) + np.abs(bn) * sw * sx
+    if float(row_abs.max()) + NOISE_SIGMAS * flood + 2 * weight_noise >= CAPACITY_FRACTION * Q:
         raise ModelError(
             "model privacy needs more headroom than 128-bit parameters give for this model; "
             "narrow the declared bounds or raise the tolerance"
