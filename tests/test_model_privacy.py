@@ -402,7 +402,11 @@ def test_model_privacy_end_to_end_over_grpc(tmp_path, cancer):
         tmp_path / "secret.json"
     )
     heml.export(clf, name="open").save(tmp_path / "open.json")
-    with heml.serve(tmp_path, port=0) as server, heml.Client(f"localhost:{server.port}") as c:
+    keyfile = tmp_path / "client.keys"
+    with (
+        heml.serve(tmp_path, port=0) as server,
+        heml.Client(f"localhost:{server.port}", keys=keyfile) as c,
+    ):
         model = c.model("secret")
         assert model.info.model_privacy and list(model.info.plans) == [PRIVATE]
         # a guessed model is confirmed by its fingerprint in the default mode (positive
@@ -416,8 +420,18 @@ def test_model_privacy_end_to_end_over_grpc(tmp_path, cancer):
         got = model.predict_proba(X.iloc[:8])
         np.testing.assert_allclose(got, clf.predict_proba(X.iloc[:8]), atol=1e-4)
         assert model.last_call.layouts == {PRIVATE: 8}
+        # the privacy key went to the key file (it raised AttributeError before) and a new
+        # client using that file decrypts with it
+        saved = KeySet.load(keyfile)
+        assert np.array_equal(saved.get(PLAN.params).s, c.keys.get(PLAN.params).s)
+        with heml.Client(f"localhost:{server.port}", keys=keyfile) as again:
+            np.testing.assert_allclose(
+                again.model("secret").predict_proba(X.iloc[:1]),
+                clf.predict_proba(X.iloc[:1]),
+                atol=1e-4,
+            )
         with pytest.raises(ResourceExhausted, match="quota of 12 predictions per key"):
-            model.predict_proba(X.iloc[:5])  # 8 + 5 > 12 < d = 30
+            model.predict_proba(X.iloc[:5])  # 8 + 5 > 12 < d = 30 (the other client's 1 apart)
         stub = heml_pb2_grpc.InferenceStub(grpc.insecure_channel(f"localhost:{server.port}"))
         with pytest.raises(grpc.RpcError) as info:  # default layouts are refused
             stub.Predict(
