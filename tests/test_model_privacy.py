@@ -445,6 +445,13 @@ def test_model_privacy_end_to_end_over_grpc(tmp_path, cancer):
         with pytest.raises(grpc.RpcError) as info:
             stub.RegisterKey(pb.RegisterKeyRequest(model="secret", public_key=b"x" * 9), timeout=10)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as info:  # the all-zero key of the old attack
+            zero = pb.RegisterKeyRequest(
+                model="secret", public_key=bytes(7 * 4096 * 2), key_nonce=bytes(KEY_NONCE_BYTES)
+            )
+            stub.RegisterKey(zero, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "degenerate" in info.value.details()
         with pytest.raises(InvalidRequest):
             c._unary(
                 c._stub.Predict,
