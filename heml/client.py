@@ -284,16 +284,26 @@ class RemoteModel:
         self._codec = ClientCodec(info.plans, info.n_features, info.n_outputs, client.keys)
         self.last_call = CallStats()
         self._key_id = ""
+        self._public_key: tuple[bytes, bytes] | None = None  # (nonce, p0), model-privacy mode
 
     def _register_key(self, force: bool = False) -> str:
-        """Model-privacy mode: upload the public key (once; the server keys it by sha256)."""
+        """Model-privacy mode: upload the public key's p0 for a fresh nonce (once per model
+        object; again, with the same nonce and p0, when another worker process answers)."""
         if self._key_id and not force:
             return self._key_id
-        plan = self.info.plans[PRIVATE]
-        blob = self.client.keys.get(plan.params).public_key_bytes()
+        if self._public_key is None:
+            from .he.encrypt import public_key_p0
+            from .he.private import KEY_NONCE_BYTES
+
+            plan = self.info.plans[PRIVATE]
+            nonce = os.urandom(KEY_NONCE_BYTES)
+            self._public_key = (nonce, public_key_p0(self.client.keys.get(plan.params), nonce))
+        nonce, p0 = self._public_key
         reply = self.client._unary(
             self.client._stub.RegisterKey,
-            pb.RegisterKeyRequest(model=self.info.name, version=self.info.version, public_key=blob),
+            pb.RegisterKeyRequest(
+                model=self.info.name, version=self.info.version, public_key=p0, key_nonce=nonce
+            ),
         )
         self._key_id = reply.key_id
         return self._key_id

@@ -3,8 +3,9 @@
 Without the mode, the reply's c1 is a·P (the client's own uniform polynomial a times the
 weight polynomial P), only rounded by the modulus switch: a small lattice reduction recovers P,
 hence W, from one reply. With the mode, c1 is re-randomized by a fresh encryption of zero under
-the client's public key and the outputs are noise-flooded: the same attack finds nothing, and
-the client still decrypts correct predictions.
+the client's public key, whose uniform half p1 the client cannot choose, and the outputs are
+noise-flooded: the same attack (modulo Q, via CRT) finds nothing, and the client still decrypts
+correct predictions. Every attack first succeeds against an unprotected reply (positive control).
 """
 
 from __future__ import annotations
@@ -14,36 +15,46 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from heml.he import kernels, prng, wire
+from heml.errors import InvalidCiphertext
+from heml.he import kernels, modmath, prng, wire
 from heml.he.codec import ClientCodec
+from heml.he.encrypt import public_key_p0
 from heml.he.keys import KeySet
-from heml.he.params import HEParams
+from heml.he.params import ERROR_STDDEV, HEParams
 from heml.he.plan import ROW, normalized_weights, quantize
-from heml.he.private import PRIVATE, PrivateEvaluator, make_private_plan
+from heml.he.private import (
+    HIDING_BITS,
+    KEY_NONCE_BYTES,
+    PRIVATE,
+    TAIL_SIGMAS,
+    PrivateEvaluator,
+    RNSParams,
+    _expand_rns,
+    key_p1,
+    make_private_plan,
+    unpack_rns_ciphertexts,
+)
 from heml.he.scoring import Block, ServerScorer
 
 
 # ---------------------------------------------------------------------- a small exact LLL
 def lll(basis: list[list[int]], delta: Fraction = Fraction(99, 100)) -> list[list[int]]:
-    """Textbook LLL in exact rational arithmetic (small dimensions only)."""
+    """Textbook LLL in exact rational arithmetic (small dimensions only), with the standard
+    Gram–Schmidt update on a swap (Cohen, Algorithm 2.6.3) instead of recomputing it."""
     b = [row[:] for row in basis]
     n = len(b)
 
     def dot(u, v):
         return sum(x * y for x, y in zip(u, v, strict=True))
 
-    def gram_schmidt():
-        bstar, mu, norms = [], [[Fraction(0)] * n for _ in range(n)], []
-        for i in range(n):
-            v = [Fraction(x) for x in b[i]]
-            for j in range(i):
-                mu[i][j] = Fraction(dot(b[i], bstar[j])) / norms[j]
-                v = [x - mu[i][j] * y for x, y in zip(v, bstar[j], strict=True)]
-            bstar.append(v)
-            norms.append(dot(v, v))
-        return bstar, mu, norms
-
-    _bstar, mu, norms = gram_schmidt()
+    bstar, mu, norms = [], [[Fraction(0)] * n for _ in range(n)], []
+    for i in range(n):
+        v = [Fraction(x) for x in b[i]]
+        for j in range(i):
+            mu[i][j] = Fraction(dot(b[i], bstar[j])) / norms[j]
+            v = [x - mu[i][j] * y for x, y in zip(v, bstar[j], strict=True)]
+        bstar.append(v)
+        norms.append(dot(v, v))
     k = 1
     while k < n:
         for j in range(k - 1, -1, -1):  # size reduction: b* unchanged, update mu in place
@@ -55,16 +66,26 @@ def lll(basis: list[list[int]], delta: Fraction = Fraction(99, 100)) -> list[lis
                 mu[k][j] -= r
         if norms[k] >= (delta - mu[k][k - 1] ** 2) * norms[k - 1]:
             k += 1
-        else:
-            b[k], b[k - 1] = b[k - 1], b[k]
-            _bstar, mu, norms = gram_schmidt()
-            k = max(k - 1, 1)
+            continue
+        m = mu[k][k - 1]
+        big = norms[k] + m * m * norms[k - 1]
+        mu[k][k - 1] = m * norms[k - 1] / big
+        norms[k] = norms[k - 1] * norms[k] / big
+        norms[k - 1] = big
+        b[k], b[k - 1] = b[k - 1], b[k]
+        for j in range(k - 1):
+            mu[k][j], mu[k - 1][j] = mu[k - 1][j], mu[k][j]
+        for i in range(k + 1, n):
+            t = mu[i][k]
+            mu[i][k] = mu[i][k - 1] - m * t
+            mu[i][k - 1] = t + mu[k][k - 1] * mu[i][k]
+        k = max(k - 1, 1)
     return b
 
 
 def recover_weight_poly(c1_words, bits, modulus, a_coeff, support, bound_bits, equations=5):
     """Find small P on `support` with (a * P)[j] ≈ c1[j]·q/2^bits (mod q) for a few j."""
-    n = a_coeff.size
+    n = len(a_coeff)
     q = modulus
     err = q >> (bits + 1) or 1
     rows_eq = list(range(n - equations, n))  # any coefficients work; use the last ones
@@ -137,54 +158,233 @@ def test_default_reply_leaks_the_weights_from_one_reply():
     np.testing.assert_allclose(recovered, WN[0], atol=2.0**-plan.log2_scale_w)
 
 
-def test_privacy_mode_reply_hides_the_weights_and_stays_correct():
-    plan = make_private_plan(W, B, CENTER, HW, tolerance=1e-4)
-    evaluator = PrivateEvaluator(plan, WN, BN)
-    keys = KeySet()
-    codec = ClientCodec({PRIVATE: plan}, D, 1, keys)
-    key = keys.get(plan.params)
-    key_id = evaluator.keys.register(key.public_key_bytes())
-    X = RNG.uniform(-2, 2, size=(6, D))
-    Z = (X - CENTER) / HW
-    block = codec.blocks(6)[0]
-    cts = codec.encrypt(Z, block)
+# ---------------------------------------------------------------------- model-privacy mode
+PLAN = make_private_plan(W, B, CENTER, HW, tolerance=1e-4)
+
+
+def _a_mod_Q(seed: bytes, params: RNSParams) -> list[int]:
+    """The client's public polynomial a in the coefficient domain modulo Q = Π q_i (CRT of
+    its residues: the reply's c1 lives modulo Q, so the attack must too)."""
+    a = _expand_rns(seed, params)
+    residues = [kernels.for_params(pp).intt(a[i]) for i, pp in enumerate(params.prime_params)]
+    Q = params.Q
+    out = [0] * params.n
+    for i, q in enumerate(params.primes):
+        basis = (Q // q) * pow(Q // q, -1, q)
+        for j in range(params.n):
+            out[j] += int(residues[i][j]) * basis
+    return [v % Q for v in out]
+
+
+def _one_private_reply(evaluator: PrivateEvaluator, key_id: str, keys: KeySet):
+    """Encrypt one sample, get the reply for it; returns (ciphertext, reply, codec, block)."""
+    codec = ClientCodec({PRIVATE: PLAN}, D, 1, keys)
+    block = codec.blocks(1)[0]
+    z = RNG.uniform(-1, 1, size=(1, D))
+    cts = codec.encrypt(z, block)
     replies = evaluator.evaluate(cts, block.n, block.s, key_id)
-    got = codec.decrypt(replies, block)
-    np.testing.assert_allclose(got, X @ W.T + B, atol=plan.error_bound)
-    assert plan.error_bound <= 1e-4 and plan.hiding_bits >= 40
+    return cts, replies, codec, block
 
-    # the same attack, prime by prime, on the re-randomized reply finds nothing
-    p0 = HEParams(plan.params.n, plan.params.primes[0])
+
+def _crt_attack(cts, replies, codec, block) -> np.ndarray | None:
+    """The lattice attack of test_default_reply_leaks..., modulo Q: the recovered normalized
+    weights, or None."""
+    params = PLAN.params
     geo = codec._row_geometry(block.s, PRIVATE)
-    from heml.he.private import _expand_rns, unpack_rns_ciphertexts
-
-    _c0, seeds = unpack_rns_ciphertexts(cts, plan.params)
-    a0 = kernels.for_params(p0).intt(_expand_rns(seeds[0], plan.params)[0])
+    _c0, seeds = unpack_rns_ciphertexts(cts, params)
     positions = geo.output_positions(0).size
-    _c0_out, c1 = wire.unpack_reply(replies[0], positions, plan.params.n, plan.reply_bits)
-    wq = quantize(WN, plan.log2_scale_w)[0]
+    _c0_out, c1 = wire.unpack_reply(replies[0], positions, params.n, PLAN.reply_bits)
+    wq = quantize(WN, PLAN.log2_scale_w)[0]
     P = recover_weight_poly(
         c1,
-        plan.reply_bits,
-        plan.params.Q,
-        a0,
+        PLAN.reply_bits,
+        params.Q,
+        _a_mod_Q(seeds[0], params),
         np.arange(geo.m - D, geo.m),
         int(np.abs(wq).max()).bit_length() + 1,
     )
-    if P is not None:
-        recovered = np.array(P[::-1]) / 2.0**plan.log2_scale_w
-        assert not np.allclose(recovered, WN[0], atol=1e-3)
+    return None if P is None else np.array(P[::-1]) / 2.0**PLAN.log2_scale_w
+
+
+def _recovers(weights: np.ndarray | None) -> bool:
+    return weights is not None and np.allclose(weights, WN[0], atol=2.0**-PLAN.log2_scale_w)
+
+
+def _honest_key(evaluator: PrivateEvaluator, keys: KeySet) -> str:
+    nonce = bytes(range(KEY_NONCE_BYTES))
+    return evaluator.keys.register(nonce, public_key_p0(keys.get(PLAN.params), nonce), "peer:t")
+
+
+def _ntt_words(coeffs: np.ndarray) -> np.ndarray:
+    """A small integer polynomial (coefficient domain) as NTT-form words modulo each prime."""
+    return np.stack(
+        [
+            kernels.for_params(pp).ntt(modmath.reduce_signed(coeffs.astype(np.int64), pp.q))
+            for pp in PLAN.params.prime_params
+        ]
+    )
+
+
+def _low_weight() -> np.ndarray:
+    poly = np.zeros(PLAN.params.n, dtype=np.int64)
+    poly[[0, 17, 900, 2048, 4000]] = [1, -1, 1, 1, -1]
+    return poly
+
+
+def test_crt_attack_reads_w_from_an_unprotected_private_reply_but_not_a_protected_one():
+    keys = KeySet()
+    # positive control: the same evaluator with re-randomization and flooding off
+    bare = PrivateEvaluator(PLAN, WN, BN, protect=False)
+    assert _recovers(_crt_attack(*_one_private_reply(bare, _honest_key(bare, keys), keys)))
+    protected = PrivateEvaluator(PLAN, WN, BN)
+    cts, replies, codec, block = _one_private_reply(protected, _honest_key(protected, keys), keys)
+    assert not _recovers(_crt_attack(cts, replies, codec, block))
+    # and the client still gets correct predictions
+    X = RNG.uniform(-2, 2, size=(6, D))
+    block = codec.blocks(6)[0]
+    cts = codec.encrypt((X - CENTER) / HW, block)
+    got = codec.decrypt(
+        protected.evaluate(cts, block.n, block.s, _honest_key(protected, keys)), block
+    )
+    np.testing.assert_allclose(got, X @ W.T + B, atol=PLAN.error_bound)
+    assert PLAN.error_bound <= 1e-4 and PLAN.hiding_bits >= 40
+
+
+@pytest.mark.parametrize("kind", ["zero", "low-weight"])
+def test_degenerate_public_keys_defeat_a_client_chosen_p1_but_not_the_expanded_one(kind):
+    keys = KeySet()
+    n = PLAN.params.n
+    zero = np.zeros((len(PLAN.params.primes), n), dtype=np.uint64)
+    p0 = zero if kind == "zero" else _ntt_words(_low_weight())
+    p1 = zero if kind == "zero" else _ntt_words(np.eye(1, n, 0, dtype=np.int64)[0])  # p1 = 1
+    # positive control: the old protocol let the client choose p1; with this key the
+    # re-randomizer is small noise and one reply gives W to the CRT attack
+    old = PrivateEvaluator(PLAN, WN, BN)
+    old.keys._install("f" * 64, p0, p1, "peer:attacker")
+    assert _recovers(_crt_attack(*_one_private_reply(old, "f" * 64, keys)))
+    # the protocol now: registering such a p0 is refused ...
+    nonce = b"\x07" * KEY_NONCE_BYTES
+    blob = wire.pack_words(p0, wire.C0_WORD_BYTES)
+    with pytest.raises(InvalidCiphertext, match="degenerate"):
+        PrivateEvaluator(PLAN, WN, BN).keys.register(nonce, blob, "peer:attacker")
+    # ... and even accepted unchecked, with p1 expanded from the nonce it hides W
+    new = PrivateEvaluator(PLAN, WN, BN)
+    new.keys._install("e" * 64, p0, key_p1(nonce, PLAN.params), "peer:attacker")
+    assert not _recovers(_crt_attack(*_one_private_reply(new, "e" * 64, keys)))
+
+
+def test_a_p0_without_the_p1_term_is_refused_and_an_honest_one_accepted():
+    keys = KeySet()
+    store = PrivateEvaluator(PLAN, WN, BN).keys
+    nonce = b"\x01" * KEY_NONCE_BYTES
+    noise_only = _ntt_words(prng.sample_error((PLAN.params.n,)))  # p0 = e: small norm
+    with pytest.raises(InvalidCiphertext, match="degenerate"):
+        store.register(nonce, wire.pack_words(noise_only, wire.C0_WORD_BYTES), "peer:a")
+    honest = public_key_p0(keys.get(PLAN.params), nonce)
+    key_id = store.register(nonce, honest, "peer:a")
+    assert key_id == store.register(nonce, honest, "peer:a") and len(store) == 1
+    with pytest.raises(InvalidCiphertext, match="key nonce has 3 bytes"):
+        store.register(b"abc", honest, "peer:a")
+
+
+def test_flooding_meets_the_stated_statistical_distance():
+    """σ_flood ≥ 2^40 · t·σ_e·‖Wq‖₂ with P(|Σ P_j e_j| > t·σ_e·‖Wq‖₂) ≤ 2^-41 (Hoeffding), so
+    the smudging bound gives < 2^-40 per coefficient; and the tail bound holds empirically."""
+    wq = quantize(WN, PLAN.log2_scale_w)
+    bound = TAIL_SIGMAS * ERROR_STDDEV * np.sqrt((wq.astype(float) ** 2).sum())
+    assert PLAN.log2_flood == int(PLAN.log2_flood)
+    sigma = 2.0**PLAN.log2_flood
+    tail = 2 * np.exp(-(TAIL_SIGMAS**2) / 2)
+    assert tail + bound / (sigma * np.sqrt(2 * np.pi)) <= 2.0**-HIDING_BITS
+    assert sigma < 2.0 ** (HIDING_BITS + 2) * bound  # not wastefully larger
+    # and for real sampled errors the contribution's largest of 20000 draws stays below it
+    e = prng.sample_error((20000, D))
+    contribution = np.abs(e @ wq[0].astype(float))
+    assert contribution.max() < bound
+    assert TAIL_SIGMAS > 7.5 and HIDING_BITS >= 40
+
+
+@pytest.mark.parametrize(("d", "k"), [(30, 3), (300, 3)])
+def test_predictions_stay_within_the_error_bound_at_the_corners_of_the_bounds(d, k):
+    """The flooding, scales and headroom leave decryption correct for the largest in-bounds
+    scores (z = ±1 aligned with each class's weights)."""
+    rng = np.random.default_rng(d)
+    Wk, bk = rng.normal(size=(k, d)), rng.normal(size=k)
+    center, hw = np.zeros(d), np.full(d, 2.0)
+    plan = make_private_plan(Wk, bk, center, hw, tolerance=1e-4)
+    Wn, bn = normalized_weights(Wk, bk, center, hw)
+    evaluator = PrivateEvaluator(plan, Wn, bn)
+    keys = KeySet()
+    nonce = b"\x03" * KEY_NONCE_BYTES
+    key_id = evaluator.keys.register(nonce, public_key_p0(keys.get(plan.params), nonce), "p:a")
+    Z = np.vstack([np.sign(Wn), -np.sign(Wn), rng.uniform(-1, 1, size=(2, d))])
+    codec = ClientCodec({PRIVATE: plan}, d, k, keys)
+    block = codec.blocks(len(Z))[0]
+    replies = evaluator.evaluate(codec.encrypt(Z, block), block.n, block.s, key_id)
+    got = codec.decrypt(replies, block)
+    np.testing.assert_allclose(got, (Z * hw + center) @ Wk.T + bk, atol=plan.error_bound)
+    assert plan.error_bound <= 1e-4
+
+
+def test_the_published_plan_reveals_only_a_power_of_two_bound_on_the_weights():
+    """Weights with different norms in one power-of-two bucket publish identical plans; the
+    test can see a difference (positive control: a bucket apart, the plans differ)."""
+    wq_norm = np.sqrt((quantize(WN, PLAN.log2_scale_w).astype(float) ** 2).sum())
+    bucket = 2.0 ** np.ceil(np.log2(wq_norm))
+    near = make_private_plan(W * (0.55 * bucket / wq_norm + 0.45), B, CENTER, HW, tolerance=1e-4)
+    far = make_private_plan(W * 4, B, CENTER, HW, tolerance=1e-4)
+    assert near.to_dict() == PLAN.to_dict()
+    assert far.to_dict() != PLAN.to_dict() and far.log2_flood == PLAN.log2_flood + 2
+
+
+def test_key_store_caps_each_identity_and_evicts_the_largest_holder_first():
+    keys = KeySet()
+    sk = keys.get(PLAN.params)
+    evaluator = PrivateEvaluator(PLAN, WN, BN)
+    store = evaluator.keys
+    store.capacity, store.per_identity = 6, 4
+
+    def reg(identity: str, i: int) -> str:
+        nonce = i.to_bytes(KEY_NONCE_BYTES, "big")
+        return store.register(nonce, public_key_p0(sk, nonce), identity)
+
+    victims = [reg("peer:victim", i) for i in range(2)]
+    flood = [reg("peer:flooder", 100 + i) for i in range(12)]
+    assert all(v in store for v in victims)  # the flooder's registrations evict its own keys
+    assert [k in store for k in flood] == [False] * 8 + [True] * 4  # at most 4 per identity
+    others = [reg(f"peer:other{i}", 200 + i) for i in range(2)]
+    assert len(store) == 6 and all(v in store for v in victims + others)
+    assert sum(k in store for k in flood) == 2  # the largest holder paid for the newcomers
+    with pytest.raises(KeyError):
+        store.take("0" * 64, 1, 10)  # nothing is kept for an unknown id
+    assert store.take(victims[0], 3, 4) is None and store.take(victims[0], 2, 4) == 3
+
+
+def test_privacy_key_files_round_trip(tmp_path):
+    keys = KeySet.open(tmp_path / "keys.json")
+    sk = keys.get(PLAN.params)
+    keys.save(tmp_path / "keys.json")
+    again = KeySet.load(tmp_path / "keys.json")
+    assert np.array_equal(again.get(PLAN.params).s, sk.s)
+    # the reloaded key decrypts replies made for the saved one
+    evaluator = PrivateEvaluator(PLAN, WN, BN)
+    nonce = b"\x02" * KEY_NONCE_BYTES
+    key_id = evaluator.keys.register(nonce, public_key_p0(sk, nonce), "peer:a")
+    codec = ClientCodec({PRIVATE: PLAN}, D, 1, keys)
+    X = RNG.uniform(-2, 2, size=(3, D))
+    block = codec.blocks(3)[0]
+    replies = evaluator.evaluate(codec.encrypt((X - CENTER) / HW, block), 3, block.s, key_id)
+    got = ClientCodec({PRIVATE: PLAN}, D, 1, again).decrypt(replies, block)
+    np.testing.assert_allclose(got, X @ W.T + B, atol=PLAN.error_bound)
 
 
 def test_unregistered_or_malformed_public_keys_are_refused():
-    from heml.errors import InvalidCiphertext
-
-    plan = make_private_plan(W, B, CENTER, HW, tolerance=1e-4)
-    evaluator = PrivateEvaluator(plan, WN, BN)
-    with pytest.raises(InvalidCiphertext, match="public key has"):
-        evaluator.keys.register(b"\x00" * 100)
+    evaluator = PrivateEvaluator(PLAN, WN, BN)
+    nonce = b"\x00" * KEY_NONCE_BYTES
+    with pytest.raises(InvalidCiphertext, match="public key p0 has"):
+        evaluator.keys.register(nonce, b"\x00" * 100, "peer:a")
     with pytest.raises(InvalidCiphertext, match="below their primes"):
-        evaluator.keys.register(b"\xff" * (2 * 7 * plan.params.n * 2))
+        evaluator.keys.register(nonce, b"\xff" * (7 * PLAN.params.n * 2), "peer:a")
     with pytest.raises(KeyError):
         evaluator.evaluate([], 1, 1, "unknown-key")
 
@@ -202,14 +402,36 @@ def test_model_privacy_end_to_end_over_grpc(tmp_path, cancer):
         tmp_path / "secret.json"
     )
     heml.export(clf, name="open").save(tmp_path / "open.json")
-    with heml.serve(tmp_path, port=0) as server, heml.Client(f"localhost:{server.port}") as c:
+    keyfile = tmp_path / "client.keys"
+    with (
+        heml.serve(tmp_path, port=0) as server,
+        heml.Client(f"localhost:{server.port}", keys=keyfile) as c,
+    ):
         model = c.model("secret")
         assert model.info.model_privacy and list(model.info.plans) == [PRIVATE]
+        # a guessed model is confirmed by its fingerprint in the default mode (positive
+        # control) but not in model-privacy mode (HMAC under a server key)
+        from heml.model import LinearModel
+
+        guess_open = LinearModel.load(tmp_path / "open.json").fingerprint()
+        guess_secret = LinearModel.load(tmp_path / "secret.json").fingerprint()
+        assert c.model("open").info.fingerprint == guess_open
+        assert model.info.fingerprint not in (guess_secret, "")
         got = model.predict_proba(X.iloc[:8])
         np.testing.assert_allclose(got, clf.predict_proba(X.iloc[:8]), atol=1e-4)
         assert model.last_call.layouts == {PRIVATE: 8}
+        # the privacy key went to the key file (it raised AttributeError before) and a new
+        # client using that file decrypts with it
+        saved = KeySet.load(keyfile)
+        assert np.array_equal(saved.get(PLAN.params).s, c.keys.get(PLAN.params).s)
+        with heml.Client(f"localhost:{server.port}", keys=keyfile) as again:
+            np.testing.assert_allclose(
+                again.model("secret").predict_proba(X.iloc[:1]),
+                clf.predict_proba(X.iloc[:1]),
+                atol=1e-4,
+            )
         with pytest.raises(ResourceExhausted, match="quota of 12 predictions per key"):
-            model.predict_proba(X.iloc[:5])  # 8 + 5 > 12 < d = 30
+            model.predict_proba(X.iloc[:5])  # 8 + 5 > 12 < d = 30 (the other client's 1 apart)
         stub = heml_pb2_grpc.InferenceStub(grpc.insecure_channel(f"localhost:{server.port}"))
         with pytest.raises(grpc.RpcError) as info:  # default layouts are refused
             stub.Predict(
@@ -223,6 +445,13 @@ def test_model_privacy_end_to_end_over_grpc(tmp_path, cancer):
         with pytest.raises(grpc.RpcError) as info:
             stub.RegisterKey(pb.RegisterKeyRequest(model="secret", public_key=b"x" * 9), timeout=10)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as info:  # the all-zero key of the old attack
+            zero = pb.RegisterKeyRequest(
+                model="secret", public_key=bytes(7 * 4096 * 2), key_nonce=bytes(KEY_NONCE_BYTES)
+            )
+            stub.RegisterKey(zero, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "degenerate" in info.value.details()
         with pytest.raises(InvalidRequest):
             c._unary(
                 c._stub.Predict,

@@ -3,10 +3,12 @@ one count for the key, not one per worker process."""
 
 from __future__ import annotations
 
+import grpc
+import numpy as np
 import pytest
 
 import heml
-from heml.errors import ResourceExhausted
+from heml.errors import InvalidRequest, ModelNotFound, ResourceExhausted
 from heml.server.auth import issue_key
 from heml.server.quota import QuotaTable
 from heml.v1 import heml_pb2 as pb
@@ -67,3 +69,116 @@ def test_the_model_privacy_quota_is_shared_by_the_workers(tmp_path, cancer):
         server.stop()
     workers = {r["worker"] for r in server.rpc_lines() if r["method"] == "Predict"}
     assert len(workers) == 2
+
+
+# ---------------------------------------------------------------------- hostile clients, live
+def _secret_model(tmp_path, cancer, quota: int = 12):
+    _X, _y, clf = cancer
+    models = tmp_path / "models"
+    models.mkdir(exist_ok=True)
+    heml.export(clf, name="secret", model_privacy=True, max_predictions_per_key=quota).save(
+        models / "secret.json"
+    )
+    return models
+
+
+def _private_request(model, n: int, key_id: str | None = None) -> pb.PredictRequest:
+    """A well-formed PRIVATE block of n zero samples (key_id: the model's own unless given)."""
+    codec = model._codec
+    block = codec.blocks(n)[0]
+    cts = codec.encrypt(np.zeros((n, model.info.n_features)), block)
+    request = model._header(block, len(cts))
+    request.ciphertexts.extend(cts)
+    if key_id is not None:
+        request.key_id = key_id
+    return request
+
+
+def test_the_lifetime_quota_is_charged_after_the_per_call_limit_and_only_for_known_keys(
+    tmp_path, cancer
+):
+    models = _secret_model(tmp_path, cancer)
+    key = issue_key(tmp_path / "keys", "alice")
+    # one private block computes 136 slots: a second block in the same call passes 200
+    with (
+        heml.serve(models, api_keys=tmp_path / "keys", max_samples_per_request=200) as server,
+        heml.Client(server.address, api_key=key) as client,
+    ):
+        model = client.model("secret")
+        first, second = _private_request(model, 6), _private_request(model, 6)
+        replies = client._stub.PredictStream(
+            iter([first, second]), timeout=60, metadata=bearer(key)
+        )
+        got = []
+        with pytest.raises(grpc.RpcError) as info:
+            for reply in replies:
+                got.append(reply)
+        assert len(got) == 1 and info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "limit of 200 per call" in info.value.details()
+        # an unknown (well-formed) key id is refused before the quota is touched
+        with pytest.raises(ModelNotFound, match="not registered"):
+            client._unary(client._stub.Predict, _private_request(model, 6, key_id="0" * 64))
+        # 6 of 12 used: the refused block and the unknown key charged nothing
+        model.predict_proba(cancer[0].iloc[:6])
+        with pytest.raises(ResourceExhausted, match=r"\(12 used, 1 requested\)"):
+            model.predict_proba(cancer[0].iloc[:1])
+
+
+def test_hostile_key_ids_are_refused_without_keeping_state(tmp_path, cancer):
+    from heml.bench import _rss_mb
+
+    models = _secret_model(tmp_path, cancer)
+    with (
+        heml.serve(models, max_receive_bytes=8 << 20) as server,
+        heml.Client(server.address) as client,
+    ):
+        model = client.model("secret")
+        base = _private_request(model, 1)
+        (pid,) = server.current_worker_pids()
+        with pytest.raises(InvalidRequest, match="64 lowercase hex"):
+            client._unary(client._stub.Predict, _private_request(model, 1, key_id="A" * 64))
+        before = _rss_mb(pid)
+        for i in range(40):  # 3 MiB key ids: each one would be kept forever before
+            base.key_id = (f"{i:x}" * (3 << 20))[: 3 << 20]
+            with pytest.raises(InvalidRequest, match="key_id must be"):
+                client._unary(client._stub.Predict, base)
+        for i in range(200):  # well formed, never registered
+            base.key_id = f"{i:064x}"
+            with pytest.raises(ModelNotFound, match="not registered"):
+                client._unary(client._stub.Predict, base)
+        grown = _rss_mb(pid) - before
+        assert grown < 40, f"worker grew by {grown:.0f} MiB"  # 40 kept ids were 120 MiB
+        model.predict_proba(cancer[0].iloc[:2])  # still serving
+
+
+def test_a_registration_flood_evicts_only_the_flooders_keys(tmp_path, cancer):
+    from heml.he.encrypt import public_key_p0
+    from heml.he.keys import KeySet
+    from heml.he.private import KEY_NONCE_BYTES, MAX_KEYS_PER_IDENTITY
+
+    models = _secret_model(tmp_path, cancer)
+    alice, mallory = issue_key(tmp_path / "keys", "alice"), issue_key(tmp_path / "keys", "mallory")
+    with (
+        heml.serve(models, api_keys=tmp_path / "keys") as server,
+        heml.Client(server.address, api_key=alice) as a,
+        heml.Client(server.address, api_key=mallory) as m,
+    ):
+        victim = a.model("secret")
+        victim_key = victim._register_key()
+        plan = m.model("secret").info.plans["private"]
+        sk = KeySet().get(plan.params)
+        flood = []
+        for i in range(3 * MAX_KEYS_PER_IDENTITY):
+            nonce = i.to_bytes(KEY_NONCE_BYTES, "big")
+            request = pb.RegisterKeyRequest(
+                model="secret", public_key=public_key_p0(sk, nonce), key_nonce=nonce
+            )
+            flood.append(m._unary(m._stub.RegisterKey, request).key_id)
+        # alice's key survives: her block is answered without registering again
+        reply = a._unary(a._stub.Predict, _private_request(victim, 1, key_id=victim_key))
+        assert len(reply.replies) == 1
+        # mallory kept only her newest keys
+        flooder = m.model("secret")
+        m._unary(m._stub.Predict, _private_request(flooder, 1, key_id=flood[-1]))
+        with pytest.raises(ModelNotFound, match="not registered"):
+            m._unary(m._stub.Predict, _private_request(flooder, 1, key_id=flood[0]))

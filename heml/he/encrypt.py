@@ -26,7 +26,11 @@ def encrypt_coefficients(key: SecretKey, coeffs: np.ndarray, shift: int = 0) -> 
     primes = key.primes
     n = params.n
     coeffs = np.asarray(coeffs, dtype=np.int64).reshape(-1, n)
-    if np.any(np.abs(coeffs) >= min(primes) // 4):
+    # unshifted, the coefficients are the message and must leave room (|m| < q/4); shifted
+    # (model-privacy scales above 2^52: |z| ≤ 1 encodes to |m| ≤ 2^52, exactly 2^52 at the
+    # bounds) they need only reduce below the smallest prime: the plan checks capacity on Q
+    limit = min(primes) // (2 if shift else 4)
+    if np.any(np.abs(coeffs) >= limit):
         raise ValueError("message coefficients exceed the capacity of the modulus")
     rows = coeffs.shape[0]
     seeds = prng.fresh_seeds(rows)
@@ -45,3 +49,23 @@ def encrypt_coefficients(key: SecretKey, coeffs: np.ndarray, shift: int = 0) -> 
         a_s = ker.mul_rows(a[j], key.s_ntt[j])
         c0[:, j] = modmath.sub_mod(ker.ntt(plain), a_s, q)
     return wire.pack_ciphertexts(c0.reshape(rows, -1), seeds)
+
+
+def public_key_p0(key: SecretKey, nonce: bytes) -> bytes:
+    """Model-privacy mode: the half of the public key the client uploads, as wire bytes.
+
+    p0 = NTT(e) − p1 ⊙ NTT(s) modulo each prime, for the p1 both sides expand from ``nonce``
+    (heml.he.private.key_p1): the same computation as an encryption of zero whose public
+    polynomial the client did not choose. L·N 7-byte words, prime by prime."""
+    from .private import key_p1
+
+    params = key.params
+    n = params.n
+    p1 = key_p1(nonce, params)
+    noise = prng.sample_error((n,))
+    p0 = np.empty((len(key.primes), n), dtype=np.uint64)
+    for j, q in enumerate(key.primes):
+        ker = kernels.for_params(HEParams(n, q))
+        p1_s = ker.mul_rows(p1[j][None, :], key.s_ntt[j])[0]
+        p0[j] = modmath.sub_mod(ker.ntt(modmath.lift_small(noise, q)), p1_s, q)
+    return wire.pack_words(p0, wire.C0_WORD_BYTES)

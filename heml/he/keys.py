@@ -20,7 +20,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from .._files import write_atomically
-from ..errors import KeyFileError
+from ..errors import HemlError, KeyFileError
 from . import kernels, seal_bridge
 from .params import HEParams, check_params
 
@@ -66,38 +66,29 @@ class SecretKey:
     def primes(self) -> tuple[int, ...]:
         return _primes(self.params)
 
-    def public_key_bytes(self) -> bytes:
-        """The matching SEAL public key (model-privacy mode), as 7-byte words of (p0, p1)."""
-        cached = getattr(self, "_pk_bytes", None)
-        if cached is None:
-            from .wire import pack_words
-
-            pk = seal.PublicKey()
-            seal.KeyGenerator(self.params.context, self._sk).create_public_key(pk)
-            words = seal_bridge.words_serialized(pk)
-            cached = self._pk_bytes = pack_words(words, 7)
-        return cached
-
     @property
     def seal_key(self) -> seal.SecretKey:
         return self._sk
 
     def to_json(self) -> dict:
         blob = seal_bridge.save_bytes(self._sk)
-        return {
-            "n": self.params.n,
-            "q": self.params.q,
-            "secret_key": base64.b64encode(blob).decode(),
-        }
+        # one prime: "q"; several (model-privacy mode): "primes"
+        moduli = {"primes": list(self.primes)} if len(self.primes) > 1 else {"q": self.params.q}
+        return {"n": self.params.n, **moduli, "secret_key": base64.b64encode(blob).decode()}
 
     @classmethod
     def from_json(cls, entry: dict) -> SecretKey:
+        from .private import RNSParams
+
         try:
-            params = HEParams(int(entry["n"]), int(entry["q"]))
+            if "primes" in entry:  # model-privacy mode (RNSParams checks 128-bit security)
+                params = RNSParams(int(entry["n"]), tuple(int(q) for q in entry["primes"]))
+            else:
+                params = HEParams(int(entry["n"]), int(entry["q"]))
+                check_params(params.n, params.q)
             blob = base64.b64decode(entry["secret_key"], validate=True)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, HemlError) as exc:
             raise KeyFileError(f"malformed key entry: {exc}") from exc
-        check_params(params.n, params.q)
         if len(blob) > 1 << 20:
             raise KeyFileError("secret key entry is too large")
         try:

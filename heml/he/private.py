@@ -4,10 +4,14 @@ By default a client can learn W: from d+1 predictions, and from a reply's second
 which is a known linear combination of the client's own ciphertexts. In this mode the server
 
 1. re-randomizes every reply with a fresh encryption of zero under the client's registered
-   public key (so c1 is a fresh RLWE sample: nothing to divide), and
-2. floods the output coefficients with Gaussian noise of standard deviation 2^40 times the
-   largest contribution the weights make to the reply's noise (the client's encryption noise
-   times the weights), so that contribution is hidden with ≥ 40 bits of statistical distance,
+   public key (p0, p1), where p1 is not the client's choice: it is expanded from
+   SHA-256(domain ‖ key nonce) (``key_p1``), so the client uploads only p0 = −p1·s + e and the
+   c1 part of the re-randomizer, u·p1 + e1, is an RLWE sample under the server's fresh u;
+2. floods the output coefficients with Gaussian noise of standard deviation at least 2^40
+   times a bound that the weights' contribution to an output coefficient's noise exceeds
+   with probability ≤ 2^-41 (a Hoeffding tail of the client's centered-binomial errors times
+   ‖Wq‖₂, rounded up to a power of two), so by the smudging lemma each output coefficient
+   is within statistical distance 2^-40 of one without that contribution,
 
 and the model's quota per key stays below d predictions. Flooding needs headroom: the mode uses
 N = 4096 with two 54-bit primes (108 bits, 128-bit secure), ciphertexts encrypted at SEAL's key
@@ -21,6 +25,7 @@ Server side only: nothing here sees a secret key.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 import threading
@@ -48,6 +53,16 @@ PRIVACY_DEGREE = 4096
 PRIVACY_PRIME_BITS = (54, 54)
 HIDING_BITS = 40
 CAPACITY_FRACTION = 0.45
+# Hoeffding tail for the weights' noise contribution: 2·exp(-t²/2) = 2^-(HIDING_BITS + 1)
+TAIL_SIGMAS = math.sqrt(2 * math.log(2) * (HIDING_BITS + 2))
+KEY_NONCE_BYTES = 32
+KEY_ID_CHARS = 64  # hex SHA-256
+_P1_DOMAIN = b"heml/v1/model-privacy/public-key-p1\0"
+MAX_KEYS_PER_IDENTITY = 8
+# a uniform coefficient is this small (|c| < q / 2^16) with probability 2^-15; an honest p0
+# has ~0.1 of them among N = 4096, a degenerate one (zero, sparse, small) has thousands
+_SMALL_COEFF_SHIFT = 16
+_MAX_SMALL_COEFFS = 64
 
 
 @dataclass(frozen=True)
@@ -110,10 +125,6 @@ def ciphertext_size(params: RNSParams) -> int:
     return C0_WORD_BYTES * params.n * len(params.primes) + prng.SEED_BYTES
 
 
-def public_key_size(params: RNSParams) -> int:
-    return 2 * C0_WORD_BYTES * params.n * len(params.primes)
-
-
 @dataclass(frozen=True)
 class PrivatePlan(PlanScales):
     """Scales, reply width and flooding for the model-privacy mode (one weight digit)."""
@@ -143,32 +154,48 @@ class PrivatePlan(PlanScales):
 
 
 def make_private_plan(coef, intercept, center, half_width, *, tolerance: float) -> PrivatePlan:
+    """Plan a model-privacy model. Everything the client sees (scales, flooding, reply width,
+    error bound) is a function of public quantities (N, d, the tolerance) and one number
+    about the weights: ⌈log2 ‖Wq‖₂⌉, the power of two the flooding must be sized by."""
     params = default_privacy_params()
     n, Q = params.n, params.Q
     Wn, bn = normalized_weights(coef, intercept, center, half_width)
-    ew = 0
-    while np.abs(quantize(Wn, ew) / math.ldexp(1.0, ew) - Wn).sum(axis=1).max() > tolerance / 8:
-        ew += 1
-        if ew > 40:
-            raise ModelError("cannot quantize the weights finely enough for model privacy")
+    d = Wn.shape[1]
+    # the weight scale from public inputs: rounding each weight costs ≤ 2^-(ew+1), so a row's
+    # L1 quantization error is ≤ d·2^-(ew+1) ≤ tolerance/8
+    ew = max(0, math.ceil(math.log2(4 * d / tolerance)))
+    if ew > 40:
+        raise ModelError("cannot quantize the weights finely enough for model privacy")
     Wq = quantize(Wn, ew).astype(np.float64)
     sw = math.ldexp(1.0, ew)
-    # the weights' largest contribution to a reply's noise: client noise (6σ) times all the
-    # coefficients of the plaintext polynomial (every class shares it in the ROW layout)
-    weight_noise = NOISE_SIGMAS * ERROR_STDDEV * float(np.sqrt((Wq**2).sum()))
-    flood = max(1.0, weight_noise) * 2.0**HIDING_BITS
+    # the one published fact about W: a power-of-two bound on ‖Wq‖₂ over all rows (every
+    # class shares the plaintext polynomial in the ROW layout)
+    l2 = float(np.sqrt((Wq**2).sum()))
+    log2_norm = max(0, math.ceil(math.log2(max(1.0, l2))))
+    norm_bound = math.ldexp(1.0, log2_norm)
+    # the weights' contribution to an output coefficient is c = Σ_j P_j·e_j with the client's
+    # errors e_j = sums of 42 independent ±1/2 (centered binomial): by Hoeffding, c is
+    # sub-Gaussian with variance proxy 10.5·‖P‖₂² ≤ ERROR_STDDEV²·norm_bound², so
+    # P(|c| > weight_noise) ≤ 2·exp(-TAIL²/2) = 2^-(HIDING_BITS+1)
+    weight_noise = TAIL_SIGMAS * ERROR_STDDEV * norm_bound
+    # smudging: N(0, σ²) and N(c, σ²) are within |c|/(σ√(2π)) in statistical distance, so
+    # σ ≥ 2^40·weight_noise (rounded up to a power of two) leaves each output coefficient
+    # within 2^-41 + 2^-41.3 < 2^-40 of one without c (averaged over honest errors)
+    log2_flood = HIDING_BITS + math.ceil(math.log2(weight_noise))
+    flood = 2.0**log2_flood
     # scale x so that flooding costs at most half the tolerance
     ex = math.ceil(math.log2(2 * NOISE_SIGMAS * flood / (tolerance * sw)))
     sx = math.ldexp(1.0, ex)
+    # headroom for in-bounds inputs (a server-side check; nothing about it is published)
     row_abs = sx * np.abs(Wq).sum(axis=1) + np.abs(bn) * sw * sx
     if float(row_abs.max()) + NOISE_SIGMAS * flood + 2 * weight_noise >= CAPACITY_FRACTION * Q:
         raise ModelError(
             "model privacy needs more headroom than 128-bit parameters give for this model; "
             "narrow the declared bounds or raise the tolerance"
         )
-    e_w = np.abs(Wq / sw - Wn).sum(axis=1).max()
-    e_x = 0.5 * np.abs(Wq).sum(axis=1).max() / (math.ldexp(1.0, min(ex, 52)) * sw)
-    e_noise = weight_noise / (sx * sw)
+    e_w = tolerance / 8
+    e_x = 0.5 * math.sqrt(d) * norm_bound / (math.ldexp(1.0, min(ex, 52)) * sw)  # ‖·‖₁ ≤ √d‖·‖₂
+    e_noise = NOISE_SIGMAS * ERROR_STDDEV * norm_bound / (sx * sw)
     e_flood = NOISE_SIGMAS * flood / (sx * sw)
     # re-randomization noise (u·e' + e1 + e2·s, all small) is far below the flooding
     e_rerand = NOISE_SIGMAS * ERROR_STDDEV * 3 * math.sqrt(n) / (sx * sw)
@@ -177,7 +204,7 @@ def make_private_plan(coef, intercept, center, half_width, *, tolerance: float) 
         per_word = 0.5 + math.ldexp(1.0, bits - 52)
         switch = NOISE_SIGMAS * per_word * math.sqrt((n + 1) / 3.0) * Q / 2.0**bits / (sx * sw)
         if fixed + switch <= tolerance:
-            return PrivatePlan(params, ex, ew, bits, math.log2(flood), HIDING_BITS, fixed + switch)
+            return PrivatePlan(params, ex, ew, bits, float(log2_flood), HIDING_BITS, fixed + switch)
     raise ModelError(
         f"model privacy cannot meet the tolerance {tolerance:g} for this model "
         f"(flooding alone costs {fixed:.3g}); raise the tolerance or narrow the bounds"
@@ -185,54 +212,170 @@ def make_private_plan(coef, intercept, center, half_width, *, tolerance: float) 
 
 
 # ---------------------------------------------------------------------- public keys
-class PublicKeyStore:
-    """Registered client public keys, content-addressed (sha256), with a byte budget (LRU)."""
+def key_p1(nonce: bytes, params: RNSParams) -> np.ndarray:
+    """The uniform half p1 of a model-privacy public key, (L, N) words in NTT form.
 
-    def __init__(self, params: RNSParams, budget_bytes: int = 64 << 20) -> None:
+    Expanded (heml.he.prng, AES-256-CTR) from SHA-256(domain ‖ nonce): the client picks the
+    nonce but cannot steer p1 (every nonce gives a fresh pseudorandom polynomial), and the
+    server does not pick it either, so neither side can plant a structured p1."""
+    if len(nonce) != KEY_NONCE_BYTES:
+        raise InvalidCiphertext(
+            f"key nonce has {len(nonce)} bytes; it must have exactly {KEY_NONCE_BYTES}"
+        )
+    seed = hashlib.sha256(_P1_DOMAIN + nonce).digest()
+    return prng.expand(seed, params.n, params.primes)
+
+
+def public_key_size(params: RNSParams) -> int:
+    """Bytes of the uploaded half p0 of a public key: L·N 7-byte words."""
+    return C0_WORD_BYTES * params.n * len(params.primes)
+
+
+def key_id_of(nonce: bytes, p0: bytes) -> str:
+    """The name of a registered key: hex SHA-256 of its nonce and p0 (both determine p1, p0)."""
+    return hashlib.sha256(nonce + p0).hexdigest()
+
+
+def valid_key_id(key_id: str) -> bool:
+    """Whether ``key_id`` has the form key_id_of returns (64 lowercase hex characters)."""
+    return len(key_id) == KEY_ID_CHARS and all(c in "0123456789abcdef" for c in key_id)
+
+
+def check_public_key_p0(words: np.ndarray, params: RNSParams) -> None:
+    """Refuse a p0 (L, N NTT-form words) that is not below its primes or is degenerate.
+
+    An honest p0 = −p1·s + e is pseudorandom in every prime: in the coefficient domain about
+    N/2^15 coefficients fall below q/2^16 by chance. Zero, sparse and small-norm p0 have
+    thousands; more than 64 such coefficients in any prime is refused (an honest key fails this
+    with probability far below 2^-300)."""
+    for i, q in enumerate(params.primes):
+        if np.any(words[i] >= np.uint64(q)):
+            raise InvalidCiphertext("public key words must be below their primes")
+    for i, pp in enumerate(params.prime_params):
+        coeffs = kernels.for_params(pp).intt(words[i])
+        centered = np.minimum(coeffs, np.uint64(pp.q) - coeffs)
+        small = int(np.count_nonzero(centered < np.uint64(pp.q >> _SMALL_COEFF_SHIFT)))
+        if small > _MAX_SMALL_COEFFS:
+            raise InvalidCiphertext(
+                f"public key p0 is degenerate ({small} of {params.n} coefficients modulo "
+                f"prime {i} are small): upload p0 = -p1*s + e for the p1 expanded from "
+                "key_nonce (docs/protocol.md)"
+            )
+
+
+@dataclass
+class _Key:
+    encryptor: seal.Encryptor
+    identity: str
+    used: int = 0  # model-privacy quota used by this key (when there are no API keys)
+
+
+class PublicKeyStore:
+    """Registered client public keys of one model, named by key_id_of, with fair eviction.
+
+    Memory is bounded: at most ``budget_bytes`` of keys in all and MAX_KEYS_PER_IDENTITY per
+    identity (API key, else peer host). An identity over its cap loses its own least recently
+    used key; when the store is full, the least recently used key of the identity holding the
+    most keys goes, so one client flooding registrations evicts only its own keys while anyone
+    holding fewer keys than it keeps them. Nothing is kept for ids that were never registered.
+    """
+
+    def __init__(
+        self,
+        params: RNSParams,
+        budget_bytes: int = 64 << 20,
+        per_identity: int = MAX_KEYS_PER_IDENTITY,
+    ) -> None:
         self.params = params
-        self.budget = budget_bytes
-        self._keys: OrderedDict[str, seal.Encryptor] = OrderedDict()
+        per_key = 2 * 8 * params.n * len(params.primes) * 3  # (p0, p1) and SEAL's copies
+        self.capacity = max(1, budget_bytes // per_key)
+        self.per_identity = per_identity
+        self._keys: OrderedDict[str, _Key] = OrderedDict()  # least recently used first
+        self._owned: dict[str, OrderedDict[str, None]] = {}
         self._lock = threading.Lock()
 
-    def register(self, blob: bytes) -> str:
-        """Validate a public key (p0, p1 words, each < its prime) and keep an encryptor for it."""
-        import hashlib
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._keys)
 
+    def register(self, nonce: bytes, p0: bytes, identity: str) -> str:
+        """Validate p0 (size, range, not degenerate), complete the key with key_p1(nonce) and
+        keep an encryptor for it; returns its key id. Idempotent for the same (nonce, p0)."""
         p = self.params
         L, n = len(p.primes), p.n
-        if len(blob) != public_key_size(p):
+        if len(p0) != public_key_size(p):
             raise InvalidCiphertext(
-                f"public key has {len(blob)} bytes; N={n} with {L} primes needs "
+                f"public key p0 has {len(p0)} bytes; N={n} with {L} primes needs "
                 f"{public_key_size(p)}"
             )
-        key_id = hashlib.sha256(blob).hexdigest()
+        p1 = key_p1(nonce, p)
+        key_id = key_id_of(nonce, p0)
         with self._lock:
             if key_id in self._keys:
-                self._keys.move_to_end(key_id)
+                self._touch(key_id)
                 return key_id
-        words = np.ndarray(
-            (2, L, n), dtype="<u8", buffer=blob + b"\0", strides=(7 * L * n, 7 * n, 7)
-        )
+        words = np.ndarray((L, n), dtype="<u8", buffer=p0 + b"\0", strides=(7 * n, 7))
         words = (words & np.uint64((1 << 56) - 1)).astype(np.uint64)
-        for i, q in enumerate(p.primes):
-            if np.any(words[:, i] >= np.uint64(q)):
-                raise InvalidCiphertext("public key words must be below their primes")
-        pk = seal.PublicKey()
-        seal_bridge.load_from_bytes(pk, p.context, _key_level_blob(p, words))
-        encryptor = seal.Encryptor(p.context, pk)
-        with self._lock:
-            self._keys[key_id] = encryptor
-            per_key = public_key_size(p) * 3  # the key and SEAL's copies
-            while len(self._keys) * per_key > self.budget:
-                self._keys.popitem(last=False)
+        check_public_key_p0(words, p)
+        self._install(key_id, words, p1, identity)
         return key_id
+
+    def _install(self, key_id: str, p0: np.ndarray, p1: np.ndarray, identity: str) -> None:
+        """Keep an encryptor for the key (p0, p1), unchecked (register checks; tests use this
+        directly to build the keys an attacker could register without the checks)."""
+        pk = seal.PublicKey()
+        seal_bridge.load_from_bytes(
+            pk, self.params.context, _key_level_blob(self.params, np.stack([p0, p1]))
+        )
+        entry = _Key(seal.Encryptor(self.params.context, pk), identity)
+        with self._lock:
+            if key_id in self._keys:
+                self._touch(key_id)
+                return
+            self._keys[key_id] = entry
+            self._owned.setdefault(identity, OrderedDict())[key_id] = None
+            owned = self._owned[identity]
+            while len(owned) > self.per_identity:
+                self._drop(next(iter(owned)))
+            while len(self._keys) > self.capacity:
+                largest = max(self._owned.values(), key=len)  # ties: the first identity seen
+                self._drop(next(iter(largest)))
+
+    def _touch(self, key_id: str) -> None:
+        self._keys.move_to_end(key_id)
+        self._owned[self._keys[key_id].identity].move_to_end(key_id)
+
+    def _drop(self, key_id: str) -> None:
+        entry = self._keys.pop(key_id)
+        owned = self._owned[entry.identity]
+        del owned[key_id]
+        if not owned:
+            del self._owned[entry.identity]
+
+    def __contains__(self, key_id: str) -> bool:
+        with self._lock:
+            return key_id in self._keys
 
     def encryptor(self, key_id: str) -> seal.Encryptor | None:
         with self._lock:
-            enc = self._keys.get(key_id)
-            if enc is not None:
-                self._keys.move_to_end(key_id)
-            return enc
+            entry = self._keys.get(key_id)
+            if entry is None:
+                return None
+            self._touch(key_id)
+            return entry.encryptor
+
+    def take(self, key_id: str, slots: int, limit: int) -> int | None:
+        """Spend ``slots`` of the key's own lifetime allowance ``limit`` (the quota without API
+        keys). None if granted, else the amount used; KeyError if the key is not registered.
+        The count goes with the key when it is evicted (a new key is a new identity anyway)."""
+        with self._lock:
+            entry = self._keys.get(key_id)
+            if entry is None:
+                raise KeyError(key_id)
+            if entry.used + slots > limit:
+                return entry.used
+            entry.used += slots
+            return None
 
 
 def _key_level_blob(params: RNSParams, words: np.ndarray) -> bytes:
@@ -309,8 +452,13 @@ def _gaussian_residues(count: int, log2_sigma: float, primes) -> np.ndarray:
 class PrivateEvaluator:
     """Server side of the model-privacy mode for one model."""
 
-    def __init__(self, plan: PrivatePlan, Wn: np.ndarray, bn: np.ndarray) -> None:
+    def __init__(
+        self, plan: PrivatePlan, Wn: np.ndarray, bn: np.ndarray, *, protect: bool = True
+    ) -> None:
+        """``protect=False`` leaves replies unprotected (no re-randomization, no flooding): only
+        for the attack tests' positive controls; the server never passes it."""
         self.plan = plan
+        self.protect = protect
         self.params = plan.params
         self.k, self.d = Wn.shape
         self.Wq = quantize(Wn, plan.log2_scale_w)  # (k, d), one digit
@@ -387,14 +535,18 @@ class PrivateEvaluator:
                     for i, q in enumerate(p.primes):
                         prod = kers[i].mul(np.stack([c0[i], a[i]]), polys[c, g, i])
                         acc[:, i] = modmath.add_mod(acc[:, i], prod, q)
-                rr = _encrypt_zero(encryptor, p)  # (2, L, N) NTT form, fresh per reply
-                for i, q in enumerate(p.primes):
-                    acc[:, i] = modmath.add_mod(acc[:, i], rr[:, i], q)
+                if self.protect:
+                    rr = _encrypt_zero(encryptor, p)  # (2, L, N) NTT form, fresh per reply
+                    for i, q in enumerate(p.primes):
+                        acc[:, i] = modmath.add_mod(acc[:, i], rr[:, i], q)
                 coeff = np.stack([kers[i].intt(acc[:, i]) for i in range(L)], axis=1)
                 _t, first, count = geo.group_rows(g)
                 pos = geo.output_positions(g).reshape(-1)
                 c0_pos = coeff[0][:, pos]
-                flood = _gaussian_residues(pos.size, self.plan.log2_flood, p.primes)
+                if self.protect:
+                    flood = _gaussian_residues(pos.size, self.plan.log2_flood, p.primes)
+                else:
+                    flood = np.zeros((L, pos.size), dtype=np.uint64)
                 bias = np.repeat(np.array(self.bias[first : first + count], dtype=object), geo.s)
                 for i, q in enumerate(p.primes):
                     b_res = np.array([int(v) % q for v in bias], dtype=np.uint64)

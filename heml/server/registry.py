@@ -6,7 +6,10 @@ A broken file is reported by name (with the reason) and skipped; the others are 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,17 @@ from ..v1 import heml_pb2 as pb
 
 log = logging.getLogger("heml.server")
 MAX_MODEL_FILE_BYTES = 64 << 20
+# keys the fingerprint of model-privacy models. Drawn when this module is imported: the
+# supervisor imports it before forking, so all workers of one server run agree; a restart
+# draws a new one (so the fingerprint names the model within one run only).
+_FINGERPRINT_KEY = os.urandom(32)
+
+
+def private_fingerprint(model: LinearModel) -> str:
+    """A model-privacy model's published fingerprint: HMAC-SHA256 of its canonical content
+    under a random per-run server key, so a client cannot confirm a guessed W by hashing it
+    (the plain sha256 of the default mode would)."""
+    return hmac.new(_FINGERPRINT_KEY, model.fingerprint().encode(), hashlib.sha256).hexdigest()
 
 
 class ModelNotServed(HemlError, LookupError):
@@ -60,7 +74,7 @@ def load_model_file(path: Path) -> ServedModel:
         )
         Wn, bn = normalized_weights(model.coef, model.intercept, center, half_width)
         private = PrivateEvaluator(plan, Wn, bn)
-        info = model_info_pb(model, {PRIVATE: plan}, server_info_pb(), model.fingerprint())
+        info = model_info_pb(model, {PRIVATE: plan}, server_info_pb(), private_fingerprint(model))
         return ServedModel(model, None, info, path, private)
     scorer = ServerScorer(model.coef, model.intercept, center, half_width, model.tolerance)
     info = model_info_pb(model, scorer.plans, server_info_pb(), model.fingerprint())

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import grpc
 
 from ..he.plan import COLUMN, ROW
-from ..he.private import PRIVATE
+from ..he.private import KEY_ID_CHARS, PRIVATE, valid_key_id
 from ..info import LAYOUT_FROM_PB, LAYOUT_TO_PB
 from ..v1 import heml_pb2 as pb
 from ..v1 import heml_pb2_grpc
@@ -115,11 +114,7 @@ class Block:
             try:
                 replies = private.evaluate(self._row, self.n, self.s, self.header.key_id)
             except KeyError:
-                raise RequestError(
-                    grpc.StatusCode.NOT_FOUND,
-                    "public key not registered with this server process; call RegisterKey "
-                    "(idempotent) and retry",
-                ) from None
+                raise _not_registered() from None
             plan = private.plan
         else:
             replies = self.served.scorer.evaluate(ROW, self.n, self.s, self._row)
@@ -152,6 +147,11 @@ def _check_private_block(served: ServedModel, layout: str, header, n: int, s: in
         )
     if not header.key_id:
         raise RequestError(INVALID, "model-privacy requests need the key_id from RegisterKey")
+    if not valid_key_id(header.key_id):
+        raise RequestError(
+            INVALID,
+            f"key_id must be the {KEY_ID_CHARS} lowercase hex characters RegisterKey returned",
+        )
     plan = served.private.plan
     smax = plan.max_samples_per_ciphertext(served.model.n_features)
     if not 1 <= s <= smax:
@@ -161,44 +161,60 @@ def _check_private_block(served: ServedModel, layout: str, header, n: int, s: in
     return -(-n // s) * served.private.geometry(s).chunks
 
 
-class KeyQuota:
+def caller_identity(context: grpc.ServicerContext) -> str:
+    """Who owns a registered key, for the key store's per-identity cap: the API key when the
+    call carries one, else the peer's host (without its port, which a client changes at will)."""
+    guard = getattr(context, "heml_guard", None)
+    if guard is not None and guard.key is not None:
+        return "key:" + guard.key.key_id
+    peer = context.peer() or ""
+    host = peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
+    return "peer:" + host[:80]
+
+
+def take_private_quota(served: ServedModel, key_id: str, slots: int, shared=None) -> None:
     """Model-privacy quota: lifetime sample slots per (model, key identity), below d.
 
-    With API keys the identity is the API key and the count lives in the quota table every
-    worker shares (heml.server.quota), so W workers do not multiply it. Without API keys the
-    identity is the registered public key and the count is per worker process (a client can
-    get W times the quota, and new public keys are new identities: docs/model-privacy.md).
+    The key must be registered with this process (NOT_FOUND otherwise, before any state is
+    kept). With API keys the identity is the API key and the count lives in the quota table
+    every worker shares (heml.server.quota), so W workers do not multiply it. Without API keys
+    the identity is the registered public key and the count is kept with the key in this
+    process's key store (a client can get W times the quota, and a new public key is a new
+    identity: docs/model-privacy.md).
     """
+    limit = served.model.privacy["max_predictions_per_key"]
+    keys = served.private.keys
+    if key_id not in keys:
+        raise _not_registered()
+    if shared is not None:  # (table, API key id)
+        table, api_key = shared
+        name, version = served.model.name, served.model.version
+        used = table.take_total(f"private/{name}/{version}/{api_key}", slots, limit)
+    else:
+        try:
+            used = keys.take(key_id, slots, limit)
+        except KeyError:
+            raise _not_registered() from None
+    if used is not None:
+        raise RequestError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"model-privacy quota of {limit} predictions per key is used up "
+            f"({used} used, {slots} requested): d+1 exact answers would reveal the "
+            "model",
+        )
 
-    def __init__(self) -> None:
-        self._used: dict[tuple[str, int, str], int] = {}
-        self._lock = threading.Lock()
 
-    def take(self, served: ServedModel, identity: str, slots: int, shared=None) -> None:
-        limit = served.model.privacy["max_predictions_per_key"]
-        key = (served.model.name, served.model.version, identity)
-        if shared is not None:  # (table, API key id)
-            table, key_id = shared
-            used = table.take_total(f"private/{key[0]}/{key[1]}/{key_id}", slots, limit)
-        else:
-            with self._lock:
-                used = self._used.get(key, 0)
-                if used + slots <= limit:
-                    self._used[key] = used + slots
-                    used = None
-        if used is not None:
-            raise RequestError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"model-privacy quota of {limit} predictions per key is used up "
-                f"({used} used, {slots} requested): d+1 exact answers would reveal the "
-                "model",
-            )
+def _not_registered() -> RequestError:
+    return RequestError(
+        grpc.StatusCode.NOT_FOUND,
+        "public key not registered with this server process; call RegisterKey "
+        "(idempotent) and retry",
+    )
 
 
 class InferenceServicer(heml_pb2_grpc.InferenceServicer):
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self.key_quota = KeyQuota()
 
     def RegisterKey(self, request, context):
         with abort_on_error(context):
@@ -208,14 +224,16 @@ class InferenceServicer(heml_pb2_grpc.InferenceServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"model {served.model.name!r} is not served in model-privacy mode",
                 )
-            return pb.RegisterKeyResponse(key_id=served.private.keys.register(request.public_key))
+            key_id = served.private.keys.register(
+                request.key_nonce, request.public_key, caller_identity(context)
+            )
+            return pb.RegisterKeyResponse(key_id=key_id)
 
     def _take_quota(self, block: Block, context) -> None:
         if block.layout == PRIVATE:
             # every sample slot of every ciphertext group is computed and returned
             slots = -(-block.n // block.s) * block.s
-            shared = shared_quota(context)
-            self.key_quota.take(block.served, block.header.key_id, slots, shared)
+            take_private_quota(block.served, block.header.key_id, slots, shared_quota(context))
 
     def ListModels(self, request, context):
         with abort_on_error(context):
@@ -239,9 +257,9 @@ class InferenceServicer(heml_pb2_grpc.InferenceServicer):
                     f"got {len(request.ciphertexts)} ciphertexts; this block needs "
                     f"{block.expected} (use PredictStream to split a block across messages)",
                 )
-            self._take_quota(block, context)
             _check_deadline(context, block.layout, block.expected)
             admit(context, block)  # per-call limit and the key's quota, before any HE work
+            self._take_quota(block, context)  # the lifetime quota last: refusals above keep it
             block.add(request.ciphertexts)
             reply = block.finish()
             log.debug(
@@ -265,9 +283,9 @@ class InferenceServicer(heml_pb2_grpc.InferenceServicer):
                             "ciphertexts of the previous one",
                         )
                     block = Block(self.registry.get(message.model, message.version), message)
-                    self._take_quota(block, context)
                     _check_deadline(context, block.layout, block.expected)
                     admit(context, block)
+                    self._take_quota(block, context)
                 elif block is None:
                     raise RequestError(
                         INVALID, "stream message without a model name and no block open"

@@ -217,14 +217,16 @@ class ModelPrivacy(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., max_predictions_per_key: _Optional[int] = ..., hiding_bits: _Optional[int] = ...) -> None: ...
 
 class RegisterKeyRequest(_message.Message):
-    __slots__ = ("model", "version", "public_key")
+    __slots__ = ("model", "version", "public_key", "key_nonce")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    KEY_NONCE_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     public_key: bytes
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., public_key: _Optional[bytes] = ...) -> None: ...
+    key_nonce: bytes
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., public_key: _Optional[bytes] = ..., key_nonce: _Optional[bytes] = ...) -> None: ...
 
 class RegisterKeyResponse(_message.Message):
     __slots__ = ("key_id",)

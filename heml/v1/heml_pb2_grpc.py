@@ -94,7 +94,7 @@ class InferenceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegisterKey(self, request, context):
-        """Model-privacy mode only: register the client's public key (content-addressed, idempotent).
+        """Model-privacy mode only: register the client's public key (idempotent for the same upload).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
