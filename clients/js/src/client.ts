@@ -149,7 +149,7 @@ export function planFromMessage(msg: any): Plan | null {
 }
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-function modelInfoFromMessage(msg: any): ModelInfo {
+export function modelInfoFromMessage(msg: any): ModelInfo {
   const plans: Partial<Record<LayoutName, Plan>> = {};
   let modelPrivacy = false;
   for (const lp of msg.layouts ?? []) {
@@ -177,6 +177,24 @@ function modelInfoFromMessage(msg: any): ModelInfo {
     fingerprint: msg.fingerprint,
     modelPrivacy: modelPrivacy || Boolean(msg.privacy?.enabled),
   };
+}
+
+/** ServerInfo message -> ServerInfo; refuses a server speaking another major protocol version. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export function checkProtocol(target: string, msg: any): ServerInfo {
+  const info = {
+    protocolVersion: msg?.protocol_version ?? "",
+    serverVersion: msg?.server_version ?? "",
+    tensealVersion: msg?.tenseal_version ?? "",
+  };
+  if ((info.protocolVersion || "0").split(".")[0] !== PROTOCOL_MAJOR) {
+    throw new HemlError(
+      `${target} speaks heml protocol ${info.protocolVersion || "unknown"}; this client speaks ${PROTOCOL_MAJOR}.x`,
+      "FAILED_PRECONDITION",
+      "",
+    );
+  }
+  return info;
 }
 
 export class Client {
@@ -254,20 +272,8 @@ export class Client {
 
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   private checkServer(msg: any): ServerInfo {
-    const info = {
-      protocolVersion: msg?.protocol_version ?? "",
-      serverVersion: msg?.server_version ?? "",
-      tensealVersion: msg?.tenseal_version ?? "",
-    };
-    if ((info.protocolVersion || "0").split(".")[0] !== PROTOCOL_MAJOR) {
-      throw new HemlError(
-        `${this.target} speaks heml protocol ${info.protocolVersion || "unknown"}; this client speaks ${PROTOCOL_MAJOR}.x`,
-        "FAILED_PRECONDITION",
-        "",
-      );
-    }
-    this.server = info;
-    return info;
+    this.server = checkProtocol(this.target, msg);
+    return this.server;
   }
 
   /** Metadata of every served model (latest versions). */
