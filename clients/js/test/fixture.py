@@ -1,7 +1,7 @@
 """Python side of the Node client's end-to-end test (run by test/e2e.test.ts).
 
     python fixture.py prepare DIR        models, inputs, TLS certificates and an API key in DIR
-    python fixture.py score PORT DIR     the Python SDK's scores for the same inputs -> DIR/python.json
+    python fixture.py score PORT DIR     the Python SDK's scores for them -> DIR/python.json
 
 Models: breast cancer (binary, d = 30), wine (multiclass with string labels, d = 13) and
 diabetes (regression, d = 10), all with scikit-learn pipelines exported by heml.export.
