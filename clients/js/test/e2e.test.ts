@@ -51,7 +51,10 @@ test("ListModels and GetModel describe the served models", async () => {
   const client = new Client(`127.0.0.1:${plain!.port}`);
   try {
     const models = await client.models();
-    assert.deepEqual(models.map((m) => m.name).sort(), ["cancer", "diabetes", "wine"]);
+    assert.deepEqual(models.map((m) => m.name).sort(), ["cancer", "diabetes", "dp-cancer", "wine"]);
+    const dp = models.find((m) => m.name === "dp-cancer")!;
+    assert.equal(dp.bounds.outOfBounds, "clip");
+    assert.ok(dp.preprocessing.rowNorm, "the DP model clips row norms");
     assert.match(client.server!.protocolVersion, /^2\./);
     const wine = await client.model("wine");
     assert.equal(wine.info.task, "multiclass");
@@ -64,7 +67,7 @@ test("ListModels and GetModel describe the served models", async () => {
   }
 });
 
-for (const name of ["cancer", "wine", "diabetes"]) {
+for (const name of ["cancer", "wine", "diabetes", "dp-cancer"]) {
   for (const layout of ["row", "column"] as LayoutName[]) {
     test(`${name} (${layout}): encrypted scores match the plaintext model and the Python SDK`, async () => {
       const client = new Client(`127.0.0.1:${plain!.port}`);

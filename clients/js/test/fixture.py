@@ -4,7 +4,8 @@
     python fixture.py score PORT DIR     the Python SDK's scores for them -> DIR/python.json
 
 Models: breast cancer (binary, d = 30), wine (multiclass with string labels, d = 13) and
-diabetes (regression, d = 10), all with scikit-learn pipelines exported by heml.export.
+diabetes (regression, d = 10), all with scikit-learn pipelines exported by heml.export, and a
+DP logistic regression on breast cancer (clipping bounds and row-norm clipping).
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ def prepare(out: Path) -> None:
         else:
             plain = pipe.decision_function(rows).reshape(len(rows), -1)
         cases[name] = {"x": rows.tolist(), "plaintext_scores": plain.tolist()}
+    # a DP model: its bounds clip (out_of_bounds="clip") and its rows are norm-clipped
+    from heml.dp import DPLogisticRegression
+
+    X, y = load_breast_cancer(return_X_y=True)
+    dp = make_pipeline(
+        StandardScaler(), DPLogisticRegression(epsilon=1.0, bounds_X=(-3, 3), random_state=0)
+    ).fit(X, y)
+    exported = heml.export(dp, name="dp-cancer")
+    exported.save(models / "dp-cancer.json")
+    rows = np.vstack([X[rng.choice(len(X), size=39, replace=False)], X.max(axis=0) * 2])
+    cases["dp-cancer"] = {"x": rows.tolist(), "plaintext_scores": exported.scores(rows).tolist()}
     (out / "cases.json").write_text(json.dumps(cases))
     ca = TestCA("heml-js-test-ca")
     cert, key = ca.issue("localhost", server=True)
