@@ -17,12 +17,10 @@ const CALLS = 20;
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(path.join(tmpdir(), "heml-js-bench-"));
-  const server = await (async () => {
-    runFixture("prepare", dir);
-    return Serve.start(["--models", path.join(dir, "models")]);
-  })();
+  await runFixture(["prepare", dir]);
+  const server = await Serve.start(["--models", path.join(dir, "models")], dir);
   try {
-    runFixture("score", String(server.port), dir);
+    await runFixture(["score", String(server.port), dir]);
     const python = JSON.parse(readFileSync(path.join(dir, "python.json"), "utf8"));
     const cases = JSON.parse(readFileSync(path.join(dir, "cases.json"), "utf8"));
     const client = new Client(`127.0.0.1:${server.port}`);

@@ -11,7 +11,7 @@ import path from "node:path";
 
 import { Client, HemlError } from "../src/client.js";
 import { LayoutName } from "../src/layouts.js";
-import { Serve, runFixture } from "./harness.js";
+import { Serve, runFixture, startAll } from "./harness.js";
 
 let dir = "";
 let plain: Serve | undefined;
@@ -21,26 +21,19 @@ let cases: any;
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 let python: any;
 
-before(async () => {
-  dir = mkdtempSync(path.join(tmpdir(), "heml-js-"));
-  runFixture("prepare", dir);
-  const models = ["--models", path.join(dir, "models")];
-  [plain, secure] = await Promise.all([
-    Serve.start(models),
-    Serve.start([
-      ...models,
-      "--tls-cert",
-      path.join(dir, "server.pem"),
-      "--tls-key",
-      path.join(dir, "server.key"),
-      "--api-keys",
-      path.join(dir, "api-keys.json"),
-    ]),
-  ]);
-  runFixture("score", String(plain.port), dir);
-  cases = JSON.parse(readFileSync(path.join(dir, "cases.json"), "utf8"));
-  python = JSON.parse(readFileSync(path.join(dir, "python.json"), "utf8"));
-});
+before(
+  async () => {
+    dir = mkdtempSync(path.join(tmpdir(), "heml-js-"));
+    await runFixture(["prepare", dir]);
+    const models = ["--models", path.join(dir, "models")];
+    const tls = ["--tls-cert", path.join(dir, "server.pem"), "--tls-key", path.join(dir, "server.key")];
+    [plain, secure] = await startAll([models, [...models, ...tls, "--api-keys", path.join(dir, "api-keys.json")]], dir);
+    await runFixture(["score", String(plain.port), dir]);
+    cases = JSON.parse(readFileSync(path.join(dir, "cases.json"), "utf8"));
+    python = JSON.parse(readFileSync(path.join(dir, "python.json"), "utf8"));
+  },
+  { timeout: 300_000 },
+);
 
 after(async () => {
   await Promise.all([plain?.stop(), secure?.stop()]);

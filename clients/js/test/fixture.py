@@ -41,7 +41,9 @@ def prepare(out: Path) -> None:
             y = np.array(["barolo", "grignolino", "barbera"])[y]
         pipe = make_pipeline(StandardScaler(), est).fit(X, y)
         heml.export(pipe, name=name).save(models / f"{name}.json")
-        rows = X[rng.choice(len(X), size=40, replace=False)]
+        # wine: 200 rows, so ROW packs them in two sample groups of 157 with one class per reply
+        size = 200 if name == "wine" else 40
+        rows = X[rng.choice(len(X), size=size, replace=size > len(X))]
         if name == "diabetes":
             plain = pipe.predict(rows).reshape(-1, 1)
         else:
