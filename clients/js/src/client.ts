@@ -354,6 +354,7 @@ export class RemoteModel {
   /** W·x + b under encryption: n × k scores (the server never sees x or the result). */
   async scores(rows: Raw[][], layout?: LayoutName): Promise<number[][]> {
     const z = this.normalize(rows);
+    if (z.length === 0) return [];
     const { nFeatures: d, nOutputs: k } = this.info;
     const out: number[][] = new Array(z.length);
     for (const block of this.blocks(z.length, layout)) {

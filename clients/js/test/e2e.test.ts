@@ -121,6 +121,7 @@ test("bad input is refused before anything is encrypted", async () => {
   const client = new Client(`127.0.0.1:${plain!.port}`);
   try {
     const model = await client.model("cancer");
+    assert.deepEqual(await model.scores([]), []);
     await assert.rejects(model.scores([[1, 2, 3]]), /expects 30/);
     const far = cases.cancer.x[0].map((v: number) => v * 1e6 + 1e6);
     await assert.rejects(model.scores([far]), RangeError);
