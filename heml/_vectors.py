@@ -230,6 +230,7 @@ def _scored(
         "message_nonzero": [[[int(i), int(c[i])] for i in np.flatnonzero(c)] for c in coeffs],
         "seeds": [sd.hex() for sd in seeds],
         "noise_key": noise_key.hex(),
+        "ciphertexts": [c.hex() for c in cts],
         "ciphertexts_sha256": [_sha(c) for c in cts],
         "ciphertext_bytes": len(cts[0]),
         "replies": [r.hex() for r in replies],

@@ -112,6 +112,7 @@ for (const name of ["row", "column"]) {
       noiseKey: Buffer.from(v.noise_key, "hex"),
     });
     assert.deepEqual(cts.map(sha256), v.ciphertexts_sha256);
+    assert.deepEqual(cts.map((c) => c.toString("hex")), v.ciphertexts);
     assert.ok(cts.every((c) => c.length === v.ciphertext_bytes));
     // the reply, decoded
     const replies = v.replies.map((r: string) => Buffer.from(r, "hex"));
