@@ -258,6 +258,18 @@ def row_vector() -> dict:
     return _scored(ROW, "row", coef, intercept, bounds, X, "softmax", 2)
 
 
+def row_wide_vector() -> dict:
+    """Multiclass (k = 4) over d = 2100 > N features: one sample in two ROW chunks, and one
+    class per reply (four replies)."""
+    d, k = 2100, 4
+    j = np.arange(d)
+    coef = np.round(np.stack([np.sin(0.37 * j * (c + 1)) / 16 for c in range(k)]), 4)
+    intercept = np.array([0.5, -0.25, 0.0, 0.125])
+    bounds = Bounds(np.full(d, -1.0), np.full(d, 1.0))
+    X = np.round(np.cos(0.11 * j), 3)[None, :]
+    return _scored(ROW, "row-wide", coef, intercept, bounds, X, "softmax", 1)
+
+
 def column_vector() -> dict:
     """Regression on wide raw ranges (d = 3; weights split into digits), three samples."""
     coef = np.array([[1234.5, -987.25, 55.0]])
@@ -287,6 +299,7 @@ GENERATORS = {
     "ntt": ntt,
     "encryption": encryption,
     "row": row_vector,
+    "row_wide": row_wide_vector,
     "column": column_vector,
     "links": links,
 }

@@ -140,18 +140,14 @@ def unpack_bits(data: bytes, count: int, bits: int) -> list[int]:
     return [(big >> (i * bits)) & ((1 << bits) - 1) for i in range(count)]
 
 
-@pytest.mark.parametrize("name", ["row", "column"])
+@pytest.mark.parametrize("name", ["row", "row_wide", "column"])
 def test_reply_decodes_to_the_scores_as_documented(name):
     doc = load(name)
     plan, s = doc["plan"], doc["s"]
-    N, q, bits, T, b = (
-        plan["n"],
-        int(plan["q"]),
-        plan["reply_bits"],
-        plan["digits"],
-        plan["digit_bits"],
-    )
+    N, q, bits = plan["n"], int(plan["q"]), plan["reply_bits"]
+    T, b = plan["digits"], plan["digit_bits"]
     k = len(doc["model"]["intercept"])
+    d = len(doc["z"][0])
     n = doc["n"]
     values: dict[tuple[int, int, int], float] = {}  # (sample, class, digit) -> value in units
     for g, (blob, dec) in enumerate(zip(doc["replies"], doc["decrypted"], strict=True)):
@@ -166,12 +162,20 @@ def test_reply_decodes_to_the_scores_as_documented(name):
             cls, t = divmod(g, T)
             for a in range(n):
                 values[(a, cls, t)] = signed[a] * q / 2**bits
-        else:  # one group of all k classes per digit here: positions r'·s·m + a·m + m - 1
+        else:  # one sample group: G classes per reply, replies digit-major
             ssz = doc["samples_per_ciphertext"]
+            m_f = min(d, N // ssz)
+            G = min(k, N // (ssz * m_f))
+            per_digit = -(-k // G)
+            t, first = g // per_digit, G * (g % per_digit)
+            count = min(G, k - first)
+            assert dec["positions"] == [
+                r * ssz * m_f + a * m_f + m_f - 1 for r in range(count) for a in range(ssz)
+            ]
             for idx, v in enumerate(signed):
-                cls, a = divmod(idx, ssz)
+                r, a = divmod(idx, ssz)
                 if a < n:
-                    values[(a, cls, g)] = v * q / 2**bits
+                    values[(a, first + r, t)] = v * q / 2**bits
     scale = 2.0 ** (plan["log2_scale_x"] + plan["log2_scale_w"])
     for a in range(n):
         for c in range(k):
@@ -180,15 +184,19 @@ def test_reply_decodes_to_the_scores_as_documented(name):
             assert abs(score - doc["plaintext_scores"][a][c]) <= plan["error_bound"]
 
 
-def test_row_request_places_features_as_documented():
-    doc = load("row")
+@pytest.mark.parametrize("name", ["row", "row_wide"])
+def test_row_request_places_features_as_documented(name):
+    doc = load(name)
     plan = doc["plan"]
-    d, ssz = len(doc["z"][0]), doc["samples_per_ciphertext"]
-    m = min(d, plan["n"] // ssz)
-    want = {}
-    for a, z in enumerate(doc["z"]):
-        for i, zi in enumerate(z):
-            v = round(zi * 2 ** plan["log2_scale_x"])
-            if v:
-                want[a * m + i] = v
-    assert dict(map(tuple, doc["message_nonzero"][0])) == want
+    N, d, ssz = plan["n"], len(doc["z"][0]), doc["samples_per_ciphertext"]
+    m = min(d, N // ssz)
+    chunks = -(-d // m)
+    assert len(doc["message_nonzero"]) == len(doc["ciphertexts"]) == chunks
+    for c in range(chunks):
+        want = {}
+        for a, z in enumerate(doc["z"]):
+            for i, zi in enumerate(z[c * m : (c + 1) * m]):
+                v = round(zi * 2 ** plan["log2_scale_x"])
+                if v:
+                    want[a * m + i] = v
+        assert dict(map(tuple, doc["message_nonzero"][c])) == want

@@ -86,7 +86,7 @@ function planOf(p: any): Plan {
   };
 }
 
-for (const name of ["row", "column"]) {
+for (const name of ["row", "row_wide", "column"]) {
   test(`${name.toUpperCase()} request, reply and decoding match the vectors`, () => {
     const v = load(name);
     const plan = planOf(v.plan);
