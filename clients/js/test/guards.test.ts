@@ -147,3 +147,21 @@ test("preprocessing: imputation and one-hot categories; unknown categories refus
   assert.deepEqual(lenient.transform([[30, "green"]]), [[30, 0, 0]]);
   assert.throws(() => p.transform([[30]]), /expects 2/);
 });
+
+test("an API key without TLS to a remote host warns; on loopback it does not; mTLS needs both parts", async () => {
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(w.message);
+  process.on("warning", onWarning);
+  try {
+    new Client("127.0.0.1:1", { apiKey: "k" }).close();
+    await new Promise((r) => setImmediate(r));
+    assert.equal(warnings.length, 0);
+    new Client("heml.example.invalid:443", { apiKey: "k" }).close();
+    await new Promise((r) => setImmediate(r));
+    assert.equal(warnings.length, 1);
+    assert.match(warnings[0], /without TLS/);
+  } finally {
+    process.off("warning", onWarning);
+  }
+  assert.throws(() => new Client("127.0.0.1:1", { clientCert: Buffer.from("x") }), /go together/);
+});
