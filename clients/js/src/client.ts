@@ -237,6 +237,7 @@ export class Client {
       "grpc.max_send_message_length": MAX_MESSAGE_BYTES + MiB,
       "grpc.max_receive_message_length": 64 * MiB,
       "grpc.use_local_subchannel_pool": 1,
+      "grpc.enable_retries": 0, // retries are ours: deadline-aware, UNAVAILABLE only
     });
     this.metadata = new grpc.Metadata();
     if (apiKey) this.metadata.set("authorization", `Bearer ${apiKey}`);
