@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format proto bench clean
+.PHONY: demo test test-js test-slow lint format proto bench clean vectors
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ demo: $(DEMO_STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+	$(MAKE) test-js
+
+# The Node client (clients/js): skipped with a message without Node >= 20, a failure under CI=true.
+test-js: $(STAMP)
+	HEML_PYTHON=$(abspath $(PY)) .ci/test-js
+
+# Regenerate docs/vectors/*.json (tests/test_protocol_vectors.py fails when they drift).
+vectors: $(STAMP)
+	$(PY) -m heml._vectors
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow

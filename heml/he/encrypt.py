@@ -16,11 +16,20 @@ from .keys import SecretKey
 from .params import HEParams
 
 
-def encrypt_coefficients(key: SecretKey, coeffs: np.ndarray, shift: int = 0) -> list[bytes]:
+def encrypt_coefficients(
+    key: SecretKey,
+    coeffs: np.ndarray,
+    shift: int = 0,
+    *,
+    seeds: list[bytes] | None = None,
+    noise_key: bytes | None = None,
+) -> list[bytes]:
     """Encrypt each row of an int64 array (rows, N) of message coefficients; wire bytes out.
 
     With several primes (model-privacy mode) c0 is sent prime by prime. ``shift`` multiplies
-    the message (not the noise) by 2^shift modulo q (scales wider than int64).
+    the message (not the noise) by 2^shift modulo q (scales wider than int64). ``seeds`` (one
+    per row) and ``noise_key`` fix the randomness; only the known-answer vectors
+    (heml._vectors) pass them: a real call must draw both fresh.
     """
     params = key.params
     primes = key.primes
@@ -33,8 +42,11 @@ def encrypt_coefficients(key: SecretKey, coeffs: np.ndarray, shift: int = 0) -> 
     if np.any(np.abs(coeffs) >= limit):
         raise ValueError("message coefficients exceed the capacity of the modulus")
     rows = coeffs.shape[0]
-    seeds = prng.fresh_seeds(rows)
-    noise = prng.sample_error((rows, n))
+    if seeds is None:
+        seeds = prng.fresh_seeds(rows)
+    elif len(seeds) != rows:
+        raise ValueError(f"{rows} rows need {rows} seeds, got {len(seeds)}")
+    noise = prng.sample_error((rows, n), key=noise_key)
     a = np.empty((len(primes), rows, n), dtype=np.uint64)  # prime-major: a[j] is contiguous
     for r, seed in enumerate(seeds):
         prng.expand(seed, n, primes, out=a[:, r])
