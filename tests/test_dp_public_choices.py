@@ -227,3 +227,71 @@ def test_white_box_recovered_noise_has_the_claimed_law():
         for s in range(25)
     ]
     assert stats.kstest(np.concatenate(right), "norm").pvalue > KS_P_MIN
+
+
+# ------------------------------------------------------------------ canary audits per mechanism
+def _small(kind):
+    from sklearn.datasets import make_classification, make_regression
+
+    if kind == "linear":
+        X, y = make_regression(n_samples=300, n_features=4, noise=5.0, random_state=0)
+        return np.clip(X, -3, 3), np.clip(y / np.std(y), -3, 3)
+    k = 2 if kind == "amp" else 3
+    X, y = make_classification(
+        n_samples=300, n_features=4, n_informative=3, n_redundant=0, n_classes=k,
+        flip_y=0.2, random_state=0,
+    )  # fmt: skip
+    return np.clip(X, -3, 3), y
+
+
+def _maker(kind):
+    from heml.dp import DPLinearRegression
+
+    def make(epsilon):
+        if kind == "linear":
+            return DPLinearRegression(
+                epsilon=epsilon, delta=1e-5, bounds_X=(-3, 3), bounds_y=(-3, 3)
+            )
+        classes = [0, 1] if kind == "amp" else [0, 1, 2]
+        return DPLogisticRegression(epsilon=epsilon, delta=1e-5, classes=classes, bounds_X=(-3, 3))
+
+    return make
+
+
+@pytest.mark.parametrize("kind", ["amp", "dpgd", "linear"])
+def test_canary_audit_per_mechanism_stays_below_the_claim(kind):
+    from heml.audit import canary_audit
+
+    X, y = _small(kind)
+    make = _maker(kind)
+    # positive control: without noise (epsilon=inf) the same audit certifies far more than 1
+    leaky = canary_audit(make, X, y, epsilon=np.inf, runs=100, random_state=1)
+    assert leaky.bound.epsilon_lb > 2.0
+    private = canary_audit(make, X, y, epsilon=1.0, runs=100, random_state=1)
+    assert private.bound.epsilon_lb <= 1.0
+
+
+def test_label_set_canary_audit():
+    # the audit of leak 1: the statistic len(classes_) over many fits on wine with a
+    # single class-2 record ("in") or that record relabelled ("out")
+    from heml.audit import epsilon_lower_bound
+
+    X, y, y2 = _rare_label_neighbours()
+
+    def n_classes(classes, t, seed):
+        est = DPLogisticRegression(classes=classes, bounds_X=(-3, 3), random_state=seed)
+        return est.fit(X, t).classes_.size
+
+    runs = range(60)
+    leaky = epsilon_lower_bound(
+        [n_classes(np.unique(y), y, s) for s in runs],
+        [n_classes(np.unique(y2), y2, s) for s in runs],
+        delta=1e-5,
+    )
+    assert leaky.epsilon_lb > 1.0  # the positive control: read from y, the label set leaks
+    public = epsilon_lower_bound(
+        [n_classes([0, 1, 2], y, s) for s in runs],
+        [n_classes([0, 1, 2], y2, s) for s in runs],
+        delta=1e-5,
+    )
+    assert public.epsilon_lb == 0.0
