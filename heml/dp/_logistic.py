@@ -39,7 +39,10 @@ INTERCEPT_FRACTION = 0.5
 # exact minimizer (public; the share is small because γ/λ is tiny at this tolerance).
 AMP_EPSILON_SHARE = 0.01
 AMP_DELTA_SHARE = 0.01
-AMP_GAMMA_FACTOR = 1e-9  # γ = factor · (n + λ + 1): far above float error, far below the noise
+# γ = factor · (n + λ + σ√(d+1) + 1): about 10^3 times the floating-point error of the gradient
+# (whose terms are the n rows, λθ and b, with E‖b‖ = σ√(d+1)), so Newton reaches it; γ/λ is then
+# so small that the residual Gaussian is negligible (σ₂ ≈ 1e-7 on breast cancer at ε = 1)
+AMP_GAMMA_FACTOR = 1e-11
 
 NO_CLASSES_MESSAGE = (
     "DPLogisticRegression needs the label set at finite epsilon: pass classes=[...] (the public "
@@ -380,9 +383,9 @@ def objpert_lambda_rule(d_aug: int):
     return lambda sigma: OBJPERT_LAMBDA_FACTOR * sigma * math.sqrt(d_aug)
 
 
-def amp_gamma(n: int, lam: float) -> float:
-    """The public gradient-norm tolerance γ at which the solver stops."""
-    return AMP_GAMMA_FACTOR * (n + lam + 1.0)
+def amp_gamma(n: int, lam: float, sigma: float, p: int) -> float:
+    """The public gradient-norm tolerance γ at which the solver stops (n, λ, σ, p public)."""
+    return AMP_GAMMA_FACTOR * (n + lam + sigma * math.sqrt(p) + 1.0)
 
 
 def _objective_perturbation(A, y_idx, eps, delta, noise: NoiseSource):
@@ -411,7 +414,7 @@ def _objective_perturbation(A, y_idx, eps, delta, noise: NoiseSource):
         delta_share=AMP_DELTA_SHARE,
     )
     lam = c.objpert.lam
-    gamma = amp_gamma(n, lam)
+    gamma = amp_gamma(n, lam, c.objpert.sigma, p)
     magnitude = (n + 1.0) / lam  # public bound on ‖θ*‖ without b: sets the output's lattice
     sensitivity2 = 2.0 * gamma / lam + rounding_slack(magnitude, p)
     sigma2 = c.residual_multiplier * sensitivity2
@@ -432,7 +435,7 @@ def _objective_perturbation(A, y_idx, eps, delta, noise: NoiseSource):
         "solver": "Newton",
         "max_iter": NEWTON_MAX_ITER,
         "gradient_tolerance": gamma,
-        "gradient_tolerance_rule": f"{AMP_GAMMA_FACTOR:g}*(n + lambda + 1)",
+        "gradient_tolerance_rule": f"{AMP_GAMMA_FACTOR:g}*(n + lambda + sigma*sqrt(d+1) + 1)",
         "sigma_residual": sigma2,
         "residual_sensitivity": sensitivity2,
         "epsilon_shares": {
