@@ -230,3 +230,25 @@ def test_file_backed_accountant_records_spends_from_worker_processes(tmp_path):
     assert BudgetAccountant(epsilon=2.0, delta=1e-3, path=tmp_path / "ledger.json").spent[0] == 2
     with pytest.raises(ValueError, match="holds the budget"):
         BudgetAccountant(epsilon=5.0, delta=1e-3, path=tmp_path / "ledger.json")
+
+
+def test_default_accountant_is_carried_into_worker_processes(tmp_path):
+    # before: with a default accountant set, estimators with accountant=None fitted in worker
+    # processes used each worker's own unlimited default, and the budget was not enforced
+    X, y = _data()
+    est = DPLogisticRegression(classes=C01, epsilon=1.0, bounds_X=(-3, 3))
+    with BudgetAccountant(epsilon=2.0, delta=1e-3) as acc:
+        with warnings.catch_warnings(), pytest.raises(ValueError, match="fits failed"):
+            warnings.simplefilter("ignore")
+            cross_val_score(est, X, y, cv=5, n_jobs=2)
+        assert acc.spent == (0.0, 0.0)
+        cross_val_score(est, X, y, cv=2, n_jobs=1)  # in this process the default applies
+        assert acc.spent[0] == 2.0
+    # a file-backed default is shared: the workers spend from it, up to the budget
+    with BudgetAccountant(epsilon=2.0, delta=1e-3, path=tmp_path / "l.json") as shared:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scores = cross_val_score(est, X, y, cv=5, n_jobs=2)
+        assert np.isfinite(scores).sum() == 2 and shared.spent[0] == 2.0
+    # no default chosen: workers fit freely (an unlimited budget has nothing to enforce)
+    assert np.isfinite(cross_val_score(est, X, y, cv=3, n_jobs=2)).all()

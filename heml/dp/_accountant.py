@@ -99,6 +99,7 @@ class BudgetAccountant:
         self._path = None if path is None else Path(path)
         self._pid = os.getpid()
         self._token = uuid.uuid4().hex
+        self._implicit = False
         BudgetAccountant._live[self._token] = self
         if self._path is not None:
             with self._file_locked():
@@ -242,6 +243,7 @@ class BudgetAccountant:
         with cls._default_lock:
             if cls._default is None:
                 cls._default = BudgetAccountant()
+                cls._default._implicit = True  # nobody chose it: nothing to carry to workers
             return cls._default
 
     def set_default(self) -> BudgetAccountant:
@@ -266,6 +268,15 @@ class BudgetAccountant:
 
     def __deepcopy__(self, memo) -> BudgetAccountant:
         return self
+
+    @classmethod
+    def _chosen_default(cls) -> BudgetAccountant | None:
+        """The default accountant if someone set it (``set_default`` or ``with``), else None."""
+        default = cls._default
+        return None if default is None or default._implicit else default
+
+    def _is_live_here(self) -> bool:
+        return BudgetAccountant._live.get(self._token) is self and self._pid == os.getpid()
 
     def __reduce__(self):
         state = self.__dict__.copy()

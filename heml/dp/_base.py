@@ -35,7 +35,14 @@ class DPEstimatorMixin:
         for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
             delattr(self, attr)
         eps, delta = check_privacy_params(self.epsilon, self.delta)
-        accountant = BudgetAccountant.load_default(self.accountant)
+        carried = self.__dict__.get("_default_accountant_at_pickling")
+        if self.accountant is None and carried is not None and not carried._is_live_here():
+            # this estimator was pickled into another process while a default accountant was
+            # set: spend from that one (a shared file) or be refused (an in-memory copy),
+            # never from this process's unlimited default
+            accountant = carried
+        else:
+            accountant = BudgetAccountant.load_default(self.accountant)
         accountant.check(eps, delta)
         return eps, delta, accountant
 
@@ -51,6 +58,18 @@ class DPEstimatorMixin:
             for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
                 delattr(self, attr)
             raise
+
+    def __getstate__(self) -> dict:
+        """Pickled with ``accountant=None``: carry the default accountant chosen in this process
+        (if any), so that a copy fitted in a worker process cannot fall back to the worker's
+        unlimited default."""
+        state = super().__getstate__()
+        state.pop("_default_accountant_at_pickling", None)
+        if getattr(self, "accountant", None) is None:
+            chosen = BudgetAccountant._chosen_default()
+            if chosen is not None:
+                state["_default_accountant_at_pickling"] = chosen
+        return state
 
     def _noise_label(self) -> str:
         if self.random_state is None:
