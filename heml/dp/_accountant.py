@@ -67,8 +67,9 @@ class BudgetAccountant:
     (``n_jobs > 1`` through joblib, a fork, a pickle loaded elsewhere) cannot record its spends
     where the others see them, so an in-memory accountant there refuses every check and spend
     (``BudgetError``); a file-backed one (``path=...``) keeps working, since the file is the
-    shared state. The default accountant is per process: a worker process starts with an
-    unlimited one, so pass ``accountant=`` explicitly to fits that run in workers.
+    shared state. An estimator with ``accountant=None`` pickled while a default was chosen
+    (``set_default``, ``with``) carries that default to the worker, with the same rules; with
+    no default chosen a worker uses its own unlimited one.
 
     Examples
     --------
