@@ -3,6 +3,10 @@
 Wired into ``heml/cli.py`` with ``register(subparsers)``; ``run(args)`` returns the exit code:
 0 success, 2 invalid input or arguments, 3 privacy budget refused, 1 training failed.
 
+The task and the label set are declared, never read from the data (they pick the mechanism):
+``--task regression``, or ``--classes a,b,...`` for classification; a row whose label is not
+declared is refused (exit 2, before any spend) with a message that does not name it.
+
 Standardization does not leak: features are never scaled with statistics of the private data.
 The estimators clip every feature to the declared ``--bounds`` and rescale with the bounds
 box (a public affine map). Without ``--bounds``, min/max are read from the data: the run warns
