@@ -112,7 +112,8 @@ def main() -> int:
     )
 
     # the provider's side: fit the model to serve, attach its audit, save the artifact
-    model = DPLogisticRegression(epsilon=1.0, delta=DELTA, classes=[0, 1], bounds_X=bounds).fit(Xtr, ytr)
+    model = DPLogisticRegression(epsilon=1.0, delta=DELTA, classes=[0, 1], bounds_X=bounds)
+    model.fit(Xtr, ytr)
     artifact = report.attach(heml.export(model, name="breast_cancer_dp1"))
     path = artifact.save(root / "breast_cancer_dp1.json")
     a = artifact.audit
