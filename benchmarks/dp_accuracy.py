@@ -95,12 +95,14 @@ def _delta(n):
     return DELTA if n < 0.1 / DELTA else 0.1 / n
 
 
-def _dp_model(regression, eps, seed, n):
+def _dp_model(regression, eps, seed, n, classes=(0, 1)):
     if regression:
         return DPLinearRegression(
             epsilon=eps, delta=_delta(n), bounds_X=(-3, 3), bounds_y=(-3, 3), random_state=seed
         )
-    return DPLogisticRegression(epsilon=eps, delta=_delta(n), bounds_X=(-3, 3), random_state=seed)
+    return DPLogisticRegression(
+        epsilon=eps, delta=_delta(n), classes=classes, bounds_X=(-3, 3), random_state=seed
+    )
 
 
 def _score(model, Xte, yte, regression, data_norm=None):
@@ -150,7 +152,9 @@ def run(quick: bool) -> int:
             scores, dpl_scores = [], []
             for Xtr, Xte, ytr, yte in prepared:
                 for seed in seeds:
-                    m = _dp_model(regression, eps, seed, len(ytr)).fit(Xtr, ytr)
+                    # the data set's documented label set (public), not the training labels
+                    labels = np.unique(np.concatenate([ytr, yte]))
+                    m = _dp_model(regression, eps, seed, len(ytr), labels).fit(Xtr, ytr)
                     scores.append(_score(m, Xte, yte, regression, m.data_norm_))
                     if not isinstance(dpl, str):
                         with warnings.catch_warnings():
@@ -183,7 +187,9 @@ def run(quick: bool) -> int:
         ("DPLogisticRegression (objpert)", lambda: _dp_model(False, 1.0, None, 100_000), Xc, yc),
         (
             "DPLogisticRegression (dpgd, binary)",
-            lambda: DPLogisticRegression(epsilon=1.0, delta=1e-6, bounds_X=(-3, 3), method="dpgd"),
+            lambda: DPLogisticRegression(
+                epsilon=1.0, delta=1e-6, classes=(0, 1), bounds_X=(-3, 3), method="dpgd"
+            ),
             Xc,
             yc,
         ),

@@ -58,7 +58,7 @@ def run(name, X, y, out: Path, *, n_shadow: int, canary_runs: int, baseline=None
     def make_estimator(epsilon):
         if math.isinf(epsilon) and baseline is not None:
             return baseline()
-        return DPLogisticRegression(epsilon=epsilon, delta=DELTA, bounds_X=bounds)
+        return DPLogisticRegression(epsilon=epsilon, delta=DELTA, classes=[0, 1], bounds_X=bounds)
 
     start = time.perf_counter()
     report = audit(
@@ -112,7 +112,8 @@ def main() -> int:
     )
 
     # the provider's side: fit the model to serve, attach its audit, save the artifact
-    model = DPLogisticRegression(epsilon=1.0, delta=DELTA, bounds_X=bounds).fit(Xtr, ytr)
+    model = DPLogisticRegression(epsilon=1.0, delta=DELTA, classes=[0, 1], bounds_X=bounds)
+    model.fit(Xtr, ytr)
     artifact = report.attach(heml.export(model, name="breast_cancer_dp1"))
     path = artifact.save(root / "breast_cancer_dp1.json")
     a = artifact.audit

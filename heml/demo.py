@@ -22,7 +22,10 @@ def _train(X_public, y_public, X_train, y_train, private: bool, epsilon: float):
         from .dp import DPLogisticRegression
 
         # features clipped to ±3 public standard deviations, then (ε, δ)-DP training
-        dp = DPLogisticRegression(epsilon=epsilon, delta=1e-5, bounds_X=(-3.0, 3.0))
+        # the label set comes from the public split too: reading it from y_train would leak
+        dp = DPLogisticRegression(
+            epsilon=epsilon, delta=1e-5, classes=np.unique(y_public), bounds_X=(-3.0, 3.0)
+        )
         dp.fit(scaler.transform(X_train), y_train)
         return make_pipeline(scaler, dp), True
     # not private anyway: fit the scaler on every non-test sample

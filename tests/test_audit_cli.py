@@ -179,7 +179,7 @@ def test_per_feature_bounds_scale_each_feature_before_the_dp_fit():
     X = np.column_stack([rng.uniform(0, 100_000, 1500), rng.uniform(0, 1, 1500)])
     y = (X[:, 0] / 100_000 + X[:, 1] > 1).astype(int)
     bounds = (np.array([0.0, 0.0]), np.array([100_000.0, 1.0]))
-    make = EstimatorFactory("classification", 1e-5, bounds, None, use_dp=True)
+    make = EstimatorFactory("classification", 1e-5, bounds, None, use_dp=True, classes=(0, 1))
     with warnings.catch_warnings():
         warnings.simplefilter("error", PrivacyLeakWarning)  # nothing is read from the data
         est = make(2.0).fit(X, y)

@@ -101,7 +101,9 @@ def test_heml_dp_logistic_regression_at_epsilon_1_stays_below_its_claim(overfit_
     dp = pytest.importorskip("heml.dp")
     Xtr, Xte, ytr, yte = overfit_data
     report = audit(
-        lambda e: dp.DPLogisticRegression(epsilon=e, delta=1e-5, bounds_X=(-1.0, 1.0)),
+        lambda e: dp.DPLogisticRegression(
+            epsilon=e, delta=1e-5, classes=[0, 1], bounds_X=(-1.0, 1.0)
+        ),
         Xtr,
         ytr,
         Xte,
@@ -124,12 +126,14 @@ def test_audit_runs_do_not_spend_the_callers_default_budget(overfit_data):
     Xtr, Xte, ytr, yte = overfit_data
     with dp.BudgetAccountant(epsilon=2.0, delta=1e-3) as budget:
         report = audit(
-            lambda e: dp.DPLogisticRegression(epsilon=e, delta=1e-5, bounds_X=(-1.0, 1.0)),
+            lambda e: dp.DPLogisticRegression(
+                epsilon=e, delta=1e-5, classes=[0, 1], bounds_X=(-1.0, 1.0)
+            ),
             Xtr, ytr, Xte, yte,
             epsilons=(1.0,), n_shadow=4, canary_runs=10, n_bootstrap=0, progress=False,
         )  # fmt: skip
         assert budget.spent == (0.0, 0.0)  # 26 fits at ε=1 would have exceeded ε=2
-        dp.DPLogisticRegression(epsilon=1.0, bounds_X=(-1.0, 1.0)).fit(Xtr, ytr)
+        dp.DPLogisticRegression(epsilon=1.0, classes=[0, 1], bounds_X=(-1.0, 1.0)).fit(Xtr, ytr)
         assert budget.spent[0] == pytest.approx(1.0)  # fits outside the audit still spend
     assert report.models[0].claimed_epsilon == 1.0
 

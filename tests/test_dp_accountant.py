@@ -10,6 +10,8 @@ from sklearn.model_selection import cross_val_score
 
 from heml.dp import BudgetAccountant, BudgetError, DPLinearRegression, DPLogisticRegression
 
+C01 = [0, 1]  # the public label set of _data()
+
 
 def _data(n=400, seed=0):
     rng = np.random.default_rng(seed)
@@ -50,7 +52,7 @@ def test_refused_fit_never_reads_data_and_spends_nothing():
             raise AssertionError("data was read before the budget check")
 
     with pytest.raises(BudgetError):
-        DPLogisticRegression(epsilon=1.0, bounds_X=(-3, 3), accountant=acc).fit(
+        DPLogisticRegression(classes=C01, epsilon=1.0, bounds_X=(-3, 3), accountant=acc).fit(
             Exploding(), Exploding()
         )
     assert acc.spent == (0.0, 0.0)
@@ -59,13 +61,15 @@ def test_refused_fit_never_reads_data_and_spends_nothing():
 def test_fit_spends_once_after_success():
     acc = BudgetAccountant(epsilon=3.0, delta=2e-5)
     X, y = _data()
-    DPLogisticRegression(epsilon=1.0, bounds_X=(-3, 3), accountant=acc, random_state=0).fit(X, y)
+    DPLogisticRegression(
+        classes=C01, epsilon=1.0, bounds_X=(-3, 3), accountant=acc, random_state=0
+    ).fit(X, y)
     DPLinearRegression(
         epsilon=1.0, bounds_X=(-3, 3), bounds_y=(-3, 3), accountant=acc, random_state=0
     ).fit(X, X[:, 0])
     assert acc.spent == pytest.approx((2.0, 2e-5))
     with pytest.raises(BudgetError):  # a third fit at δ=1e-5 exceeds δ
-        DPLogisticRegression(epsilon=0.5, bounds_X=(-3, 3), accountant=acc).fit(X, y)
+        DPLogisticRegression(classes=C01, epsilon=0.5, bounds_X=(-3, 3), accountant=acc).fit(X, y)
     assert acc.spent == pytest.approx((2.0, 2e-5))
 
 
@@ -75,7 +79,7 @@ def test_fit_spends_once_after_success():
         (np.array([[np.nan, 1.0]] * 50), np.arange(50) % 2, "NaN"),
         (np.array([[np.inf, 1.0]] * 50), np.arange(50) % 2, "infinity"),
         (np.array([["a", "b"]] * 50), np.arange(50) % 2, "convert"),
-        (np.ones((50, 2)), np.zeros(50), "at least 2 classes"),
+        (np.ones((50, 2)), np.arange(50) % 3, "not in classes"),
         (np.ones((0, 2)), np.zeros(0), "0 sample"),
         (np.ones((50, 2)), np.arange(50) % 2, "not below 1/n"),  # δ=0.1 ≥ 1/50
     ],
@@ -84,7 +88,9 @@ def test_bad_input_raises_before_spending(X, y, match):
     acc = BudgetAccountant(epsilon=10.0, delta=0.5)
     delta = 0.1 if match == "not below 1/n" else 1e-5
     with pytest.raises(ValueError, match=match):
-        DPLogisticRegression(epsilon=1.0, delta=delta, bounds_X=(-3, 3), accountant=acc).fit(X, y)
+        DPLogisticRegression(
+            classes=C01, epsilon=1.0, delta=delta, bounds_X=(-3, 3), accountant=acc
+        ).fit(X, y)
     assert acc.spent == (0.0, 0.0)
 
 
@@ -93,14 +99,16 @@ def test_bad_epsilon(eps):
     acc = BudgetAccountant()
     X, y = _data()
     with pytest.raises(ValueError, match="epsilon"):
-        DPLogisticRegression(epsilon=eps, bounds_X=(-3, 3), accountant=acc).fit(X, y)
+        DPLogisticRegression(classes=C01, epsilon=eps, bounds_X=(-3, 3), accountant=acc).fit(X, y)
     assert acc.spent == (0.0, 0.0)
 
 
 def test_clone_and_deepcopy_share_the_accountant():
     acc = BudgetAccountant(epsilon=2.0, delta=1e-4)
     assert copy.deepcopy(acc) is acc
-    est = DPLogisticRegression(epsilon=0.5, bounds_X=(-3, 3), accountant=acc, random_state=0)
+    est = DPLogisticRegression(
+        classes=C01, epsilon=0.5, bounds_X=(-3, 3), accountant=acc, random_state=0
+    )
     assert clone(est).accountant is acc
     X, y = _data()
     cross_val_score(est, X, y, cv=3)  # three clones fit: 3 × 0.5 spent in the caller's ledger
@@ -115,9 +123,9 @@ def test_with_block_sets_the_default_and_restores_it():
     before = BudgetAccountant.load_default()
     with BudgetAccountant(epsilon=1.0, delta=1e-5) as acc:
         assert BudgetAccountant.load_default() is acc
-        DPLogisticRegression(epsilon=1.0, bounds_X=(-3, 3), random_state=0).fit(X, y)
+        DPLogisticRegression(classes=C01, epsilon=1.0, bounds_X=(-3, 3), random_state=0).fit(X, y)
         with pytest.raises(BudgetError):
-            DPLogisticRegression(epsilon=1.0, bounds_X=(-3, 3)).fit(X, y)
+            DPLogisticRegression(classes=C01, epsilon=1.0, bounds_X=(-3, 3)).fit(X, y)
     assert BudgetAccountant.load_default() is before
     assert acc.spent == (1.0, 1e-5)
 
@@ -125,4 +133,122 @@ def test_with_block_sets_the_default_and_restores_it():
 def test_accountant_argument_type_is_checked():
     X, y = _data()
     with pytest.raises(TypeError, match="BudgetAccountant"), warnings.catch_warnings():
-        DPLogisticRegression(bounds_X=(-3, 3), accountant="budget").fit(X, y)
+        DPLogisticRegression(classes=C01, bounds_X=(-3, 3), accountant="budget").fit(X, y)
+
+
+# ------------------------------------------------------------------ atomic reservation (threads)
+class _RacingAccountant(BudgetAccountant):
+    """A real accountant whose early check waits until both fits have passed it: the two fits
+    then race for the spend, which is the interleaving that let both keep a model before."""
+
+    def __init__(self, *args, barrier, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.barrier = barrier
+
+    def check(self, epsilon, delta):
+        super().check(epsilon, delta)
+        self.barrier.wait(timeout=30)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "linear"])
+def test_two_threads_cannot_both_spend_the_last_epsilon(kind):
+    import threading
+
+    acc = _RacingAccountant(epsilon=1.0, delta=1e-4, barrier=threading.Barrier(2))
+    X, y = _data(n=2000)
+    if kind == "logistic":
+        make = lambda: DPLogisticRegression(  # noqa: E731
+            classes=C01, epsilon=1.0, bounds_X=(-3, 3), accountant=acc, random_state=0
+        )
+        target = y
+    else:
+        make = lambda: DPLinearRegression(  # noqa: E731
+            epsilon=1.0, bounds_X=(-3, 3), bounds_y=(-3, 3), accountant=acc, random_state=0
+        )
+        target = X[:, 0]
+    ests, errors = [make(), make()], []
+
+    def run(est):
+        try:
+            est.fit(X, target)
+        except BudgetError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(e,)) for e in ests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(errors) == 1  # one fit was refused ...
+    assert sum(hasattr(e, "coef_") for e in ests) == 1  # ... and kept no working model
+    assert acc.spent == (1.0, 1e-5) and len(acc.ledger) == 1
+
+
+def test_refused_refit_forgets_the_earlier_model():
+    acc = BudgetAccountant(epsilon=1.0, delta=1e-4)
+    X, y = _data()
+    est = DPLogisticRegression(classes=C01, bounds_X=(-3, 3), accountant=acc, random_state=0)
+    est.fit(X, y)
+    assert hasattr(est, "coef_")
+    with pytest.raises(BudgetError):
+        est.fit(X, y)
+    assert not hasattr(est, "coef_") and not hasattr(est, "dp_guarantee_")
+
+
+# ------------------------------------------------------------------ copies in other processes
+def test_unpickling_in_the_same_process_returns_the_same_accountant():
+    import pickle
+
+    acc = BudgetAccountant(epsilon=2.0, delta=1e-4)
+    assert pickle.loads(pickle.dumps(acc)) is acc
+
+
+def test_cross_val_score_in_worker_processes_cannot_bypass_the_budget():
+    # before: five ε=1 fits ran in two worker processes against a budget of 2 and the caller's
+    # ledger recorded nothing. Now each worker's copy refuses, so every fit fails.
+    acc = BudgetAccountant(epsilon=2.0, delta=1e-3)
+    X, y = _data()
+    est = DPLogisticRegression(classes=C01, epsilon=1.0, bounds_X=(-3, 3), accountant=acc)
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="fits failed"):
+        warnings.simplefilter("ignore")
+        cross_val_score(est, X, y, cv=5, n_jobs=2)
+    assert acc.spent == (0.0, 0.0)
+    with pytest.raises(BudgetError, match="another process"):
+        cross_val_score(est, X, y, cv=5, n_jobs=2, error_score="raise")
+
+
+def test_file_backed_accountant_records_spends_from_worker_processes(tmp_path):
+    acc = BudgetAccountant(epsilon=2.0, delta=1e-3, path=tmp_path / "ledger.json")
+    X, y = _data()
+    est = DPLogisticRegression(classes=C01, epsilon=1.0, bounds_X=(-3, 3), accountant=acc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = cross_val_score(est, X, y, cv=5, n_jobs=2)
+    assert np.isfinite(scores).sum() == 2  # two fits paid, three refused
+    assert acc.spent == (2.0, 2e-5) and len(acc.ledger) == 2
+    # another handle on the same file sees the same ledger; other totals are refused
+    assert BudgetAccountant(epsilon=2.0, delta=1e-3, path=tmp_path / "ledger.json").spent[0] == 2
+    with pytest.raises(ValueError, match="holds the budget"):
+        BudgetAccountant(epsilon=5.0, delta=1e-3, path=tmp_path / "ledger.json")
+
+
+def test_default_accountant_is_carried_into_worker_processes(tmp_path):
+    # before: with a default accountant set, estimators with accountant=None fitted in worker
+    # processes used each worker's own unlimited default, and the budget was not enforced
+    X, y = _data()
+    est = DPLogisticRegression(classes=C01, epsilon=1.0, bounds_X=(-3, 3))
+    with BudgetAccountant(epsilon=2.0, delta=1e-3) as acc:
+        with warnings.catch_warnings(), pytest.raises(ValueError, match="fits failed"):
+            warnings.simplefilter("ignore")
+            cross_val_score(est, X, y, cv=5, n_jobs=2)
+        assert acc.spent == (0.0, 0.0)
+        cross_val_score(est, X, y, cv=2, n_jobs=1)  # in this process the default applies
+        assert acc.spent[0] == 2.0
+    # a file-backed default is shared: the workers spend from it, up to the budget
+    with BudgetAccountant(epsilon=2.0, delta=1e-3, path=tmp_path / "l.json") as shared:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scores = cross_val_score(est, X, y, cv=5, n_jobs=2)
+        assert np.isfinite(scores).sum() == 2 and shared.spent[0] == 2.0
+    # no default chosen: workers fit freely (an unlimited budget has nothing to enforce)
+    assert np.isfinite(cross_val_score(est, X, y, cv=3, n_jobs=2)).all()

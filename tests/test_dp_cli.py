@@ -58,6 +58,8 @@ def test_train_exports_and_keeps_a_ledger(csv, tmp_path):
         "--bounds=-3,3",
         "--budget",
         "1.5",
+        "--classes",
+        "no,yes",
     ]
     r = heml_train(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -90,6 +92,8 @@ def test_identifier_column_is_flagged_and_non_numeric_refused(csv, tmp_path):
         "-o",
         "models/m.json",
         "--bounds=-3,3",
+        "--classes",
+        "no,yes",
         cwd=tmp_path,
     )
     assert r.returncode == 2
@@ -112,6 +116,7 @@ def test_invalid_runs_exit_2_before_any_spend(csv, tmp_path, extra, message):
     for flag, value in zip(extra[::2], extra[1::2], strict=False):
         base[flag] = value
     args = [csv, *[x for kv in base.items() for x in kv], "-o", "models/m.json", "--drop", "email"]
+    args += ["--classes", "no,yes"]
     args += [e for e in extra if e.startswith("--bounds")] or ["--bounds=-3,3"]
     r = heml_train(*args, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
@@ -137,6 +142,8 @@ def test_regression_without_bounds_warns_about_the_leak(tmp_path):
         "houses.json",
         "--seed",
         "0",
+        "--task",
+        "regression",
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
@@ -164,6 +171,7 @@ def test_per_feature_bounds_from_a_json_file(tmp_path):
     spec = {"income": [0, 150_000], "age": [18, 100], "ratio": [0, 1]}
     (tmp_path / "bounds.json").write_text(json.dumps(spec))
     base = ["loans.csv", "--target", "label", "--epsilon", "2", "--delta", "1e-5", "--seed", "0"]
+    base += ["--classes", "0,1"]
     r = heml_train(*base, "-o", "loans.json", "--bounds", "bounds.json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "privacy leak" not in r.stderr  # the bounds are public, not read from the data
@@ -182,3 +190,55 @@ def test_per_feature_bounds_from_a_json_file(tmp_path):
     assert r.returncode == 2 and "no bounds for 1 feature column(s): ['ratio']" in r.stderr
     ledger = json.loads((tmp_path / ".heml-privacy-ledger.json").read_text())
     assert [e["spent_epsilon"] for e in ledger["datasets"].values()] == [2.0]
+
+
+# ------------------------------------------------------------------ task and classes: declared
+def _ints_csv(tmp_path, rare: int | None):
+    """A target of small integers (the old auto-detection called it classification) whose
+    last row may carry a rare label."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((400, 3))
+    df = pd.DataFrame(X, columns=["a", "b", "c"])
+    df["y"] = (X[:, 0] > 0).astype(int)
+    if rare is not None:
+        df.loc[399, "y"] = rare
+    path = tmp_path / f"ints{rare}.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "--task is required"),
+        (["--task", "classification"], "--classes is required"),
+        (["--task", "regression", "--classes", "0,1"], "--classes is for classification"),
+        (["--classes", "0"], "at least two labels"),
+        (["--classes", "0,1,0"], "duplicate"),
+        (["--classes", "0,1"], "not in --classes"),  # the data's row with label 2
+    ],
+)
+def test_task_and_classes_come_from_the_declared_schema(tmp_path, extra, message):
+    path = _ints_csv(tmp_path, rare=2)
+    base = [path, "--target", "y", "--epsilon", "1", "--delta", "1e-5", "--bounds=-3,3"]
+    r = heml_train(*base, "-o", "m.json", *extra, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / ".heml-privacy-ledger.json").exists()  # nothing spent
+
+
+def test_a_rare_label_does_not_change_the_trained_model_kind(tmp_path):
+    # before, `heml train` inferred the task and the classes from the target: one record with
+    # label 2 turned a binary model (objective perturbation) into a 3-class one (DP-GD).
+    # With --classes both neighbours give a model of the same kind and label set.
+    kinds = []
+    for rare in (None, 2):
+        path = _ints_csv(tmp_path, rare)
+        out = f"m{rare}.json"
+        args = [path, "--target", "y", "--epsilon", "1", "--delta", "1e-5", "--bounds=-3,3"]
+        r = heml_train(*args, "--classes", "0,1,2", "--seed", "0", "-o", out, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        model = json.loads((tmp_path / out).read_text())
+        hyper = model["dp"]["hyperparameters"]
+        kinds.append((model["task"], model["classes"], hyper["method"], hyper["steps"]))
+    assert kinds[0] == kinds[1] and kinds[0][0] == "multiclass"

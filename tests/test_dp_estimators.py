@@ -85,8 +85,10 @@ def test_unconverged_objective_perturbation_raises_and_still_charges(monkeypatch
     monkeypatch.setattr(_logistic, "NEWTON_MAX_ITER", 1)
     X, y = make_classification(n_samples=400, n_features=5, random_state=0)
     acc = BudgetAccountant(epsilon=2.0, delta=1e-4)
-    est = DPLogisticRegression(epsilon=1.0, bounds_X=(-3, 3), accountant=acc, random_state=0)
-    with pytest.raises(ConvergenceError, match="exact minimizer"):
+    est = DPLogisticRegression(
+        epsilon=1.0, classes=[0, 1], bounds_X=(-3, 3), accountant=acc, random_state=0
+    )
+    with pytest.raises(ConvergenceError, match="gradient tolerance"):
         est.fit(X, y)
     assert acc.spent == (1.0, 1e-5)  # the data were used: the budget is spent
     assert not hasattr(est, "coef_")
@@ -98,11 +100,12 @@ def test_seeds_reproduce_and_differ(n_classes):
     X, y = make_classification(
         n_samples=300, n_features=5, n_informative=3, n_classes=n_classes, random_state=0
     )
-    fit = lambda seed: DPLogisticRegression(bounds_X=(-3, 3), random_state=seed).fit(X, y)  # noqa: E731
+    kw = dict(classes=np.arange(n_classes), bounds_X=(-3, 3))
+    fit = lambda seed: DPLogisticRegression(**kw, random_state=seed).fit(X, y)  # noqa: E731
     np.testing.assert_array_equal(fit(7).coef_, fit(7).coef_)
     assert not np.allclose(fit(7).coef_, fit(8).coef_)
-    a = DPLogisticRegression(bounds_X=(-3, 3)).fit(X, y)  # secure noise: never repeats
-    b = DPLogisticRegression(bounds_X=(-3, 3)).fit(X, y)
+    a = DPLogisticRegression(**kw).fit(X, y)  # secure noise: never repeats
+    b = DPLogisticRegression(**kw).fit(X, y)
     assert not np.allclose(a.coef_, b.coef_)
 
 
@@ -120,7 +123,7 @@ def test_linear_seeds_reproduce():
 def test_breast_cancer_accuracy_at_eps_1():
     Xtr, Xte, ytr, yte = _standardized(load_breast_cancer)
     acc = [
-        DPLogisticRegression(epsilon=1.0, bounds_X=(-3, 3), random_state=s)
+        DPLogisticRegression(epsilon=1.0, classes=[0, 1], bounds_X=(-3, 3), random_state=s)
         .fit(Xtr, ytr)
         .score(_clipped_for(Xte, s, Xtr, ytr), yte)
         for s in range(5)
@@ -129,7 +132,9 @@ def test_breast_cancer_accuracy_at_eps_1():
 
 
 def _clipped_for(Xte, seed, Xtr, ytr):
-    est = DPLogisticRegression(epsilon=1.0, bounds_X=(-3, 3), random_state=seed).fit(Xtr, ytr)
+    est = DPLogisticRegression(
+        epsilon=1.0, classes=[0, 1], bounds_X=(-3, 3), random_state=seed
+    ).fit(Xtr, ytr)
     return _clipped(est, Xte)
 
 
@@ -137,7 +142,9 @@ def test_wine_softmax_accuracy_at_eps_2():
     Xtr, Xte, ytr, yte = _standardized(load_wine)
     scores = []
     for s in range(5):
-        est = DPLogisticRegression(epsilon=2.0, bounds_X=(-3, 3), random_state=s).fit(Xtr, ytr)
+        est = DPLogisticRegression(
+            epsilon=2.0, classes=[0, 1, 2], bounds_X=(-3, 3), random_state=s
+        ).fit(Xtr, ytr)
         scores.append(est.score(_clipped(est, Xte), yte))
     assert np.mean(scores) >= 0.85
 
@@ -159,12 +166,14 @@ def test_missing_bounds_warn_and_name_the_parameter():
         n_samples=200, n_features=3, n_informative=2, n_redundant=0, random_state=0
     )
     with pytest.warns(PrivacyLeakWarning, match="bounds_X"):
-        DPLogisticRegression(random_state=0).fit(X, y)
+        DPLogisticRegression(classes=[0, 1], random_state=0).fit(X, y)
     with pytest.warns(PrivacyLeakWarning, match="bounds_y"):
         DPLinearRegression(bounds_X=(-5, 5), random_state=0).fit(X, X[:, 0])
     with warnings.catch_warnings():
         warnings.simplefilter("error", PrivacyLeakWarning)
-        DPLogisticRegression(data_norm=3.0, random_state=0).fit(X, y)  # data_norm bounds rows
+        DPLogisticRegression(classes=[0, 1], data_norm=3.0, random_state=0).fit(
+            X, y
+        )  # data_norm bounds rows
         DPLogisticRegression(epsilon=INF).fit(X, y)  # no privacy claimed, nothing to warn
     assert issubclass(PrivacyLeakWarning, RuntimeWarning)
 
@@ -176,11 +185,13 @@ def test_shapes_strings_and_dataframes():
     )
     df = pd.DataFrame(X, columns=["a", "b", "c", "d"])
     labels = np.array(["x", "y", "z"])[y]
-    clf = DPLogisticRegression(bounds_X=(-4, 4), random_state=0).fit(df, labels)
+    clf = DPLogisticRegression(classes=list("xyz"), bounds_X=(-4, 4), random_state=0)
+    clf.fit(df, labels)
     assert clf.coef_.shape == (3, 4) and clf.intercept_.shape == (3,)
     assert list(clf.feature_names_in_) == ["a", "b", "c", "d"]
     assert clf.predict_proba(df).shape == (300, 3) and set(clf.predict(df)) <= set("xyz")
-    binary = DPLogisticRegression(bounds_X=(-4, 4), random_state=0).fit(X, y == 1)
+    binary = DPLogisticRegression(classes=[False, True], bounds_X=(-4, 4), random_state=0)
+    binary.fit(X, y == 1)
     assert binary.coef_.shape == (1, 4) and binary.decision_function(X).shape == (300,)
     assert binary.predict_proba(X).shape == (300, 2)
     with pytest.raises(ValueError, match="features"):
@@ -191,7 +202,9 @@ def test_pipeline_and_export_carry_the_guarantee(tmp_path):
     X, y = load_breast_cancer(return_X_y=True)
     pipe = make_pipeline(
         StandardScaler(),
-        DPLogisticRegression(epsilon=1.0, delta=1e-5, bounds_X=(-3, 3), random_state=0),
+        DPLogisticRegression(
+            epsilon=1.0, delta=1e-5, classes=[0, 1], bounds_X=(-3, 3), random_state=0
+        ),
     ).fit(X, y)
     model = heml.export(pipe, name="cancer")
     dp = model.dp
@@ -232,9 +245,25 @@ DP_EXPECTED_FAILURES = {
 }
 
 
+# At finite ε the classifier's label set is declared (public): [0, 1, 2] here. The checks that
+# train on other labels (strings, regression targets) are refused with a fixed message, and on
+# the checks' two-class data the model still has three classes (scores of shape (n, 3)).
+_OUTSIDE = "labels outside the declared classes are refused (the label set is public)"
+_SHAPE = "two labels seen but three declared: the model keeps the declared three classes"
+DP_CLASSIFIER_EXPECTED_FAILURES = {
+    "check_dtype_object": _OUTSIDE,
+    "check_classifiers_classes": _OUTSIDE,
+    "check_classifiers_regression_target": _OUTSIDE + " (fixed message, not the label type)",
+    "check_classifiers_train": _SHAPE,
+    "check_decision_proba_consistency": _SHAPE,
+}
+
+
 def _expected(est):
-    if est.epsilon == INF or not isinstance(est, DPLinearRegression):
+    if est.epsilon == INF:
         return {}
+    if isinstance(est, DPLogisticRegression):
+        return DP_CLASSIFIER_EXPECTED_FAILURES
     return DP_EXPECTED_FAILURES
 
 
@@ -242,7 +271,7 @@ def _expected(est):
     [
         DPLogisticRegression(epsilon=INF, random_state=0),
         DPLinearRegression(epsilon=INF, random_state=0),
-        DPLogisticRegression(epsilon=1.0, delta=1e-3, random_state=0),
+        DPLogisticRegression(epsilon=1.0, delta=1e-3, classes=[0, 1, 2], random_state=0),
         DPLinearRegression(epsilon=1.0, delta=1e-3, random_state=0),
     ],
     expected_failed_checks=_expected,

@@ -23,10 +23,12 @@ def test_dp_models_score_the_same_encrypted_as_in_plaintext(tmp_path):
     Xw, yw = load_wine(return_X_y=True)
     Xd, yd = load_diabetes(return_X_y=True)
     binary = make_pipeline(
-        StandardScaler(), DPLogisticRegression(epsilon=1.0, bounds_X=(-3, 3), random_state=0)
+        StandardScaler(),
+        DPLogisticRegression(epsilon=1.0, classes=[0, 1], bounds_X=(-3, 3), random_state=0),
     ).fit(Xc, yc)
     multi = make_pipeline(
-        StandardScaler(), DPLogisticRegression(epsilon=2.0, bounds_X=(-3, 3), random_state=1)
+        StandardScaler(),
+        DPLogisticRegression(epsilon=2.0, classes=[0, 1, 2], bounds_X=(-3, 3), random_state=1),
     ).fit(Xw, yw)
     reg = make_pipeline(
         StandardScaler(),
@@ -83,6 +85,8 @@ def test_heml_train_then_serve_then_predict(tmp_path):
             "--bounds=-3,3",
             "--seed",
             "0",
+            "--classes",
+            "0,1",
         ],
         capture_output=True,
         text=True,

@@ -140,6 +140,7 @@ class EstimatorFactory:
     bounds: tuple | None  # (lo, hi): scalars or per-feature arrays
     target_bounds: tuple[float, float] | None
     use_dp: bool
+    classes: tuple | None = None  # the label set, fixed for every shadow and canary model
 
     def __call__(self, epsilon: float):
         if self.use_dp:
@@ -151,6 +152,7 @@ class EstimatorFactory:
                 delta=self.delta,
                 bounds=self.bounds,
                 target_bounds=self.target_bounds,
+                classes=self.classes,
             )
         if math.isfinite(epsilon):
             raise RuntimeError(f"ε={epsilon:g} needs heml.dp, which is not installed")
@@ -246,7 +248,10 @@ def _run(args) -> int:
 
     from ._audit import audit
 
-    factory = EstimatorFactory(task, args.delta, bounds, target_bounds, use_dp)
+    # the audit's shadow models all get the label set of the audited data (as a declared
+    # --classes would be), so they test the mechanism with public classes
+    classes = tuple(np.unique(y).tolist()) if task != "regression" else None
+    factory = EstimatorFactory(task, args.delta, bounds, target_bounds, use_dp, classes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the report keeps the warnings raised while training
         try:

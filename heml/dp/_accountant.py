@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import os
 import threading
+import uuid
 import warnings
-from dataclasses import dataclass, field
+import weakref
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import ClassVar
 
 # Floating-point slack when comparing sums of ε's (ten fits of 0.1 must fit a budget of 1.0).
 _REL_TOL = 1e-9
@@ -46,13 +53,23 @@ class BudgetAccountant:
         Total ε budget, > 0.
     delta : float, default=1.0
         Total δ budget, in [0, 1].
+    path : str or Path, default=None
+        A ledger file shared by every process that uses this accountant: each spend locks the
+        file (``fcntl.flock``), re-reads it, checks and appends. An existing file must hold the
+        same totals. ``None``: the ledger lives in this object's memory.
 
     Notes
     -----
     An accountant stands for one real budget, so ``copy.copy``, ``copy.deepcopy`` and hence
     ``sklearn.base.clone`` return the **same** accountant: a cloned estimator (in
-    ``cross_val_score``, ``GridSearchCV``…) still spends from it. Work sent to other processes
-    (``n_jobs > 1``) gets a pickled copy whose spends are lost: use ``n_jobs=1`` for DP fits.
+    ``cross_val_score``, ``GridSearchCV``…) still spends from it. Unpickling in the same
+    process also returns the same accountant. A copy that reaches **another process**
+    (``n_jobs > 1`` through joblib, a fork, a pickle loaded elsewhere) cannot record its spends
+    where the others see them, so an in-memory accountant there refuses every check and spend
+    (``BudgetError``); a file-backed one (``path=...``) keeps working, since the file is the
+    shared state. An estimator with ``accountant=None`` pickled while a default was chosen
+    (``set_default``, ``with``) carries that default to the worker, with the same rules; with
+    no default chosen a worker uses its own unlimited one.
 
     Examples
     --------
@@ -65,29 +82,50 @@ class BudgetAccountant:
 
     _default: BudgetAccountant | None = None
     _default_lock = threading.Lock()
+    # every in-memory accountant of this process by token, so that unpickling here returns it
+    _live: ClassVar[weakref.WeakValueDictionary] = weakref.WeakValueDictionary()
 
-    def __init__(self, epsilon: float = math.inf, delta: float = 1.0) -> None:
+    def __init__(
+        self,
+        epsilon: float = math.inf,
+        delta: float = 1.0,
+        *,
+        path: str | os.PathLike | None = None,
+    ) -> None:
         self.epsilon = _check_epsilon(epsilon, "epsilon", allow_inf=True)
         self.delta = _check_delta(delta, "delta")
         self._ledger: list[Spend] = []
         self._lock = threading.RLock()
         self._saved_default: list[BudgetAccountant | None] = []
+        self._path = None if path is None else Path(path)
+        self._pid = os.getpid()
+        self._token = uuid.uuid4().hex
+        self._implicit = False
+        BudgetAccountant._live[self._token] = self
+        if self._path is not None:
+            with self._file_locked():
+                self._load_file(create=True)
+
+    @property
+    def path(self) -> Path | None:
+        """The shared ledger file, or None for an in-memory accountant."""
+        return self._path
 
     # ------------------------------------------------------------------ state
     @property
     def ledger(self) -> list[Spend]:
         """Every spend so far, oldest first (a copy)."""
         with self._lock:
+            if self._path is not None:
+                with self._file_locked():
+                    return self._load_file()
             return list(self._ledger)
 
     @property
     def spent(self) -> tuple[float, float]:
         """(ε, δ) spent so far."""
-        with self._lock:
-            return (
-                math.fsum(s.epsilon for s in self._ledger),
-                math.fsum(s.delta for s in self._ledger),
-            )
+        ledger = self.ledger
+        return (math.fsum(s.epsilon for s in ledger), math.fsum(s.delta for s in ledger))
 
     def remaining(self) -> tuple[float, float]:
         """(ε, δ) still available."""
@@ -99,24 +137,93 @@ class BudgetAccountant:
         """Raise :class:`BudgetError` if spending (epsilon, delta) would exceed the budget."""
         epsilon = _check_epsilon(epsilon, "epsilon", allow_inf=True)
         delta = _check_delta(delta, "delta")
-        with self._lock:
-            self._check_locked(epsilon, delta)
+        with self._lock, self._shared():
+            self._check_locked(epsilon, delta, self._current())
 
     def spend(self, epsilon: float, delta: float, mechanism: str = "", **detail) -> None:
         """Record a spend of (epsilon, delta); raises :class:`BudgetError`, spending nothing,
-        if it does not fit."""
+        if it does not fit. Check and record are one atomic step (thread lock; file lock for
+        a file-backed accountant)."""
         epsilon = _check_epsilon(epsilon, "epsilon", allow_inf=True)
         delta = _check_delta(delta, "delta")
-        with self._lock:
-            self._check_locked(epsilon, delta)
-            self._ledger.append(Spend(float(epsilon), float(delta), mechanism, dict(detail)))
+        with self._lock, self._shared():
+            ledger = self._current()
+            self._check_locked(epsilon, delta, ledger)
+            ledger.append(Spend(float(epsilon), float(delta), mechanism, dict(detail)))
+            if self._path is not None:
+                self._save_file(ledger)
+            else:
+                self._ledger = ledger
 
-    def _check_locked(self, epsilon: float, delta: float) -> None:
-        spent_eps, spent_delta = self.spent
+    # ------------------------------------------------------------------ shared state
+    @contextlib.contextmanager
+    def _shared(self):
+        """Refuse in a process this in-memory accountant was copied into; lock the file of a
+        file-backed one for the duration of a check or spend."""
+        if self._path is None:
+            if self._pid != os.getpid():
+                raise BudgetError(
+                    "this BudgetAccountant is a copy in another process (e.g. joblib n_jobs>1 "
+                    "or a fork): its spends would be lost, so it refuses; use n_jobs=1 or a "
+                    "file-backed BudgetAccountant(..., path=...) that processes share"
+                )
+            yield
+            return
+        with self._file_locked():
+            yield
+
+    def _current(self) -> list[Spend]:
+        return self._load_file() if self._path is not None else list(self._ledger)
+
+    @contextlib.contextmanager
+    def _file_locked(self):
+        import fcntl
+
+        lock_path = self._path.with_name(self._path.name + ".lock")
+        with open(lock_path, "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _load_file(self, create: bool = False) -> list[Spend]:
+        try:
+            data = json.loads(self._path.read_text())
+        except FileNotFoundError:
+            if not create:
+                raise BudgetError(f"the ledger file {str(self._path)!r} has disappeared") from None
+            self._save_file([])
+            return []
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read the ledger file {str(self._path)!r}: {exc}") from None
+        totals = (_from_json(data.get("epsilon")), _from_json(data.get("delta")))
+        if totals != (self.epsilon, self.delta):
+            raise ValueError(
+                f"the ledger file {str(self._path)!r} holds the budget (epsilon={totals[0]:g}, "
+                f"delta={totals[1]:g}), not (epsilon={self.epsilon:g}, delta={self.delta:g}); "
+                "open it with the same totals"
+            )
+        return [Spend(**entry) for entry in data.get("spends", [])]
+
+    def _save_file(self, ledger: list[Spend]) -> None:
+        data = {
+            "epsilon": _to_json(self.epsilon),
+            "delta": self.delta,
+            "spends": [asdict(s) for s in ledger],
+        }
+        tmp = self._path.with_name(f"{self._path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self._path)
+
+    def _check_locked(self, epsilon: float, delta: float, ledger: list[Spend]) -> None:
+        spent_eps = math.fsum(s.epsilon for s in ledger)
+        spent_delta = math.fsum(s.delta for s in ledger)
         over_eps = _exceeds(spent_eps + epsilon, self.epsilon)
         over_delta = _exceeds(spent_delta + delta, self.delta)
         if over_eps or over_delta:
-            rem_eps, rem_delta = self.remaining()
+            rem_eps = max(self.epsilon - spent_eps, 0.0)
+            rem_delta = max(self.delta - spent_delta, 0.0)
             raise BudgetError(
                 f"privacy budget exceeded: requested (epsilon={epsilon:g}, delta={delta:g}) but "
                 f"only (epsilon={rem_eps:g}, delta={rem_delta:g}) remains of the total "
@@ -137,6 +244,7 @@ class BudgetAccountant:
         with cls._default_lock:
             if cls._default is None:
                 cls._default = BudgetAccountant()
+                cls._default._implicit = True  # nobody chose it: nothing to carry to workers
             return cls._default
 
     def set_default(self) -> BudgetAccountant:
@@ -162,22 +270,49 @@ class BudgetAccountant:
     def __deepcopy__(self, memo) -> BudgetAccountant:
         return self
 
-    def __getstate__(self) -> dict:
+    @classmethod
+    def _chosen_default(cls) -> BudgetAccountant | None:
+        """The default accountant if someone set it (``set_default`` or ``with``), else None."""
+        default = cls._default
+        return None if default is None or default._implicit else default
+
+    def _is_live_here(self) -> bool:
+        return BudgetAccountant._live.get(self._token) is self and self._pid == os.getpid()
+
+    def __reduce__(self):
         state = self.__dict__.copy()
         state.pop("_lock", None)
         state["_saved_default"] = []
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
+        return (_restore, (state,))
 
     def __repr__(self) -> str:
         eps, delta = self.spent
         return (
             f"BudgetAccountant(epsilon={self.epsilon:g}, delta={self.delta:g}; "
-            f"spent epsilon={eps:g}, delta={delta:g} in {len(self._ledger)} fit(s))"
+            f"spent epsilon={eps:g}, delta={delta:g} in {len(self.ledger)} fit(s))"
         )
+
+
+def _restore(state: dict) -> BudgetAccountant:
+    """Unpickling: the live accountant itself when it exists in this process, else a copy that
+    keeps the original's process id (an in-memory copy then refuses to spend; see Notes)."""
+    live = BudgetAccountant._live.get(state.get("_token"))
+    if live is not None and state.get("_pid") == os.getpid():
+        return live
+    acc = BudgetAccountant.__new__(BudgetAccountant)
+    acc.__dict__.update(state)
+    acc._lock = threading.RLock()
+    if acc._path is not None:
+        acc._pid = os.getpid()  # the file is the shared state: usable anywhere
+    return acc
+
+
+def _to_json(value: float):
+    return "inf" if math.isinf(value) else value
+
+
+def _from_json(value) -> float:
+    return math.inf if value == "inf" else float(value)
 
 
 def _exceeds(total: float, budget: float) -> bool:

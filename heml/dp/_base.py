@@ -23,13 +23,53 @@ NOT_COVERED = [
 
 
 class DPEstimatorMixin:
-    """Budget check before the data is read; budget spend once the model exists."""
+    """The fit protocol: check parameters and the budget, validate the input, **reserve** the
+    spend (atomic check-and-spend) before the mechanism uses the data values, and set the
+    fitted attributes only after that. A fit that fails after the reservation (e.g. a
+    ``ConvergenceError``) keeps the spend: the data were used."""
 
     def _begin_fit(self) -> tuple[float, float, BudgetAccountant]:
+        """Public checks before the data is read: parameters and a first budget check (fails
+        fast; the binding check is ``_reserve``). Forgets an earlier fit, so that a refused
+        refit leaves no working model."""
+        for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
+            delattr(self, attr)
         eps, delta = check_privacy_params(self.epsilon, self.delta)
-        accountant = BudgetAccountant.load_default(self.accountant)
+        carried = self.__dict__.get("_default_accountant_at_pickling")
+        if self.accountant is None and carried is not None and not carried._is_live_here():
+            # this estimator was pickled into another process while a default accountant was
+            # set: spend from that one (a shared file) or be refused (an in-memory copy),
+            # never from this process's unlimited default
+            accountant = carried
+        else:
+            accountant = BudgetAccountant.load_default(self.accountant)
         accountant.check(eps, delta)
         return eps, delta, accountant
+
+    def _reserve(
+        self, accountant: BudgetAccountant, eps: float, delta: float, mechanism: str
+    ) -> None:
+        """Spend (eps, delta) now, under the accountant's lock, before the data values are
+        used; raises ``BudgetError`` (nothing spent) if it does not fit. Input validation
+        comes before this, so bad input costs nothing; anything after it is paid for."""
+        try:
+            accountant.spend(eps, delta, mechanism=mechanism)
+        except BaseException:
+            for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
+                delattr(self, attr)
+            raise
+
+    def __getstate__(self) -> dict:
+        """Pickled with ``accountant=None``: carry the default accountant chosen in this process
+        (if any), so that a copy fitted in a worker process cannot fall back to the worker's
+        unlimited default."""
+        state = super().__getstate__()
+        state.pop("_default_accountant_at_pickling", None)
+        if getattr(self, "accountant", None) is None:
+            chosen = BudgetAccountant._chosen_default()
+            if chosen is not None:
+                state["_default_accountant_at_pickling"] = chosen
+        return state
 
     def _noise_label(self) -> str:
         if self.random_state is None:

@@ -164,3 +164,44 @@ def objpert_delta(sigma: float, lam: float, beta: float, epsilon: float) -> floa
         return p.get_delta_for_epsilon(eps_g)
 
     return delta_g(sigma / 2.0) + 2.0 * delta_g(sigma)
+
+
+# --------------------------------------------------------------------------- approximate minima
+@dataclass(frozen=True)
+class AMPCalibration:
+    """Approximate minima perturbation (Iyengar et al. 2019) around objective perturbation.
+
+    Objective perturbation gets (epsilon_objpert, delta_objpert); the solver stops at a public
+    gradient tolerance γ, within γ/λ of the exact minimizer (λ-strong convexity), so two
+    neighbouring datasets' stopped points, given the same exact minimizer, are within 2γ/λ.
+    A Gaussian with multiplier ``residual_multiplier`` on that sensitivity pays
+    (epsilon_residual, delta_residual). The two compose (basic composition) to (ε, δ).
+    """
+
+    objpert: ObjPertCalibration
+    residual_multiplier: float
+    epsilon_objpert: float
+    delta_objpert: float
+    epsilon_residual: float
+    delta_residual: float
+
+
+def calibrate_amp(
+    epsilon: float,
+    delta: float,
+    beta: float,
+    lam_of_sigma,
+    max_jacobian_share: float,
+    *,
+    epsilon_share: float,
+    delta_share: float,
+) -> AMPCalibration:
+    """Split (ε, δ) between objective perturbation and the AMP residual Gaussian (fixed public
+    shares) and calibrate both."""
+    if not (0 < epsilon_share < 1 and 0 < delta_share < 1):
+        raise ValueError("AMP shares must be in (0, 1)")
+    eps_r, delta_r = epsilon * epsilon_share, delta * delta_share
+    eps_o, delta_o = epsilon - eps_r, delta - delta_r
+    op = calibrate_objpert(eps_o, delta_o, beta, lam_of_sigma, max_jacobian_share)
+    multiplier = dp_accounting.get_sigma_gaussian(eps_r, delta_r)
+    return AMPCalibration(op, multiplier, eps_o, delta_o, eps_r, delta_r)

@@ -128,7 +128,7 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         self.data_norm = data_norm
 
     def fit(self, X, y):
-        """Fit with (epsilon, delta)-DP; spends the budget on success.
+        """Fit with (epsilon, delta)-DP; the budget is reserved before the data values are used.
 
         Parameters
         ----------
@@ -145,6 +145,8 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
             raise ValueError(f"n_samples = {n}: DPLinearRegression needs at least 2 samples")
         check_delta_vs_n(eps, delta, n)
         noise = NoiseSource(self.random_state)  # validates random_state before any work
+        # from here on the data values are used: pay first (atomic check-and-spend)
+        self._reserve(accountant, eps, delta, "DPLinearRegression/AdaSSP")
 
         lo, hi, row_norm, x_source = resolve_feature_bounds(
             X, self.bounds_X, self.data_norm, private=private
@@ -191,7 +193,6 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
             },
             n_samples=n,
         )
-        accountant.spend(eps, delta, mechanism="DPLinearRegression/AdaSSP")
         return self
 
     def predict(self, X):

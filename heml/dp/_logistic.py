@@ -34,17 +34,44 @@ DPGD_STEP_RULE = 1.0 / 8.0  # T = ν²/8 with ν = n / (m · √(k(d+1))), m the
 INTERCEPT_FRACTION = 0.5
 
 
+# Approximate minima perturbation (Iyengar et al. 2019): the solver stops at a public gradient
+# tolerance γ and a second Gaussian, from a fixed share of (ε, δ), covers the distance to the
+# exact minimizer (public; the share is small because γ/λ is tiny at this tolerance).
+AMP_EPSILON_SHARE = 0.01
+AMP_DELTA_SHARE = 0.01
+# γ = factor · (n + λ + σ√(d+1) + 1): about 10^3 times the floating-point error of the gradient
+# (whose terms are the n rows, λθ and b, with E‖b‖ = σ√(d+1)), so Newton reaches it; γ/λ is then
+# so small that the residual Gaussian is negligible (σ₂ ≈ 1e-7 on breast cancer at ε = 1)
+AMP_GAMMA_FACTOR = 1e-11
+
+NO_CLASSES_MESSAGE = (
+    "DPLogisticRegression needs the label set at finite epsilon: pass classes=[...] (the public "
+    "list of labels; with heml train, --classes). Reading it from y would leak rare labels."
+)
+UNKNOWN_LABEL_MESSAGE = (
+    "y has labels that are not in classes; every label must be one of the declared classes "
+    "(the message does not say which label, so that it reveals nothing about the data)"
+)
+CONVERGENCE_MESSAGE = (
+    "the Newton solver did not reach the public gradient tolerance within {max_iter} steps; no "
+    "model is released (the budget stays spent: the data were used)."
+)
+
+
 class ConvergenceError(RuntimeError):
-    """The solver did not reach the exact minimizer that objective perturbation's proof needs."""
+    """The solver did not reach the gradient tolerance that the privacy analysis assumes."""
 
 
 class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
     """Logistic regression with (ε, δ)-differential privacy.
 
-    Binary problems use Gaussian objective perturbation (Kifer et al. 2012, with the replace-one
-    analysis in ``docs/dp.md``): the exact minimizer of the logistic loss plus a ridge and a
-    random linear term. Problems with three or more classes use full-batch DP gradient descent
-    on the multinomial (softmax) loss: one model, the whole budget, no one-vs-rest split.
+    Binary problems use approximate minima perturbation (Iyengar et al. 2019) around Gaussian
+    objective perturbation (Kifer et al. 2012, replace-one analysis in ``docs/dp.md``): a
+    minimizer of the logistic loss plus a ridge and a random linear term, found to a public
+    gradient tolerance, plus a small Gaussian that covers the distance to the exact minimizer.
+    Problems with three or more classes use full-batch DP gradient descent on the multinomial
+    (softmax) loss: one model, the whole budget, no one-vs-rest split. Which of the two runs,
+    and DP gradient descent's step count, depend only on ``classes`` (public), never on ``y``.
 
     Parameters
     ----------
@@ -53,6 +80,14 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         maximum-likelihood model on the clipped data).
     delta : float, default=1e-5
         δ of this fit, in (0, 1/n).
+    classes : sequence of labels, default=None
+        The public label set (at least two distinct labels); ``classes_`` is it, sorted. It
+        fixes the mechanism and its parameters. Required at finite ε: the labels present in
+        ``y`` are private (one rare label would change the model's shape). A row whose label
+        is not in ``classes`` is invalid input, like a NaN feature: ``fit`` refuses with a
+        fixed message before any budget is spent (the data universe is records whose label is
+        declared, and neighbouring datasets replace one such record by another). ``None`` at
+        ``epsilon=inf`` reads the labels from ``y``.
     bounds_X : (lower, upper), default=None
         Public per-feature bounds: scalars or arrays of length n_features. Values are clipped
         to them in ``fit``; ``heml.export`` makes clients clip the same way.
@@ -67,7 +102,8 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         ``None`` draws noise from the operating system's CSPRNG. A seed makes fits reproducible
         **for tests only**: anyone who knows the seed can remove the noise.
     method : {"auto", "objpert", "dpgd"}, default="auto"
-        "auto": objective perturbation for two classes, DP gradient descent for more.
+        "auto": (approximate) objective perturbation for two classes, DP gradient descent for
+        more.
 
     Attributes
     ----------
@@ -94,22 +130,33 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
     Raises
     ------
     ConvergenceError
-        If objective perturbation's solver misses the exact minimizer (its privacy proof holds
-        only there). The budget is spent all the same, since the data were used.
+        If the Newton solver does not reach the public gradient tolerance γ in
+        ``NEWTON_MAX_ITER`` steps (the message is fixed: it does not depend on the data). The
+        budget is spent all the same, since the data were used.
+    BudgetError
+        If the accountant cannot pay (ε, δ). The spend is reserved atomically before the data
+        values are used, so two fits sharing an accountant cannot both pass; a refused fit
+        leaves the estimator unfitted.
 
     Notes
     -----
     Neighbouring datasets differ by replacing one record. Rows become a = [x, κ]/√(R² + κ²)
-    with ‖a‖ ≤ 1 (κ = R/2 carries the intercept). Objective perturbation releases
-    argmin Σ log(1 + exp(-yᵢaᵢᵀθ)) + λ‖θ‖²/2 + bᵀθ, b ~ N(0, σ²I); it is (ε, δ)-DP with
-    ε = log(1 + β/λ) + ε_G and δ = δ_G(σ/2; ε_G) + 2δ_G(σ; ε_G) (β = 1/4; δ_G from
-    dp-accounting). DP gradient descent clips each example's gradient to C = 0.5 and adds
-    N(0, σ²) to the summed gradient at each of T steps; the T Gaussian releases (replace-one
-    sensitivity 2C) are composed and calibrated with dp-accounting.
+    with ‖a‖ ≤ 1 (κ = R/2 carries the intercept). Objective perturbation's exact minimizer
+    θ* = argmin Σ log(1 + exp(-yᵢaᵢᵀθ)) + λ‖θ‖²/2 + bᵀθ, b ~ N(0, σ²I), is (ε₁, δ₁)-DP with
+    ε₁ = log(1 + β/λ) + ε_G and δ₁ = δ_G(σ/2; ε_G) + 2δ_G(σ; ε_G) (β = 1/4; δ_G from
+    dp-accounting). The solver stops at θ̃ with gradient norm ≤ γ, so ‖θ̃ - θ*‖ ≤ γ/λ
+    (λ-strong convexity), and θ̃ + N(0, σ₂²I) is released with σ₂ calibrated to sensitivity
+    2γ/λ at (ε₂, δ₂): the whole is (ε₁ + ε₂, δ₁ + δ₂)-DP (AMP, Iyengar et al. 2019; shares
+    in ``dp_guarantee_["hyperparameters"]["epsilon_shares"]``). DP gradient descent clips each
+    example's gradient to C = 0.5 and adds N(0, σ²) to the summed gradient at each of T steps;
+    the T Gaussian releases (replace-one sensitivity 2C) are composed and calibrated with
+    dp-accounting. ``classes`` alone (with n, d, ε, δ) fixes which mechanism runs and T.
 
     References
     ----------
-    K. Chaudhuri, C. Monteleoni, A. Sarwate. Differentially private empirical risk
+    R. Iyengar, J. Near, D. Song, O. Thakkar, A. Thakurta, L. Wang. Towards practical
+    differentially private convex optimization. IEEE S&P 2019. K. Chaudhuri, C. Monteleoni,
+    A. Sarwate. Differentially private empirical risk
     minimization. JMLR 12, 2011. D. Kifer, A. Smith, A. Thakurta. Private convex empirical risk
     minimization and high-dimensional regression. COLT 2012. M. Abadi et al. Deep learning with
     differential privacy. CCS 2016.
@@ -121,7 +168,9 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
     >>> rng = np.random.default_rng(0)
     >>> X = rng.standard_normal((4000, 2))
     >>> y = (X[:, 0] - X[:, 1] > 0).astype(int)
-    >>> clf = DPLogisticRegression(epsilon=1.0, bounds_X=(-3, 3), random_state=0).fit(X, y)
+    >>> clf = DPLogisticRegression(
+    ...     epsilon=1.0, classes=[0, 1], bounds_X=(-3, 3), random_state=0
+    ... ).fit(X, y)
     >>> clf.predict([[2.0, -2.0], [-2.0, 2.0]])
     array([1, 0])
     """
@@ -130,6 +179,7 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         self,
         epsilon=1.0,
         delta=1e-5,
+        classes=None,
         bounds_X=None,
         data_norm=None,
         accountant=None,
@@ -138,6 +188,7 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
     ):
         self.epsilon = epsilon
         self.delta = delta
+        self.classes = classes
         self.bounds_X = bounds_X
         self.data_norm = data_norm
         self.accountant = accountant
@@ -145,7 +196,7 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         self.method = method
 
     def fit(self, X, y):
-        """Fit with (epsilon, delta)-DP; spends the budget once the model exists.
+        """Fit with (epsilon, delta)-DP; the budget is reserved before the data values are used.
 
         Parameters
         ----------
@@ -156,14 +207,11 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         eps, delta, accountant = self._begin_fit()
         private = math.isfinite(eps)
+        declared = None if self.classes is None else public_classes(self.classes)
+        if declared is None and private:
+            raise ValueError(NO_CLASSES_MESSAGE)
         X, y = validate_data(self, X, y, reset=True)
-        check_classification_targets(y)
-        classes, y_idx = np.unique(y, return_inverse=True)
-        if classes.size < 2:
-            raise ValueError(
-                f"DPLogisticRegression needs samples of at least 2 classes; got 1 class "
-                f"({classes[0]!r})"
-            )
+        classes, y_idx = encode_labels(y, declared)
         n, d = X.shape
         check_delta_vs_n(eps, delta, n)
         k = classes.size
@@ -176,6 +224,8 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
                 f"for {k} classes"
             )
         noise = NoiseSource(self.random_state)
+        # from here on the data values are used: pay first (atomic check-and-spend)
+        self._reserve(accountant, eps, delta, f"DPLogisticRegression/{method}")
 
         lo, hi, row_norm, x_source = resolve_feature_bounds(
             X, self.bounds_X, self.data_norm, private=private
@@ -193,10 +243,14 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
             theta, details, failure = _objective_perturbation(A, y_idx, eps, delta, noise)
             Wa = theta[None, :]
             mechanism = (
-                "Gaussian objective perturbation (Kifer et al. 2012; replace-one analysis in "
-                "heml docs/dp.md) on the logistic loss"
+                "approximate minima perturbation (Iyengar et al. 2019) around Gaussian objective "
+                "perturbation (Kifer et al. 2012; replace-one analysis in heml docs/dp.md) on "
+                "the logistic loss"
             )
-            label = cal.accountant_label("analytic Gaussian (objective-perturbation bound)")
+            label = cal.accountant_label(
+                "analytic Gaussian (objective-perturbation bound) + Gaussian (AMP residual), "
+                "basic composition"
+            )
         else:
             Wa, details = _dp_gradient_descent(A, y_idx, k, eps, delta, noise)
             failure = None
@@ -209,6 +263,8 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
                 else "exact maximum likelihood (epsilon=inf)"
             )
             label = cal.accountant_label("analytic Gaussian + Gaussian composition")
+        if failure is not None:
+            raise ConvergenceError(failure)
 
         coef = Wa[:, :d] / scale
         intercept = Wa[:, d] * kappa / scale - coef @ cx
@@ -223,7 +279,12 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
             delta=delta,
             mechanism=mechanism if private else "exact maximum likelihood (epsilon=inf)",
             accountant=label,
-            hyperparameters={"method": method, "intercept_column": kappa, **details},
+            hyperparameters={
+                "method": method,
+                "classes": "declared (public)" if declared is not None else "read from y",
+                "intercept_column": kappa,
+                **details,
+            },
             bounds={
                 "X": {"lower": lo, "upper": hi, "source": x_source},
                 "data_norm": row_norm,
@@ -231,11 +292,6 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
             },
             n_samples=n,
         )
-        accountant.spend(eps, delta, mechanism=f"DPLogisticRegression/{method}")
-        if failure is not None:
-            for attr in ("coef_", "intercept_", "classes_", "dp_guarantee_"):
-                delattr(self, attr)
-            raise ConvergenceError(failure)
         return self
 
     # ------------------------------------------------------------------ prediction
@@ -274,59 +330,141 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         return log_softmax(scores, axis=1)
 
 
+# ---------------------------------------------------------------------- labels
+def public_classes(classes) -> np.ndarray:
+    """The declared label set as a sorted array of at least two distinct labels."""
+    if isinstance(classes, str | bytes):
+        raise ValueError(f"classes must be a sequence of labels, got the string {classes!r}")
+    try:
+        arr = np.asarray(list(classes))
+    except TypeError:
+        raise ValueError(f"classes must be a sequence of labels, got {classes!r}") from None
+    if arr.ndim != 1 or arr.size < 2:
+        raise ValueError(f"classes must list at least two labels, got {classes!r}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"classes must be finite labels, got {classes!r}")
+    try:
+        uniq = np.unique(arr)
+    except TypeError:
+        raise ValueError(
+            f"classes must be labels of one comparable type, got {classes!r}"
+        ) from None
+    if uniq.size != arr.size:
+        raise ValueError(f"classes has duplicate labels: {classes!r}")
+    return uniq
+
+
+def encode_labels(y, declared: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(classes_, index of each row's label in classes_).
+
+    With a declared label set the result does not depend on which labels occur in ``y``; a
+    label outside it raises ``UNKNOWN_LABEL_MESSAGE``, which names neither label nor count.
+    """
+    if declared is None:  # epsilon = inf only: nothing private to protect
+        check_classification_targets(y)
+        classes, y_idx = np.unique(y, return_inverse=True)
+        if classes.size < 2:
+            raise ValueError(
+                f"DPLogisticRegression needs samples of at least 2 classes; got 1 class "
+                f"({classes[0]!r})"
+            )
+        return classes, y_idx
+    index = {label: i for i, label in enumerate(declared.tolist())}
+    try:
+        y_idx = np.fromiter((index[label] for label in np.asarray(y).tolist()), np.intp, len(y))
+    except (KeyError, TypeError):  # TypeError: an unhashable label
+        raise ValueError(UNKNOWN_LABEL_MESSAGE) from None
+    return declared, y_idx
+
+
 # ---------------------------------------------------------------------- objective perturbation
 def objpert_lambda_rule(d_aug: int):
     """λ as a function of σ (public): about half the expected norm of the noise vector b."""
     return lambda sigma: OBJPERT_LAMBDA_FACTOR * sigma * math.sqrt(d_aug)
 
 
+def amp_gamma(n: int, lam: float, sigma: float, p: int) -> float:
+    """The public gradient-norm tolerance γ at which the solver stops (n, λ, σ, p public)."""
+    return AMP_GAMMA_FACTOR * (n + lam + sigma * math.sqrt(p) + 1.0)
+
+
 def _objective_perturbation(A, y_idx, eps, delta, noise: NoiseSource):
-    p = A.shape[1]
+    """θ̃ + N(0, σ₂²) for θ̃ within γ/λ of the objective-perturbation minimizer (AMP)."""
+    n, p = A.shape
     Z = A * (2.0 * y_idx - 1.0)[:, None]
     if math.isinf(eps):
-        lam, b = 0.0, np.zeros(p)
-        details = {"lambda": 0.0, "sigma": 0.0}
-    else:
-        c = cal.calibrate_objpert(
-            eps, delta, OBJPERT_BETA, objpert_lambda_rule(p), OBJPERT_MAX_JACOBIAN_SHARE
-        )
-        lam = c.lam
-        # rounding b to the lattice moves it by < step·√p; b is not added to a statistic, so
-        # the rounding only makes its law a lattice Gaussian (see docs/dp.md)
-        b = noise.release(np.zeros(p), c.sigma, c.sigma)
-        details = {
-            "lambda": lam,
-            "sigma": c.sigma,
-            "eps_jacobian": c.eps_jacobian,
-            "eps_gaussian": c.eps_gaussian,
-            "beta": OBJPERT_BETA,
-            "lambda_rule": f"max({OBJPERT_LAMBDA_FACTOR}*sigma*sqrt(d+1), "
-            f"beta/(exp(eps*{OBJPERT_MAX_JACOBIAN_SHARE})-1))",
-        }
-    theta, gnorm, tol, converged = _newton_logistic(Z, lam, b)
-    details.update({"solver": "Newton", "gradient_norm": gnorm, "gradient_tolerance": tol})
-    failure = None
-    if not converged:
-        hint = (
-            " With epsilon=inf there is no ridge: the classes are probably separable, so the "
-            "maximum-likelihood model does not exist."
-            if lam == 0
-            else ""
-        )
-        failure = (
-            f"objective perturbation did not reach the exact minimizer (gradient norm {gnorm:.3g} "
-            f"> tolerance {tol:.3g} after {NEWTON_MAX_ITER} Newton steps); no model is released "
-            f"because the privacy proof holds only at the minimizer.{hint}"
-        )
-    return theta, details, failure
+        # no privacy, no AMP: solve to about 10^3 times the gradient's floating-point error
+        theta, converged = _newton_logistic(Z, 0.0, np.zeros(p), 1e-11 * (n + 1.0))
+        details = {"lambda": 0.0, "sigma": 0.0, "solver": "Newton"}
+        failure = None
+        if not converged:
+            failure = CONVERGENCE_MESSAGE.format(max_iter=NEWTON_MAX_ITER) + (
+                " With epsilon=inf there is no ridge: the classes are probably separable, so "
+                "the maximum-likelihood model does not exist."
+            )
+        return theta, details, failure
+
+    c = cal.calibrate_amp(
+        eps,
+        delta,
+        OBJPERT_BETA,
+        objpert_lambda_rule(p),
+        OBJPERT_MAX_JACOBIAN_SHARE,
+        epsilon_share=AMP_EPSILON_SHARE,
+        delta_share=AMP_DELTA_SHARE,
+    )
+    lam = c.objpert.lam
+    gamma = amp_gamma(n, lam, c.objpert.sigma, p)
+    magnitude = (n + 1.0) / lam  # public bound on ‖θ*‖ without b: sets the output's lattice
+    sensitivity2 = 2.0 * gamma / lam + rounding_slack(magnitude, p)
+    sigma2 = c.residual_multiplier * sensitivity2
+    # rounding b to the lattice moves it by < step·√p; b is not added to a statistic, so the
+    # rounding only makes its law a lattice Gaussian (see docs/dp.md)
+    b = noise.release(np.zeros(p), c.objpert.sigma, c.objpert.sigma)
+    theta, converged = _newton_logistic(Z, lam, b, gamma)
+    failure = None if converged else CONVERGENCE_MESSAGE.format(max_iter=NEWTON_MAX_ITER)
+    released = noise.release(theta, sigma2, magnitude)
+    details = {
+        "lambda": lam,
+        "sigma": c.objpert.sigma,
+        "eps_jacobian": c.objpert.eps_jacobian,
+        "eps_gaussian": c.objpert.eps_gaussian,
+        "beta": OBJPERT_BETA,
+        "lambda_rule": f"max({OBJPERT_LAMBDA_FACTOR}*sigma*sqrt(d+1), "
+        f"beta/(exp(eps*{OBJPERT_MAX_JACOBIAN_SHARE})-1))",
+        "solver": "Newton",
+        "max_iter": NEWTON_MAX_ITER,
+        "gradient_tolerance": gamma,
+        "gradient_tolerance_rule": f"{AMP_GAMMA_FACTOR:g}*(n + lambda + sigma*sqrt(d+1) + 1)",
+        "sigma_residual": sigma2,
+        "residual_sensitivity": sensitivity2,
+        "epsilon_shares": {
+            "objective_perturbation": c.epsilon_objpert,
+            "amp_residual": c.epsilon_residual,
+        },
+        "delta_shares": {
+            "objective_perturbation": c.delta_objpert,
+            "amp_residual": c.delta_residual,
+        },
+    }
+    return released, details, failure
 
 
-def _newton_logistic(Z, lam, b):
-    """Minimize Σ log(1 + exp(-zᵢᵀθ)) + λ‖θ‖²/2 + bᵀθ by damped Newton steps."""
-    n, p = Z.shape
+def amp_release(Z, lam: float, sigma: float, sigma2: float, gamma: float, noise: NoiseSource):
+    """The AMP mechanism with explicit (λ, σ, σ₂, γ), for white-box tests: returns the released
+    θ and whether the solver reached γ. ``_objective_perturbation`` is the calibrated caller."""
+    p = Z.shape[1]
+    b = noise.release(np.zeros(p), sigma, sigma)
+    theta, converged = _newton_logistic(Z, lam, b, gamma)
+    magnitude = (Z.shape[0] + 1.0) / lam
+    return noise.release(theta, sigma2, magnitude), converged
+
+
+def _newton_logistic(Z, lam, b, tol):
+    """Minimize Σ log(1 + exp(-zᵢᵀθ)) + λ‖θ‖²/2 + bᵀθ by damped Newton steps until the
+    gradient norm is at most ``tol``; returns (θ, reached)."""
+    p = Z.shape[1]
     theta = np.zeros(p)
-    # about 10^3 times the floating-point error of the gradient: "exact" for the proof
-    tol = 1e-11 * (n + lam + float(np.linalg.norm(b)) + 1.0)
     eye = np.eye(p)
 
     def objective(t):
@@ -342,7 +480,7 @@ def _newton_logistic(Z, lam, b):
         if not math.isfinite(gnorm):
             break
         if gnorm <= tol:
-            return theta, gnorm, tol, True
+            return theta, True
         m = Z @ theta
         w = expit(m) * expit(-m)
         H = (Z.T * w) @ Z + lam * eye
@@ -367,8 +505,7 @@ def _newton_logistic(Z, lam, b):
             if t < 1e-10:
                 break
         theta, value, grad = candidate, new_value, new_grad
-    gnorm = float(np.linalg.norm(grad))
-    return theta, gnorm, tol, gnorm <= tol
+    return theta, bool(float(np.linalg.norm(grad)) <= tol)
 
 
 # ---------------------------------------------------------------------- DP gradient descent

@@ -68,9 +68,11 @@ def cli_estimator(
     target_bounds=None,
     random_state=None,
     accountant=None,
+    classes=None,
 ):
     """What ``heml train`` fits and ``heml audit`` attacks: DPLinearRegression (task
-    "regression") or DPLogisticRegression, behind the bounds map when bounds are per feature."""
+    "regression") or DPLogisticRegression with the public label set ``classes``, behind the
+    bounds map when bounds are per feature."""
     from ._linear import DPLinearRegression
     from ._logistic import DPLogisticRegression
 
@@ -89,6 +91,7 @@ def cli_estimator(
         est = DPLogisticRegression(
             epsilon=epsilon,
             delta=delta,
+            classes=classes,
             bounds_X=bounds_X,
             accountant=accountant,
             random_state=random_state,

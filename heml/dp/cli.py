@@ -3,6 +3,10 @@
 Wired into ``heml/cli.py`` with ``register(subparsers)``; ``run(args)`` returns the exit code:
 0 success, 2 invalid input or arguments, 3 privacy budget refused, 1 training failed.
 
+The task and the label set are declared, never read from the data (they pick the mechanism):
+``--task regression``, or ``--classes a,b,...`` for classification; a row whose label is not
+declared is refused (exit 2, before any spend) with a message that does not name it.
+
 Standardization does not leak: features are never scaled with statistics of the private data.
 The estimators clip every feature to the declared ``--bounds`` and rescale with the bounds
 box (a public affine map). Without ``--bounds``, min/max are read from the data: the run warns
@@ -58,7 +62,17 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--ledger", help="privacy ledger file (default: .heml-privacy-ledger.json beside -o)"
     )
     p.add_argument("--budget", type=float, help="total epsilon allowed for this dataset")
-    p.add_argument("--task", choices=("auto", "regression", "classification"), default="auto")
+    p.add_argument(
+        "--task",
+        choices=("regression", "classification"),
+        help="what to fit; required unless --classes is given (then: classification). Never "
+        "inferred from the data, since it picks the mechanism",
+    )
+    p.add_argument(
+        "--classes",
+        help="the public label set, comma-separated (e.g. no,yes): required for classification; "
+        "it fixes the model's classes and mechanism. A row with another label is refused",
+    )
     p.add_argument(
         "--bounds",
         help="public bounds of the features: LO,HI for every one, or FILE.json mapping each "
@@ -107,6 +121,7 @@ def _run(args) -> int:
         raise _Invalid(f"--budget must be a positive number, got {args.budget}")
     check_bounds_arg(args.bounds)
     target_bounds = _pair(args.target_bounds, "--target-bounds")
+    task, class_tokens = declared_task(args.task, args.classes)
     out = Path(args.output)
     try:
         name = validate_name(out.stem)
@@ -135,9 +150,18 @@ def _run(args) -> int:
         check_delta_vs_n(eps, delta, n)
     except ValueError as exc:
         raise _Invalid(str(exc)) from None
-    task = checked_task(y, args.target, args.task)
+    classes = None
     if task == "regression":
+        checked_task(y, args.target, "regression")
         y = y.astype(np.float64)
+    else:
+        classes = typed_classes(class_tokens, y)
+        if not y.isin(classes).all():
+            # one fixed message: naming the label or counting rows would describe the data
+            raise _Invalid(
+                f"target {args.target!r} has labels that are not in --classes; list every "
+                "label in --classes (or remove those rows)"
+            )
 
     # ---------------------------------------------------------------- budget, fit, export
     with _ledger.locked(ledger_path):
@@ -152,6 +176,7 @@ def _run(args) -> int:
             target_bounds=target_bounds,
             random_state=args.seed,
             accountant=accountant,
+            classes=classes,
         )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PrivacyLeakWarning)
@@ -181,6 +206,58 @@ def _run(args) -> int:
         + f"; wrote {out}"
     )
     return EXIT_OK
+
+
+def declared_task(task: str | None, classes: str | None) -> tuple[str, list[str] | None]:
+    """The task from the declared schema only (``--task``, ``--classes``), never from the data;
+    returns (task, class tokens or None)."""
+    tokens = None
+    if classes is not None:
+        tokens = [t.strip() for t in classes.split(",")]
+        if any(not t for t in tokens) or len(tokens) < 2:
+            raise _Invalid(
+                f"--classes must list at least two labels separated by commas, got {classes!r}"
+            )
+        if len(set(tokens)) != len(tokens):
+            raise _Invalid(f"--classes has a duplicate label: {classes!r}")
+    if task is None:
+        if tokens is None:
+            raise _Invalid(
+                "--task is required: --task regression, or --task classification with "
+                "--classes LABEL,LABEL,... (the task is never guessed from the data)"
+            )
+        task = "classification"
+    if task == "classification" and tokens is None:
+        raise _Invalid(
+            "--classes is required for classification: the public list of labels, e.g. "
+            "--classes no,yes (reading them from the data would leak rare labels)"
+        )
+    if task == "regression" and tokens is not None:
+        raise _Invalid("--classes is for classification; drop it or use --task classification")
+    return task, tokens
+
+
+def typed_classes(tokens: list[str], y) -> list:
+    """The --classes tokens as values comparable with the target column: numbers for a numeric
+    column, booleans for a boolean one, else strings. A token that does not parse stays a
+    string and so matches no value (the row check then refuses)."""
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(y):
+        words = {"true": True, "false": False, "1": True, "0": False}
+        return [words.get(t.lower(), t) for t in tokens]
+    if pd.api.types.is_numeric_dtype(y):
+        out = []
+        for t in tokens:
+            try:
+                out.append(int(t))
+            except ValueError:
+                try:
+                    out.append(float(t))
+                except ValueError:
+                    out.append(t)
+        return out
+    return list(tokens)
 
 
 def main(argv=None) -> int:
