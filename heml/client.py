@@ -28,10 +28,12 @@ from ._memory import keep_freed_memory
 from ._version import PROTOCOL_VERSION
 from .errors import (
     DeadlineExceeded,
+    InvalidCiphertext,
     InvalidRequest,
     ModelNotFound,
     PermissionDenied,
     RemoteError,
+    ReplyRejected,
     ResourceExhausted,
     ServerUnavailable,
     Unauthenticated,
@@ -251,6 +253,7 @@ class RemoteModel:
         self._codec = ClientCodec(info.plans, info.n_features, info.n_outputs, client.keys)
         self.last_call = CallStats()
         self._key_id = ""
+        self._rejected = ""  # why a reply was rejected (the key is then retired)
 
     def _register_key(self, force: bool = False) -> str:
         """Model-privacy mode: upload the public key (once; the server keys it by sha256)."""
@@ -295,7 +298,16 @@ class RemoteModel:
         )
 
     def scores(self, X: Any, *, layout: str | None = None) -> np.ndarray:
-        """W·x + b under encryption: (n, k) float64 (the server never sees x or the result)."""
+        """W·x + b under encryption: (n, k) float64 (the server never sees x or the result).
+
+        Each score carries fresh noise within the plan's published error bound (heml.he.decrypt:
+        it hides the part of the decryption error that depends on the secret key)."""
+        if self._rejected:
+            raise ReplyRejected(
+                f"{self.client.target}: model {self.info.name} sent a reply that failed the "
+                f"client's checks ({self._rejected}); its key is retired: connect anew",
+                code="DATA_LOSS",
+            )
         info = self.info
         # names, finiteness, imputation, one-hot, bounds, row-norm clip: all in plaintext here
         Z = info.bounds.normalize(info.preprocessing.model_features(X, info.bounds))
@@ -316,6 +328,23 @@ class RemoteModel:
         stats.seconds = time.perf_counter() - started
         self.last_call = stats
         return out
+
+    def _decrypt(self, replies: list[bytes], block: Block) -> np.ndarray:
+        """Decrypt one block's replies; a reply that fails the checks retires the key.
+
+        Whether a reply was accepted is itself a signal a malicious server can craft replies
+        to learn from (a reaction attack), so after one rejection this handle refuses to use
+        its key again: the attacker gets at most one such bit per key."""
+        try:
+            return self._codec.decrypt(replies, block)
+        except InvalidCiphertext as exc:
+            self._rejected = str(exc)
+            raise ReplyRejected(
+                f"{self.client.target}: model {self.info.name}: {exc}; this key is not used "
+                "with this model again (connect anew for a fresh key)",
+                code="DATA_LOSS",
+                details=str(exc),
+            ) from None
 
     # ------------------------------------------------------------ transport
     def _header(self, block: Block, total: int) -> pb.PredictRequest:
@@ -351,7 +380,7 @@ class RemoteModel:
         stats.bytes_received += reply.ByteSize()
         stats.server_seconds += reply.server_seconds
         stats.server_cpu_seconds += reply.server_cpu_seconds
-        out[block.start : block.stop] = self._codec.decrypt(list(reply.replies), block)
+        out[block.start : block.stop] = self._decrypt(list(reply.replies), block)
 
     def _messages(
         self,
@@ -406,7 +435,12 @@ class RemoteModel:
                     stats.bytes_received += reply.ByteSize()
                     stats.server_seconds += reply.server_seconds
                     stats.server_cpu_seconds += reply.server_cpu_seconds
-                    out[block.start : block.stop] = self._codec.decrypt(list(reply.replies), block)
+                    try:
+                        out[block.start : block.stop] = self._decrypt(list(reply.replies), block)
+                    except ReplyRejected:
+                        cancelled.set()  # stop encrypting; end the call
+                        responses.cancel()
+                        raise
                     done += 1
             except grpc.RpcError as exc:
                 cancelled.set()

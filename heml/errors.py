@@ -16,7 +16,8 @@ HemlError
     ├── ResourceExhausted
     ├── Unauthenticated
     ├── PermissionDenied
-    └── VersionMismatch
+    ├── VersionMismatch
+    └── ReplyRejected                a reply no honest server produces (client-side check)
 """
 
 from __future__ import annotations
@@ -95,3 +96,10 @@ class PermissionDenied(RemoteError, PermissionError):
 
 class VersionMismatch(RemoteError):
     """The server speaks another major protocol version."""
+
+
+class ReplyRejected(RemoteError):
+    """The server's reply failed the client's checks: wrong shape or size, or a decrypted value
+    outside what the model's plan allows. Such a reply is never returned, and the key that
+    decrypted it is not used with that model again (the failure itself is a signal the server
+    could learn from)."""
