@@ -211,17 +211,16 @@ def _progress(total: int, quiet: bool):
 # ---------------------------------------------------------------------- keys
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     from .he.keys import KeySet
-    from .he.scoring import default_layout_params
 
     out = Path(args.out)
     if out.exists() and not args.force:
         raise CliError(f"{out} exists; pass --force to replace it (old replies become unreadable)")
-    keys = KeySet()
-    for params in default_layout_params().values():
-        keys.get(params)
-    keys.save(out)
-    degrees = ", ".join(f"N={p.n}" for p in default_layout_params().values())
-    print(f"wrote secret keys ({degrees}) to {out} (mode 0600); keep it private", file=sys.stderr)
+    KeySet().save(out)
+    print(
+        f"wrote a master secret to {out} (mode 0600): a key per server and model is derived "
+        "from it; keep it private",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -250,7 +250,13 @@ class RemoteModel:
     def __init__(self, client: Client, info: ModelInfo) -> None:
         self.client = client
         self.info = info
-        self._codec = ClientCodec(info.plans, info.n_features, info.n_outputs, client.keys)
+        # a key of its own per (server, model), derived from the key set's master seed
+        self._codec = ClientCodec(
+            info.plans,
+            info.n_features,
+            info.n_outputs,
+            client.keys.for_peer(client.target, info.name),
+        )
         self.last_call = CallStats()
         self._key_id = ""
         self._rejected = ""  # why a reply was rejected (the key is then retired)
@@ -260,7 +266,7 @@ class RemoteModel:
         if self._key_id and not force:
             return self._key_id
         plan = self.info.plans[PRIVATE]
-        blob = self.client.keys.get(plan.params).public_key_bytes()
+        blob = self._codec.keys.get(plan.params).public_key_bytes()
         reply = self.client._unary(
             self.client._stub.RegisterKey,
             pb.RegisterKeyRequest(model=self.info.name, version=self.info.version, public_key=blob),
@@ -305,7 +311,8 @@ class RemoteModel:
         if self._rejected:
             raise ReplyRejected(
                 f"{self.client.target}: model {self.info.name} sent a reply that failed the "
-                f"client's checks ({self._rejected}); its key is retired: connect anew",
+                f"client's checks ({self._rejected}); its key is retired: get a new handle "
+                "with client.model()",
                 code="DATA_LOSS",
             )
         info = self.info
@@ -333,15 +340,16 @@ class RemoteModel:
         """Decrypt one block's replies; a reply that fails the checks retires the key.
 
         Whether a reply was accepted is itself a signal a malicious server can craft replies
-        to learn from (a reaction attack), so after one rejection this handle refuses to use
-        its key again: the attacker gets at most one such bit per key."""
+        to learn from (a reaction attack), so after one rejection the key is retired (in the
+        key file too) and this handle refuses further calls: at most one such bit per key."""
         try:
             return self._codec.decrypt(replies, block)
         except InvalidCiphertext as exc:
             self._rejected = str(exc)
+            self.client.keys.retire(self.client.target, self.info.name)
             raise ReplyRejected(
-                f"{self.client.target}: model {self.info.name}: {exc}; this key is not used "
-                "with this model again (connect anew for a fresh key)",
+                f"{self.client.target}: model {self.info.name}: {exc}; this key is retired "
+                "(a new client.model() handle derives a fresh one)",
                 code="DATA_LOSS",
                 details=str(exc),
             ) from None

@@ -191,3 +191,114 @@ def test_a_reply_with_more_ciphertexts_than_the_request_needs_is_rejected(attack
         _run(attacker, X, delta=1, protect=True, extra=1)
     with pytest.raises(ReplyRejected, match="expected 1 replies, got 0"):
         _run(attacker, X, delta=1, protect=True, extra=-1)
+
+
+# ---------------------------------------------------------------------- one key per (server, model)
+def _decrypt_with(s: np.ndarray, blob: bytes, params) -> np.ndarray:
+    """What a holder of the ternary s reads from an uploaded ciphertext: m + e (centered)."""
+    from heml.he import kernels, modmath, prng
+    from heml.he.keys import secret_key_from_ternary
+
+    c0, seed = wire.unpack_ciphertext(blob, params.n, params.q)
+    a = prng.expand_seed(seed, params.n, params.q)
+    key = secret_key_from_ternary(params, s)
+    ker = kernels.for_params(params)
+    plain = ker.intt(modmath.add_mod(c0, ker.mul_rows(a[None], key.s_ntt[0])[0], params.q))
+    v = plain.astype(np.int64)
+    return np.where(v > params.q // 2, v - params.q, v)
+
+
+def test_a_key_one_server_recovers_opens_nothing_sent_to_another(attacker, cancer, tmp_path):
+    """The attacker recovers the key it served (crafted replies, unprotected client), then
+    reads a ciphertext the same client sent elsewhere. Positive control: one key for all
+    servers (the SDK before per-peer derivation) gives the other server's features away."""
+    from heml.he.codec import ClientCodec
+    from heml.he.keys import KeySet
+
+    X = _rows(cancer[0])
+    servicer, target = attacker
+    unit = _score_unit(servicer)
+    other = target.replace("127.0.0.1", "localhost")  # another server identity, same port
+    keys = KeySet.open(tmp_path / "client.keys")
+    servicer.delta, servicer.offset, servicer.extra_replies = 1, 0, 0
+    for shared in (True, False):
+        with heml.Client(target, keys=keys, retries=0) as client:
+            model = client.model("cancer")
+            info = model.info
+            if shared:  # the old SDK: every model on every server used keys.get(params)
+                model._codec = ClientCodec(info.plans, info.n_features, info.n_outputs, keys)
+            model._codec.protect = False
+            recovered = np.rint(model.decision_function(X, layout="column") / unit)
+        with heml.Client(other, keys=keys, retries=0) as client:
+            model = client.model("cancer")
+            if shared:
+                model._codec = ClientCodec(info.plans, info.n_features, info.n_outputs, keys)
+            plan = info.plans[COLUMN]
+            z = np.random.default_rng(4).uniform(-1, 1, size=(N_ROWS, info.n_features))
+            block = model._codec.blocks(N_ROWS, COLUMN)[0]
+            (first, *_rest) = model._codec.encrypt(z, block)  # feature 0 of every sample
+        read = _decrypt_with(recovered.astype(np.int8), first, plan.params)
+        want = np.rint(np.ldexp(z[:, 0], plan.log2_scale_x))
+        close = np.abs(read[:N_ROWS] - want) <= 21  # within the encryption noise
+        if shared:
+            assert close.all()  # the features sent to the other server, in the clear
+        else:
+            assert close.mean() < 0.01, close.mean()
+
+
+def test_derived_keys_are_per_server_and_model_stable_and_uniform(tmp_path):
+    from heml.he.keys import KeySet, derive_ternary, peer_label
+    from heml.he.scoring import default_layout_params
+
+    params = default_layout_params()[COLUMN]
+    path = tmp_path / "k.keys"
+    keys = KeySet.open(path)
+    s = keys.for_peer("h:1", "cancer").get(params).s
+    again = KeySet.load(path).for_peer("H:1", "cancer").get(params).s  # host names: any case
+    np.testing.assert_array_equal(s, again)
+    for other in (
+        keys.for_peer("h:2", "cancer"),
+        keys.for_peer("h:1", "wine"),
+        KeySet().for_peer("h:1", "cancer"),
+    ):
+        assert np.mean(other.get(params).s == s) < 0.4  # independent keys agree 1/3 of the time
+    counts = np.bincount(s.astype(np.int64) + 1, minlength=3) / s.size
+    np.testing.assert_allclose(counts, 1 / 3, atol=0.03)
+    seed = bytes(32)
+    np.testing.assert_array_equal(
+        derive_ternary(seed, peer_label("h:1", "m"), params),
+        derive_ternary(seed, peer_label("h:1", "m"), params),
+    )
+    # retiring a key (after a rejected reply) derives a new one, also after reloading the file
+    keys.retire("h:1", "cancer")
+    fresh = KeySet.load(path).for_peer("h:1", "cancer").get(params).s
+    assert np.mean(fresh == s) < 0.4
+
+
+def test_derived_keys_are_real_seal_keys(tmp_path):
+    """SEAL decrypts heml's encryption under a derived key, and makes its public key."""
+    import tenseal.sealapi as seal
+
+    from heml.he import kernels, prng, seal_bridge
+    from heml.he.encrypt import encrypt_coefficients
+    from heml.he.keys import KeySet
+    from heml.he.private import default_privacy_params
+    from heml.he.scoring import default_layout_params
+
+    keys = KeySet().for_peer("h:1", "m")
+    for params in default_layout_params().values():
+        key = keys.get(params)
+        assert set(np.unique(key.s)) == {-1, 0, 1}
+        message = np.arange(params.n, dtype=np.int64) * 1000
+        (blob,) = encrypt_coefficients(key, message[None])
+        c0, seed = wire.unpack_ciphertext(blob, params.n, params.q)
+        a = prng.expand_seed(seed, params.n, params.q)
+        ct = seal_bridge.ciphertext_from_words(params, np.stack([c0, a]), ntt=True)
+        plain = seal.Plaintext()
+        seal.Decryptor(params.context, key.seal_key).decrypt(ct, plain)  # SEAL's decryption
+        words = kernels.for_params(params).intt(seal_bridge.plaintext_words_serialized(plain))
+        v = words[: params.n].astype(np.int64)
+        centered = np.where(v > params.q // 2, v - params.q, v)
+        assert np.abs(centered - message).max() <= prng.ERROR_COINS
+    private = keys.get(default_privacy_params())
+    assert len(private.public_key_bytes()) > 0
