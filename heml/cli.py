@@ -78,15 +78,24 @@ def _client(args: argparse.Namespace, keys=None):
 
     if (args.cert is None) != (args.key is None):
         raise CliError("--cert and --key go together (client certificate and its private key)")
-    return Client(
-        args.server,
-        keys=keys,
-        api_key=args.api_key,
-        timeout=args.timeout,
-        root_certificates=pem(args.ca, "--ca"),
-        client_cert=pem(args.cert, "--cert"),
-        client_key=pem(args.key, "--key"),
-    )
+    from .errors import InsecureTransport
+
+    try:
+        return Client(
+            args.server,
+            keys=keys,
+            api_key=args.api_key,
+            timeout=args.timeout,
+            root_certificates=pem(args.ca, "--ca"),
+            client_cert=pem(args.cert, "--cert"),
+            client_key=pem(args.key, "--key"),
+            insecure=args.insecure,
+        )
+    except InsecureTransport:
+        raise CliError(
+            f"refusing a plaintext connection to {args.server}: pass --ca PEM (the server's "
+            "CA) for TLS, or --insecure to accept that the network can read and impersonate it"
+        ) from None
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -272,7 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     sec.add_argument(
         "--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on PORT"
     )
-    sec.add_argument("--metrics-host", metavar="ADDR", help="address for /metrics (default --host)")
+    sec.add_argument(
+        "--metrics-host",
+        metavar="ADDR",
+        help="address for /metrics (default 127.0.0.1, whatever --host is)",
+    )
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     s.set_defaults(func=cmd_serve)
 
@@ -285,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--ca", metavar="PEM", help="CA that signed the server's certificate")
         parser.add_argument("--cert", metavar="PEM", help="TLS client certificate (mTLS)")
         parser.add_argument("--key", metavar="PEM", help="TLS client private key (mTLS)")
+        parser.add_argument(
+            "--insecure",
+            action="store_true",
+            help="allow plaintext to a server that is not on this machine (no TLS)",
+        )
 
     m = sub.add_parser("models", help="list the models a server serves")
     remote(m)

@@ -11,6 +11,7 @@ has a deadline; idempotent calls (all of heml's) are retried on UNAVAILABLE with
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import random
 import threading
@@ -28,6 +29,7 @@ from ._memory import keep_freed_memory
 from ._version import PROTOCOL_VERSION
 from .errors import (
     DeadlineExceeded,
+    InsecureTransport,
     InvalidCiphertext,
     InvalidRequest,
     ModelNotFound,
@@ -68,9 +70,37 @@ _ERRORS = {
 }
 
 
+def _host_is_loopback(address: str) -> bool:
+    if address.startswith("["):  # [v6]:port
+        host = address[1 : address.find("]")] if "]" in address else address
+    elif address.count(":") == 1:  # host:port
+        host = address.split(":", 1)[0]
+    else:  # a bare host or IPv6 address
+        host = address
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _is_loopback(target: str) -> bool:
-    host = target.split("://", 1)[-1].lstrip("/").rsplit(":", 1)[0].strip("[]")
-    return target.startswith("unix:") or host in ("localhost", "127.0.0.1", "::1")
+    """Whether every address of a gRPC target is on this machine (127/8, ::1, localhost, a
+    unix socket): the only targets the SDK talks to without TLS unless told otherwise."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    rest = target
+    for scheme in ("dns:", "ipv4:", "ipv6:"):
+        if rest.startswith(scheme):
+            rest = rest[len(scheme) :]
+            if rest.startswith("//"):  # dns://authority/host:port
+                authority, _, rest = rest[2:].partition("/")
+                if authority:  # a resolver of the caller's choice answers for the host
+                    return False
+            break
+    addresses = [a.strip() for a in rest.split(",")]
+    return all(a and _host_is_loopback(a) for a in addresses)
 
 
 def translate(exc: grpc.RpcError, target: str) -> RemoteError:
@@ -120,6 +150,9 @@ class Client:
         TLS (server CA) and mTLS (client certificate and key), PEM.
     retries : int, default=4
         Extra attempts for calls that fail with UNAVAILABLE (with exponential backoff).
+    insecure : bool, default=False
+        Allow a plaintext connection to a target that is not on this machine. Without TLS a
+        non-loopback target is refused: the server could be anyone on the path.
     """
 
     def __init__(
@@ -134,6 +167,7 @@ class Client:
         client_key: bytes | None = None,
         retries: int = 4,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        insecure: bool = False,
     ) -> None:
         if timeout is None or timeout <= 0:
             raise ValueError("timeout must be a positive number of seconds")
@@ -164,6 +198,12 @@ class Client:
             creds = grpc.ssl_channel_credentials(root_certificates, client_key, client_cert)
             self._channel = grpc.secure_channel(target, creds, options=options)
         else:
+            if not insecure and not _is_loopback(target):
+                raise InsecureTransport(
+                    f"refusing a plaintext connection to {target}: pass root_certificates= "
+                    "(the server's CA) for TLS, or insecure=True to accept that the network "
+                    "can read model metadata and API keys and impersonate the server"
+                )
             if api_key and not _is_loopback(target):
                 warnings.warn(
                     f"sending an API key to {target} without TLS: pass root_certificates= "

@@ -8,6 +8,7 @@ HemlError
 ├── ParameterError (ValueError)      HE parameters that are weak, unknown or inconsistent
 ├── InvalidCiphertext (ValueError)   bytes that are not a valid ciphertext for the parameters
 ├── KeyFileError                     unreadable or foreign key files
+├── InsecureTransport (ValueError)   a plaintext connection to another machine, not allowed
 └── RemoteError                      a failed call to a server (carries the gRPC code)
     ├── ServerUnavailable
     ├── ModelNotFound
@@ -53,6 +54,10 @@ class InvalidCiphertext(HemlError, ValueError):
 
 class KeyFileError(HemlError):
     """A key file that cannot be read, is not heml's, or does not match the server's parameters."""
+
+
+class InsecureTransport(HemlError, ValueError):
+    """A plaintext connection to a target that is not on this machine, without ``insecure``."""
 
 
 class RemoteError(HemlError):
