@@ -42,6 +42,7 @@ class CraftingServicer(heml_pb2_grpc.InferenceServicer):
         self.delta = 1
         self.offset = 0
         self.extra_replies = 0
+        self.cut_bytes = 0
         self.calls = 0
 
     def GetModel(self, request, context):
@@ -57,7 +58,8 @@ class CraftingServicer(heml_pb2_grpc.InferenceServicer):
         c0 = np.full(request.n, self.offset & mask, dtype=np.uint64)
         c1 = np.zeros(n_coeffs, dtype=np.uint64)
         c1[0] = self.delta & mask  # the constant polynomial delta: (c1·s)[p] = delta·s_p
-        replies = [wire.pack_reply(c0, c1, bits)] * (
+        blob = wire.pack_reply(c0, c1, bits)
+        replies = [blob[: len(blob) - self.cut_bytes]] * (
             self.scorer.k * plan.digits + self.extra_replies
         )
         return pb.PredictResponse(
@@ -302,3 +304,14 @@ def test_derived_keys_are_real_seal_keys(tmp_path):
         assert np.abs(centered - message).max() <= prng.ERROR_COINS
     private = keys.get(default_privacy_params())
     assert len(private.public_key_bytes()) > 0
+
+
+def test_a_reply_of_the_wrong_size_is_rejected(attacker, cancer):
+    X = _rows(cancer[0])
+    servicer = attacker[0]
+    try:
+        servicer.cut_bytes = 1
+        with pytest.raises(ReplyRejected, match="reply has .* bytes, expected"):
+            _run(attacker, X, delta=1, protect=True)
+    finally:
+        servicer.cut_bytes = 0
