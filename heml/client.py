@@ -140,8 +140,10 @@ class Client:
     target : str
         ``host:port`` of the server.
     keys : str, path or KeySet, optional
-        Where the secret keys live. A path is loaded if it exists, else created (mode 0600)
-        and filled as keys are generated. Default: fresh keys kept in memory only.
+        The master seed each model's secret key is derived from, one key per (target as
+        written, model name). A path is loaded if it exists (refused if group or others can
+        write it, a warning if they can read it), else created with mode 0600. Default: a
+        fresh seed kept in memory only.
     api_key : str, optional
         Sent as ``authorization: Bearer <api_key>`` on every call.
     timeout : float, default=60
