@@ -117,7 +117,7 @@ def test_a_reply_that_decrypts_to_the_key_teaches_the_attacker_nothing(attacker,
     # protected: scores are flooded far beyond the key's contribution
     s, scores = _run(attacker, X, delta=1, protect=True)
     plan = servicer.scorer.plans[COLUMN]
-    assert flood_bound(plan) >= 8 * key_noise_bound(plan) > 8 * unit
+    assert flood_bound(plan) >= 4 * key_noise_bound(plan) > 4 * unit
     assert np.abs(scores).max() <= flood_bound(plan) + unit  # the flood stays in its bound
     s = s[:N_ROWS]
     guess = np.clip(np.rint(scores / unit), -1, 1).astype(np.int64)

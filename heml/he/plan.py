@@ -38,7 +38,7 @@ CAPACITY_FRACTION = 0.45  # |row value| < 0.45 q (q/2 minus room for noise and r
 NOISE_SIGMAS = 6.0
 # The client floods every returned score with fresh uniform noise of 2^FLOOD_BITS times the
 # bound on the key-dependent part of the decryption error (heml.he.decrypt); plans reserve it.
-FLOOD_BITS = 3
+FLOOD_BITS = 2
 
 
 class PlanScales:
