@@ -293,12 +293,9 @@ class RemoteModel:
         self.client = client
         self.info = info
         # a key of its own per (server, model), derived from the key set's master seed
-        self._codec = ClientCodec(
-            info.plans,
-            info.n_features,
-            info.n_outputs,
-            client.keys.for_peer(client.target, info.name),
-        )
+        keys = client.keys.for_peer(client.target, info.name)
+        self._key_label = keys.label
+        self._codec = ClientCodec(info.plans, info.n_features, info.n_outputs, keys)
         self.last_call = CallStats()
         self._key_id = ""
         self._rejected = ""  # why a reply was rejected (the key is then retired)
@@ -350,6 +347,8 @@ class RemoteModel:
 
         Each score carries fresh noise within the plan's published error bound (heml.he.decrypt:
         it hides the part of the decryption error that depends on the secret key)."""
+        if not self._rejected and self._key_retired():
+            self._rejected = "another handle of this model rejected a reply"
         if self._rejected:
             raise ReplyRejected(
                 f"{self.client.target}: model {self.info.name} sent a reply that failed the "
@@ -377,6 +376,11 @@ class RemoteModel:
         stats.seconds = time.perf_counter() - started
         self.last_call = stats
         return out
+
+    def _key_retired(self) -> bool:
+        """Whether this handle's key was retired since it was derived (any handle, any time)."""
+        current = self.client.keys.for_peer(self.client.target, self.info.name)
+        return current.label != self._key_label
 
     def _decrypt(self, replies: list[bytes], block: Block) -> np.ndarray:
         """Decrypt one block's replies; a reply that fails the checks retires the key.

@@ -144,14 +144,21 @@ def test_a_reply_outside_the_plans_range_is_rejected_and_retires_the_key(attacke
     servicer.delta = delta
     with heml.Client(attacker[1], timeout=30, retries=0) as client:
         model = client.model("cancer")
+        twin = client.model("cancer")  # a second handle on the same key
+        params = model.info.plans[COLUMN].params
+        old_key = model._codec.keys.get(params).s
         before = servicer.calls
         with pytest.raises(ReplyRejected, match="outside the range the model's plan allows"):
             model.decision_function(X, layout="column")
         # the rejection is a bit the attacker could learn from: one per key, not one per call
         servicer.delta = 1
-        with pytest.raises(ReplyRejected, match="key is retired"):
-            model.decision_function(X.iloc[:5], layout="column")
+        for handle in (model, twin):
+            with pytest.raises(ReplyRejected, match="key is retired"):
+                handle.decision_function(X.iloc[:5], layout="column")
         assert servicer.calls == before + 1
+        fresh = client.model("cancer")  # a new handle derives a new key and works
+        assert np.mean(fresh._codec.keys.get(params).s == old_key) < 0.4
+        fresh.decision_function(X.iloc[:5], layout="column")
 
 
 def test_one_value_just_outside_the_range_is_enough_to_reject(attacker, cancer):
