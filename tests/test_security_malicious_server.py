@@ -10,7 +10,9 @@ control: raw decryption, no range check, no flooding), then fails against the de
 
 from __future__ import annotations
 
+import base64
 import math
+import os
 from concurrent import futures
 
 import grpc
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 
 import heml
-from heml.errors import ReplyRejected
+from heml.errors import KeyFileError, ReplyRejected
 from heml.he import wire
 from heml.he.decrypt import RANGE_FRACTION
 from heml.he.plan import COLUMN, flood_bound, key_noise_bound
@@ -322,3 +324,35 @@ def test_a_reply_of_the_wrong_size_is_rejected(attacker, cancer):
             _run(attacker, X, delta=1, protect=True)
     finally:
         servicer.cut_bytes = 0
+
+
+def test_a_key_file_from_an_older_heml_gets_a_seed_and_keeps_its_keys(tmp_path):
+    import json
+
+    from heml.he.keys import KeySet
+    from heml.he.scoring import default_layout_params
+
+    params = default_layout_params()[COLUMN]
+    old = KeySet()
+    old.get(params)  # what heml wrote before: SEAL keys per parameter set, no seed
+    path = tmp_path / "old.keys"
+    old.save(path)
+    doc = json.loads(path.read_text())
+    del doc["master_seed"], doc["retired"]
+    path.write_text(json.dumps(doc))
+    os.chmod(path, 0o600)
+
+    first = KeySet.open(path)
+    upgraded = json.loads(path.read_text())
+    assert len(base64.b64decode(upgraded["master_seed"])) == 32
+    assert upgraded["keys"] == doc["keys"]  # an older heml can still read its keys
+    assert (path.stat().st_mode & 0o777) == 0o600
+    again = KeySet.open(path)
+    np.testing.assert_array_equal(
+        first.for_peer("h:1", "m").get(params).s, again.for_peer("h:1", "m").get(params).s
+    )
+    np.testing.assert_array_equal(again.get(params).s, old.get(params).s)
+    for bad in ("AAAA", "not base64!"):
+        path.write_text(json.dumps({**doc, "master_seed": bad}))
+        with pytest.raises(KeyFileError, match="master seed"):
+            KeySet.load(path)
