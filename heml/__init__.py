@@ -9,6 +9,7 @@ from ._version import PROTOCOL_VERSION, __version__
 from .errors import (
     HemlError,
     InputError,
+    InsecureTransport,
     InvalidCiphertext,
     KeyFileError,
     ModelError,
@@ -16,6 +17,7 @@ from .errors import (
     OutOfBoundsError,
     ParameterError,
     RemoteError,
+    ReplyRejected,
     ServerUnavailable,
     UnsupportedEstimatorError,
 )
@@ -26,6 +28,7 @@ __all__ = [
     "Client",
     "HemlError",
     "InputError",
+    "InsecureTransport",
     "InvalidCiphertext",
     "KeyFileError",
     "LinearModel",
@@ -34,6 +37,7 @@ __all__ = [
     "OutOfBoundsError",
     "ParameterError",
     "RemoteError",
+    "ReplyRejected",
     "ServerUnavailable",
     "UnsupportedEstimatorError",
     "__version__",

@@ -79,15 +79,24 @@ def _client(args: argparse.Namespace, keys=None):
 
     if (args.cert is None) != (args.key is None):
         raise CliError("--cert and --key go together (client certificate and its private key)")
-    return Client(
-        args.server,
-        keys=keys,
-        api_key=args.api_key,
-        timeout=args.timeout,
-        root_certificates=pem(args.ca, "--ca"),
-        client_cert=pem(args.cert, "--cert"),
-        client_key=pem(args.key, "--key"),
-    )
+    from .errors import InsecureTransport
+
+    try:
+        return Client(
+            args.server,
+            keys=keys,
+            api_key=args.api_key,
+            timeout=args.timeout,
+            root_certificates=pem(args.ca, "--ca"),
+            client_cert=pem(args.cert, "--cert"),
+            client_key=pem(args.key, "--key"),
+            insecure=args.insecure,
+        )
+    except InsecureTransport:
+        raise CliError(
+            f"refusing a plaintext connection to {args.server}: pass --ca PEM (the server's "
+            "CA) for TLS, or --insecure to accept that the network can read and impersonate it"
+        ) from None
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -290,17 +299,16 @@ def _progress(total: int | None, quiet: bool):
 # ---------------------------------------------------------------------- keys
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     from .he.keys import KeySet
-    from .he.scoring import default_layout_params
 
     out = Path(args.out)
     if out.exists() and not args.force:
         raise CliError(f"{out} exists; pass --force to replace it (old replies become unreadable)")
-    keys = KeySet()
-    for params in default_layout_params().values():
-        keys.get(params)
-    keys.save(out)
-    degrees = ", ".join(f"N={p.n}" for p in default_layout_params().values())
-    print(f"wrote secret keys ({degrees}) to {out} (mode 0600); keep it private", file=sys.stderr)
+    KeySet().save(out)
+    print(
+        f"wrote a master secret to {out} (mode 0600): a key per server and model is derived "
+        "from it; keep it private",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -370,7 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     sec.add_argument(
         "--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on PORT"
     )
-    sec.add_argument("--metrics-host", metavar="ADDR", help="address for /metrics (default --host)")
+    sec.add_argument(
+        "--metrics-host",
+        metavar="ADDR",
+        help="address for /metrics (default 127.0.0.1, whatever --host is)",
+    )
     s.add_argument(
         "--log-level",
         default="INFO",
@@ -397,6 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--ca", metavar="PEM", help="CA that signed the server's certificate")
         parser.add_argument("--cert", metavar="PEM", help="TLS client certificate (mTLS)")
         parser.add_argument("--key", metavar="PEM", help="TLS client private key (mTLS)")
+        parser.add_argument(
+            "--insecure",
+            action="store_true",
+            help="allow plaintext to a server that is not on this machine (no TLS)",
+        )
 
     m = sub.add_parser("models", help="list the models a server serves")
     remote(m)

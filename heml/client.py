@@ -11,6 +11,7 @@ has a deadline; idempotent calls (all of heml's) are retried on UNAVAILABLE with
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import random
 import threading
@@ -28,10 +29,13 @@ from ._memory import keep_freed_memory
 from ._version import PROTOCOL_VERSION
 from .errors import (
     DeadlineExceeded,
+    InsecureTransport,
+    InvalidCiphertext,
     InvalidRequest,
     ModelNotFound,
     PermissionDenied,
     RemoteError,
+    ReplyRejected,
     ResourceExhausted,
     ServerUnavailable,
     Unauthenticated,
@@ -67,9 +71,37 @@ _ERRORS = {
 }
 
 
+def _host_is_loopback(address: str) -> bool:
+    if address.startswith("["):  # [v6]:port
+        host = address[1 : address.find("]")] if "]" in address else address
+    elif address.count(":") == 1:  # host:port
+        host = address.split(":", 1)[0]
+    else:  # a bare host or IPv6 address
+        host = address
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _is_loopback(target: str) -> bool:
-    host = target.split("://", 1)[-1].lstrip("/").rsplit(":", 1)[0].strip("[]")
-    return target.startswith("unix:") or host in ("localhost", "127.0.0.1", "::1")
+    """Whether every address of a gRPC target is on this machine (127/8, ::1, localhost, a
+    unix socket): the only targets the SDK talks to without TLS unless told otherwise."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    rest = target
+    for scheme in ("dns:", "ipv4:", "ipv6:"):
+        if rest.startswith(scheme):
+            rest = rest[len(scheme) :]
+            if rest.startswith("//"):  # dns://authority/host:port
+                authority, _, rest = rest[2:].partition("/")
+                if authority:  # a resolver of the caller's choice answers for the host
+                    return False
+            break
+    addresses = [a.strip() for a in rest.split(",")]
+    return all(a and _host_is_loopback(a) for a in addresses)
 
 
 def with_default_port(target: str) -> str:
@@ -140,8 +172,10 @@ class Client:
     target : str
         ``host:port`` of the server.
     keys : str, path or KeySet, optional
-        Where the secret keys live. A path is loaded if it exists, else created (mode 0600)
-        and filled as keys are generated. Default: fresh keys kept in memory only.
+        The master seed each model's secret key is derived from, one key per (target as
+        written, model name). A path is loaded if it exists (refused if group or others can
+        write it, a warning if they can read it), else created with mode 0600. Default: a
+        fresh seed kept in memory only.
     api_key : str, optional
         Sent as ``authorization: Bearer <api_key>`` on every call.
     timeout : float, default=60
@@ -150,6 +184,9 @@ class Client:
         TLS (server CA) and mTLS (client certificate and key), PEM.
     retries : int, default=4
         Extra attempts for calls that fail with UNAVAILABLE (with exponential backoff).
+    insecure : bool, default=False
+        Allow a plaintext connection to a target that is not on this machine. Without TLS a
+        non-loopback target is refused: the server could be anyone on the path.
     """
 
     def __init__(
@@ -164,6 +201,7 @@ class Client:
         client_key: bytes | None = None,
         retries: int = 4,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        insecure: bool = False,
     ) -> None:
         if timeout is None or timeout <= 0:
             raise ValueError("timeout must be a positive number of seconds")
@@ -195,6 +233,12 @@ class Client:
             creds = grpc.ssl_channel_credentials(root_certificates, client_key, client_cert)
             self._channel = grpc.secure_channel(target, creds, options=options)
         else:
+            if not insecure and not _is_loopback(target):
+                raise InsecureTransport(
+                    f"refusing a plaintext connection to {target}: pass root_certificates= "
+                    "(the server's CA) for TLS, or insecure=True to accept that the network "
+                    "can read model metadata and API keys and impersonate the server"
+                )
             if api_key and not _is_loopback(target):
                 warnings.warn(
                     f"sending an API key to {target} without TLS: pass root_certificates= "
@@ -281,10 +325,14 @@ class RemoteModel:
     def __init__(self, client: Client, info: ModelInfo) -> None:
         self.client = client
         self.info = info
-        self._codec = ClientCodec(info.plans, info.n_features, info.n_outputs, client.keys)
+        # a key of its own per (server, model), derived from the key set's master seed
+        keys = client.keys.for_peer(client.target, info.name)
+        self._key_label = keys.label
+        self._codec = ClientCodec(info.plans, info.n_features, info.n_outputs, keys)
         self.last_call = CallStats()
         self._key_id = ""
         self._public_key: tuple[bytes, bytes] | None = None  # (nonce, p0), model-privacy mode
+        self._rejected = ""  # why a reply was rejected (the key is then retired)
 
     def _register_key(self, force: bool = False) -> str:
         """Model-privacy mode: upload the public key's p0 for a fresh nonce (once per model
@@ -297,7 +345,8 @@ class RemoteModel:
 
             plan = self.info.plans[PRIVATE]
             nonce = os.urandom(KEY_NONCE_BYTES)
-            self._public_key = (nonce, public_key_p0(self.client.keys.get(plan.params), nonce))
+            # the per-(server, model) key that also decrypts this model's replies
+            self._public_key = (nonce, public_key_p0(self._codec.keys.get(plan.params), nonce))
         nonce, p0 = self._public_key
         reply = self.client._unary(
             self.client._stub.RegisterKey,
@@ -338,7 +387,19 @@ class RemoteModel:
         )
 
     def scores(self, X: Any, *, layout: str | None = None) -> np.ndarray:
-        """W·x + b under encryption: (n, k) float64 (the server never sees x or the result)."""
+        """W·x + b under encryption: (n, k) float64 (the server never sees x or the result).
+
+        Each score carries fresh noise within the plan's published error bound (heml.he.decrypt:
+        it hides the part of the decryption error that depends on the secret key)."""
+        if not self._rejected and self._key_retired():
+            self._rejected = "another handle of this model rejected a reply"
+        if self._rejected:
+            raise ReplyRejected(
+                f"{self.client.target}: model {self.info.name} sent a reply that failed the "
+                f"client's checks ({self._rejected}); its key is retired: get a new handle "
+                "with client.model()",
+                code="DATA_LOSS",
+            )
         info = self.info
         # names, finiteness, imputation, one-hot, bounds, row-norm clip: all in plaintext here
         Z = info.bounds.normalize(info.preprocessing.model_features(X, info.bounds))
@@ -359,6 +420,29 @@ class RemoteModel:
         stats.seconds = time.perf_counter() - started
         self.last_call = stats
         return out
+
+    def _key_retired(self) -> bool:
+        """Whether this handle's key was retired since it was derived (any handle, any time)."""
+        current = self.client.keys.for_peer(self.client.target, self.info.name)
+        return current.label != self._key_label
+
+    def _decrypt(self, replies: list[bytes], block: Block) -> np.ndarray:
+        """Decrypt one block's replies; a reply that fails the checks retires the key.
+
+        Whether a reply was accepted is itself a signal a malicious server can craft replies
+        to learn from (a reaction attack), so after one rejection the key is retired (in the
+        key file too) and this handle refuses further calls: at most one such bit per key."""
+        try:
+            return self._codec.decrypt(replies, block)
+        except InvalidCiphertext as exc:
+            self._rejected = str(exc)
+            self.client.keys.retire(self.client.target, self.info.name)
+            raise ReplyRejected(
+                f"{self.client.target}: model {self.info.name}: {exc}; this key is retired "
+                "(a new client.model() handle derives a fresh one)",
+                code="DATA_LOSS",
+                details=str(exc),
+            ) from None
 
     # ------------------------------------------------------------ transport
     def _header(self, block: Block, total: int) -> pb.PredictRequest:
@@ -394,7 +478,7 @@ class RemoteModel:
         stats.bytes_received += reply.ByteSize()
         stats.server_seconds += reply.server_seconds
         stats.server_cpu_seconds += reply.server_cpu_seconds
-        out[block.start : block.stop] = self._codec.decrypt(list(reply.replies), block)
+        out[block.start : block.stop] = self._decrypt(list(reply.replies), block)
 
     def _messages(
         self,
@@ -449,7 +533,12 @@ class RemoteModel:
                     stats.bytes_received += reply.ByteSize()
                     stats.server_seconds += reply.server_seconds
                     stats.server_cpu_seconds += reply.server_cpu_seconds
-                    out[block.start : block.stop] = self._codec.decrypt(list(reply.replies), block)
+                    try:
+                        out[block.start : block.stop] = self._decrypt(list(reply.replies), block)
+                    except ReplyRejected:
+                        cancelled.set()  # stop encrypting; end the call
+                        responses.cancel()
+                        raise
                     done += 1
             except grpc.RpcError as exc:
                 cancelled.set()

@@ -8,6 +8,7 @@ HemlError
 ├── ParameterError (ValueError)      HE parameters that are weak, unknown or inconsistent
 ├── InvalidCiphertext (ValueError)   bytes that are not a valid ciphertext for the parameters
 ├── KeyFileError                     unreadable or foreign key files
+├── InsecureTransport (ValueError)   a plaintext connection to another machine, not allowed
 └── RemoteError                      a failed call to a server (carries the gRPC code)
     ├── ServerUnavailable
     ├── ModelNotFound
@@ -16,7 +17,8 @@ HemlError
     ├── ResourceExhausted
     ├── Unauthenticated
     ├── PermissionDenied
-    └── VersionMismatch
+    ├── VersionMismatch
+    └── ReplyRejected                a reply no honest server produces (client-side check)
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ class KeyFileError(HemlError):
     """A key file that cannot be read, is not heml's, or does not match the server's parameters."""
 
 
+class InsecureTransport(HemlError, ValueError):
+    """A plaintext connection to a target that is not on this machine, without ``insecure``."""
+
+
 class RemoteError(HemlError):
     """A call to a heml server failed; ``code`` is the gRPC status code name."""
 
@@ -121,3 +127,10 @@ class PermissionDenied(RemoteError, PermissionError):
 
 class VersionMismatch(RemoteError):
     """The server speaks another major protocol version."""
+
+
+class ReplyRejected(RemoteError):
+    """The server's reply failed the client's checks: wrong shape or size, or a decrypted value
+    outside what the model's plan allows. Such a reply is never returned, and the key that
+    decrypted it is not used with that model again (the failure itself is a signal the server
+    could learn from)."""

@@ -120,7 +120,7 @@ def test_key_file_is_private_reused_and_never_printed(cli_server, cancer, tmp_pa
     proc = run("keys", "generate", "--out", str(keyfile), check=True)
     assert (os.stat(keyfile).st_mode & 0o777) == 0o600
     before = keyfile.read_bytes()
-    secret = __import__("json").loads(before)["keys"][0]["secret_key"]
+    secret = __import__("json").loads(before)["master_seed"]
     assert secret[:40] not in proc.stdout + proc.stderr
     assert run("keys", "generate", "--out", str(keyfile)).returncode == 2  # no silent overwrite
     src = tmp_path / "x.csv"

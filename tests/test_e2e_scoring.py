@@ -100,12 +100,16 @@ def test_keys_never_leave_and_can_be_persisted(server, cancer, tmp_path):
     X, _y, clf = cancer
     path = tmp_path / "client.keys"
     with heml.Client(f"localhost:{server.port}", keys=path) as c:
-        first = c.model("cancer").decision_function(X.iloc[:20])
+        model = c.model("cancer")
+        first = model.decision_function(X.iloc[:20])
+        params = next(iter(model.info.plans.values())).params
+        s_first = model._codec.keys.get(params).s
     assert (os.stat(path).st_mode & 0o777) == 0o600
     written = path.read_bytes()
     with heml.Client(f"localhost:{server.port}", keys=path) as c:
-        second = c.model("cancer").decision_function(X.iloc[:20])
-        assert c.keys.get(next(iter(c.model("cancer").info.plans.values())).params) is not None
+        model = c.model("cancer")
+        second = model.decision_function(X.iloc[:20])
+        np.testing.assert_array_equal(model._codec.keys.get(params).s, s_first)  # same key
     assert path.read_bytes() == written  # reused, not regenerated
     assert_scores_close(first, clf.decision_function(X.iloc[:20]))
     assert_scores_close(second, first)

@@ -135,5 +135,8 @@ def test_tls_mistakes_stop_the_server_at_startup(model_dir, pki):
 
 
 def test_an_api_key_over_plaintext_to_a_remote_host_warns():
-    with pytest.warns(UserWarning, match="without TLS"), heml.Client("10.0.0.1:1", api_key="k"):
+    with (
+        pytest.warns(UserWarning, match="without TLS"),
+        heml.Client("10.0.0.1:1", api_key="k", insecure=True),
+    ):
         pass

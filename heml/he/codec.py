@@ -12,11 +12,11 @@ import numpy as np
 
 from ..errors import InvalidCiphertext
 from . import column, row, wire
-from .decrypt import Decryptor
+from .decrypt import Decryptor, check_range, flood
 from .encrypt import encrypt_coefficients
 from .keys import KeySet, SecretKey
 from .params import HEParams
-from .plan import COLUMN, ROW, LayoutPlan, RowGeometry
+from .plan import COLUMN, ROW, LayoutPlan, RowGeometry, flood_bound
 from .private import PRIVATE
 from .scoring import Block
 
@@ -66,9 +66,16 @@ _COST_DOWN = 0.08
 
 
 class ClientCodec:
-    """Encrypt/decrypt side of one remote model (client side; holds keys, never sends them)."""
+    """Encrypt/decrypt side of one remote model (client side; holds keys, never sends them).
 
-    def __init__(self, plans: dict[str, LayoutPlan], d: int, k: int, keys: KeySet) -> None:
+    ``protect=False`` switches off the malicious-server guards of ``decrypt`` (range check
+    and flooding, heml.he.decrypt); it exists for the attack tests' positive controls only.
+    """
+
+    def __init__(
+        self, plans: dict[str, LayoutPlan], d: int, k: int, keys: KeySet, protect: bool = True
+    ) -> None:
+        self.protect = protect
         self.plans = plans
         self.d, self.k = d, k
         self.keys = keys
@@ -191,10 +198,16 @@ class ClientCodec:
             yield out
 
     def decrypt(self, replies: list[bytes], block: Block) -> np.ndarray:
-        """Replies for one block -> scores (n, k)."""
+        """Replies for one block -> scores (n, k), range-checked and flooded (``protect``).
+
+        Raises InvalidCiphertext for a reply of the wrong count or size, or one that decrypts
+        outside the plan's range."""
         plan = self.plans[block.layout]
         dec = self._decryptor(plan.params)
         rows = self.k * plan.digits
+        expected = self.reply_count(block)
+        if len(replies) != expected:
+            raise InvalidCiphertext(f"expected {expected} replies, got {len(replies)}")
         if block.layout == COLUMN:
             V = _column_decrypt(dec, replies, block.n, plan, rows)
         else:
@@ -205,7 +218,17 @@ class ClientCodec:
                 n_b = min(block.s, block.n - i)
                 parts.append(_row_decrypt(dec, replies[b * per : (b + 1) * per], n_b, plan, geo))
             V = np.concatenate(parts).reshape(block.n, -1)
-        return recombine(V, plan, self.k)
+        if not self.protect:
+            return recombine(V, plan, self.k)
+        check_range(V, dec.q)
+        return flood(recombine(V, plan, self.k), flood_bound(plan))
+
+    def reply_count(self, block: Block) -> int:
+        """Replies an honest server sends for a block."""
+        plan = self.plans[block.layout]
+        if block.layout == COLUMN:
+            return self.k * plan.digits
+        return -(-block.n // block.s) * self._row_geometry(block.s, block.layout).groups
 
 
 def recombine(V: np.ndarray, plan: LayoutPlan, k: int) -> np.ndarray:

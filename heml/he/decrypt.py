@@ -8,12 +8,42 @@ All arithmetic is on uint64 (wrapping modulo 2^64, hence exact modulo 2^bits).
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
+from ..errors import InvalidCiphertext
 from .keys import SecretKey
 
 LIMB = 16
+# honest row values stay below 0.45 q (plan.CAPACITY_FRACTION, noise included); the margin
+# covers the modulus switch's rounding, which is orders of magnitude smaller than 0.025 q
+RANGE_FRACTION = 0.475
+
+
+def check_range(values: np.ndarray, modulus: int) -> None:
+    """Reject decrypted row values (units of the modulus) that no honest reply produces."""
+    limit = RANGE_FRACTION * float(modulus)
+    bad = np.abs(values) > limit
+    if np.any(bad):
+        raise InvalidCiphertext(
+            f"{int(bad.sum())} decrypted value(s) outside the range the model's plan allows "
+            f"(|v| ≤ {RANGE_FRACTION} q): the reply was not computed by the published model"
+        )
+
+
+def uniform_noise(shape: tuple[int, ...], bound: float) -> np.ndarray:
+    """Fresh noise, uniform on [-bound, bound), from os.urandom (53-bit resolution)."""
+    count = int(np.prod(shape))
+    words = np.frombuffer(os.urandom(8 * count), dtype="<u8") >> np.uint64(11)
+    unit = words.astype(np.float64) / float(1 << 53)
+    return ((2.0 * unit - 1.0) * bound).reshape(shape)
+
+
+def flood(scores: np.ndarray, bound: float) -> np.ndarray:
+    """Scores plus fresh uniform noise on [-bound, bound): hides the key-dependent part of
+    the decryption error (see the module docstring); ``bound`` from plan.flood_bound."""
+    return scores + uniform_noise(scores.shape, bound)
 
 
 def _signed(words: np.ndarray, bits: int) -> np.ndarray:

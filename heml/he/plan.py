@@ -9,7 +9,9 @@ input box, 6σ for random terms):
 * weight quantization: W' is rounded to the grid 2^-log2_scale_w;
 * feature quantization: z is rounded to the grid 2^-log2_scale_x;
 * encryption noise e (σ = 3.2) multiplied by the weights;
-* the reply's modulus switch to 2^reply_bits (rounding of c0 and of c1·s).
+* the reply's modulus switch to 2^reply_bits (rounding of c0 and of c1·s);
+* the client's flooding of each returned score (uniform, 2^FLOOD_BITS times the switch term,
+  the only term that depends on the secret key; ``flood_bound``).
 
 When W' needs more bits than fit under q/2 next to a useful scale, the quantized weights are
 split into T signed base-2^b digits; each digit row is a separate output whose value is small,
@@ -34,6 +36,9 @@ MAX_DIGITS = 8
 MAX_DIGIT_BITS = 36  # keeps dot_mod's float64 partial sums exact with limbs of ≥ 9 bits
 CAPACITY_FRACTION = 0.45  # |row value| < 0.45 q (q/2 minus room for noise and rounding)
 NOISE_SIGMAS = 6.0
+# The client floods every returned score with fresh uniform noise of 2^FLOOD_BITS times the
+# bound on the key-dependent part of the decryption error (heml.he.decrypt); plans reserve it.
+FLOOD_BITS = 2
 
 
 class PlanScales:
@@ -267,6 +272,29 @@ def _switch_error(bits: int, n: int, q: int, weights_t: np.ndarray, sx: float, s
     return float(weights_t.sum()) * units * q / math.ldexp(1.0, bits) / (sx * sw)
 
 
+def key_noise_bound(plan) -> float:
+    """Bound (6σ, score units) on the key-dependent part of a reply's decryption error: the
+    modulus switch's rounding of c1, multiplied by s. Computed from public plan fields only,
+    so client and server agree on it (any plan with ``params``, scales, ``reply_bits``)."""
+    primes = getattr(plan.params, "primes", None) or (plan.params.q,)
+    modulus = math.prod(primes)
+    digit_bits, digits = getattr(plan, "digit_bits", 0), max(1, getattr(plan, "digits", 1))
+    weights_t = np.ldexp(1.0, digit_bits * np.arange(digits))
+    return _switch_error(
+        plan.reply_bits, plan.params.n, modulus, weights_t, plan.scale_x, plan.scale_w
+    )
+
+
+def flood_bound(plan) -> float:
+    """Half-width of the uniform noise the client adds to every score (score units).
+
+    Zero for model-privacy plans (heml.he.private): their error budget does not reserve the
+    flood yet (its float64 CRT switch limits replies to ≈ 52 useful bits)."""
+    if plan.layout not in LAYOUTS:
+        return 0.0
+    return math.ldexp(key_noise_bound(plan), FLOOD_BITS)
+
+
 def make_plan(
     coef: np.ndarray,
     intercept: np.ndarray,
@@ -306,7 +334,8 @@ def make_plan(
             ex, fixed, weights_t = cand
             sx, sw = math.ldexp(1.0, ex), math.ldexp(1.0, ew)
             for bits in REPLY_BITS:
-                total = fixed + _switch_error(bits, n, q, weights_t, sx, sw)
+                switch = _switch_error(bits, n, q, weights_t, sx, sw)
+                total = fixed + switch * (1.0 + math.ldexp(1.0, FLOOD_BITS))
                 best = min(best, total)
                 if total <= tolerance:
                     key = (bits, total)

@@ -1,4 +1,5 @@
-"""Prometheus metrics across worker processes (``--metrics-port``).
+"""Prometheus metrics across worker processes (``--metrics-port``), on 127.0.0.1 unless
+``--metrics-host`` names another address.
 
 Each worker counts in its own process; prometheus-client's multiprocess mode makes the counts
 add up. The supervisor creates a fresh private directory, puts it in
@@ -36,6 +37,9 @@ from ._fork import fork_child
 
 log = logging.getLogger("heml.server")
 ENV = "PROMETHEUS_MULTIPROC_DIR"
+# /metrics binds loopback unless --metrics-host says otherwise, whatever --host is: its labels
+# (model names, API key ids) and traffic counts are for the operator, not for every client
+DEFAULT_HOST = "127.0.0.1"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 

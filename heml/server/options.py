@@ -28,7 +28,7 @@ class ServerConfig:
     tls_key: str | None = None  # PEM private key of tls_cert
     tls_client_ca: str | None = None  # PEM CA bundle: require client certificates (mTLS)
     metrics_port: int | None = None  # Prometheus /metrics (0 = any free port); None = off
-    metrics_host: str | None = None  # address for /metrics (default: host)
+    metrics_host: str | None = None  # address for /metrics (default: 127.0.0.1, not host)
     # sample slots one call may compute (a stream: all its blocks); ≥ the SDK's 32 COLUMN blocks
     max_samples_per_request: int = 1 << 20
 

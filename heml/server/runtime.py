@@ -49,7 +49,9 @@ class Runtime:
                 os.mkdir(self.metrics_dir, 0o700)
                 os.environ[metrics.ENV] = self.metrics_dir
                 self.exporter = metrics.MetricsExporter(
-                    config.metrics_host or config.host, config.metrics_port, self.metrics_dir
+                    config.metrics_host or metrics.DEFAULT_HOST,
+                    config.metrics_port,
+                    self.metrics_dir,
                 )
         except BaseException:
             self.close()
