@@ -28,7 +28,7 @@ from .he.decrypt import Decryptor
 from .he.encrypt import encrypt_coefficients
 from .he.keys import KeySet
 from .he.params import HEParams, default_params
-from .he.plan import COLUMN, ROW, RowGeometry
+from .he.plan import COLUMN, ROW, RowGeometry, flood_bound
 from .he.scoring import Block, ServerScorer
 from .links import probabilities
 from .preprocessing import Bounds
@@ -194,9 +194,14 @@ def _scored(
     noise_key = _label(f"{name}/noise")
     cts = encrypt_coefficients(key, coeffs, shift, seeds=seeds, noise_key=noise_key)
     replies = scorer.evaluate(layout, n, s, cts)
-    # decode through the SDK's own path
-    codec = ClientCodec(scorer.plans, d, k, KeySet({params: key}))
+    # decode through the SDK's own path, before its malicious-server guards: the range check
+    # is deterministic (and passes here), the flooding adds fresh noise on [-F, F] afterwards
+    codec = ClientCodec(scorer.plans, d, k, KeySet({params: key}), protect=False)
     scores = codec.decrypt(replies, Block(0, n, layout, s))
+    guarded = ClientCodec(scorer.plans, d, k, KeySet({params: key}))
+    flooded = guarded.decrypt(replies, Block(0, n, layout, s))
+    if np.max(np.abs(flooded - scores)) > flood_bound(plan):
+        raise AssertionError(f"{name}: flooding moved a score by more than F")
     dec = Decryptor(key)
     decrypted = []
     for i, blob in enumerate(replies):
@@ -236,6 +241,7 @@ def _scored(
         "replies": [r.hex() for r in replies],
         "decrypted": decrypted,
         "scores": scores.tolist(),
+        "score_flood_bound": flood_bound(plan),
         "plaintext_scores": plain.tolist(),
     }
     if link != "identity":
