@@ -54,7 +54,8 @@ def prepare(out: Path) -> None:
 
     X, y = load_breast_cancer(return_X_y=True)
     dp = make_pipeline(
-        StandardScaler(), DPLogisticRegression(epsilon=1.0, bounds_X=(-3, 3), random_state=0)
+        StandardScaler(),
+        DPLogisticRegression(epsilon=1.0, classes=[0, 1], bounds_X=(-3, 3), random_state=0),
     ).fit(X, y)
     exported = heml.export(dp, name="dp-cancer")
     exported.save(models / "dp-cancer.json")
