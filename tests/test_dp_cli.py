@@ -439,3 +439,46 @@ def _waits_for_flock(pid: int) -> bool:
             if len(rest) > 3 and rest[3] == str(pid):
                 return True
     return False
+
+
+def test_default_ledger_is_per_user(tmp_path, monkeypatch):
+    from heml.dp._ledger import default_path
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert default_path() == tmp_path / "data" / "heml" / "privacy-ledger.json"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for unset in ("relative/dir", ""):  # the XDG spec ignores a relative XDG_DATA_HOME
+        monkeypatch.setenv("XDG_DATA_HOME", unset)
+        assert default_path() == tmp_path / "home/.local/share/heml/privacy-ledger.json"
+
+
+def test_fingerprint_normalizes_zero_and_missing_values():
+    from heml.dp._ledger import table_fingerprint
+
+    a = pd.DataFrame({"x": [0.0, np.nan, 1.5], "s": ["u", None, "v"]})
+    b = pd.DataFrame({"x": [-0.0, float("nan"), 1.5], "s": ["u", np.nan, "v"]})
+    assert table_fingerprint(a) == table_fingerprint(b)
+    assert table_fingerprint(a) != table_fingerprint(a.assign(s=["u", "nan", "v"]))
+    assert table_fingerprint(a).startswith("table:")
+
+
+def test_ledger_file_is_private_and_checked(houses, tmp_path, ledger_file, capsys):
+    from heml.dp import _ledger
+
+    data, base, _ = houses
+    assert train_here(data, *base, "-o", tmp_path / "m.json", "--epsilon", "1")[0] == 0
+    assert ledger_file.stat().st_mode & 0o777 == 0o600  # it names datasets and models
+    spends = next(iter(_ledger.load(ledger_file)["datasets"].values()))["spends"]
+    assert len(spends[0]["id"]) == 16 and spends[0]["status"] == "ok"
+    for text, message in [
+        ('{"schema": "other"}', "is not a heml privacy ledger"),
+        ('{"schema": "heml.privacy-ledger", "schema_version": 1}', "pass --ledger"),
+        ('{"schema": "heml.privacy-ledger", "schema_version": 2, "datasets": []}', "damaged"),
+        ("{", "cannot read privacy ledger"),
+    ]:
+        ledger_file.write_text(text)
+        code, err = train_here(
+            data, *base, "-o", tmp_path / "m.json", "--epsilon", "1", capsys=capsys
+        )
+        assert code == 2 and message in err, err
+        assert ledger_file.read_text() == text  # left as it was
