@@ -214,3 +214,37 @@ def test_release_statistics_and_canaries():
     assert release_statistic("label_set", clf, label_canary(X, np.array([0, 1, 1]))) == 7.0
     with pytest.raises(ValueError, match="unknown release canary"):
         release_statistic("bogus", clf, ext)
+
+
+def test_a_fit_that_fails_only_with_the_canary_is_flagged(blobs):
+    # NoisySumClassifier reads two classes from the labels and raises on a third: the error is
+    # an outcome the canary's presence decides, as telling as any attribute
+    from heml.audit import NoisySumClassifier
+
+    X, y = blobs
+    Xn = X / np.linalg.norm(X, axis=1).max()
+    leaky = canary_audit(
+        lambda e: NoisySumClassifier(epsilon=e), Xn, y, epsilon=1.0, runs=RUNS,
+        statistic="label_set",
+    )  # fmt: skip
+    assert leaky.bound.epsilon_lb > 2.0 and leaky.scores_in.min() > 1e99
+    public = canary_audit(
+        lambda e: NoisySumClassifier(epsilon=e, classes=(0, 1)), Xn, y, epsilon=1.0, runs=RUNS,
+        statistic="label_set",
+    )  # fmt: skip
+    assert public.bound.epsilon_lb == 0.0
+
+
+def test_heml_audit_gives_the_public_classes_to_the_classifier(monkeypatch):
+    import heml.dp._public_scaling as scaling
+    from heml.audit import NoisySumClassifier
+    from heml.audit.cli import EstimatorFactory, _parse_classes
+
+    monkeypatch.setattr(
+        scaling, "cli_estimator", lambda task, **kw: NoisySumClassifier(epsilon=kw["epsilon"])
+    )
+    make = EstimatorFactory("classification", 1e-5, None, None, True, (0, 1))
+    assert make(1.0).classes == [0, 1]
+    assert EstimatorFactory("classification", 1e-5, None, None, True)(1.0).classes is None
+    assert _parse_classes("0, 1,2", np.array([0, 1])) == (0, 1, 2)
+    assert _parse_classes("no,yes", np.array(["no", "yes"], dtype=object)) == ("no", "yes")
