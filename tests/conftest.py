@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
@@ -20,6 +22,19 @@ def assert_scores_close(actual, expected, tol=1e-4):
     bound = tol * np.maximum(1.0, np.abs(expected))
     worst = np.max(np.abs(actual - expected) - bound) if actual.size else -1
     assert worst <= 0, f"error exceeds tolerance by {worst:.3g}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ledger_outside_home(tmp_path_factory):
+    """`heml train` charges a per-user ledger under XDG_DATA_HOME: tests (and the processes
+    they start) never touch the real user's."""
+    old = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = old
 
 
 @pytest.fixture(scope="session")

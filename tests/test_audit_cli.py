@@ -19,7 +19,7 @@ from heml.audit import cli as audit_cli
 from .audit_support import UnderstatedNoisySum
 
 HAVE_DP = importlib.util.find_spec("heml.dp") is not None
-SMALL = ["--n-shadow", "4", "--canary-runs", "20", "--jobs", "1"]
+SMALL = ["--n-shadow", "4", "--canary-runs", "20", "--release-runs", "40", "--jobs", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +74,18 @@ def test_non_private_audit_writes_the_report(csv_path, tmp_path):
     assert "![ROC per model](roc.png)" in md and "## Threat model" in md
 
 
+def _dp_takes_classes() -> bool:
+    from heml.audit.cli import _classes_params, _dp_classifier
+
+    return bool(_classes_params(_dp_classifier()))
+
+
 def test_finite_epsilons(csv_path, tmp_path):
     out = tmp_path / "report"
+    public_classes = HAVE_DP and _dp_takes_classes()
     res = _cli(
         csv_path, "--target", "label", "--epsilons", "1,inf", "-o", out, "--no-progress",
-        "--bounds", "0,2600", *SMALL,
+        "--bounds", "0,2600", *SMALL, *(["--classes", "0,1"] if public_classes else []),
     )  # fmt: skip
     if not HAVE_DP:
         assert res.returncode == 2
@@ -86,11 +93,22 @@ def test_finite_epsilons(csv_path, tmp_path):
         assert len(lines) == 1 and "needs the DP estimators (heml.dp)" in lines[0]
         assert not out.exists()
         return
+    if not public_classes:
+        # a DPLogisticRegression that reads its class list from the labels (issue 12, leak 1):
+        # the label-set canary flags it, though the margin canary does not
+        assert res.returncode == 4, res.stderr
+        private = AuditReport.load(out / "audit.json").model(1.0)
+        assert private.release_canaries["label_set"]["passed"] is False
+        assert private.canary["passed"] is True
+        assert "label set canary" in res.stdout  # the table names the strongest canary
+        return
     assert res.returncode == 0, res.stderr
     report = AuditReport.load(out / "audit.json")
     private = report.model(1.0)
     assert private.claim_source == "dp_guarantee_" and private.claimed_delta == 1e-5
     assert private.audit_status == "passed"
+    assert set(private.release_canaries) == {"label_set", "extreme_record"}
+    assert report.model(math.inf).release_canaries is None  # no claim to test
 
 
 @pytest.mark.parametrize(
@@ -103,6 +121,8 @@ def test_finite_epsilons(csv_path, tmp_path):
         (["--target", "label", "--epsilons", "inf", "--drop", "label"], "includes the target"),
         (["--target", "label", "--epsilons", "inf", "--test-size", "1.5"], "--test-size"),
         (["--target", "label", "--epsilons", "inf", "--n-shadow", "1"], "--n-shadow"),
+        (["--target", "label", "--epsilons", "inf", "--release-runs", "2"], "--release-runs"),
+        (["--target", "label", "--epsilons", "inf", "--classes", "0"], "two or more distinct"),
     ],
 )
 def test_invalid_input_exits_2_with_one_line(csv_path, tmp_path, capsys, argv, message):
@@ -125,7 +145,8 @@ def test_non_numeric_features_are_refused(tmp_path, capsys):
 
 def test_a_failed_audit_exits_4_after_writing_the_report(csv_path, tmp_path, capsys, monkeypatch):
     def factory(self, epsilon):
-        return UnderstatedNoisySum(epsilon=epsilon, norm=300.0)  # about the canary's norm (257)
+        # norm: about the canary's (257); classes: public, so only the noise understates ε
+        return UnderstatedNoisySum(epsilon=epsilon, norm=300.0, classes=(0, 1))
 
     monkeypatch.setattr(audit_cli, "_have_dp", lambda: True)
     monkeypatch.setattr(audit_cli.EstimatorFactory, "__call__", factory)

@@ -28,7 +28,7 @@ def overfit_data():
 def overfit_or_noisy(eps):
     if math.isinf(eps):  # weak regularisation: memorises the training set
         return LogisticRegression(C=100.0, solver="newton-cholesky", max_iter=1000)
-    return NoisySumClassifier(epsilon=eps, delta=1e-5)
+    return NoisySumClassifier(epsilon=eps, delta=1e-5, classes=(0, 1))  # a public label set
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,7 @@ def test_heml_dp_logistic_regression_at_epsilon_1_stays_below_its_claim(overfit_
         epsilons=(1.0,),
         n_shadow=8,
         canary_runs=150,
+        release_canaries=False,  # the margin canary; the class list: test_audit_release.py
         n_bootstrap=0,
         progress=False,
     )
@@ -130,7 +131,8 @@ def test_audit_runs_do_not_spend_the_callers_default_budget(overfit_data):
                 epsilon=e, delta=1e-5, classes=[0, 1], bounds_X=(-1.0, 1.0)
             ),
             Xtr, ytr, Xte, yte,
-            epsilons=(1.0,), n_shadow=4, canary_runs=10, n_bootstrap=0, progress=False,
+            epsilons=(1.0,), n_shadow=4, canary_runs=10, release_canaries=False,
+            n_bootstrap=0, progress=False,
         )  # fmt: skip
         assert budget.spent == (0.0, 0.0)  # 26 fits at ε=1 would have exceeded ε=2
         dp.DPLogisticRegression(epsilon=1.0, classes=[0, 1], bounds_X=(-1.0, 1.0)).fit(Xtr, ytr)
@@ -141,7 +143,7 @@ def test_audit_runs_do_not_spend_the_callers_default_budget(overfit_data):
 def test_a_mechanism_that_understates_epsilon_fails_the_audit(overfit_data):
     Xtr, Xte, ytr, yte = overfit_data
     report = audit(
-        lambda e: UnderstatedNoisySum(epsilon=e),
+        lambda e: UnderstatedNoisySum(epsilon=e, classes=(0, 1)),
         Xtr,
         ytr,
         Xte,

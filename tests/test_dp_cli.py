@@ -3,6 +3,8 @@
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +31,13 @@ def heml_train(*args, cwd):
     )
 
 
+@pytest.fixture(autouse=True)
+def ledger_file(tmp_path, monkeypatch):
+    """Each test gets its own per-user ledger (XDG_DATA_HOME, inherited by subprocesses)."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "heml" / "privacy-ledger.json"
+
+
 @pytest.fixture
 def csv(tmp_path):
     rng = np.random.default_rng(0)
@@ -42,7 +51,7 @@ def csv(tmp_path):
     return path
 
 
-def test_train_exports_and_keeps_a_ledger(csv, tmp_path):
+def test_train_exports_and_keeps_a_ledger(csv, tmp_path, ledger_file):
     args = [
         csv,
         "--target",
@@ -67,20 +76,29 @@ def test_train_exports_and_keeps_a_ledger(csv, tmp_path):
     assert model["name"] == "people" and model["task"] == "binary"
     assert model["dp"]["epsilon"] == 1.0 and model["dp"]["neighbouring"] == "replace-one"
     assert model["preprocessing"]["columns"][0]["name"] == "age"
-    ledger = json.loads((tmp_path / "models/.heml-privacy-ledger.json").read_text())
+    ledger = json.loads(ledger_file.read_text())
     (entry,) = ledger["datasets"].values()
     assert entry["spent_epsilon"] == 1.0 and entry["budget_epsilon"] == 1.5
+    assert [s["status"] for s in entry["spends"]] == ["ok"]
+    assert not (tmp_path / "models/.heml-privacy-ledger.json").exists()  # one ledger per user
 
     # a second run on the same file would exceed the budget: refused, ledger unchanged
     r2 = heml_train(*args, cwd=tmp_path)
     assert r2.returncode == 3
     assert r2.stderr.strip().startswith("heml train: error: privacy budget exceeded")
     assert len(r2.stderr.strip().splitlines()) == 1
-    ledger2 = json.loads((tmp_path / "models/.heml-privacy-ledger.json").read_text())
-    assert ledger2 == ledger
+    assert json.loads(ledger_file.read_text()) == ledger
+
+    # writing the model to another folder is the same budget (the ledger is per user)
+    (tmp_path / "elsewhere").mkdir()
+    r3 = heml_train(
+        *[a if a != "models/people.json" else "elsewhere/p.json" for a in args], cwd=tmp_path
+    )
+    assert r3.returncode == 3, r3.stderr
+    assert json.loads(ledger_file.read_text()) == ledger
 
 
-def test_identifier_column_is_flagged_and_non_numeric_refused(csv, tmp_path):
+def test_identifier_column_is_flagged_and_non_numeric_refused(csv, tmp_path, ledger_file):
     r = heml_train(
         csv,
         "--target",
@@ -99,7 +117,7 @@ def test_identifier_column_is_flagged_and_non_numeric_refused(csv, tmp_path):
     assert r.returncode == 2
     assert "'email' looks like a direct identifier" in r.stderr
     assert "--drop" in r.stderr.splitlines()[-1]
-    assert not (tmp_path / "models/.heml-privacy-ledger.json").exists()  # nothing spent
+    assert not ledger_file.exists()  # nothing spent
 
 
 @pytest.mark.parametrize(
@@ -111,7 +129,7 @@ def test_identifier_column_is_flagged_and_non_numeric_refused(csv, tmp_path):
         (["--bounds=3,-3"], "LO < HI"),
     ],
 )
-def test_invalid_runs_exit_2_before_any_spend(csv, tmp_path, extra, message):
+def test_invalid_runs_exit_2_before_any_spend(csv, tmp_path, extra, message, ledger_file):
     base = {"--target": "label", "--epsilon": "1", "--delta": "1e-5"}
     for flag, value in zip(extra[::2], extra[1::2], strict=False):
         base[flag] = value
@@ -121,7 +139,7 @@ def test_invalid_runs_exit_2_before_any_spend(csv, tmp_path, extra, message):
     r = heml_train(*args, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert message in r.stderr
-    assert not (tmp_path / "models/.heml-privacy-ledger.json").exists()
+    assert not ledger_file.exists()
 
 
 def test_regression_without_bounds_warns_about_the_leak(tmp_path):
@@ -153,7 +171,7 @@ def test_regression_without_bounds_warns_about_the_leak(tmp_path):
     assert "not private" in model["dp"]["bounds"]["X"]["source"]
 
 
-def test_per_feature_bounds_from_a_json_file(tmp_path):
+def test_per_feature_bounds_from_a_json_file(tmp_path, ledger_file):
     # raw features on very different scales: one LO,HI pair for all would waste the budget
     rng = np.random.default_rng(3)
     n = 2000
@@ -188,7 +206,7 @@ def test_per_feature_bounds_from_a_json_file(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"income": [0, 1], "age": [0, 1]}))
     r = heml_train(*base, "-o", "m2.json", "--bounds", "bad.json", cwd=tmp_path)
     assert r.returncode == 2 and "no bounds for 1 feature column(s): ['ratio']" in r.stderr
-    ledger = json.loads((tmp_path / ".heml-privacy-ledger.json").read_text())
+    ledger = json.loads(ledger_file.read_text())
     assert [e["spent_epsilon"] for e in ledger["datasets"].values()] == [2.0]
 
 
@@ -207,6 +225,125 @@ def _ints_csv(tmp_path, rare: int | None):
     return path
 
 
+# ---------------------------------------------------------------------- the privacy ledger
+def train_here(*args, capsys=None) -> tuple[int, str]:
+    """`heml train` in this process (faster than a subprocess); returns (exit code, stderr)."""
+    from heml.dp.cli import main
+
+    code = main(["train", *map(str, args)])
+    return code, capsys.readouterr().err if capsys is not None else ""
+
+
+@pytest.fixture
+def houses(tmp_path):
+    """A small regression table and the public-bounds arguments every run below shares."""
+    rng = np.random.default_rng(5)
+    X = rng.uniform(-1, 1, (400, 3))
+    df = pd.DataFrame(X, columns=["a", "b", "c"])
+    df["price"] = X @ [1.0, 2.0, -1.0] + 0.1 * rng.standard_normal(400)
+    df.to_csv(tmp_path / "houses.csv", index=False)
+    base = ["--target", "price", "--task", "regression", "--bounds=-1,1"]
+    base += ["--target-bounds=-5,5", "--delta", "1e-5", "--seed", "0"]
+    return tmp_path / "houses.csv", base, df
+
+
+def test_stored_budget_is_enforced_and_raising_it_needs_a_flag(
+    houses, tmp_path, ledger_file, capsys
+):
+    data, base, _ = houses
+    out = ["-o", tmp_path / "m.json"]
+    assert train_here(data, *base, *out, "--epsilon", "0.5", "--budget", "1.5") == (0, "")
+    # no --budget: the stored 1.5 still holds (0.5 + 1.2 > 1.5)
+    code, err = train_here(data, *base, *out, "--epsilon", "1.2", capsys=capsys)
+    assert code == 3 and "privacy budget exceeded" in err, err
+    # a higher --budget is refused without --raise-budget, and nothing is recorded
+    before = ledger_file.read_text()
+    code, err = train_here(data, *base, *out, "--epsilon", "1.2", "--budget", "5", capsys=capsys)
+    assert code == 3 and "--raise-budget" in err and len(err.strip().splitlines()) == 1, err
+    assert ledger_file.read_text() == before
+    # with the flag the raise is stored, and later runs enforce the new budget
+    code, _ = train_here(data, *base, *out, "--epsilon", "1.2", "--budget", "2", "--raise-budget")
+    assert code == 0
+    entry = next(iter(json.loads(ledger_file.read_text())["datasets"].values()))
+    assert entry["budget_epsilon"] == 2.0 and entry["spent_epsilon"] == pytest.approx(1.7)
+    code, err = train_here(data, *base, *out, "--epsilon", "0.5", capsys=capsys)
+    assert code == 3, err
+    # lowering needs no flag; below what was spent, every further run is refused
+    code, err = train_here(data, *base, *out, "--epsilon", "0.1", "--budget", "1", capsys=capsys)
+    assert code == 3 and "remains" in err, err
+    code, _ = train_here(data, *base, *out, "--epsilon", "0.2", "--budget", "1.9")
+    assert code == 0
+    entry = next(iter(json.loads(ledger_file.read_text())["datasets"].values()))
+    assert entry["budget_epsilon"] == 1.9
+
+
+def test_a_shuffled_copy_is_the_same_dataset(houses, tmp_path, ledger_file, capsys):
+    data, base, df = houses
+    out = ["-o", tmp_path / "m.json"]
+    assert train_here(data, *base, *out, "--epsilon", "1", "--budget", "1")[0] == 0
+    # rows shuffled, columns reordered, numbers written differently: same records
+    shuffled = df.sample(frac=1.0, random_state=1)[["c", "price", "a", "b"]]
+    shuffled.to_csv(tmp_path / "copy.csv", index=False, float_format="%.17g")
+    code, err = train_here(tmp_path / "copy.csv", *base, *out, "--epsilon", "1", capsys=capsys)
+    assert code == 3 and "privacy budget exceeded" in err, err
+    # positive control: one record changed is another dataset with its own budget
+    edited = shuffled.copy()
+    edited.iloc[0, 0] += 0.5
+    edited.to_csv(tmp_path / "edited.csv", index=False)
+    assert train_here(tmp_path / "edited.csv", *base, *out, "--epsilon", "1")[0] == 0
+    assert len(json.loads(ledger_file.read_text())["datasets"]) == 2
+    # a declared id joins files whatever their content
+    args = [*base, *out, "--epsilon", "1", "--dataset-id", "houses-2026"]
+    assert train_here(tmp_path / "edited.csv", *args, "--budget", "1.5")[0] == 0
+    code, err = train_here(data, *args, capsys=capsys)
+    assert code == 3 and "privacy budget exceeded" in err, err
+    assert "id:houses-2026" in json.loads(ledger_file.read_text())["datasets"]
+
+
+def test_table_fingerprint_ignores_order_and_names_but_not_values():
+    from heml.dp._ledger import table_fingerprint
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.standard_normal((50, 3)), columns=["x", "y", "z"])
+    df["n"] = rng.integers(0, 5, 50)
+    df["s"] = rng.choice(["red", "blue"], 50)
+    df["p"], df["q"] = np.arange(50) % 2, rng.permutation(np.arange(50) % 2)  # tied columns
+    fp = table_fingerprint(df)
+    perm = df.sample(frac=1.0, random_state=3)[["q", "s", "z", "n", "x", "p", "y"]]
+    assert table_fingerprint(perm) == fp
+    assert table_fingerprint(perm.set_axis(list("abcdefg"), axis=1)) == fp
+    assert table_fingerprint(df.assign(n=df.n.astype(float))) == fp  # 1 and 1.0 are equal
+    changed = df.copy()
+    changed.loc[7, "s"] = "green"
+    assert table_fingerprint(changed) != fp
+    assert table_fingerprint(df.iloc[1:]) != fp
+    assert table_fingerprint(pd.concat([df, df.iloc[:1]])) != fp  # a duplicated record counts
+    assert table_fingerprint(df.drop(columns="z")) != fp
+    swapped = df.copy()
+    swapped.loc[0, "x"], swapped.loc[1, "x"] = df.loc[1, "x"], df.loc[0, "x"]
+    assert table_fingerprint(swapped) != fp  # same column values, other records
+
+
+def test_delta_is_budgeted_by_default_and_on_request(houses, tmp_path, ledger_file, capsys):
+    data, base, _ = houses
+    base = [b for b in base if b not in ("--delta", "1e-5")]
+    out = ["-o", tmp_path / "m.json"]
+    # default total delta is 1/n = 1/400: one fit at 2e-3 fits, a second does not
+    assert train_here(data, *base, *out, "--epsilon", "1", "--delta", "2e-3")[0] == 0
+    code, err = train_here(data, *base, *out, "--epsilon", "1", "--delta", "2e-3", capsys=capsys)
+    assert code == 3 and "delta" in err, err
+    entry = next(iter(json.loads(ledger_file.read_text())["datasets"].values()))
+    assert entry["budget_delta"] == pytest.approx(1 / 400) and "budget_epsilon" not in entry
+    # an explicit, smaller delta budget on another dataset id
+    args = [*base, *out, "--epsilon", "0.1", "--delta", "1e-5", "--dataset-id", "d2"]
+    assert train_here(data, *args, "--budget-delta", "1.5e-5")[0] == 0
+    code, err = train_here(data, *args, capsys=capsys)
+    assert code == 3 and "delta" in err, err
+    code, err = train_here(data, *args, "--budget-delta", "1e-3", capsys=capsys)
+    assert code == 3 and "--raise-budget" in err, err
+    assert train_here(data, *args, "--budget-delta", "1e-3", "--raise-budget")[0] == 0
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -218,13 +355,13 @@ def _ints_csv(tmp_path, rare: int | None):
         (["--classes", "0,1"], "not in --classes"),  # the data's row with label 2
     ],
 )
-def test_task_and_classes_come_from_the_declared_schema(tmp_path, extra, message):
+def test_task_and_classes_come_from_the_declared_schema(tmp_path, ledger_file, extra, message):
     path = _ints_csv(tmp_path, rare=2)
     base = [path, "--target", "y", "--epsilon", "1", "--delta", "1e-5", "--bounds=-3,3"]
     r = heml_train(*base, "-o", "m.json", *extra, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / ".heml-privacy-ledger.json").exists()  # nothing spent
+    assert not ledger_file.exists()  # nothing spent
 
 
 def test_a_rare_label_does_not_change_the_trained_model_kind(tmp_path):
@@ -242,3 +379,166 @@ def test_a_rare_label_does_not_change_the_trained_model_kind(tmp_path):
         hyper = model["dp"]["hyperparameters"]
         kinds.append((model["task"], model["classes"], hyper["method"], hyper["steps"]))
     assert kinds[0] == kinds[1] and kinds[0][0] == "multiclass"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--budget-delta", "0"], "--budget-delta"),
+        (["--budget-delta", "1.5"], "--budget-delta"),
+        (["--raise-budget"], "--raise-budget needs"),
+        (["--dataset-id", " "], "--dataset-id"),
+    ],
+)
+def test_bad_ledger_arguments_exit_2(houses, tmp_path, ledger_file, capsys, extra, message):
+    data, base, _ = houses
+    code, err = train_here(
+        data, *base, "-o", tmp_path / "m.json", "--epsilon", "1", *extra, capsys=capsys
+    )
+    assert code == 2 and message in err, err
+    assert not ledger_file.exists()
+
+
+def test_a_failed_fit_is_still_charged(houses, tmp_path, ledger_file, capsys, monkeypatch):
+    # the solver fails after the data were used: the docs say the budget is charged
+    import heml.dp._logistic as lg
+
+    real = lg._objective_perturbation
+
+    def no_convergence(*a, **k):  # the real solver runs; only its verdict is forced
+        theta, details, _ = real(*a, **k)
+        return theta, details, "Newton stopped short of the exact minimizer"
+
+    monkeypatch.setattr(lg, "_objective_perturbation", no_convergence)
+    _, _, df = houses
+    df.assign(label=(df.price > 0).astype(int)).drop(columns="price").to_csv(
+        tmp_path / "labels.csv", index=False
+    )
+    args = ["--target", "label", "--task", "classification", "--bounds=-1,1", "--delta", "1e-5"]
+    args += [*_classes_args(), "-o", tmp_path / "m.json", "--epsilon", "1", "--budget", "1.5"]
+    code, err = train_here(tmp_path / "labels.csv", *args, capsys=capsys)
+    assert code == 1 and "ConvergenceError" in err, err
+    assert not (tmp_path / "m.json").exists()
+    entry = next(iter(json.loads(ledger_file.read_text())["datasets"].values()))
+    assert entry["spent_epsilon"] == 1.0
+    assert [s["status"] for s in entry["spends"]] == ["failed: ConvergenceError"]
+    # and the charge counts: the next run does not fit the budget
+    monkeypatch.setattr(lg, "_objective_perturbation", real)
+    code, err = train_here(tmp_path / "labels.csv", *args, capsys=capsys)
+    assert code == 3, err
+
+
+def test_a_failed_export_is_still_charged(houses, tmp_path, ledger_file, capsys):
+    data, base, _ = houses
+    (tmp_path / "m.json").mkdir()  # the model cannot be written: after the fit read the data
+    code, err = train_here(data, *base, "-o", tmp_path / "m.json", "--epsilon", "1", capsys=capsys)
+    assert code == 1, err
+    entry = next(iter(json.loads(ledger_file.read_text())["datasets"].values()))
+    assert entry["spent_epsilon"] == 1.0 and entry["spends"][0]["status"].startswith("failed")
+
+
+def _classes_args() -> list[str]:
+    """`--classes 0,1` where this heml train has that option (public label set)."""
+    import argparse
+
+    from heml.dp.cli import register
+
+    parser = register(argparse.ArgumentParser().add_subparsers())
+    return ["--classes", "0,1"] if "--classes" in parser._option_string_actions else []
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
+def test_check_and_reserve_happen_under_the_ledger_lock(houses, tmp_path, ledger_file):
+    """A concurrent run cannot pass a check that only one run fits: while another process
+    holds the ledger lock, heml train waits, then sees that process's spend and is refused."""
+    from heml.dp import _ledger
+
+    data, base, _ = houses
+    args = [data, *base, "-o", tmp_path / "m.json", "--epsilon", "1", "--budget", "1.5"]
+    key = _ledger.dataset_key(None, pd.read_csv(data))
+    with _ledger.locked(ledger_file):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HARNESS, "train", *map(str, args)],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 90
+        while not _waits_for_flock(proc.pid):
+            assert proc.poll() is None, "heml train finished without waiting for the lock"
+            assert time.monotonic() < deadline, "heml train never asked for the ledger lock"
+            time.sleep(0.05)
+        # the other run's spend lands while heml train waits
+        ledger = _ledger.load(ledger_file)
+        eps, dlt = _ledger.budgets(
+            ledger, key, epsilon=1.5, delta=None, allow_raise=False, default_delta=1 / 400
+        )
+        _ledger.reserve(
+            ledger,
+            key,
+            source="other",
+            budget_epsilon=eps,
+            budget_delta=dlt,
+            epsilon=1.0,
+            delta=1e-5,
+            model="other.json",
+        )
+        _ledger.save(ledger_file, ledger)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3 and "privacy budget exceeded" in err, err
+    assert _ledger.spent(_ledger.load(ledger_file), key)[0] == 1.0
+
+
+def _waits_for_flock(pid: int) -> bool:
+    """True while process ``pid`` is blocked on a flock (a "->" line in /proc/locks)."""
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and "FLOCK" in fields:
+            rest = fields[fields.index("->") + 1 :]
+            if len(rest) > 3 and rest[3] == str(pid):
+                return True
+    return False
+
+
+def test_default_ledger_is_per_user(tmp_path, monkeypatch):
+    from heml.dp._ledger import default_path
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert default_path() == tmp_path / "data" / "heml" / "privacy-ledger.json"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for unset in ("relative/dir", ""):  # the XDG spec ignores a relative XDG_DATA_HOME
+        monkeypatch.setenv("XDG_DATA_HOME", unset)
+        assert default_path() == tmp_path / "home/.local/share/heml/privacy-ledger.json"
+
+
+def test_fingerprint_normalizes_zero_and_missing_values():
+    from heml.dp._ledger import table_fingerprint
+
+    a = pd.DataFrame({"x": [0.0, np.nan, 1.5], "s": ["u", None, "v"]})
+    b = pd.DataFrame({"x": [-0.0, float("nan"), 1.5], "s": ["u", np.nan, "v"]})
+    assert table_fingerprint(a) == table_fingerprint(b)
+    assert table_fingerprint(a) != table_fingerprint(a.assign(s=["u", "nan", "v"]))
+    assert table_fingerprint(a).startswith("table:")
+
+
+def test_ledger_file_is_private_and_checked(houses, tmp_path, ledger_file, capsys):
+    from heml.dp import _ledger
+
+    data, base, _ = houses
+    assert train_here(data, *base, "-o", tmp_path / "m.json", "--epsilon", "1")[0] == 0
+    assert ledger_file.stat().st_mode & 0o777 == 0o600  # it names datasets and models
+    spends = next(iter(_ledger.load(ledger_file)["datasets"].values()))["spends"]
+    assert len(spends[0]["id"]) == 16 and spends[0]["status"] == "ok"
+    for text, message in [
+        ('{"schema": "other"}', "is not a heml privacy ledger"),
+        ('{"schema": "heml.privacy-ledger", "schema_version": 1}', "pass --ledger"),
+        ('{"schema": "heml.privacy-ledger", "schema_version": 2, "datasets": []}', "damaged"),
+        ("{", "cannot read privacy ledger"),
+    ]:
+        ledger_file.write_text(text)
+        code, err = train_here(
+            data, *base, "-o", tmp_path / "m.json", "--epsilon", "1", capsys=capsys
+        )
+        assert code == 2 and message in err, err
+        assert ledger_file.read_text() == text  # left as it was

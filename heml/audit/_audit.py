@@ -18,6 +18,7 @@ from .._version import __version__
 from ._attacks import ATTACK_TITLES, ATTACKS, balanced_keep, leave_one_out_scores
 from ._dp_audit import Canary, EpsilonLowerBound, epsilon_lower_bound, make_canary, plant
 from ._metrics import attack_metrics, roc_curve
+from ._release import RELEASE_CANARIES, extreme_canary, label_canary
 from ._report import THREAT_MODEL, AuditReport, ModelAudit
 from ._runner import Task, TaskResult, chunk, run_seed, run_tasks
 
@@ -28,6 +29,8 @@ ROC_POINTS = 300
 NULL_PERMUTATIONS = 20
 #: runs per worker call: large enough to amortise process overhead, small for a smooth bar
 CHUNK = 16
+#: runs per world of each release canary (label set, extreme record) in audit()
+RELEASE_RUNS = 200
 
 
 def _check_X(X, name: str) -> np.ndarray:
@@ -95,7 +98,9 @@ class CanaryAudit:
         }
 
 
-def _canary_tasks(model, epsilon, X, y, canary, runs, root, subsample=None) -> list[Task]:
+def _canary_tasks(
+    model, epsilon, X, y, canary, runs, root, subsample=None, statistic="margin"
+) -> list[Task]:
     X_in, y_in = plant(X, y, canary, world="in")
     X_out, y_out = plant(X, y, canary, world="out")
     px = canary.x[None, :]
@@ -110,14 +115,32 @@ def _canary_tasks(model, epsilon, X, y, canary, runs, root, subsample=None) -> l
             m[:, canary.replaced_index] = True
             masks[kind] = m
     tasks = []
+    # each statistic draws its own training randomness
+    seed_model = model + _STATISTIC_SEEDS.get(statistic, 0)
     for kind, (XX, yy) in (("in", (X_in, y_in)), ("out", (X_out, y_out))):
         for part in chunk(list(range(runs)), CHUNK):
-            seeds = [run_seed(root, model, kind, r) for r in part]
+            seeds = [run_seed(root, seed_model, kind, r) for r in part]
             keep = None if masks[kind] is None else masks[kind][part]
             tasks.append(
-                Task(model, epsilon, kind, part, seeds, XX, yy, keep=keep, probe_X=px, probe_y=py)
+                Task(
+                    model,
+                    epsilon,
+                    kind,
+                    part,
+                    seeds,
+                    XX,
+                    yy,
+                    keep=keep,
+                    probe_X=px,
+                    probe_y=py,
+                    statistic=statistic,
+                    canary=None if statistic == "margin" else canary,
+                )
             )
     return tasks
+
+
+_STATISTIC_SEEDS = {name: 10_000 * (i + 1) for i, name in enumerate(RELEASE_CANARIES)}
 
 
 def _check_subsample(subsample) -> float | None:
@@ -139,6 +162,7 @@ def canary_audit(
     canary: Canary | None = None,
     alpha: float = 0.05,
     subsample: float | None = None,
+    statistic: str = "margin",
     random_state: int | None = 0,
     n_jobs: int | None = None,
     progress: bool = False,
@@ -172,6 +196,12 @@ def canary_audit(
         neighbouring pairs is as private as each pair) but is weaker; it shows that what
         separates the worlds survives data randomness, not only training randomness. Use it for
         deterministic (non-private) procedures, whose fixed-data audit just hits the ceiling.
+    statistic : {"margin", "label_set", "extreme_record"}, default="margin"
+        What each run records. "margin": the canary's membership signal (default canary:
+        :func:`make_canary`). "label_set" and "extreme_record": the release canaries of
+        ``heml.audit._release``, which read the fitted model's class list or exported bounds
+        (default canaries: a fresh label, a far outlier); they catch class lists and bounds
+        read from the data, which move no score.
     random_state, n_jobs, progress
         Seeds, worker processes (None: this process), progress bar.
     """
@@ -179,16 +209,46 @@ def canary_audit(
     y = _check_y(y, X.shape[0], "y")
     if runs < 4:
         raise ValueError(f"runs must be at least 4, got {runs}")
+    if statistic != "margin" and statistic not in RELEASE_CANARIES:
+        known = ", ".join(["margin", *RELEASE_CANARIES])
+        raise ValueError(f"statistic must be one of {known}; got {statistic!r}")
     if canary is None:
-        classifier = is_classifier(_probe(make_estimator, epsilon))
-        canary = make_canary(X, y, classifier=classifier, random_state=random_state)
+        probe = _probe(make_estimator, epsilon)
+        classifier = is_classifier(probe)
+        canary = _default_canary(
+            statistic, X, y, classifier, random_state, _declared_classes(probe)
+        )
+        if canary is None:
+            raise ValueError("the label_set canary needs non-boolean class labels")
     root = np.random.SeedSequence(random_state)
-    tasks = _canary_tasks(0, epsilon, X, y, canary, runs, root, _check_subsample(subsample))
+    tasks = _canary_tasks(
+        0, epsilon, X, y, canary, runs, root, _check_subsample(subsample), statistic
+    )
     sides: dict[str, np.ndarray] = {"in": np.empty(runs), "out": np.empty(runs)}
     for res in run_tasks(make_estimator, tasks, n_jobs=n_jobs, progress=progress):
         sides[res.kind][res.runs] = res.values
     bound = epsilon_lower_bound(sides["in"], sides["out"], delta=delta, alpha=alpha)
     return CanaryAudit(bound, canary, sides["in"], sides["out"])
+
+
+def _declared_classes(estimator):
+    """The label set an estimator (or a pipeline's step) declares, or None."""
+    for name, value in estimator.get_params(deep=True).items():
+        if name.split("__")[-1] == "classes" and value is not None:
+            return list(value)
+    return None
+
+
+def _default_canary(
+    statistic: str, X, y, classifier: bool, random_state, classes=None
+) -> Canary | None:
+    if statistic == "margin":
+        return make_canary(X, y, classifier=classifier, random_state=random_state)
+    if statistic == "label_set":
+        if not classifier:
+            return None
+        return label_canary(X, y, classes=classes, random_state=random_state)
+    return extreme_canary(X, y, classifier=classifier, random_state=random_state)
 
 
 def audit(
@@ -203,6 +263,8 @@ def audit(
     canaries: bool = True,
     canary_runs: int = 500,
     canary_subsample: float | None = None,
+    release_canaries: bool = True,
+    release_runs: int = RELEASE_RUNS,
     delta: float | None = None,
     alpha: float = 0.05,
     fix_variance: bool | None = None,
@@ -224,7 +286,12 @@ def audit(
     * **DP audit** (``canaries=True``): ``canary_runs`` models in each of two neighbouring
       worlds, the training set with one record replaced by a canary that carries one label or
       the opposite one (:func:`make_canary`); the canary's statistic gives an ε lower bound at
-      confidence 1 − α, reported against the claimed ε.
+      confidence 1 − α, reported against the claimed ε;
+    * **release canaries** (``release_canaries=True``): ``release_runs`` models per world for a
+      training row relabelled with a fresh label (classifiers) and for a row replaced by a far
+      outlier; their statistics read the released class list and exported bounds, which the
+      margin cannot see (a class list or bounds taken from the data). Each gives an ε lower
+      bound too, and any bound above the claim fails the audit.
 
     Parameters
     ----------
@@ -246,6 +313,11 @@ def audit(
     canary_subsample : float, optional
         Train each canary run on a random share of the training set (see :func:`canary_audit`);
         default: the whole training set every run (the standard, strongest audit).
+    release_canaries : bool, default=True
+        Run the label-set and extreme-record canaries (see ``heml.audit._release``).
+    release_runs : int, default=200
+        Training runs per world for each release canary (≥ 4). A leak they detect is usually
+        deterministic, and 100 held-out runs a world certify up to ε ≈ 3.3.
     delta : float, optional
         δ for the ε lower bounds. Default: each model's claimed δ (``dp_guarantee_`` or its
         ``delta`` parameter); for non-private models the smallest claimed δ, else 1e-5.
@@ -281,10 +353,14 @@ def audit(
         raise ValueError(f"n_shadow must be at least 2, got {n_shadow}")
     if canaries and canary_runs < 4:
         raise ValueError(f"canary_runs must be at least 4, got {canary_runs}")
+    if release_canaries and release_runs < 4:
+        raise ValueError(f"release_runs must be at least 4, got {release_runs}")
     canary_subsample = _check_subsample(canary_subsample)
     if delta is not None and not 0.0 <= delta < 1.0:
         raise ValueError(f"delta must be in [0, 1), got {delta}")
-    classifier = is_classifier(_probe(make_estimator, eps_list[0]))
+    probe = _probe(make_estimator, eps_list[0])
+    classifier = is_classifier(probe)
+    declared = _declared_classes(probe)
 
     X_pool = np.vstack([Xtr, Xte])
     if ytr.dtype.kind in "USO" or yte.dtype.kind in "USO":
@@ -302,6 +378,12 @@ def audit(
         if canaries
         else None
     )
+    release: dict[str, Canary] = {}
+    if release_canaries:
+        for name in RELEASE_CANARIES:
+            c = _default_canary(name, Xtr, ytr, classifier, random_state, declared)
+            if c is not None:
+                release[name] = c
 
     tasks: list[Task] = []
     for mi, eps in enumerate(eps_list):
@@ -325,12 +407,19 @@ def audit(
             tasks.extend(
                 _canary_tasks(mi, eps, Xtr, ytr, canary, canary_runs, root, canary_subsample)
             )
+        if math.isfinite(eps):  # a non-private model claims nothing a release could break
+            for name, c in release.items():
+                tasks.extend(_canary_tasks(mi, eps, Xtr, ytr, c, release_runs, root, None, name))
 
     results: dict[int, dict[str, Any]] = {
         mi: {
             "stats": np.full((n_models, n_pool), np.nan),
             "in": np.full(canary_runs, np.nan),
             "out": np.full(canary_runs, np.nan),
+            "release": {
+                name: {"in": np.full(release_runs, np.nan), "out": np.full(release_runs, np.nan)}
+                for name in release
+            },
             "warnings": Counter(),
             "seconds": 0.0,
         }
@@ -376,6 +465,20 @@ def audit(
             ca = CanaryAudit(bound, canary, r["in"], r["out"]).to_dict()
             ca["passed"] = None if math.isinf(claim_eps) else bool(bound.epsilon_lb <= claim_eps)
             canary_result = ca
+        release_result = None
+        if release and math.isfinite(eps):
+            release_result = {}
+            audit_delta = delta if delta is not None else (claim_delta or fallback_delta)
+            for name, c in release.items():
+                sides = r["release"][name]
+                bound = epsilon_lower_bound(
+                    sides["in"], sides["out"], delta=audit_delta, alpha=alpha
+                )
+                ca = CanaryAudit(bound, c, sides["in"], sides["out"]).to_dict()
+                ca["statistic"] = RELEASE_CANARIES[name]
+                ok = bound.epsilon_lb <= claim_eps
+                ca["passed"] = None if math.isinf(claim_eps) else bool(ok)
+                release_result[name] = ca
         vulnerable, null_max = _vulnerable(r["stats"], keep, n_train, n_vulnerable, rng)
         info = infos[mi]
         models.append(
@@ -394,6 +497,7 @@ def audit(
                 attacks=attacks,
                 lira_fix_variance=pooled,
                 canary=canary_result,
+                release_canaries=release_result,
                 vulnerable=vulnerable,
                 vulnerable_null_max_effect=null_max,
                 warnings=dict(r["warnings"].most_common()),
@@ -408,6 +512,8 @@ def audit(
         "canaries": canaries,
         "canary_runs": canary_runs if canaries else 0,
         "canary_subsample": canary_subsample,
+        "release_canaries": list(release),
+        "release_runs": release_runs if release else 0,
         "delta": delta,
         "alpha": alpha,
         "confidence": 1.0 - alpha,
@@ -463,15 +569,19 @@ def _label(eps: float) -> str:
 
 
 def _draw_keep(n_models: int, n_pool: int, labels, rng: np.random.Generator) -> np.ndarray:
-    """Balanced membership matrix; for classifiers every model must see every class."""
-    n_classes = None if labels is None else np.unique(labels).size
+    """Balanced membership matrix; for classifiers every model sees at least two classes.
+
+    Not every class: a shadow model trained without any record of a rare class is what shows
+    whether the model's class list depends on the training data (its records then score
+    ``UNSEEN_LABEL_MARGIN`` in the models that did not train on them).
+    """
     for _ in range(100):
         keep = balanced_keep(n_models, n_pool, rng)
-        if labels is None or all(np.unique(labels[row]).size == n_classes for row in keep):
+        if labels is None or all(np.unique(labels[row]).size >= 2 for row in keep):
             return keep
     raise ValueError(
-        "could not split the data so that every shadow model sees every class; "
-        "some class has too few records"
+        "could not split the data so that every shadow model sees two classes; "
+        "the minority classes have too few records"
     )
 
 
@@ -480,6 +590,8 @@ def _store(r: dict, res: TaskResult) -> None:
     r["seconds"] += res.seconds
     if res.kind == "shadow":
         r["stats"][res.runs] = np.vstack(res.values)
+    elif res.kind in ("in", "out") and res.statistic != "margin":
+        r["release"][res.statistic][res.kind][res.runs] = res.values
     elif res.kind in ("in", "out"):
         r[res.kind][res.runs] = res.values
     else:

@@ -73,14 +73,21 @@ class NoisySumClassifier(ClassifierMixin, BaseEstimator):
     noise : {"gaussian", "laplace"}, default="gaussian"
     random_state : int, optional
         Seeds the noise (numpy; for audits, not for protecting data).
+    classes : sequence of two labels, optional
+        The public label set; a record with another label adds nothing to the sum. ``None``
+        reads the two classes from ``y`` (``np.unique``): the class list then depends on the
+        data, which the audit's label-set canary detects.
     """
 
-    def __init__(self, epsilon=1.0, delta=1e-5, norm=1.0, noise="gaussian", random_state=None):
+    def __init__(
+        self, epsilon=1.0, delta=1e-5, norm=1.0, noise="gaussian", random_state=None, classes=None
+    ):
         self.epsilon = epsilon
         self.delta = delta
         self.norm = norm
         self.noise = noise
         self.random_state = random_state
+        self.classes = classes
 
     def _clip(self, X):
         X = np.asarray(X, dtype=np.float64)
@@ -92,10 +99,11 @@ class NoisySumClassifier(ClassifierMixin, BaseEstimator):
         if self.noise not in ("gaussian", "laplace"):
             raise ValueError(f"noise must be 'gaussian' or 'laplace', got {self.noise!r}")
         X = np.asarray(X, dtype=np.float64)
-        self.classes_ = np.unique(y)
+        self.classes_ = np.unique(y) if self.classes is None else np.asarray(self.classes)
         if self.classes_.size != 2:
             raise ValueError(f"NoisySumClassifier is binary; got {self.classes_.size} classes")
-        sign = np.where(np.asarray(y) == self.classes_[1], 1.0, -1.0)
+        y = np.asarray(y)
+        sign = np.where(y == self.classes_[1], 1.0, np.where(y == self.classes_[0], -1.0, 0.0))
         total = sign @ self._clip(X)
         rng = np.random.default_rng(self.random_state)
         sens = 2.0 * self.norm

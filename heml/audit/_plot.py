@@ -84,8 +84,9 @@ def _roc_panels(report, fig) -> None:
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
         title = m.label
-        if m.canary is not None:
-            title += f"   ε_LB={m.canary['epsilon_lb']:.2f}"
+        lb = m.summary["epsilon_lower_bound"]  # the strongest canary's
+        if lb is not None:
+            title += f"   ε_LB={lb:.2f}"
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7, loc="lower right")
     for ax in axes[n:]:
@@ -159,23 +160,27 @@ def _pu_panels(report, fig) -> None:
     ax_t.set_title("TPR at low FPR (dotted: chance)", fontsize=10)
     ax_t.legend(fontsize=8)
 
-    audited = [(x, m) for x, m in zip(xs, models, strict=True) if m.canary is not None]
+    audited = [
+        (x, m.summary)
+        for x, m in zip(xs, models, strict=True)
+        if m.summary["epsilon_lower_bound"] is not None
+    ]
     if audited:
         ax_e.plot(
             [x for x, _ in audited],
-            [m.canary["epsilon_lb"] for _, m in audited],
+            [s["epsilon_lower_bound"] for _, s in audited],
             "o-",
             color="#d62728",
             label="ε lower bound",
         )
         ax_e.plot(
             [x for x, _ in audited],
-            [m.canary["ceiling"] for _, m in audited],
+            [s["epsilon_lower_bound_ceiling"] for _, s in audited],
             color="#bbbbbb",
             ls="--",
             label="ceiling (runs)",
         )
-        fin = [x for x, m in audited if math.isfinite(m.claimed_epsilon)]
+        fin = [x for x, s in audited if s["claimed_epsilon"] is not None]
         if fin:
             ax_e.plot(fin, fin, color="black", lw=0.8, ls=":", label="claimed ε")
         ax_e.set_yscale("symlog", linthresh=0.1)

@@ -76,6 +76,14 @@ class ModelAudit:
     vulnerable_null_max_effect: float = math.nan
     warnings: dict[str, int] = field(default_factory=dict)
     fit_seconds: float = 0.0
+    # the label-set and extreme-record canaries (heml.audit._release), by name
+    release_canaries: dict[str, dict] | None = None
+
+    def _canaries(self) -> dict[str, dict]:
+        """Every canary result by name: "margin" first, then the release canaries."""
+        out = {} if self.canary is None else {"margin": self.canary}
+        out.update(self.release_canaries or {})
+        return out
 
     def strongest(self, metric: str, level: float | None = None) -> tuple[str, float, list | None]:
         """(attack, value, CI) of the attack with the highest ``metric`` (worst case)."""
@@ -94,11 +102,15 @@ class ModelAudit:
 
     @property
     def audit_status(self) -> str:
-        if self.canary is None:
+        """ "FAILED" if any canary's ε lower bound exceeds the claim, else "passed" (or "not
+        run", "not private")."""
+        canaries = self._canaries()
+        if not canaries:
             return "not run"
-        if self.canary.get("passed") is None:
+        verdicts = [c.get("passed") for c in canaries.values()]
+        if all(v is None for v in verdicts):
             return "not private"
-        return "passed" if self.canary["passed"] else "FAILED"
+        return "FAILED" if False in verdicts else "passed"
 
     @property
     def summary(self) -> dict:
@@ -126,11 +138,20 @@ class ModelAudit:
             name, value, _ = self.strongest("tpr_at_fpr", level)
             out[f"tpr_at_fpr_{level:g}"] = value
             out[f"tpr_at_fpr_{level:g}_attack"] = name
-        if self.canary is not None:
-            out["epsilon_lower_bound"] = self.canary["epsilon_lb"]
-            out["epsilon_lower_bound_delta"] = self.canary["delta"]
-            out["epsilon_lower_bound_confidence"] = self.canary["confidence"]
-            out["epsilon_lower_bound_ceiling"] = self.canary["ceiling"]
+        canaries = self._canaries()
+        if canaries:
+            # the strongest canary (the margin canary on ties)
+            name = max(canaries, key=lambda k: canaries[k]["epsilon_lb"])
+            best = canaries[name]
+            out["epsilon_lower_bound"] = best["epsilon_lb"]
+            out["epsilon_lower_bound_canary"] = name
+            out["epsilon_lower_bound_delta"] = best["delta"]
+            out["epsilon_lower_bound_confidence"] = best["confidence"]
+            out["epsilon_lower_bound_ceiling"] = best["ceiling"]
+            if self.release_canaries:
+                out["release_epsilon_lower_bounds"] = {
+                    k: v["epsilon_lb"] for k, v in self.release_canaries.items()
+                }
         else:
             out["epsilon_lower_bound"] = None
         out["audit"] = self.audit_status
@@ -216,6 +237,7 @@ class AuditReport:
             "epsilon_lower_bound": s["epsilon_lower_bound"],
             "epsilon_lower_bound_delta": s.get("epsilon_lower_bound_delta"),
             "epsilon_lower_bound_confidence": s.get("epsilon_lower_bound_confidence"),
+            "epsilon_lower_bound_canary": s.get("epsilon_lower_bound_canary"),
             "audit": s["audit"],
             "auc": s["auc"],
             "auc_attack": s["auc_attack"],
@@ -335,10 +357,12 @@ class AuditReport:
             if m.claimed_delta:
                 ceps += f" (δ={m.claimed_delta:g})"
             lb = "—"
-            if m.canary is not None:
-                lb = f"{m.canary['epsilon_lb']:.2f}"
-                if m.canary["epsilon_lb"] >= m.canary["ceiling"] - 1e-9:
+            if s["epsilon_lower_bound"] is not None:
+                lb = f"{s['epsilon_lower_bound']:.2f}"
+                if s["epsilon_lower_bound"] >= s["epsilon_lower_bound_ceiling"] - 1e-9:
                     lb += " (= ceiling)"
+                if s["epsilon_lower_bound_canary"] != "margin":
+                    lb += f" ({s['epsilon_lower_bound_canary'].replace('_', ' ')} canary)"
             _, _, auc_ci = m.strongest("auc")
             auc = f"{s['auc']:.3f}" + (f" [{auc_ci[0]:.3f}, {auc_ci[1]:.3f}]" if auc_ci else "")
             tprs = []
@@ -359,6 +383,23 @@ class AuditReport:
                 f"bound can exceed the ceiling {m0['ceiling']:.2f}. "
                 f"Canary: {m0['canary']['description']}.",
             ]
+        release = (self.models[0].release_canaries or {}) if self.models else {}
+        if release:
+            lines += [
+                "",
+                f"Release canaries ({c.get('release_runs', 0)} runs a world), read off the "
+                "released model rather than its scores:",
+            ]
+            for name, r0 in release.items():
+                bounds = ", ".join(
+                    f"{m.label} {m.release_canaries[name]['epsilon_lb']:.2f}"
+                    for m in self.models
+                    if m.release_canaries and name in m.release_canaries
+                )
+                lines.append(
+                    f"* {name.replace('_', ' ')}: {r0['canary']['description']}; statistic "
+                    f"{r0['statistic']}. ε lower bounds: {bounds}."
+                )
         lines += ["", "Brackets: " + (self._ci_method() or "no intervals") + "."]
         if figures:
             lines += ["", "## Figures", ""]

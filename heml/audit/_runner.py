@@ -44,6 +44,10 @@ class Task:
     # full: the test split
     X_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    # in/out: "margin" (the probe's membership signal) or a release canary of heml.audit's
+    # _release module, which reads the fitted model itself and needs the canary
+    statistic: str = "margin"
+    canary: Any = None
 
 
 @dataclass
@@ -54,6 +58,7 @@ class TaskResult:
     values: list[Any]
     warnings: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    statistic: str = "margin"
 
 
 def run_seed(root: np.random.SeedSequence, model: int, kind: str, run: int) -> int:
@@ -122,7 +127,15 @@ def execute(make_estimator: Callable[[float], Any], task: Task) -> TaskResult:
         with scope:
             _run_all(make_estimator, task, names, values)
     counts = Counter(f"{w.category.__name__}: {w.message}" for w in caught)
-    return TaskResult(task.model, task.kind, task.runs, values, counts, time.perf_counter() - start)
+    return TaskResult(
+        task.model,
+        task.kind,
+        task.runs,
+        values,
+        counts,
+        time.perf_counter() - start,
+        task.statistic,
+    )
 
 
 def _run_all(make_estimator, task: Task, names: list[str], values: list) -> None:
@@ -136,6 +149,9 @@ def _run_all(make_estimator, task: Task, names: list[str], values: list) -> None
                 X, y = task.X, task.y
                 if task.keep is not None:  # the canary audit's optional data resampling
                     X, y = X[task.keep[i]], y[task.keep[i]]
+                if task.statistic != "margin":
+                    values.append(_release_run(make_estimator, task, X, y, seed, names))
+                    continue
                 est = fit_one(make_estimator, task.epsilon, X, y, seed, names)
                 values.append(float(membership_signal(est, task.probe_X, task.probe_y)[0]))
             else:
@@ -146,6 +162,23 @@ def _run_all(make_estimator, task: Task, names: list[str], values: list) -> None
                 f"make_estimator({task.epsilon}) failed in {task.kind} run {run}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+
+
+def _release_run(make_estimator, task: Task, X, y, seed: int, names: list[str]) -> float:
+    """One release-canary run: the statistic of the fitted model, or the fit-error value (a
+    fit that raises only in one world reveals the canary as surely as any attribute)."""
+    from ._release import FIT_ERROR_STATISTIC, release_statistic
+
+    try:
+        est = fit_one(make_estimator, task.epsilon, X, y, seed, names)
+    except Exception as exc:
+        warnings.warn(
+            f"a {task.statistic} canary fit raised {type(exc).__name__}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return FIT_ERROR_STATISTIC
+    return release_statistic(task.statistic, est, task.canary)
 
 
 def _final_step(estimator):

@@ -14,6 +14,11 @@ functions of that score and the record's label:
 
 Training on a record raises its statistic, so "higher = more likely a member" holds for the raw
 statistic, which is exactly the LOSS/margin threshold attack.
+
+A label the model does not know (a shadow model trained without any record of a rare class,
+when the class list is read from the data) gets ``UNSEEN_LABEL_MARGIN``: the model gives that
+label probability 0, the lowest statistic there is. It does not raise: a model that knows a
+label only when a record carrying it was trained on is exactly what the audit must measure.
 """
 
 from __future__ import annotations
@@ -23,18 +28,16 @@ from scipy.special import logsumexp
 from sklearn.base import is_classifier
 
 _PROBA_EPS = 1e-15
+#: the statistic of a record whose label is not among the model's classes (probability 0);
+#: finite, below any margin a float64 probability can express (|logit| ≤ 745)
+UNSEEN_LABEL_MARGIN = -1000.0
 
 
 def class_indices(classes, y) -> np.ndarray:
-    """Position of every label of ``y`` in ``classes``; raises on labels the model never saw."""
+    """Position of every label of ``y`` in ``classes``; −1 for labels the model never saw."""
     classes = np.asarray(classes)
     lookup = {c: i for i, c in enumerate(classes.tolist())}
-    try:
-        return np.fromiter((lookup[v] for v in np.asarray(y).tolist()), dtype=np.intp)
-    except KeyError as exc:
-        raise ValueError(
-            f"label {exc.args[0]!r} is not among the fitted classes {classes.tolist()}"
-        ) from None
+    return np.fromiter((lookup.get(v, -1) for v in np.asarray(y).tolist()), dtype=np.intp)
 
 
 def membership_signal(estimator, X, y) -> np.ndarray:
@@ -53,6 +56,14 @@ def membership_signal(estimator, X, y) -> np.ndarray:
     if is_classifier(estimator):
         classes = np.asarray(estimator.classes_)
         idx = class_indices(classes, y)
+        unseen = idx < 0
+        if unseen.any():
+            out = np.full(idx.size, UNSEEN_LABEL_MARGIN)
+            if not unseen.all():
+                out[~unseen] = membership_signal(
+                    estimator, _rows(X, ~unseen), np.asarray(y)[~unseen]
+                )
+            return out
         rows = np.arange(idx.size)
         if hasattr(estimator, "decision_function"):
             z = np.asarray(estimator.decision_function(X), dtype=np.float64)
@@ -75,3 +86,8 @@ def membership_signal(estimator, X, y) -> np.ndarray:
     if resid.ndim == 1:
         return -np.abs(resid)
     return -np.linalg.norm(resid.reshape(resid.shape[0], -1), axis=1)
+
+
+def _rows(X, mask: np.ndarray):
+    """The rows of X (array or DataFrame) where ``mask`` holds."""
+    return X[mask] if not hasattr(X, "iloc") else X.iloc[np.flatnonzero(mask)]

@@ -75,6 +75,18 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-canaries", action="store_true", help="skip the DP (canary) audit")
     p.add_argument(
+        "--release-runs",
+        type=int,
+        default=200,
+        help="training runs per world of the label-set and extreme-record canaries, which read "
+        "the released class list and bounds; 0 skips them (%(default)s)",
+    )
+    p.add_argument(
+        "--classes",
+        help="the public label set LABEL,LABEL,... given to the classifier (without it, a "
+        "class list read from the data is what the label-set canary flags)",
+    )
+    p.add_argument(
         "--alpha", type=float, default=0.05, help="1 − confidence of ε bounds (%(default)s)"
     )
     p.add_argument("--seed", type=int, default=0, help="seeds the split, subsets and training runs")
@@ -140,13 +152,13 @@ class EstimatorFactory:
     bounds: tuple | None  # (lo, hi): scalars or per-feature arrays
     target_bounds: tuple[float, float] | None
     use_dp: bool
-    classes: tuple | None = None  # the label set, fixed for every shadow and canary model
+    classes: tuple | None = None  # the public label set, set on the classifier if given
 
     def __call__(self, epsilon: float):
         if self.use_dp:
             from heml.dp._public_scaling import cli_estimator
 
-            return cli_estimator(
+            est = cli_estimator(
                 self.task,
                 epsilon=epsilon,
                 delta=self.delta,
@@ -154,6 +166,9 @@ class EstimatorFactory:
                 target_bounds=self.target_bounds,
                 classes=self.classes,
             )
+            if self.classes is not None:
+                est.set_params(**{name: list(self.classes) for name in _classes_params(est)})
+            return est
         if math.isfinite(epsilon):
             raise RuntimeError(f"ε={epsilon:g} needs heml.dp, which is not installed")
         from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -163,6 +178,26 @@ class EstimatorFactory:
         if self.task == "regression":
             return make_pipeline(StandardScaler(), LinearRegression())
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+
+
+def _classes_params(estimator) -> list[str]:
+    """The estimator's ``classes`` parameters (``model__classes`` inside a pipeline)."""
+    return [k for k in estimator.get_params(deep=True) if k.split("__")[-1] == "classes"]
+
+
+def _parse_classes(text: str | None, y) -> tuple | None:
+    """``--classes`` as labels of the target's type (integers for an integer column)."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) < 2 or any(not p for p in parts) or len(set(parts)) != len(parts):
+        raise _Invalid(f"--classes must list two or more distinct labels, got {text!r}")
+    if np.asarray(y).dtype.kind in "iu":
+        try:
+            return tuple(int(p) for p in parts)
+        except ValueError:
+            raise _Invalid(f"--classes: the target holds integers, got {text!r}") from None
+    return tuple(parts)
 
 
 def _load(args):
@@ -193,6 +228,8 @@ def _run(args) -> int:
         raise _Invalid(f"--n-shadow must be at least 2, got {args.n_shadow}")
     if not args.no_canaries and args.canary_runs < 4:
         raise _Invalid(f"--canary-runs must be at least 4, got {args.canary_runs}")
+    if args.release_runs != 0 and args.release_runs < 4:
+        raise _Invalid(f"--release-runs must be 0 or at least 4, got {args.release_runs}")
     if not 0.0 < args.alpha < 1.0:
         raise _Invalid(f"--alpha must be in (0, 1), got {args.alpha}")
     if not 0.0 < args.delta < 1.0:
@@ -214,6 +251,19 @@ def _run(args) -> int:
         raise _Invalid(f"-o: directory {str(out.parent)!r} does not exist")
 
     X, y, task, path, bounds = _load(args)
+    classes = _parse_classes(args.classes, y) if task == "classification" else None
+    if args.classes is not None and task != "classification":
+        raise _Invalid("--classes is for classification targets")
+    if classes is not None and not (use_dp and _classes_params(_dp_classifier())):
+        raise _Invalid(
+            "--classes needs a heml.dp whose DPLogisticRegression takes classes=; this one "
+            "reads the class list from the data"
+        )
+    if classes is None and task == "classification" and use_dp:
+        # without --classes the shadow and canary models all get the audited data's own label
+        # set, as a declared --classes would fix it: the audit tests the mechanism with public
+        # classes (the audit report itself is not DP; docs/audit.md)
+        classes = tuple(np.unique(y).tolist())
     n_pool = X.shape[0]
     if finite and args.delta * (n_pool / 2) >= 1.0:
         raise _Invalid(
@@ -248,9 +298,6 @@ def _run(args) -> int:
 
     from ._audit import audit
 
-    # the audit's shadow models all get the label set of the audited data (as a declared
-    # --classes would be), so they test the mechanism with public classes
-    classes = tuple(np.unique(y).tolist()) if task != "regression" else None
     factory = EstimatorFactory(task, args.delta, bounds, target_bounds, use_dp, classes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the report keeps the warnings raised while training
@@ -265,6 +312,8 @@ def _run(args) -> int:
                 n_shadow=args.n_shadow,
                 canaries=not args.no_canaries,
                 canary_runs=args.canary_runs,
+                release_canaries=args.release_runs > 0,
+                release_runs=max(args.release_runs, 4),
                 alpha=args.alpha,
                 random_state=args.seed,
                 n_jobs=jobs,
@@ -297,6 +346,12 @@ def _run(args) -> int:
     return EXIT_OK
 
 
+def _dp_classifier():
+    from heml.dp import DPLogisticRegression
+
+    return DPLogisticRegression()
+
+
 def _print_table(report) -> None:
     head = (
         f"{'model':<20} {'utility':>13} {'AUC':>6} {'TPR@1%':>7} {'TPR@.1%':>8} {'ε LB':>6}  audit"
@@ -306,9 +361,11 @@ def _print_table(report) -> None:
         s = m.summary
         lb = "—" if s["epsilon_lower_bound"] is None else f"{s['epsilon_lower_bound']:.2f}"
         util = f"{m.utility_metric} {m.utility_test:.3f}"
+        which = s.get("epsilon_lower_bound_canary")
+        note = f" ({which.replace('_', ' ')} canary)" if which not in (None, "margin") else ""
         print(
             f"{m.label:<20} {util:>13} {s['auc']:>6.3f} {s['tpr_at_fpr_0.01']:>7.3f} "
-            f"{s['tpr_at_fpr_0.001']:>8.3f} {lb:>6}  {s['audit']}"
+            f"{s['tpr_at_fpr_0.001']:>8.3f} {lb:>6}  {s['audit']}{note}"
         )
 
 

@@ -16,7 +16,7 @@ box (a public affine map). Without ``--bounds``, min/max are read from the data:
 from __future__ import annotations
 
 import argparse
-import hashlib
+import io
 import math
 import sys
 import warnings
@@ -35,7 +35,7 @@ from .._csvdata import (
     read_table,
 )
 from . import _ledger
-from ._accountant import BudgetError, PrivacyLeakWarning
+from ._accountant import BudgetAccountant, BudgetError, PrivacyLeakWarning
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BUDGET = 0, 1, 2, 3
 _Invalid = InvalidInput  # bad arguments or data: exit 2 before any budget is spent
@@ -49,7 +49,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="train a differentially private model on a CSV file",
         description=(
             "Train a DP linear or logistic model on a CSV file, export it as a heml model file "
-            "and record the privacy spent in a ledger (per dataset fingerprint)."
+            "and charge the privacy spent to a per-user ledger (per dataset id or fingerprint)."
         ),
     )
     p.add_argument("data", help="CSV file with a header row")
@@ -59,9 +59,33 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="model file to write (NAME.json)")
     p.add_argument("--drop", default="", help="comma-separated columns to drop (identifiers)")
     p.add_argument(
-        "--ledger", help="privacy ledger file (default: .heml-privacy-ledger.json beside -o)"
+        "--ledger",
+        help="privacy ledger file (default: one per user, $XDG_DATA_HOME/heml/"
+        "privacy-ledger.json or ~/.local/share/heml/privacy-ledger.json)",
     )
-    p.add_argument("--budget", type=float, help="total epsilon allowed for this dataset")
+    p.add_argument(
+        "--dataset-id",
+        help="name under which the ledger charges this dataset; use one id for every file "
+        "drawn from the same people (default: a fingerprint of the records that ignores row "
+        "and column order)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        help="total epsilon allowed for this dataset; stored in the ledger and enforced by "
+        "later runs (lowering it is allowed, raising it needs --raise-budget)",
+    )
+    p.add_argument(
+        "--budget-delta",
+        type=float,
+        help="total delta allowed for this dataset (default on first use: 1/rows); stored "
+        "like --budget",
+    )
+    p.add_argument(
+        "--raise-budget",
+        action="store_true",
+        help="allow --budget/--budget-delta to raise a stored budget",
+    )
     p.add_argument(
         "--task",
         choices=("regression", "classification"),
@@ -117,8 +141,7 @@ def _run(args) -> int:
         raise _Invalid(str(exc)) from None
     if math.isinf(eps):
         raise _Invalid("--epsilon must be finite: heml train always trains with DP")
-    if args.budget is not None and not (args.budget > 0 and math.isfinite(args.budget)):
-        raise _Invalid(f"--budget must be a positive number, got {args.budget}")
+    _check_budget_args(args)
     check_bounds_arg(args.bounds)
     target_bounds = _pair(args.target_bounds, "--target-bounds")
     task, class_tokens = declared_task(args.task, args.classes)
@@ -129,7 +152,7 @@ def _run(args) -> int:
         raise _Invalid(f"-o: {exc}") from None
     if not out.parent.exists():
         raise _Invalid(f"-o: directory {str(out.parent)!r} does not exist")
-    ledger_path = Path(args.ledger) if args.ledger else out.with_name(".heml-privacy-ledger.json")
+    ledger_path = Path(args.ledger) if args.ledger else _ledger.default_path()
 
     # ---------------------------------------------------------------- data
     path = Path(args.data)
@@ -137,8 +160,8 @@ def _run(args) -> int:
         content = path.read_bytes()
     except OSError as exc:
         raise _Invalid(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
-    fingerprint = hashlib.sha256(content).hexdigest()
     df, y = read_table(content, args.target, args.drop)
+    key = _ledger.dataset_key(args.dataset_id, pd.read_csv(io.BytesIO(content)))
     for warning in identifier_warnings(df):
         print(f"heml train: warning: {warning}", file=sys.stderr)
     X = pd.DataFrame(numeric_features(df), columns=df.columns)
@@ -164,10 +187,31 @@ def _run(args) -> int:
             )
 
     # ---------------------------------------------------------------- budget, fit, export
+    # check and reserve under one lock, saved before the data reach the estimator: a
+    # concurrent run sees the reservation, and it stays charged if anything below fails
     with _ledger.locked(ledger_path):
         ledger = _ledger.load(ledger_path)
-        accountant = _ledger.accountant_for(ledger, fingerprint, args.budget)
-        accountant.check(eps, delta)  # refuses (exit 3) before the data are used
+        budget_eps, budget_delta = _ledger.budgets(
+            ledger,
+            key,
+            epsilon=args.budget,
+            delta=args.budget_delta,
+            allow_raise=args.raise_budget,
+            default_delta=1.0 / n,
+        )
+        reservation = _ledger.reserve(
+            ledger,
+            key,
+            source=path.name,
+            budget_epsilon=budget_eps,
+            budget_delta=budget_delta,
+            epsilon=eps,
+            delta=delta,
+            model=str(out),
+        )
+        _ledger.save(ledger_path, ledger)
+    status = "failed"
+    try:
         est = cli_estimator(
             task,
             epsilon=eps,
@@ -175,7 +219,8 @@ def _run(args) -> int:
             bounds=bounds,
             target_bounds=target_bounds,
             random_state=args.seed,
-            accountant=accountant,
+            # exactly what was reserved: the fit cannot spend more than the ledger charged
+            accountant=BudgetAccountant(epsilon=eps, delta=delta),
             classes=classes,
         )
         with warnings.catch_warnings(record=True) as caught:
@@ -186,22 +231,21 @@ def _run(args) -> int:
                 print(f"heml train: warning: privacy leak: {w.message}", file=sys.stderr)
         model = export_fitted(est, name=name, bounds=bounds, feature_names=X.columns)
         model.save(out)
-        _ledger.record(
-            ledger,
-            fingerprint,
-            source=path.name,
-            budget=args.budget,
-            epsilon=eps,
-            delta=delta,
-            model=str(out),
-        )
-        _ledger.save(ledger_path, ledger)
-    spent, _ = accountant.spent
-    left = accountant.remaining()[0]
+        status = "ok"
+    except BaseException as exc:
+        status = f"failed: {type(exc).__name__}"
+        raise
+    finally:
+        with _ledger.locked(ledger_path):
+            ledger = _ledger.load(ledger_path)
+            _ledger.settle(ledger, key, reservation, status)
+            _ledger.save(ledger_path, ledger)
+    spent = _ledger.spent(ledger, key)[0]
+    left = max(budget_eps - spent, 0.0)
     fitted = est[-1] if per_feature(bounds) else est  # the DP estimator behind the bounds map
     print(
         f"trained {type(fitted).__name__} on {n} rows ({task}); epsilon={eps:g}, delta={delta:g}; "
-        f"dataset {fingerprint[:12]} has spent epsilon={spent:g}"
+        f"dataset {_short(key)} has spent epsilon={spent:g}"
         + ("" if math.isinf(left) else f" (remaining {left:g})")
         + f"; wrote {out}"
     )
@@ -258,6 +302,23 @@ def typed_classes(tokens: list[str], y) -> list:
                     out.append(t)
         return out
     return list(tokens)
+
+
+def _check_budget_args(args) -> None:
+    if args.budget is not None and not (args.budget > 0 and math.isfinite(args.budget)):
+        raise _Invalid(f"--budget must be a positive number, got {args.budget}")
+    if args.budget_delta is not None and not 0 < args.budget_delta <= 1:
+        raise _Invalid(f"--budget-delta must be in (0, 1], got {args.budget_delta}")
+    if args.raise_budget and args.budget is None and args.budget_delta is None:
+        raise _Invalid("--raise-budget needs the new --budget or --budget-delta")
+    did = args.dataset_id
+    if did is not None and not (0 < len(did) <= 200 and did.isprintable() and did.strip()):
+        raise _Invalid("--dataset-id must be 1 to 200 printable characters")
+
+
+def _short(key: str) -> str:
+    """How the summary line names a dataset: its declared id, or the fingerprint's start."""
+    return repr(key[3:]) if key.startswith("id:") else key.split(":", 1)[1][:12]
 
 
 def main(argv=None) -> int:
