@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(PY) -m heml demo
 
 test: $(STAMP)
+	@bash .ci/install-services.sh
 	$(PY) -m pytest
 
 test-slow: $(STAMP)

@@ -236,11 +236,11 @@ class Redis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def command(self, *words: str) -> bytes:
-        """One command in RESP, the first reply line (no client library needed)."""
+        """One command in RESP, its raw reply (small replies; no client library needed)."""
         payload = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
         with socket.create_connection(("127.0.0.1", self.port), 5) as s:
             s.sendall(payload.encode())
-            return s.recv(4096).split(b"\r\n", 1)[0]
+            return s.recv(65536)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
