@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from . import _targets
 from ._memory import keep_freed_memory
 from ._version import PROTOCOL_VERSION
 from .errors import (
@@ -106,7 +107,10 @@ class Client:
     Parameters
     ----------
     target : str
-        ``host:port`` of the server.
+        ``host:port`` of the server (or of a balancer in front of replicas); or several
+        replicas, ``host:port,host:port``, or ``dns:///name:port`` (every address of the
+        name): calls are then spread over them (round robin) and a retried call goes to
+        another replica. Host names in a list are resolved once, when the Client is made.
     keys : str, path or KeySet, optional
         Where the secret keys live. A path is loaded if it exists, else created (mode 0600)
         and filled as keys are generated. Default: fresh keys kept in memory only.
@@ -156,11 +160,13 @@ class Client:
             # connection, hence one server worker
             ("grpc.use_local_subchannel_pool", 1),
         ]
+        channel_target, lb_options = _targets.channel_target(target)  # lists, dns:///
+        options.extend(lb_options)
         if (client_cert is None) != (client_key is None):
             raise ValueError("client_cert and client_key go together (mTLS)")
         if root_certificates is not None or client_cert is not None:
             creds = grpc.ssl_channel_credentials(root_certificates, client_key, client_cert)
-            self._channel = grpc.secure_channel(target, creds, options=options)
+            self._channel = grpc.secure_channel(channel_target, creds, options=options)
         else:
             if api_key and not _is_loopback(target):
                 warnings.warn(
@@ -168,7 +174,7 @@ class Client:
                     "(the server's CA) so the key is not readable on the network",
                     stacklevel=2,
                 )
-            self._channel = grpc.insecure_channel(target, options=options)
+            self._channel = grpc.insecure_channel(channel_target, options=options)
         self._stub = heml_pb2_grpc.InferenceStub(self._channel)
         self._closed = False
         self._server: ServerInfo | None = None
