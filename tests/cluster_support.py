@@ -63,8 +63,15 @@ def wait_port(port: int, timeout: float, alive=lambda: True) -> None:
 
 
 # ---------------------------------------------------------------------- nginx
-def render_nginx(listen: str, replicas: list[str], run_dir: str | Path) -> str:
-    """deploy/nginx/nginx.conf.template with its placeholders filled (see its header)."""
+def render_nginx(
+    listen: str,
+    replicas: list[str],
+    run_dir: str | Path,
+    error_log: str | None = None,
+    access_log: str | None = None,
+) -> str:
+    """deploy/nginx/nginx.conf.template with its placeholders filled (see its header);
+    logs default to error.log and access.log in `run_dir`."""
     out = []
     for line in NGINX_TEMPLATE.read_text().splitlines():
         if "{{REPLICA}}" in line and not line.lstrip().startswith("#"):
@@ -73,6 +80,8 @@ def render_nginx(listen: str, replicas: list[str], run_dir: str | Path) -> str:
             out.append(line)
     text = "\n".join(out) + "\n"
     text = text.replace("{{LISTEN}}", listen).replace("{{RUN_DIR}}", str(run_dir))
+    text = text.replace("{{ERROR_LOG}}", error_log or f"{run_dir}/error.log")
+    text = text.replace("{{ACCESS_LOG}}", access_log or f"{run_dir}/access.log")
     code = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
     left = re.findall(r"\{\{[A-Z_]+\}\}", code)
     assert not left, f"unfilled placeholders {left}"
@@ -253,3 +262,18 @@ class Redis:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+COMPOSE_REPLICAS = ["replica-1:50051", "replica-2:50051", "replica-3:50051"]
+
+
+def compose_nginx_conf() -> str:
+    """deploy/nginx/compose.conf: the template rendered for deploy/docker-compose.yml."""
+    header = (
+        "# GENERATED from nginx.conf.template (tests/cluster_support.py compose_nginx_conf;\n"
+        "# a test checks the two agree): listen 0.0.0.0:8080, replicas replica-1..3:50051,\n"
+        "# logs to the container's stderr/stdout.\n"
+    )
+    return header + render_nginx(
+        "0.0.0.0:8080", COMPOSE_REPLICAS, "/tmp", "/dev/stderr", "/dev/stdout"
+    )
