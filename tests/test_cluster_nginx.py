@@ -115,6 +115,10 @@ def test_a_large_batch_streams_through_nginx(cluster, fitted):
         scores = model.decision_function(X)
         stats = model.last_call
     assert stats.bytes_sent > 4 * (1 << 20), stats  # more than one message's worth
+    # a replica counts the stream when it ends, just after the client read its last reply
+    deadline = time.monotonic() + 10
+    while sum(_counts(replicas, "PredictStream")) < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert sum(_counts(replicas, "PredictStream")) == before + 1
     assert_scores_close(scores, clf.decision_function(X))
 
@@ -144,29 +148,33 @@ def test_sigkill_of_a_replica_under_load_loses_no_call_and_it_rejoins(cluster, f
     for t in threads:
         t.start()
     victim = replicas[1]
+    failed: list[str] = []
     try:
-        time.sleep(1.5)
-        killed_at = time.monotonic()
-        victim.kill()
-        time.sleep(2.0)
-        assert not errors, errors
-        after_kill = sum(t > killed_at for t in ok)
-        victim.start()
-        restarted = victim.calls()  # a fresh process counts from zero
-        deadline = time.monotonic() + 15
-        while victim.calls() <= restarted + 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        rejoined = victim.calls() - restarted
+        # A kill that hits no call in flight tests nothing (nginx then only sees refused
+        # connections and retries them itself): kill again, up to 3 times, until nginx
+        # logged a failed call.
+        for _ in range(3):
+            time.sleep(1.0)
+            killed_at = time.monotonic()
+            victim.kill()
+            time.sleep(1.5)
+            assert not errors, errors
+            assert sum(t > killed_at for t in ok) > 0, "no call finished after the kill"
+            victim.start()  # a fresh process counts from zero
+            deadline = time.monotonic() + 15
+            while victim.calls() <= 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert victim.calls() > 2, "the restarted replica got no calls from nginx"
+            time.sleep(1.2)  # nginx flushes its access log every second
+            # calls in flight on the killed replica, or sent on a kept-alive connection to
+            # it before nginx noticed: HTTP 502, which gRPC reads as UNAVAILABLE
+            failed = [line for line in nginx.access_log() if "http=502" in line]
+            if failed:
+                break
     finally:
         stop.set()
         for t in threads:
             t.join(60)
     assert not errors, errors
-    assert after_kill > 0, "no call finished after the kill"
-    assert rejoined > 2, "the restarted replica got no calls from nginx"
-    # the control: calls did fail at nginx (in flight on the killed replica, or sent on a
-    # kept-alive connection to it before nginx marked it down: HTTP 502, which gRPC reads
-    # as UNAVAILABLE); the clients saw none of them because the SDK retried them
-    time.sleep(1.5)  # nginx flushes its access log every second
-    failed = [line for line in nginx.access_log() if "http=502" in line]
-    assert failed, "no call failed at nginx: the kill did not hit calls in flight"
+    # the control: calls did fail at nginx; the clients saw none of them (the SDK retried)
+    assert failed, "no kill hit a call in flight"
