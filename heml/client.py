@@ -179,6 +179,7 @@ class Client:
         self._closed = False
         self._server: ServerInfo | None = None
         self._lock = threading.Lock()
+        self.retried = 0  # attempts repeated after UNAVAILABLE (a replica down or draining)
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> Client:
@@ -214,6 +215,8 @@ class Client:
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
                     raise translate(exc, self.target) from None
+            with self._lock:
+                self.retried += 1
             time.sleep(min(delay * (1 + random.random()), max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
@@ -420,6 +423,8 @@ class RemoteModel:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempts >= client.retries:
                     raise translate(exc, client.target) from None
                 attempts += 1
+                with client._lock:
+                    client.retried += 1
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 2.0)
                 continue
