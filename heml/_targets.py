@@ -52,11 +52,12 @@ def channel_target(target: str) -> tuple[str, list[tuple[str, Any]]]:
     """The gRPC target string for ``target`` and the channel options it needs.
 
     ``h1:p1,h2:p2`` -> ``ipv4:a1:p1,a2:p2`` (or ``ipv6:[a1]:p1,…``) with round robin;
-    ``dns:///name:port`` -> itself with round robin (every address DNS returns, re-resolved
-    when a connection breaks); anything else -> itself, no extra option.
+    ``dns:///name:port`` and gRPC's own ``ipv4:a1:p1,a2:p2`` -> themselves with round robin
+    (``dns:`` every address DNS returns, re-resolved when a connection breaks); anything
+    else -> itself, no extra option.
     """
-    if target.startswith("dns:"):
-        return target, [("grpc.service_config", ROUND_ROBIN), RECONNECT]
+    if target.startswith("dns:") or (target.startswith(("ipv4:", "ipv6:")) and "," in target):
+        return target, [("grpc.service_config", ROUND_ROBIN), RECONNECT]  # gRPC's own lists
     if "," not in target:
         return target, []
     entries = [e.strip() for e in target.split(",")]

@@ -72,6 +72,8 @@ def test_dns_targets_get_round_robin_and_single_targets_stay_as_they_are():
         [("grpc.service_config", ROUND_ROBIN), RECONNECT],
     )
     assert channel_target("localhost:50051") == ("localhost:50051", [])
+    native = "ipv4:127.0.0.1:5001,127.0.0.1:5002"  # gRPC's own list syntax is kept
+    assert channel_target(native) == (native, [("grpc.service_config", ROUND_ROBIN), RECONNECT])
 
 
 @pytest.mark.parametrize(
