@@ -6,6 +6,11 @@ replica's calls elsewhere, relays large streams; the SDK retries what nginx cann
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
 import threading
 import time
 
@@ -15,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 
 import heml
 
-from .cluster_support import Nginx, Replica, require_binary
+from .cluster_support import Nginx, Replica, free_port, render_nginx, require_binary, wait_port
 from .conftest import assert_scores_close
 
 RNG = np.random.default_rng(14)
@@ -178,3 +183,36 @@ def test_sigkill_of_a_replica_under_load_loses_no_call_and_it_rejoins(cluster, f
     assert not errors, errors
     # the control: calls did fail at nginx; the clients saw none of them (the SDK retried)
     assert failed, "no kill hit a call in flight"
+
+
+def test_the_template_runs_without_root(tmp_path):
+    """pid, temp files and logs all under RUN_DIR: nginx starts as an unprivileged user.
+
+    (When the suite runs as a normal user the tests above show it already; as root, this
+    drops to `nobody` with setpriv.)"""
+    nginx_bin = require_binary("nginx", "nginx")
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("not root (the other tests ran nginx unprivileged) or no setpriv")
+    run_dir = tempfile.mkdtemp(prefix="heml-nginx-nobody-")
+    os.chmod(run_dir, 0o777)
+    port = free_port()
+    conf = os.path.join(run_dir, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(render_nginx(f"127.0.0.1:{port}", [f"127.0.0.1:{free_port()}"], run_dir))
+    os.chmod(conf, 0o644)
+    proc = subprocess.Popen(
+        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+         nginx_bin, "-c", conf, "-p", run_dir, "-g", "daemon off;"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_port(port, 20, alive=lambda: proc.poll() is None)
+        with open(os.path.join(run_dir, "nginx.pid")) as f:
+            assert int(f.read()) == proc.pid
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        proc.wait(10)
+        proc.stderr.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    assert proc.returncode == 0
