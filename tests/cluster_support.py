@@ -99,7 +99,11 @@ class Nginx:
         self.run_dir = Path(tempfile.mkdtemp(prefix="heml-nginx-"))
         self.run_dir.chmod(0o755)
         self.conf = self.run_dir / "nginx.conf"
-        self.conf.write_text(render_nginx(f"127.0.0.1:{self.port}", replicas, self.run_dir))
+        try:
+            self.conf.write_text(render_nginx(f"127.0.0.1:{self.port}", replicas, self.run_dir))
+        except BaseException:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
         self.proc = subprocess.Popen(
             [binary, "-c", str(self.conf), "-p", str(self.run_dir), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL,
