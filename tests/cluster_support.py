@@ -143,6 +143,14 @@ class Nginx:
 
 
 # ---------------------------------------------------------------------- replicas
+def _die_with_parent() -> None:
+    """In the child before exec: Linux SIGKILLs it when the test process exits."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Replica:
     """One `python -m heml serve` in its own process group, with Prometheus /metrics."""
 
@@ -171,7 +179,11 @@ class Replica:
             *self.extra,
         ]  # fmt: skip
         self.proc = subprocess.Popen(
-            args, stderr=subprocess.PIPE, text=True, start_new_session=True
+            args,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # kill() takes the process group down
+            preexec_fn=_die_with_parent,  # and a killed test run leaves no replica behind
         )
         ready = threading.Event()
         proc = self.proc
