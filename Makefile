@@ -25,6 +25,7 @@ demo: $(DEMO_STAMP)
 	@echo "heml is installed in .venv: run .venv/bin/heml --help, or 'source .venv/bin/activate' first"
 
 test: $(STAMP)
+	@bash .ci/install-services.sh
 	$(PY) -m pytest
 	$(MAKE) test-js
 

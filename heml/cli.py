@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=1, help="server worker processes")
     d.set_defaults(func=cmd_demo)
 
-    for module in ("heml.dp.cli", "heml.audit.cli", "heml.bench"):
+    for module in ("heml.dp.cli", "heml.audit.cli", "heml.bench", "heml.healthcheck"):
         if importlib.util.find_spec(module.rsplit(".", 1)[0]) and importlib.util.find_spec(module):
             importlib.import_module(module).register(sub)
     _show_defaults(p)

@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from . import _targets
 from ._memory import keep_freed_memory
 from ._version import PROTOCOL_VERSION
 from .errors import (
@@ -110,6 +111,8 @@ def with_default_port(target: str) -> str:
     (``dns:///``, ``unix:``, ``ipv4:``…) and ``host:port`` forms are kept as they are."""
     if "://" in target or target.startswith(("unix:", "ipv4:", "ipv6:", "dns:")):
         return target
+    if "," in target:  # a list of replicas: each entry on its own
+        return ",".join(with_default_port(t.strip()) for t in target.split(","))
     if target.startswith("["):  # [v6] or [v6]:port
         return target if "]:" in target else f"{target}:{DEFAULT_PORT}"
     if target.count(":") == 1 or not target:
@@ -170,7 +173,10 @@ class Client:
     Parameters
     ----------
     target : str
-        ``host:port`` of the server.
+        ``host:port`` of the server (or of a balancer in front of replicas); or several
+        replicas, ``host:port,host:port``, or ``dns:///name:port`` (every address of the
+        name): calls are then spread over them (round robin) and a retried call goes to
+        another replica. Host names in a list are resolved once, when the Client is made.
     keys : str, path or KeySet, optional
         The master seed each model's secret key is derived from, one key per (target as
         written, model name). A path is loaded if it exists (refused if group or others can
@@ -227,11 +233,13 @@ class Client:
             # connection, hence one server worker
             ("grpc.use_local_subchannel_pool", 1),
         ]
+        channel_target, lb_options = _targets.channel_target(target)  # lists, dns:///
+        options.extend(lb_options)
         if (client_cert is None) != (client_key is None):
             raise ValueError("client_cert and client_key go together (mTLS)")
         if root_certificates is not None or client_cert is not None:
             creds = grpc.ssl_channel_credentials(root_certificates, client_key, client_cert)
-            self._channel = grpc.secure_channel(target, creds, options=options)
+            self._channel = grpc.secure_channel(channel_target, creds, options=options)
         else:
             if not insecure and not _is_loopback(target):
                 raise InsecureTransport(
@@ -245,11 +253,12 @@ class Client:
                     "(the server's CA) so the key is not readable on the network",
                     stacklevel=2,
                 )
-            self._channel = grpc.insecure_channel(target, options=options)
+            self._channel = grpc.insecure_channel(channel_target, options=options)
         self._stub = heml_pb2_grpc.InferenceStub(self._channel)
         self._closed = False
         self._server: ServerInfo | None = None
         self._lock = threading.Lock()
+        self.retried = 0  # attempts repeated after UNAVAILABLE (a replica down or draining)
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> Client:
@@ -285,6 +294,8 @@ class Client:
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
                     raise translate(exc, self.target) from None
+            with self._lock:
+                self.retried += 1
             time.sleep(min(delay * (1 + random.random()), max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
@@ -546,6 +557,8 @@ class RemoteModel:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempts >= client.retries:
                     raise translate(exc, client.target) from None
                 attempts += 1
+                with client._lock:
+                    client.retried += 1
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 2.0)
                 continue

@@ -108,6 +108,8 @@ def test_a_target_without_port_means_the_serve_default():
     assert with_default_port("::1") == "[::1]:50051"
     assert with_default_port("dns:///svc.example:7000") == "dns:///svc.example:7000"
     assert with_default_port("unix:/tmp/heml.sock") == "unix:/tmp/heml.sock"
+    assert with_default_port("h1:7000,h2") == "h1:7000,h2:50051"  # a list of replicas
+    assert with_default_port("[::1]:7000,127.0.0.1") == "[::1]:7000,127.0.0.1:50051"
 
 
 def test_input_errors_can_name_csv_lines():

@@ -1,0 +1,295 @@
+"""Real processes for the cluster tests: `heml serve` replicas, nginx, redis-server.
+
+Everything binds 127.0.0.1 on free ports and is stopped by its own pid (process group for
+replicas, so a SIGKILL takes the whole replica down as a crashed host or container would).
+A missing nginx or redis-server skips the tests that need it, except under CI=true, where
+the skip would hide untested code and so is a failure (`make test` installs both first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX_TEMPLATE = ROOT / "deploy" / "nginx" / "nginx.conf.template"
+SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_binary(name: str) -> str | None:
+    """`name` on PATH or in the sbin folders a non-root PATH often lacks (nginx is there)."""
+    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN))
+
+
+def require_binary(name: str, package: str) -> str:
+    """The binary's path; skip without it, or fail under CI=true (CI must run these tests)."""
+    path = find_binary(name)
+    if path is not None:
+        return path
+    reason = f"{name} is not installed (Debian package {package}; `make test` installs it as root)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def wait_port(port: int, timeout: float, alive=lambda: True) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise AssertionError(f"the process for port {port} exited")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
+
+
+# ---------------------------------------------------------------------- nginx
+def render_nginx(
+    listen: str,
+    replicas: list[str],
+    run_dir: str | Path,
+    error_log: str | None = None,
+    access_log: str | None = None,
+) -> str:
+    """deploy/nginx/nginx.conf.template with its placeholders filled (see its header);
+    logs default to error.log and access.log in `run_dir`."""
+    out = []
+    for line in NGINX_TEMPLATE.read_text().splitlines():
+        if "{{REPLICA}}" in line and not line.lstrip().startswith("#"):
+            out.extend(line.replace("{{REPLICA}}", r) for r in replicas)
+        else:
+            out.append(line)
+    text = "\n".join(out) + "\n"
+    text = text.replace("{{LISTEN}}", listen).replace("{{RUN_DIR}}", str(run_dir))
+    text = text.replace("{{ERROR_LOG}}", error_log or f"{run_dir}/error.log")
+    text = text.replace("{{ACCESS_LOG}}", access_log or f"{run_dir}/access.log")
+    code = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+    left = re.findall(r"\{\{[A-Z_]+\}\}", code)
+    assert not left, f"unfilled placeholders {left}"
+    return text
+
+
+class Nginx:
+    """nginx in the foreground (`daemon off;`), config and logs in a private folder."""
+
+    def __init__(self, replicas: list[str], port: int | None = None) -> None:
+        binary = require_binary("nginx", "nginx")
+        self.port = port or free_port()
+        # not under pytest's 0700 tmp folders: nginx workers run as `nobody` when started
+        # by root and must reach their temp folders
+        self.run_dir = Path(tempfile.mkdtemp(prefix="heml-nginx-"))
+        self.run_dir.chmod(0o755)
+        self.conf = self.run_dir / "nginx.conf"
+        try:
+            self.conf.write_text(render_nginx(f"127.0.0.1:{self.port}", replicas, self.run_dir))
+        except BaseException:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(self.conf), "-p", str(self.run_dir), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_port(self.port, 20, alive=lambda: self.proc.poll() is None)
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"nginx did not start:\n{self.error_log}") from None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def error_log(self) -> str:
+        path = self.run_dir / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def access_log(self) -> list[str]:
+        path = self.run_dir / "access.log"
+        return path.read_text(errors="replace").splitlines() if path.exists() else []
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful: finish open requests
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- replicas
+def _die_with_parent() -> None:
+    """In the child before exec: Linux SIGKILLs it when the test process exits."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class Replica:
+    """One `python -m heml serve` in its own process group, with Prometheus /metrics."""
+
+    def __init__(self, models: Path, port: int | None = None, *extra: str) -> None:
+        self.models = models
+        self.port = port or free_port()
+        self.metrics_port = free_port()
+        self.extra = extra
+        self.lines: list[str] = []
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        args = [
+            sys.executable, "-m", "heml", "serve",
+            "--models", str(self.models),
+            "--port", str(self.port),
+            "--workers", "1",
+            "--metrics-port", str(self.metrics_port),
+            "--reload-seconds", "0",
+            "--drain-seconds", "0",
+            *self.extra,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            args,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # kill() takes the process group down
+            preexec_fn=_die_with_parent,  # and a killed test run leaves no replica behind
+        )
+        ready = threading.Event()
+        proc = self.proc
+
+        def drain() -> None:
+            for line in proc.stderr:
+                self.lines.append(line)
+                if "heml serving" in line:
+                    ready.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not ready.wait(0.1):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError("replica did not start:\n" + "".join(self.lines))
+
+    def kill(self) -> None:
+        """SIGKILL the whole replica (supervisor and workers), like a crashed host."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        # a worker orphaned by a failed shutdown would keep the port
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.read().decode()
+
+    def calls(self, method: str = "Predict", status: str | None = "OK") -> int:
+        """Calls of `method` this replica answered with `status` (any: None), its own count."""
+        total = 0.0
+        pattern = re.compile(r"^heml_requests_total\{([^}]*)\}\s+([0-9.eE+]+)$")
+        for line in self.metrics().splitlines():
+            m = pattern.match(line)
+            if (
+                m
+                and f'method="{method}"' in m[1]
+                and (status is None or f'status="{status}"' in m[1])
+            ):
+                total += float(m[2])
+        return int(total)
+
+
+# ---------------------------------------------------------------------- redis
+class Redis:
+    """redis-server on loopback without persistence (for the `--state redis://` backend)."""
+
+    def __init__(self) -> None:
+        binary = require_binary("redis-server", "redis-server")
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="heml-redis-"))
+        args = [
+            binary, "--bind", "127.0.0.1", "--port", str(self.port),
+            "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+            "--protected-mode", "yes", "--daemonize", "no",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wait_port(self.port, 20, alive=lambda: self.proc.poll() is None)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self, *words: str) -> bytes:
+        """One command in RESP, its raw reply (small replies; no client library needed)."""
+        payload = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
+        with socket.create_connection(("127.0.0.1", self.port), 5) as s:
+            s.sendall(payload.encode())
+            return s.recv(65536)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+COMPOSE_REPLICAS = ["replica-1:50051", "replica-2:50051", "replica-3:50051"]
+
+
+def compose_nginx_conf() -> str:
+    """deploy/nginx/compose.conf: the template rendered for deploy/docker-compose.yml."""
+    header = (
+        "# GENERATED from nginx.conf.template (tests/cluster_support.py compose_nginx_conf;\n"
+        "# a test checks the two agree): listen 0.0.0.0:8080, replicas replica-1..3:50051,\n"
+        "# logs to the container's stderr/stdout.\n"
+    )
+    return header + render_nginx(
+        "0.0.0.0:8080", COMPOSE_REPLICAS, "/tmp", "/dev/stderr", "/dev/stdout"
+    )
