@@ -85,7 +85,7 @@ def test_train_exports_and_keeps_a_ledger(csv, tmp_path, ledger_file):
     # a second run on the same file would exceed the budget: refused, ledger unchanged
     r2 = heml_train(*args, cwd=tmp_path)
     assert r2.returncode == 3
-    assert r2.stderr.strip().startswith("heml train: error: privacy budget exceeded")
+    assert r2.stderr.strip().startswith("heml train: error: privacy budget refused")
     assert len(r2.stderr.strip().splitlines()) == 1
     assert json.loads(ledger_file.read_text()) == ledger
 
@@ -255,7 +255,7 @@ def test_stored_budget_is_enforced_and_raising_it_needs_a_flag(
     assert train_here(data, *base, *out, "--epsilon", "0.5", "--budget", "1.5") == (0, "")
     # no --budget: the stored 1.5 still holds (0.5 + 1.2 > 1.5)
     code, err = train_here(data, *base, *out, "--epsilon", "1.2", capsys=capsys)
-    assert code == 3 and "privacy budget exceeded" in err, err
+    assert code == 3 and "privacy budget refused" in err and "remaining()" not in err, err
     # a higher --budget is refused without --raise-budget, and nothing is recorded
     before = ledger_file.read_text()
     code, err = train_here(data, *base, *out, "--epsilon", "1.2", "--budget", "5", capsys=capsys)
@@ -270,7 +270,7 @@ def test_stored_budget_is_enforced_and_raising_it_needs_a_flag(
     assert code == 3, err
     # lowering needs no flag; below what was spent, every further run is refused
     code, err = train_here(data, *base, *out, "--epsilon", "0.1", "--budget", "1", capsys=capsys)
-    assert code == 3 and "remains" in err, err
+    assert code == 3 and "has spent" in err, err
     code, _ = train_here(data, *base, *out, "--epsilon", "0.2", "--budget", "1.9")
     assert code == 0
     entry = next(iter(json.loads(ledger_file.read_text())["datasets"].values()))
@@ -285,7 +285,7 @@ def test_a_shuffled_copy_is_the_same_dataset(houses, tmp_path, ledger_file, caps
     shuffled = df.sample(frac=1.0, random_state=1)[["c", "price", "a", "b"]]
     shuffled.to_csv(tmp_path / "copy.csv", index=False, float_format="%.17g")
     code, err = train_here(tmp_path / "copy.csv", *base, *out, "--epsilon", "1", capsys=capsys)
-    assert code == 3 and "privacy budget exceeded" in err, err
+    assert code == 3 and "privacy budget refused" in err and "remaining()" not in err, err
     # positive control: one record changed is another dataset with its own budget
     edited = shuffled.copy()
     edited.iloc[0, 0] += 0.5
@@ -296,7 +296,7 @@ def test_a_shuffled_copy_is_the_same_dataset(houses, tmp_path, ledger_file, caps
     args = [*base, *out, "--epsilon", "1", "--dataset-id", "houses-2026"]
     assert train_here(tmp_path / "edited.csv", *args, "--budget", "1.5")[0] == 0
     code, err = train_here(data, *args, capsys=capsys)
-    assert code == 3 and "privacy budget exceeded" in err, err
+    assert code == 3 and "privacy budget refused" in err and "remaining()" not in err, err
     assert "id:houses-2026" in json.loads(ledger_file.read_text())["datasets"]
 
 
@@ -486,7 +486,7 @@ def test_check_and_reserve_happen_under_the_ledger_lock(houses, tmp_path, ledger
         )
         _ledger.save(ledger_file, ledger)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 3 and "privacy budget exceeded" in err, err
+    assert proc.returncode == 3 and "privacy budget refused" in err, err
     assert _ledger.spent(_ledger.load(ledger_file), key)[0] == 1.0
 
 
@@ -542,3 +542,15 @@ def test_ledger_file_is_private_and_checked(houses, tmp_path, ledger_file, capsy
         )
         assert code == 2 and message in err, err
         assert ledger_file.read_text() == text  # left as it was
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf"])
+def test_epsilon_must_be_positive_and_finite_in_one_line(
+    houses, tmp_path, ledger_file, capsys, value
+):
+    data, base, _ = houses
+    out = ["-o", tmp_path / "m.json"]
+    code, err = train_here(data, *base, "--epsilon", value, *out, capsys=capsys)
+    assert code == 2 and "positive, finite" in err and "inf for no privacy" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not ledger_file.exists()

@@ -202,7 +202,17 @@ def reserve(
     Raises :class:`BudgetError` (nothing recorded) if it does not fit. Call under
     :func:`locked` and :func:`save` before releasing the lock.
     """
-    accountant_for(data, key, budget_epsilon, budget_delta).spend(epsilon, delta)
+    try:
+        accountant_for(data, key, budget_epsilon, budget_delta).spend(epsilon, delta)
+    except BudgetError:
+        spent_eps, spent_delta = spent(data, key)
+        budget = f"ε={budget_epsilon:g}" if math.isfinite(budget_epsilon) else "ε unlimited"
+        raise BudgetError(
+            f"privacy budget refused: this run asks ε={epsilon:g}, δ={delta:g}, but {source} "
+            f"has spent ε={spent_eps:g}, δ={spent_delta:g} of its budget ({budget}, "
+            f"δ={budget_delta:g}); a bigger budget needs --budget/--budget-delta with "
+            "--raise-budget (ledger entries are never removed)"
+        ) from None
     entry = data["datasets"].setdefault(key, {"source": source, "spends": []})
     if math.isfinite(budget_epsilon):
         entry["budget_epsilon"] = float(budget_epsilon)

@@ -135,12 +135,15 @@ def _run(args) -> int:
     from ._validation import check_delta_vs_n, check_privacy_params
 
     # ---------------------------------------------------------------- arguments
+    if not (args.epsilon > 0 and math.isfinite(args.epsilon)):
+        raise _Invalid(
+            f"--epsilon must be a positive, finite number, got {args.epsilon:g}: heml train "
+            "always trains with DP (a non-private model: fit scikit-learn and heml.export it)"
+        )
     try:
         eps, delta = check_privacy_params(args.epsilon, args.delta)
     except ValueError as exc:
         raise _Invalid(str(exc)) from None
-    if math.isinf(eps):
-        raise _Invalid("--epsilon must be finite: heml train always trains with DP")
     _check_budget_args(args)
     check_bounds_arg(args.bounds)
     target_bounds = _pair(args.target_bounds, "--target-bounds")
