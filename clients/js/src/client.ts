@@ -370,7 +370,6 @@ export class RemoteModel {
     } catch (e) {
       if (!(e instanceof InvalidReply)) throw e;
       this.rejected = e.message;
-      this.keys.clear();
       this.client.keys.retire(this.client.target, this.info.name);
       throw new ReplyRejected(
         `${this.client.target}: model ${this.info.name}: ${e.message}; this key is retired ` +
