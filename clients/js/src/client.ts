@@ -24,6 +24,7 @@ import { DecodeOptions, LayoutName, Plan, RowGeometry, decodeBlock, encryptBlock
 import { Link, classIndices, probabilities, regressionOutput } from "./links.js";
 import { Bounds, Preprocessing, Raw } from "./preprocess.js";
 import { InvalidReply } from "./protect.js";
+import { isLoopback, withDefaultPort } from "./target.js";
 
 export const PROTOCOL_MAJOR = "2";
 export const SEED_PRNG = "aes256ctr";
@@ -62,6 +63,9 @@ export interface ClientOptions {
   /** the master seed and retired keys to derive from (client.keys.toJSON() of an earlier
    * client, or the Python key file's master_seed and retired); default: a fresh seed */
   keyState?: KeyState;
+  /** allow a plaintext connection to a target not on this machine (refused by default: the
+   * server could be anyone on the path) */
+  insecure?: boolean;
   protoPath?: string;
 }
 
@@ -109,11 +113,6 @@ export class ReplyRejected extends HemlError {
     super(message, "DATA_LOSS", details);
     this.name = "ReplyRejected";
   }
-}
-
-function isLoopback(target: string): boolean {
-  const host = target.replace(/^[a-z]+:\/\//, "").replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
-  return target.startsWith("unix:") || ["localhost", "127.0.0.1", "::1"].includes(host);
 }
 
 const LAYOUT_FROM_PB: Record<string, LayoutName | "private"> = { ROW: "row", COLUMN: "column", PRIVATE: "private" };
@@ -222,6 +221,7 @@ export class Client {
   server: ServerInfo | null = null;
 
   constructor(target: string, opts: ClientOptions = {}) {
+    target = withDefaultPort(target); // host -> host:50051, as the Python SDK
     this.target = target;
     this.timeoutMs = opts.timeoutMs ?? 60_000;
     this.retries = opts.retries ?? 4;
@@ -243,6 +243,12 @@ export class Client {
     if (opts.rootCertificates || opts.clientCert) {
       creds = grpc.credentials.createSsl(opts.rootCertificates ?? null, opts.clientKey ?? null, opts.clientCert ?? null);
     } else {
+      if (!opts.insecure && !isLoopback(target)) {
+        throw new Error(
+          `refusing a plaintext connection to ${target}: pass rootCertificates (the server's CA) for TLS, ` +
+            "or insecure: true to accept that the network can read model metadata and API keys and impersonate the server",
+        );
+      }
       if (apiKey && !isLoopback(target)) {
         process.emitWarning(`sending an API key to ${target} without TLS: pass rootCertificates (the server's CA)`);
       }
