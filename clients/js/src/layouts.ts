@@ -3,7 +3,7 @@
  * features go in the message polynomials and where scores come back in the replies.
  */
 import { SecretKey, decryptReply, encryptCoefficients, EncryptOptions, toValues } from "./crypto.js";
-import { checkRange, flood, floodBound } from "./protect.js";
+import { InvalidReply, checkRange, flood, floodBound } from "./protect.js";
 
 export type LayoutName = "row" | "column";
 
@@ -158,7 +158,7 @@ export function decodeBlock(
   // V[a][c][t]: digit values in units of q
   const V = Array.from({ length: n }, () => Array.from({ length: k }, () => new Array<number>(T).fill(0)));
   if (plan.layout === "column") {
-    if (replies.length !== k * T) throw new Error(`expected ${k * T} replies, got ${replies.length}`);
+    if (replies.length !== k * T) throw new InvalidReply(`expected ${k * T} replies, got ${replies.length}`);
     const positions = Array.from({ length: n }, (_, a) => a);
     replies.forEach((reply, r) => {
       const c = Math.floor(r / T);
@@ -169,7 +169,7 @@ export function decodeBlock(
     const geo = new RowGeometry(plan.n, d, k, T, s);
     const groups = Math.ceil(n / s);
     if (replies.length !== groups * geo.groups) {
-      throw new Error(`expected ${groups * geo.groups} replies, got ${replies.length}`);
+      throw new InvalidReply(`expected ${groups * geo.groups} replies, got ${replies.length}`);
     }
     for (let b = 0; b < groups; b++) {
       for (let g = 0; g < geo.groups; g++) {

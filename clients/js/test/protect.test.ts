@@ -99,6 +99,17 @@ test("a crafted reply above 0.475 q is refused whole; with the check off its val
   assert.throws(() => decodeBlock(key, [colCrafted], column, 3, 2, 1, 0), InvalidReply);
 });
 
+test("a reply of the wrong count or size is refused as a whole (InvalidReply: the key is retired)", () => {
+  const key = SecretKey.generate(PLAN.n, PLAN.q);
+  const reply = craftedReply([wordsFor(0.5), wordsFor(0.25)], PLAN.n, PLAN.replyBits);
+  assert.equal(decodeBlock(key, [reply], PLAN, 2, 2, 1, 2).length, 2); // positive control
+  assert.throws(() => decodeBlock(key, [reply, reply], PLAN, 2, 2, 1, 2), InvalidReply);
+  assert.throws(() => decodeBlock(key, [], PLAN, 2, 2, 1, 2), InvalidReply);
+  assert.throws(() => decodeBlock(key, [reply.subarray(1)], PLAN, 2, 2, 1, 2), InvalidReply);
+  const column: Plan = { ...PLAN, layout: "column" };
+  assert.throws(() => decodeBlock(key, [reply, reply], column, 2, 2, 1, 0), InvalidReply);
+});
+
 test("flooding noise is uniform on [-F, F) and fresh", () => {
   const count = 20_000;
   const x = uniformNoise(count, 2);
