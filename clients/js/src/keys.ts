@@ -79,6 +79,7 @@ export class KeyChain {
   constructor(state?: KeyState) {
     this.seed = state ? Buffer.from(state.master_seed, "base64") : randomBytes(MASTER_SEED_BYTES);
     if (this.seed.length !== MASTER_SEED_BYTES) throw new Error(`the master seed must be ${MASTER_SEED_BYTES} bytes`);
+    if (state && this.seed.toString("base64") !== state.master_seed) throw new Error("the master seed is not canonical base64");
     this.retired = new Map();
     for (const [id, count] of Object.entries(state?.retired ?? {})) {
       if (!(Number.isSafeInteger(count) && count >= 0)) throw new Error(`retired count for ${id} is not a count`);

@@ -231,6 +231,12 @@ test("keys differ per server and per model, and a fresh client's seed is fresh",
     assert.notDeepEqual(s(a, "127.0.0.1:1", "m"), s(a, "127.0.0.1:1", "n"));
     assert.notDeepEqual(s(a, "127.0.0.1:1", "m"), s(b, "127.0.0.1:1", "m"));
     assert.throws(() => new Client("127.0.0.1:1", { keyState: { master_seed: "AAAA", retired: {} } }), /32 bytes/);
+    const good = a.keys.toJSON();
+    const restored = new Client("127.0.0.1:1", { keyState: good });
+    assert.deepEqual(restored.keys.toJSON(), good);
+    restored.close();
+    assert.throws(() => new Client("127.0.0.1:1", { keyState: { ...good, master_seed: "*" + good.master_seed } }), /base64/);
+    assert.throws(() => new Client("127.0.0.1:1", { keyState: { ...good, retired: { x: -1 } } }), /not a count/);
   } finally {
     a.close();
     b.close();
