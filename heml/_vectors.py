@@ -26,7 +26,7 @@ from .he import kernels, modmath, prng, row, wire
 from .he.codec import ClientCodec
 from .he.decrypt import Decryptor
 from .he.encrypt import encrypt_coefficients
-from .he.keys import KeySet
+from .he.keys import KeySet, _label_id
 from .he.params import HEParams, default_params
 from .he.plan import COLUMN, ROW, RowGeometry, flood_bound
 from .he.scoring import Block, ServerScorer
@@ -286,6 +286,42 @@ def column_vector() -> dict:
     return _scored(COLUMN, "column", coef, intercept, bounds, X, "identity", 0)
 
 
+def keys() -> dict:
+    """Per-(server, model) secret keys derived from a master seed (heml.he.keys.KeySet.for_peer):
+    the label, then s's first coefficients and the sha256 of all n of them (one int8 each)."""
+    seed = _label("keys/master-seed")
+    cases = []
+    for target, model, retired, n in (
+        ("localhost:50051", "cancer", 0, 2048),
+        ("localhost:50051", "cancer", 1, 2048),  # after one rejected reply
+        (" Models.Example.COM:443 ", "wine-é", 0, 4096),  # trimmed, lower-cased, \u escaped
+    ):
+        params = default_params(n)
+        ks = KeySet(master_seed=seed)
+        for _ in range(retired):
+            ks.retire(target, model)
+        peer = ks.for_peer(target, model)
+        s = peer.get(params).s
+        cases.append(
+            {
+                "server": target,
+                "model": model,
+                "epoch": retired,
+                "label": peer.label.decode(),
+                "retired_id": _label_id(target, model),
+                "n": n,
+                "q": str(params.q),
+                "s_first_32": [int(v) for v in s[:32]],
+                "s_sha256": _sha(s.astype(np.int8).tobytes()),
+            }
+        )
+    return {
+        "description": "keys per (server, model): HKDF-SHA256 of a master seed, then SHAKE-256",
+        "master_seed": seed.hex(),
+        "cases": cases,
+    }
+
+
 def links() -> dict:
     scores_bin = np.array([[-2.0], [0.0], [3.5]])
     scores_multi = np.array([[1.0, 2.0, 3.0], [-1.0, 0.0, 50.0]])
@@ -309,6 +345,7 @@ GENERATORS = {
     "row_wide": row_wide_vector,
     "column": column_vector,
     "links": links,
+    "keys": keys,
 }
 
 

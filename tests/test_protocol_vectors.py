@@ -4,6 +4,8 @@ with Python integers and AES from ``cryptography``, not through heml.he)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 
@@ -211,3 +213,20 @@ def test_row_request_places_features_as_documented(name):
                 if v:
                     want[a * m + i] = v
         assert dict(map(tuple, doc["message_nonzero"][c])) == want
+
+
+def test_derived_keys_follow_the_document():
+    """keys.json from the Secret key section's recipe: hmac/hashlib, not heml.he.keys."""
+    doc = load("keys")
+    seed = bytes.fromhex(doc["master_seed"])
+    for case in doc["cases"]:
+        label = json.dumps([case["server"].strip().lower(), case["model"], case["epoch"]])
+        assert label == case["label"]
+        info = (label + "|" + json.dumps([case["n"], [int(case["q"])]])).encode()
+        prk = hmac.new(b"heml/v1 secret key derivation", seed, hashlib.sha256).digest()
+        key = hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+        stream = hashlib.shake_256(key).digest(4 * case["n"])
+        s = [b % 3 - 1 for b in stream if b < 255][: case["n"]]
+        assert s[:32] == case["s_first_32"]
+        assert hashlib.sha256(bytes(v & 0xFF for v in s)).hexdigest() == case["s_sha256"]
+    assert len({c["s_sha256"] for c in doc["cases"]}) == len(doc["cases"])

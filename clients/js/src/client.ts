@@ -6,9 +6,11 @@
  *     const model = await client.model("cancer");
  *     const proba = await model.predictProba(rows);
  *
- * Secret keys are generated in this process (one per parameter set) and never leave it; only
- * ciphertexts go out. Every call has a deadline; calls failing with UNAVAILABLE are retried
- * with backoff (all of heml's calls are idempotent).
+ * Secret keys live in this process and never leave it; only ciphertexts go out. Each (server,
+ * model) pair gets its own key, derived from the client's master seed (src/keys.ts); a reply
+ * that fails the checks of src/protect.ts retires that key and ends the handle. Every call has
+ * a deadline; calls failing with UNAVAILABLE are retried with backoff (all of heml's calls are
+ * idempotent).
  */
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
@@ -17,9 +19,12 @@ import { fileURLToPath } from "node:url";
 import path from "node:path";
 
 import { SecretKey, checkParams } from "./crypto.js";
-import { LayoutName, Plan, RowGeometry, decodeBlock, encryptBlock, maxSamplesPerCiphertext } from "./layouts.js";
+import { KeyChain, KeyState } from "./keys.js";
+import { DecodeOptions, LayoutName, Plan, RowGeometry, decodeBlock, encryptBlock, maxSamplesPerCiphertext } from "./layouts.js";
 import { Link, classIndices, probabilities, regressionOutput } from "./links.js";
 import { Bounds, Preprocessing, Raw } from "./preprocess.js";
+import { InvalidReply } from "./protect.js";
+import { isLoopback, withDefaultPort } from "./target.js";
 
 export const PROTOCOL_MAJOR = "2";
 export const SEED_PRNG = "aes256ctr";
@@ -55,8 +60,12 @@ export interface ClientOptions {
   timeoutMs?: number;
   /** extra attempts on UNAVAILABLE (default 4) */
   retries?: number;
-  /** secret keys to reuse (by "n:q"); default: fresh keys kept in memory */
-  keys?: Map<string, SecretKey>;
+  /** the master seed and retired keys to derive from (client.keys.toJSON() of an earlier
+   * client, or the Python key file's master_seed and retired); default: a fresh seed */
+  keyState?: KeyState;
+  /** allow a plaintext connection to a target not on this machine (refused by default: the
+   * server could be anyone on the path) */
+  insecure?: boolean;
   protoPath?: string;
 }
 
@@ -97,9 +106,13 @@ export class HemlError extends Error {
   }
 }
 
-function isLoopback(target: string): boolean {
-  const host = target.replace(/^[a-z]+:\/\//, "").replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
-  return target.startsWith("unix:") || ["localhost", "127.0.0.1", "::1"].includes(host);
+/** A reply no honest server produces (client-side check, code DATA_LOSS): its scores were not
+ * returned, the key it was made for is retired and the handle refuses further calls. */
+export class ReplyRejected extends HemlError {
+  constructor(message: string, details: string) {
+    super(message, "DATA_LOSS", details);
+    this.name = "ReplyRejected";
+  }
 }
 
 const LAYOUT_FROM_PB: Record<string, LayoutName | "private"> = { ROW: "row", COLUMN: "column", PRIVATE: "private" };
@@ -201,17 +214,19 @@ export class Client {
   readonly target: string;
   readonly timeoutMs: number;
   readonly retries: number;
-  readonly keys: Map<string, SecretKey>;
+  /** the master seed and retired (server, model) keys (keys.toJSON() to keep them) */
+  readonly keys: KeyChain;
   private readonly stub: grpc.Client & Record<string, Function>;
   private readonly metadata: grpc.Metadata;
   server: ServerInfo | null = null;
 
   constructor(target: string, opts: ClientOptions = {}) {
+    target = withDefaultPort(target); // host -> host:50051, as the Python SDK
     this.target = target;
     this.timeoutMs = opts.timeoutMs ?? 60_000;
     this.retries = opts.retries ?? 4;
     if (!(this.timeoutMs > 0)) throw new Error("timeoutMs must be positive");
-    this.keys = opts.keys ?? new Map();
+    this.keys = new KeyChain(opts.keyState);
     const def = protoLoader.loadSync(opts.protoPath ?? defaultProtoPath(), {
       keepCase: true,
       longs: String,
@@ -228,6 +243,12 @@ export class Client {
     if (opts.rootCertificates || opts.clientCert) {
       creds = grpc.credentials.createSsl(opts.rootCertificates ?? null, opts.clientKey ?? null, opts.clientCert ?? null);
     } else {
+      if (!opts.insecure && !isLoopback(target)) {
+        throw new Error(
+          `refusing a plaintext connection to ${target}: pass rootCertificates (the server's CA) for TLS, ` +
+            "or insecure: true to accept that the network can read model metadata and API keys and impersonate the server",
+        );
+      }
       if (apiKey && !isLoopback(target)) {
         process.emitWarning(`sending an API key to ${target} without TLS: pass rootCertificates (the server's CA)`);
       }
@@ -290,17 +311,6 @@ export class Client {
     this.checkServer(reply.server);
     return new RemoteModel(this, modelInfoFromMessage(reply));
   }
-
-  /** The secret key for a parameter set, generated on first use. */
-  keyFor(plan: Plan): SecretKey {
-    const id = `${plan.n}:${plan.q}`;
-    let key = this.keys.get(id);
-    if (!key) {
-      key = SecretKey.generate(plan.n, plan.q);
-      this.keys.set(id, key);
-    }
-    return key;
-  }
 }
 
 interface Block {
@@ -312,12 +322,66 @@ interface Block {
 
 /** A served model, scored under encryption. */
 export class RemoteModel {
+  /** the key epoch of (server, model) when this handle was made */
+  private readonly epoch: number;
+  private readonly keys = new Map<string, SecretKey>();
+  private rejected = "";
+
   constructor(
     readonly client: Client,
     readonly info: ModelInfo,
+    /** tests only: turn off the reply checks (see DecodeOptions) */
+    private readonly decodeOptions: DecodeOptions = {},
   ) {
     if (info.modelPrivacy) {
       throw new HemlError(`model ${info.name} is served in model-privacy mode, which this client does not speak yet`, "FAILED_PRECONDITION", "");
+    }
+    this.epoch = client.keys.epoch(client.target, info.name);
+  }
+
+  /** This handle's secret key for a plan's parameters, derived on first use. */
+  keyFor(plan: Plan): SecretKey {
+    const id = `${plan.n}:${plan.q}`;
+    let key = this.keys.get(id);
+    if (!key) {
+      key = this.client.keys.derive(this.client.target, this.info.name, this.epoch, plan.n, plan.q);
+      this.keys.set(id, key);
+    }
+    return key;
+  }
+
+  /** Refuse to score with a key that was retired (by this handle or another one). */
+  private checkKey(): void {
+    if (!this.rejected && this.client.keys.epoch(this.client.target, this.info.name) !== this.epoch) {
+      this.rejected = "another handle of this model rejected a reply";
+    }
+    if (this.rejected) {
+      throw new ReplyRejected(
+        `${this.client.target}: model ${this.info.name} sent a reply that failed the client's checks ` +
+          `(${this.rejected}); its key is retired: get a new handle with client.model()`,
+        this.rejected,
+      );
+    }
+  }
+
+  /**
+   * Decode one block's replies. Whether a reply was accepted is itself a bit a malicious
+   * server can learn from (a reaction attack), so after one rejection the key is retired and
+   * this handle refuses further calls: at most one such bit per key.
+   */
+  private decode(key: SecretKey, replies: Uint8Array[], plan: Plan, n: number, s: number): number[][] {
+    const { nFeatures: d, nOutputs: k } = this.info;
+    try {
+      return decodeBlock(key, replies, plan, n, d, k, s, this.decodeOptions);
+    } catch (e) {
+      if (!(e instanceof InvalidReply)) throw e;
+      this.rejected = e.message;
+      this.client.keys.retire(this.client.target, this.info.name);
+      throw new ReplyRejected(
+        `${this.client.target}: model ${this.info.name}: ${e.message}; this key is retired ` +
+          "(a new client.model() handle derives a fresh one)",
+        e.message,
+      );
     }
   }
 
@@ -352,15 +416,22 @@ export class RemoteModel {
     return out;
   }
 
-  /** W·x + b under encryption: n × k scores (the server never sees x or the result). */
+  /**
+   * W·x + b under encryption: n × k scores (the server never sees x or the result). Each score
+   * carries fresh noise within the plan's published error bound (src/protect.ts: it hides the
+   * part of the decryption error that depends on the secret key). A reply that fails the
+   * checks throws ReplyRejected, and so does every later call on this handle.
+   */
   async scores(rows: Raw[][], layout?: LayoutName): Promise<number[][]> {
+    this.checkKey();
     const z = this.normalize(rows);
     if (z.length === 0) return [];
     const { nFeatures: d, nOutputs: k } = this.info;
     const out: number[][] = new Array(z.length);
     for (const block of this.blocks(z.length, layout)) {
       const plan = this.info.plans[block.layout]!;
-      const key = this.client.keyFor(plan);
+      this.checkKey(); // a concurrent call on this handle may have rejected a reply meanwhile
+      const key = this.keyFor(plan);
       const part = z.slice(block.start, block.stop);
       const cts = encryptBlock(key, part, plan, d, k, block.s);
       const reply = await this.client.call("Predict", {
@@ -372,7 +443,7 @@ export class RemoteModel {
         ciphertexts: cts,
         total_ciphertexts: cts.length,
       });
-      const scores = decodeBlock(key, reply.replies, plan, part.length, d, k, block.s);
+      const scores = this.decode(key, reply.replies, plan, part.length, block.s);
       scores.forEach((row, i) => (out[block.start + i] = row));
     }
     return out;

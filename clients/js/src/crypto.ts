@@ -10,6 +10,7 @@
 import { randomBytes } from "node:crypto";
 import { isPrime, nttFor, reduce } from "./modular.js";
 import { SEED_BYTES, expand, freshSeeds, sampleError } from "./prng.js";
+import { InvalidReply } from "./protect.js";
 
 export const C0_WORD_BYTES = 7;
 export const SUPPORTED_DEGREES = [2048, 4096];
@@ -174,7 +175,7 @@ export function decryptReply(key: SecretKey, reply: Uint8Array, positions: numbe
   const { n } = key;
   const P = positions.length;
   if (reply.length !== replySize(P, n, bits)) {
-    throw new Error(`reply has ${reply.length} bytes, expected ${replySize(P, n, bits)}`);
+    throw new InvalidReply(`reply has ${reply.length} bytes, expected ${replySize(P, n, bits)}`);
   }
   const words = unpackBits(reply, P + n, bits);
   const c1lo = new Float64Array(n);

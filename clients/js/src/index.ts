@@ -1,8 +1,11 @@
-export { Client, RemoteModel, HemlError, PROTOCOL_MAJOR } from "./client.js";
+export { Client, RemoteModel, HemlError, ReplyRejected, PROTOCOL_MAJOR } from "./client.js";
 export type { ClientOptions, ModelInfo, ServerInfo } from "./client.js";
 export { SecretKey, encryptCoefficients, decryptReply, checkParams } from "./crypto.js";
+export { KeyChain, deriveKey, peerLabel } from "./keys.js";
+export type { KeyState } from "./keys.js";
 export { RowGeometry, encryptBlock, decodeBlock } from "./layouts.js";
 export type { Plan, LayoutName } from "./layouts.js";
 export { probabilities, classIndices, regressionOutput } from "./links.js";
 export type { Link } from "./links.js";
 export { Bounds, Preprocessing } from "./preprocess.js";
+export { InvalidReply, checkRange, floodBound, RANGE_FRACTION } from "./protect.js";

@@ -3,6 +3,7 @@
  * features go in the message polynomials and where scores come back in the replies.
  */
 import { SecretKey, decryptReply, encryptCoefficients, EncryptOptions, toValues } from "./crypto.js";
+import { InvalidReply, checkRange, flood, floodBound } from "./protect.js";
 
 export type LayoutName = "row" | "column";
 
@@ -122,7 +123,22 @@ export function encryptBlock(
   return encryptCoefficients(key, rows, { ...opts, shift: shift || opts.shift });
 }
 
-/** Replies of one block -> scores (n × k). */
+/**
+ * What decodeBlock does beyond decryption (both on by default; turning either off is for tests
+ * and known-answer checks only: a client that returns unchecked or unflooded scores lets a
+ * malicious server learn its secret key).
+ */
+export interface DecodeOptions {
+  /** refuse a reply with any decrypted |v| > 0.475 q (InvalidReply) */
+  checkRange?: boolean;
+  /** add fresh uniform noise on [-F, F] to every score (F = floodBound(plan)) */
+  flood?: boolean;
+}
+
+/**
+ * Replies of one block -> scores (n × k): every decrypted value range-checked (the whole reply
+ * refused with InvalidReply otherwise), then each score flooded (src/protect.ts).
+ */
 export function decodeBlock(
   key: SecretKey,
   replies: Uint8Array[],
@@ -131,30 +147,35 @@ export function decodeBlock(
   d: number,
   k: number,
   s: number,
+  opts: DecodeOptions = {},
 ): number[][] {
+  const check = (values: number[]): number[] => {
+    if (opts.checkRange !== false) checkRange(values, plan.q);
+    return values;
+  };
   const T = plan.digits;
   const bits = plan.replyBits;
   // V[a][c][t]: digit values in units of q
   const V = Array.from({ length: n }, () => Array.from({ length: k }, () => new Array<number>(T).fill(0)));
   if (plan.layout === "column") {
-    if (replies.length !== k * T) throw new Error(`expected ${k * T} replies, got ${replies.length}`);
+    if (replies.length !== k * T) throw new InvalidReply(`expected ${k * T} replies, got ${replies.length}`);
     const positions = Array.from({ length: n }, (_, a) => a);
     replies.forEach((reply, r) => {
       const c = Math.floor(r / T);
       const t = r % T;
-      toValues(decryptReply(key, reply, positions, bits), plan.q, bits).forEach((v, a) => (V[a][c][t] = v));
+      check(toValues(decryptReply(key, reply, positions, bits), plan.q, bits)).forEach((v, a) => (V[a][c][t] = v));
     });
   } else {
     const geo = new RowGeometry(plan.n, d, k, T, s);
     const groups = Math.ceil(n / s);
     if (replies.length !== groups * geo.groups) {
-      throw new Error(`expected ${groups * geo.groups} replies, got ${replies.length}`);
+      throw new InvalidReply(`expected ${groups * geo.groups} replies, got ${replies.length}`);
     }
     for (let b = 0; b < groups; b++) {
       for (let g = 0; g < geo.groups; g++) {
         const [t, first] = geo.groupRows(g);
         const positions = geo.outputPositions(g);
-        const vals = toValues(decryptReply(key, replies[b * geo.groups + g], positions, bits), plan.q, bits);
+        const vals = check(toValues(decryptReply(key, replies[b * geo.groups + g], positions, bits), plan.q, bits));
         vals.forEach((v, idx) => {
           const r = Math.floor(idx / s);
           const a = b * s + (idx % s);
@@ -163,5 +184,6 @@ export function decodeBlock(
       }
     }
   }
-  return V.map((sample) => sample.map((digits) => recombine(digits, plan)));
+  const scores = V.map((sample) => sample.map((digits) => recombine(digits, plan)));
+  return opts.flood === false ? scores : flood(scores, floodBound(plan));
 }

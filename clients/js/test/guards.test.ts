@@ -11,6 +11,7 @@ import { roundHalfEven } from "../src/layouts.js";
 import { nttFor } from "../src/modular.js";
 import { expand } from "../src/prng.js";
 import { Bounds, Preprocessing } from "../src/preprocess.js";
+import { isLoopback, withDefaultPort } from "../src/target.js";
 
 const Q2048 = 18014398509404161n;
 const Q4096 = 18014398509309953n;
@@ -156,7 +157,7 @@ test("an API key without TLS to a remote host warns; on loopback it does not; mT
     new Client("127.0.0.1:1", { apiKey: "k" }).close();
     await new Promise((r) => setImmediate(r));
     assert.equal(warnings.length, 0);
-    new Client("heml.example.invalid:443", { apiKey: "k" }).close();
+    new Client("heml.example.invalid:443", { apiKey: "k", insecure: true }).close();
     await new Promise((r) => setImmediate(r));
     assert.equal(warnings.length, 1);
     assert.match(warnings[0], /without TLS/);
@@ -164,4 +165,30 @@ test("an API key without TLS to a remote host warns; on loopback it does not; mT
     process.off("warning", onWarning);
   }
   assert.throws(() => new Client("127.0.0.1:1", { clientCert: Buffer.from("x") }), /go together/);
+});
+
+test("plaintext to a target off this machine is refused unless insecure; loopback is allowed", () => {
+  for (const t of ["127.0.0.1:1", "localhost:1", "[::1]:1", "127.3.4.5:1", "unix:/tmp/heml.sock", "ipv4:127.0.0.1:1,127.0.0.2:1", "dns:///localhost:1"]) {
+    assert.ok(isLoopback(t), t);
+    new Client(t).close();
+  }
+  for (const t of ["10.0.0.1:1", "heml.example.invalid:443", "[2001:db8::1]:1", "dns://8.8.8.8/localhost:1", "ipv4:127.0.0.1:1,10.0.0.1:1", "localhost.example.com:1"]) {
+    assert.ok(!isLoopback(t), t);
+    assert.throws(() => new Client(t), /refusing a plaintext connection/);
+    new Client(t, { insecure: true }).close();
+  }
+  new Client("10.0.0.1:1", { rootCertificates: Buffer.from("") }).close();
+});
+
+test("a bare host gets heml's default port, as in the Python SDK (the key derivation reads it)", () => {
+  assert.equal(withDefaultPort("localhost"), "localhost:50051");
+  assert.equal(withDefaultPort("localhost:7"), "localhost:7");
+  assert.equal(withDefaultPort("::1"), "[::1]:50051");
+  assert.equal(withDefaultPort("[::1]"), "[::1]:50051");
+  assert.equal(withDefaultPort("[::1]:7"), "[::1]:7");
+  assert.equal(withDefaultPort("unix:/tmp/s"), "unix:/tmp/s");
+  assert.equal(withDefaultPort("dns:///h"), "dns:///h");
+  const client = new Client("localhost");
+  assert.equal(client.target, "localhost:50051");
+  client.close();
 });

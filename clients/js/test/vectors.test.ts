@@ -12,6 +12,8 @@ import path from "node:path";
 import { keystream, expand, sampleError } from "../src/prng.js";
 import { nttFor } from "../src/modular.js";
 import { SecretKey, encryptCoefficients } from "../src/crypto.js";
+import { deriveTernary, KeyChain, labelId, peerLabel } from "../src/keys.js";
+import { floodBound } from "../src/protect.js";
 import { Plan, decodeBlock, encryptBlock, columnEncode, rowEncode, RowGeometry } from "../src/layouts.js";
 import { probabilities, Link } from "../src/links.js";
 import { Bounds } from "../src/preprocess.js";
@@ -114,13 +116,27 @@ for (const name of ["row", "row_wide", "column"]) {
     assert.deepEqual(cts.map(sha256), v.ciphertexts_sha256);
     assert.deepEqual(cts.map((c) => c.toString("hex")), v.ciphertexts);
     assert.ok(cts.every((c) => c.length === v.ciphertext_bytes));
-    // the reply, decoded
+    // the reply, decoded (range-checked; before flooding: exactly the vectors' scores)
     const replies = v.replies.map((r: string) => Buffer.from(r, "hex"));
-    const scores = decodeBlock(key, replies, plan, v.n, d, k, v.samples_per_ciphertext);
+    const scores = decodeBlock(key, replies, plan, v.n, d, k, v.samples_per_ciphertext, { flood: false });
     scores.forEach((row, a) =>
       row.forEach((sc, c) => {
         assert.ok(Math.abs(sc - v.scores[a][c]) <= 1e-12 * Math.max(1, Math.abs(sc)), `score ${a},${c}`);
         assert.ok(Math.abs(sc - v.plaintext_scores[a][c]) <= plan.errorBound);
+      }),
+    );
+    // the flood bound F, then flooded scores: within F of the vector's, fresh noise each call
+    const F = floodBound(plan);
+    assert.ok(Math.abs(F - v.score_flood_bound) <= 1e-12 * v.score_flood_bound, `F = ${F} vs ${v.score_flood_bound}`);
+    assert.ok(F > 0 && F < plan.errorBound, "the plan reserves F in its error bound");
+    const first = decodeBlock(key, replies, plan, v.n, d, k, v.samples_per_ciphertext);
+    const second = decodeBlock(key, replies, plan, v.n, d, k, v.samples_per_ciphertext);
+    first.forEach((row, a) =>
+      row.forEach((sc, c) => {
+        assert.ok(Math.abs(sc - v.scores[a][c]) <= F, `flooded score ${a},${c} is within F`);
+        assert.ok(Math.abs(sc - v.plaintext_scores[a][c]) <= plan.errorBound);
+        assert.notEqual(sc, v.scores[a][c], "scores are flooded");
+        assert.notEqual(sc, second[a][c], "the flooding noise is fresh");
       }),
     );
     if (v.probabilities) {
@@ -146,4 +162,29 @@ test("links match the vectors", () => {
     const got = probabilities(link, v[link].scores);
     got.forEach((row, a) => row.forEach((x, c) => assert.ok(Math.abs(x - v[link].probabilities[a][c]) < 1e-15)));
   }
+});
+
+test("per-(server, model) keys derived from a master seed match the vectors", () => {
+  const v = load("keys");
+  const seed = Buffer.from(v.master_seed, "hex");
+  for (const c of v.cases) {
+    assert.equal(peerLabel(c.server, c.model, c.epoch).toString(), c.label);
+    assert.equal(labelId(c.server, c.model), c.retired_id);
+    const s = deriveTernary(seed, peerLabel(c.server, c.model, c.epoch), c.n, BigInt(c.q));
+    assert.deepEqual(Array.from(s.subarray(0, 32)), c.s_first_32);
+    assert.equal(sha256(new Uint8Array(s.buffer, s.byteOffset, s.length)), c.s_sha256);
+    // the same key through a KeyChain holding the seed and the retired count
+    const chain = new KeyChain({ master_seed: seed.toString("base64"), retired: c.epoch ? { [c.retired_id]: c.epoch } : {} });
+    const epoch = chain.epoch(c.server, c.model);
+    assert.equal(epoch, c.epoch);
+    assert.deepEqual(chain.derive(c.server, c.model, epoch, c.n, BigInt(c.q)).s, s);
+  }
+  // retiring moves to the next epoch's key; other models and servers keep theirs
+  const chain = new KeyChain({ master_seed: seed.toString("base64"), retired: {} });
+  const [c0, c1] = v.cases;
+  chain.retire(c0.server, c0.model);
+  assert.equal(chain.epoch(c0.server, c0.model), 1);
+  assert.equal(chain.epoch(c0.server, "wine"), 0);
+  assert.equal(chain.epoch("localhost:50052", c0.model), 0);
+  assert.equal(sha256(Buffer.from(chain.derive(c0.server, c0.model, 1, c1.n, BigInt(c1.q)).s)), c1.s_sha256);
 });
