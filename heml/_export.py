@@ -157,7 +157,12 @@ def export(
     if data_norm is not None and np.isfinite(data_norm):
         # the DP estimator scaled rows onto a norm ball in its own input space: clients do the
         # same, and the encoder must cover the points that scaling toward the origin can reach
-        row_norm = RowNorm(float(data_norm), affine.scale, affine.offset)
+        scale, offset = affine.scale, affine.offset
+        feature_map = getattr(final, "feature_map_", None)
+        if feature_map is not None:  # bounds estimated by the estimator: rows are clipped on
+            center, half = (np.asarray(v, dtype=np.float64) for v in feature_map)  # (x-c)/h
+            scale, offset = scale / half, (offset - center) / half
+        row_norm = RowNorm(float(data_norm), scale, offset)
         preprocessing = Preprocessing(preprocessing.columns, preprocessing.inputs, row_norm)
         origin = row_norm.origin()
         encode_lo, encode_hi = np.minimum(lo, origin), np.maximum(hi, origin)

@@ -119,7 +119,7 @@ def test_invalid_runs_exit_2_before_any_spend(csv, tmp_path, extra, message):
     assert not (tmp_path / "models/.heml-privacy-ledger.json").exists()
 
 
-def test_regression_without_bounds_warns_about_the_leak(tmp_path):
+def test_regression_without_bounds_estimates_them_with_dp(tmp_path):
     rng = np.random.default_rng(1)
     X = rng.standard_normal((500, 3))
     df = pd.DataFrame(X, columns=["a", "b", "c"])
@@ -140,10 +140,21 @@ def test_regression_without_bounds_warns_about_the_leak(tmp_path):
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
-    assert "privacy leak" in r.stderr and "bounds_X" in r.stderr
+    assert "privacy leak" not in r.stderr  # bounds estimated with DP, inside epsilon
     model = json.loads((tmp_path / "houses.json").read_text())
-    assert model["task"] == "regression"
-    assert "not private" in model["dp"]["bounds"]["X"]["source"]
+    assert model["task"] == "regression" and model["dp"]["private"] is True
+    assert model["dp"]["bounds"]["X"]["source"].startswith("estimated with DP")
+    assert model["dp"]["bounds"]["y"]["source"].startswith("estimated with DP")
+    # --bounds data: the data's min and max, and a model that says it is not private
+    r = heml_train(
+        *["houses.csv", "--target", "price", "--epsilon", "2", "--delta", "1e-5"],
+        *["-o", "leaky.json", "--seed", "0", "--bounds", "data", "--target-bounds", "data"],
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "privacy leak" in r.stderr and "private: false" in r.stderr
+    model = json.loads((tmp_path / "leaky.json").read_text())
+    assert model["dp"]["private"] is False
 
 
 def test_per_feature_bounds_from_a_json_file(tmp_path):

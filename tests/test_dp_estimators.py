@@ -154,18 +154,20 @@ def test_diabetes_r2_at_eps_5():
 
 
 # ------------------------------------------------------------------ warnings, shapes, export
-def test_missing_bounds_warn_and_name_the_parameter():
+def test_missing_bounds_are_estimated_with_dp_and_data_bounds_warn():
     X, y = make_classification(
         n_samples=200, n_features=3, n_informative=2, n_redundant=0, random_state=0
     )
-    with pytest.warns(PrivacyLeakWarning, match="bounds_X"):
-        DPLogisticRegression(random_state=0).fit(X, y)
-    with pytest.warns(PrivacyLeakWarning, match="bounds_y"):
-        DPLinearRegression(bounds_X=(-5, 5), random_state=0).fit(X, X[:, 0])
     with warnings.catch_warnings():
         warnings.simplefilter("error", PrivacyLeakWarning)
+        DPLogisticRegression(random_state=0).fit(X, y)  # DP bounds: nothing leaks
+        DPLinearRegression(bounds_X=(-5, 5), random_state=0).fit(X, X[:, 0])
         DPLogisticRegression(data_norm=3.0, random_state=0).fit(X, y)  # data_norm bounds rows
         DPLogisticRegression(epsilon=INF).fit(X, y)  # no privacy claimed, nothing to warn
+    with pytest.warns(PrivacyLeakWarning, match="bounds_X='data'"):
+        DPLogisticRegression(bounds_X="data", random_state=0).fit(X, y)
+    with pytest.warns(PrivacyLeakWarning, match="bounds_y='data'"):
+        DPLinearRegression(bounds_X=(-5, 5), bounds_y="data", random_state=0).fit(X, X[:, 0])
     assert issubclass(PrivacyLeakWarning, RuntimeWarning)
 
 

@@ -12,6 +12,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _calibration as cal
 from ._base import DPEstimatorMixin
 from ._noise import NoiseSource, rounding_slack
+from ._private_bounds import fit_with_estimated_bounds
 from ._validation import (
     check_delta_vs_n,
     clip_rows,
@@ -146,6 +147,8 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         check_delta_vs_n(eps, delta, n)
         noise = NoiseSource(self.random_state)  # validates random_state before any work
 
+        if fit_with_estimated_bounds(self, X, y, eps, delta, accountant, noise) is not None:
+            return self  # bounds estimated with DP inside (eps, delta): docs/dp.md
         lo, hi, row_norm, x_source = resolve_feature_bounds(
             X, self.bounds_X, self.data_norm, private=private
         )
@@ -207,7 +210,7 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False)
-        X = clip_rows(X, *self.bounds_X_, self.data_norm_)
+        X = clip_rows(X, *self.bounds_X_, self.data_norm_, self.feature_map_)
         return X @ self.coef_ + self.intercept_
 
 

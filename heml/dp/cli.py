@@ -5,8 +5,8 @@ Wired into ``heml/cli.py`` with ``register(subparsers)``; ``run(args)`` returns 
 
 Standardization does not leak: features are never scaled with statistics of the private data.
 The estimators clip every feature to the declared ``--bounds`` and rescale with the bounds
-box (a public affine map). Without ``--bounds``, min/max are read from the data: the run warns
-(PrivacyLeakWarning) and the model's guarantee records the bounds as "not private".
+box (a public affine map). Without ``--bounds`` the bounds are estimated with DP from a share
+of --epsilon; ``--bounds data`` reads min/max from the data, and the model says private: false.
 """
 
 from __future__ import annotations
@@ -61,10 +61,17 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--task", choices=("auto", "regression", "classification"), default="auto")
     p.add_argument(
         "--bounds",
-        help="public bounds of the features: LO,HI for every one, or FILE.json mapping each "
-        "feature column to [LO, HI]",
+        help="public bounds of the features, in the CSV's own units: LO,HI for every one, or "
+        "FILE.json mapping each feature column to [LO, HI]. Values outside are clipped, so "
+        "LO,HI must cover the bulk of every column (-3,3 only suits standardized features). "
+        "Default: bounds estimated with DP from a share of --epsilon (see docs/dp.md). "
+        "'data': the columns' min and max (the model is then NOT private)",
     )
-    p.add_argument("--target-bounds", help="public bounds of the target (regression): LO,HI")
+    p.add_argument(
+        "--target-bounds",
+        help="public bounds of the target (regression): LO,HI; default: estimated with DP; "
+        "'data': its min and max (NOT private)",
+    )
     p.add_argument("--seed", type=int, help="noise seed: reproducible and NOT private (tests)")
     p.set_defaults(func=run)
     return p
@@ -105,8 +112,11 @@ def _run(args) -> int:
         raise _Invalid("--epsilon must be finite: heml train always trains with DP")
     if args.budget is not None and not (args.budget > 0 and math.isfinite(args.budget)):
         raise _Invalid(f"--budget must be a positive number, got {args.budget}")
-    check_bounds_arg(args.bounds)
-    target_bounds = _pair(args.target_bounds, "--target-bounds")
+    data_bounds = args.bounds == "data"  # opt-in: min/max of the data, model not private
+    check_bounds_arg(None if data_bounds else args.bounds)
+    target_bounds = (
+        "data" if args.target_bounds == "data" else _pair(args.target_bounds, "--target-bounds")
+    )
     out = Path(args.output)
     try:
         name = validate_name(out.stem)
@@ -127,7 +137,7 @@ def _run(args) -> int:
     for warning in identifier_warnings(df):
         print(f"heml train: warning: {warning}", file=sys.stderr)
     X = pd.DataFrame(numeric_features(df), columns=df.columns)
-    bounds = parse_feature_bounds(args.bounds, df.columns)
+    bounds = "data" if data_bounds else parse_feature_bounds(args.bounds, df.columns)
     if y.isna().any():
         raise _Invalid(f"target {args.target!r} has missing values")
     n = len(y)

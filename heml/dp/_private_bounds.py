@@ -1,0 +1,440 @@
+"""Feature and target bounds estimated with differential privacy, inside the fit's budget.
+
+Without public bounds a DP estimator must still clip its inputs to *some* box, and a box read
+from the data (min and max) is a release that ε does not cover: one record moves it. Here each
+bound is a private quantile, chosen by the exponential mechanism (McSherry & Talwar 2007) over a
+**public** grid of candidates, and paid for from the fit's own (ε, δ):
+
+* Candidates: 0 and ±search_range·2^(-j/2), j = 0 … 80 (a log-scale grid from search_range down
+  to search_range·2^-40, two points per octave). ``search_range`` is public (default 1e6) and
+  can be narrowed with :class:`PrivateBounds`.
+* Utility of candidate c for quantile q: u(c) = -dist(q·n, [#{x < c}, #{x ≤ c}]). Replacing one
+  record moves each count by at most 1, so u has sensitivity 1 and choosing c with probability
+  ∝ exp(ε_r·u(c)/2) is ε_r-DP (replace-one, n public).
+* Each feature gets a lower (q = QUANTILES[0]) and an upper (q = QUANTILES[1]) release, then
+  the pair is widened by WIDEN interquartile ranges on each side; a regression target gets two
+  more. When n·ε_r is too small for per-feature releases to find the data (a public rule on
+  n, d, ε, δ), all features share one pooled pair (sensitivity d, two releases).
+* The k releases compose: an ε_r-DP exponential mechanism is
+  ε_r²/8-zCDP (Cesar & Rogers 2021, "bounded range"), so k of them are k·ε_r²/8-zCDP, which is
+  (ε_b, δ_b)-DP by the conversion of Canonne, Kamath & Steinke (2020, Prop. 12); when basic
+  composition (ε_r = ε_b/k, δ_b = 0) gives a larger ε_r it is used instead.
+* The fit's budget splits by basic composition: the bounds take (ε_b, δ_b) =
+  (EPSILON_SHARE·ε, DELTA_SHARE·δ) and the model's mechanism gets the rest, so the whole fit is
+  (ε, δ)-DP. The guarantee states both parts.
+
+The estimator then maps every feature to [-1, 1] with its private bounds (a post-processing of
+the released bounds, so free) and fits there; the exported model folds the map back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import brentq, minimize_scalar
+
+from ._noise import NoiseSource, _secure_uniform
+
+# Public, fixed a priori. The shares and quantile levels were chosen by measurement (see
+# docs/dp.md, "Bounds estimated with DP"); they do not depend on any dataset being fitted.
+EPSILON_SHARE = 0.15
+DELTA_SHARE = 0.1
+QUANTILES = (0.25, 0.75)
+# The released quartiles are widened by this many interquartile ranges on each side
+# (post-processing): central quantiles keep the exponential mechanism sharp (a candidate far
+# from the data then loses n/4 of utility), the widening brings back the tails.
+WIDEN = 1.0
+DEFAULT_SEARCH_RANGE = 1e6
+POINTS_PER_OCTAVE = 2
+OCTAVES = 40
+# Per-feature quantiles need n·ε_r large enough for the exponential mechanism to find the data
+# among the candidates; below this public threshold all features share one pooled pair of
+# quantiles (a record then holds d values: sensitivity d, but only two releases).
+PER_FEATURE_MIN_N_EPSILON = 50.0
+
+MECHANISM = (
+    "exponential mechanism over a public log-scale grid (utility "
+    "-dist(q n, [#{x < c}, #{x <= c}]), sensitivity 1), one release per bound, "
+    "composed in zCDP (epsilon_r^2/8 each)"
+)
+
+
+@dataclass(frozen=True)
+class PrivateBounds:
+    """Ask a DP estimator to estimate its bounds with DP (the default when bounds are None).
+
+    Parameters
+    ----------
+    search_range : float, default=1e6
+        Public bound on the magnitude of the bounds: candidates lie in [-search_range,
+        search_range] on a log-scale grid. Narrow it when you know the scale of your data
+        (e.g. 1e3 for values in the hundreds): fewer candidates, sharper bounds.
+    """
+
+    search_range: float = DEFAULT_SEARCH_RANGE
+
+    def __post_init__(self) -> None:
+        r = self.search_range
+        if isinstance(r, bool) or not isinstance(r, int | float) or not (0 < r < math.inf):
+            raise ValueError(f"search_range must be a positive finite number, got {r!r}")
+
+
+def grid(search_range: float = DEFAULT_SEARCH_RANGE) -> np.ndarray:
+    """The public candidates, ascending: 0 and ±search_range·2^(-j/POINTS_PER_OCTAVE)."""
+    j = np.arange(OCTAVES * POINTS_PER_OCTAVE + 1)
+    mags = float(search_range) * np.exp2(-j / POINTS_PER_OCTAVE)
+    return np.concatenate([-mags, [0.0], mags[::-1]])
+
+
+def quantile_utility(x: np.ndarray, q: float, candidates: np.ndarray) -> np.ndarray:
+    """u(c) = -dist(q·n, [#{x < c}, #{x ≤ c}]) for every candidate: 0 when c is a q-quantile
+    (ties included), else how many values lie between c and the q-quantile.
+
+    Replacing one record moves both counts by at most 1, so u moves by at most 1 (m when each
+    record holds m values of x).
+    """
+    x = np.sort(np.ravel(x))
+    below = np.searchsorted(x, candidates, side="left")
+    upto = np.searchsorted(x, candidates, side="right")
+    t = q * x.size
+    return -np.maximum(np.maximum(below - t, t - upto), 0.0)
+
+
+def em_probabilities(utility: np.ndarray, epsilon: float, sensitivity: float = 1.0) -> np.ndarray:
+    """Exponential-mechanism probabilities ∝ exp(ε·u / (2·sensitivity)), exactly normalized."""
+    logits = epsilon * np.asarray(utility, dtype=np.float64) / (2.0 * sensitivity)
+    logits -= logits.max()
+    w = np.exp(logits)
+    return w / w.sum()
+
+
+def private_quantile(
+    x: np.ndarray,
+    q: float,
+    epsilon: float,
+    candidates: np.ndarray,
+    noise: NoiseSource,
+    sensitivity: float = 1.0,
+) -> float:
+    """One ε-DP release of the q-quantile of x, a point of ``candidates`` (inverse-CDF draw).
+
+    ``sensitivity``: how many values of x one record holds (x is then that record's row).
+    """
+    p = em_probabilities(quantile_utility(x, q, candidates), epsilon, sensitivity)
+    cdf = np.cumsum(p)
+    u = float(_uniform(noise))
+    idx = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
+    return float(candidates[min(idx, candidates.size - 1)])
+
+
+def _uniform(noise: NoiseSource) -> float:
+    if noise.secure:
+        return float(_secure_uniform(1)[0])
+    return float(noise._rng.random())
+
+
+# ---------------------------------------------------------------------- accounting
+def zcdp_delta(rho: float, epsilon: float) -> float:
+    """δ of a ρ-zCDP mechanism at ε (Canonne, Kamath & Steinke 2020, Prop. 12; min over α)."""
+    if rho <= 0:
+        return 0.0
+
+    def log_delta(alpha: float) -> float:
+        return (
+            (alpha - 1.0) * (alpha * rho - epsilon)
+            - math.log(alpha - 1.0)
+            + alpha * math.log1p(-1.0 / alpha)
+        )
+
+    hi = max(2.0, 4.0 * (epsilon / rho + 1.0))
+    res = minimize_scalar(log_delta, bounds=(1.0 + 1e-9, hi), method="bounded")
+    best = min(res.fun, log_delta(hi))
+    return min(1.0, math.exp(best))
+
+
+def per_release_epsilon(releases: int, epsilon: float, delta: float) -> tuple[float, float]:
+    """(ε_r, δ used) so that ``releases`` ε_r-DP exponential mechanisms are (ε, δ)-DP.
+
+    The larger ε_r of basic composition (δ used = 0) and zCDP composition (δ used = δ).
+    """
+    basic = epsilon / releases
+    if delta <= 0:
+        return basic, 0.0
+    # largest ρ with zcdp_delta(ρ, ε) ≤ δ; ρ ≤ ε always suffices as an upper end
+    f = lambda rho: math.log(max(zcdp_delta(rho, epsilon), 1e-320)) - math.log(delta)  # noqa: E731
+    lo, hi = 1e-12, epsilon
+    if f(hi) <= 0:
+        rho = hi
+    elif f(lo) > 0:
+        return basic, 0.0
+    else:
+        rho = brentq(f, lo, hi, xtol=1e-15, rtol=1e-12) * (1.0 - 1e-9)
+    zcdp = math.sqrt(8.0 * rho / releases)
+    if zcdp > basic:
+        return zcdp, delta
+    return basic, 0.0
+
+
+@dataclass(frozen=True)
+class BoundsBudget:
+    """How a fit's (ε, δ) splits between the bounds and the model (basic composition)."""
+
+    epsilon: float
+    delta: float
+    releases: int
+    epsilon_release: float
+    epsilon_model: float
+    delta_model: float
+
+    def describe(self, share: float) -> dict:
+        return {
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "share_of_epsilon": share,
+            "releases": self.releases,
+            "epsilon_per_release": self.epsilon_release,
+            "mechanism": MECHANISM,
+            "composition": "zCDP (Canonne-Kamath-Steinke 2020 conversion)"
+            if self.delta > 0
+            else "basic (pure epsilon)",
+        }
+
+
+def split_budget(epsilon: float, delta: float, releases: int) -> BoundsBudget:
+    """The public split of (ε, δ) for ``releases`` quantile releases (none: all to the model)."""
+    if releases == 0:
+        return BoundsBudget(0.0, 0.0, 0, 0.0, epsilon, delta)
+    eps_b = EPSILON_SHARE * epsilon
+    eps_r, delta_b = per_release_epsilon(releases, eps_b, DELTA_SHARE * delta)
+    return BoundsBudget(eps_b, delta_b, releases, eps_r, epsilon - eps_b, delta - delta_b)
+
+
+# ---------------------------------------------------------------------- bounds
+def per_feature(n: int, d: int, epsilon: float, delta: float, y_releases: int) -> bool:
+    """The public rule: per-feature quantiles when they are precise enough, else pooled."""
+    if d == 1:
+        return True
+    eps_r = split_budget(epsilon, delta, 2 * d + y_releases).epsilon_release
+    return n * eps_r >= PER_FEATURE_MIN_N_EPSILON
+
+
+def private_bounds(
+    values: np.ndarray,
+    epsilon_release: float,
+    search_range: float,
+    noise: NoiseSource,
+    pooled: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column (lower, upper) of a 2-D array: two private quantiles each, lower < upper;
+    ``pooled``: one pair for all columns, quantiles of all values (sensitivity d).
+
+    If the two releases cross or coincide (possible under noise), the pair is ordered and a
+    zero-width pair is widened to the neighbouring grid points (post-processing).
+    """
+    cand = grid(search_range)
+    d = values.shape[1]
+    lo, hi = np.empty(d), np.empty(d)
+    for j in range(1 if pooled else d):
+        col = values if pooled else values[:, j]
+        m = d if pooled else 1
+        a = private_quantile(col, QUANTILES[0], epsilon_release, cand, noise, m)
+        b = private_quantile(col, QUANTILES[1], epsilon_release, cand, noise, m)
+        a, b = min(a, b), max(a, b)
+        if a == b:
+            k = int(np.searchsorted(cand, a))
+            a = cand[max(k - 1, 0)]
+            b = cand[min(k + 1, cand.size - 1)]
+        spread = WIDEN * (b - a)
+        lo[j], hi[j] = a - spread, b + spread
+    if pooled:
+        lo[:], hi[:] = lo[0], hi[0]
+    return lo, hi
+
+
+def data_bounds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column min and max (NOT private: only behind an explicit ``"data"`` opt-in)."""
+    lo, hi = values.min(axis=0), values.max(axis=0)
+    same = lo == hi
+    return np.where(same, lo - 1.0, lo), np.where(same, hi + 1.0, hi)
+
+
+# ---------------------------------------------------------------------- estimators
+def _kind(bounds) -> str:
+    if bounds is None or isinstance(bounds, PrivateBounds):
+        return "dp"
+    if isinstance(bounds, str):
+        if bounds == "data":
+            return "data"
+        raise ValueError(
+            f"bounds must be (lower, upper), None (estimated with DP), a PrivateBounds or "
+            f"'data' (min and max of the training data, not private); got {bounds!r}"
+        )
+    return "declared"
+
+
+def _search_range(bounds) -> float:
+    return bounds.search_range if isinstance(bounds, PrivateBounds) else DEFAULT_SEARCH_RANGE
+
+
+def _kinds(est, epsilon: float) -> tuple[str, str | None]:
+    """What to do for X and (regressors) y: "dp", "data" or "declared"."""
+    x_kind = _kind(est.bounds_X)
+    norm = est.data_norm
+    if est.bounds_X is None and norm is not None and math.isfinite(float(norm)):
+        x_kind = "declared"  # the row clip implies a box: nothing is read from the data
+    y_kind = _kind(est.bounds_y) if hasattr(est, "bounds_y") else None
+    return x_kind, y_kind
+
+
+def fit_with_estimated_bounds(est, X, y, epsilon, delta, accountant, noise: NoiseSource):
+    """Fit ``est`` with bounds estimated with DP (or read from the data on the "data" opt-in).
+
+    Returns the fitted estimator, or None when every bound is declared (or ε = ∞): the caller
+    then fits as before. Called by the estimators' ``fit`` after validation and the budget
+    check; spends (ε, δ) from ``accountant`` for the whole fit (bounds and model).
+    """
+    import warnings
+
+    from sklearn.base import clone
+
+    from ._accountant import BudgetAccountant, PrivacyLeakWarning
+    from ._public_scaling import bounds_map, normalize
+
+    est.feature_map_ = None
+    x_kind, y_kind = _kinds(est, epsilon)
+    if not math.isfinite(epsilon) or {x_kind, y_kind}.isdisjoint({"dp", "data"}):
+        return None
+    if x_kind != "declared" and est.data_norm is not None and math.isfinite(est.data_norm):
+        raise ValueError(
+            "data_norm is a bound in the units of declared bounds_X; with estimated bounds rows "
+            "are clipped after the map to [-1, 1] by the default rule (use data_norm=None, or "
+            "inf for no row clipping)"
+        )
+    n, d = X.shape
+    y_releases = 2 if y_kind == "dp" else 0
+    pooled = x_kind == "dp" and not per_feature(n, d, epsilon, delta, y_releases)
+    releases = ((2 if pooled else 2 * d) if x_kind == "dp" else 0) + y_releases
+    budget = split_budget(epsilon, delta, releases)
+    private = "data" not in (x_kind, y_kind)
+    if not private:
+        which = " and ".join(
+            f"{name}='data'"
+            for name, k in (("bounds_X", x_kind), ("bounds_y", y_kind))
+            if k == "data"
+        )
+        warnings.warn(
+            f"{which}: bounds are the training data's min and max, released without DP; the "
+            "model's guarantee says private: false",
+            PrivacyLeakWarning,
+            stacklevel=3,
+        )
+
+    params = {
+        "epsilon": budget.epsilon_model,
+        "delta": budget.delta_model,
+        "accountant": BudgetAccountant(),  # the whole fit is charged once, below
+        "random_state": None if noise.secure else int(noise._rng.integers(2**31)),
+    }
+    bounds = {}
+    center = half = None
+    Z = X
+    if x_kind == "declared":
+        pass
+    else:
+        if x_kind == "dp":
+            lo, hi = private_bounds(
+                X, budget.epsilon_release, _search_range(est.bounds_X), noise, pooled
+            )
+            source = "estimated with DP (private quantiles, see budget_split)"
+        else:
+            lo, hi = data_bounds(X)
+            source = "read from the training data (NOT private: bounds_X='data')"
+        center, half = bounds_map(lo, hi)
+        Z = normalize(X, center, half)
+        params["bounds_X"] = (-1.0, 1.0)
+        bounds["X"] = {
+            "lower": lo,
+            "upper": hi,
+            "source": source,
+            "quantiles": list(QUANTILES) if x_kind == "dp" else None,
+            "pooled": pooled,
+            "search_range": _search_range(est.bounds_X) if x_kind == "dp" else None,
+        }
+    if y_kind in ("dp", "data"):
+        yv = np.asarray(y, dtype=np.float64)[:, None]
+        if y_kind == "dp":
+            ylo, yhi = private_bounds(
+                yv, budget.epsilon_release, _search_range(est.bounds_y), noise
+            )
+            ysource = "estimated with DP (private quantiles, see budget_split)"
+        else:
+            ylo, yhi = data_bounds(yv)
+            ysource = "read from the training data (NOT private: bounds_y='data')"
+        params["bounds_y"] = (float(ylo[0]), float(yhi[0]))
+        bounds["y"] = {
+            "lower": float(ylo[0]),
+            "upper": float(yhi[0]),
+            "source": ysource,
+            "quantiles": list(QUANTILES) if y_kind == "dp" else None,
+            "search_range": _search_range(est.bounds_y) if y_kind == "dp" else None,
+        }
+
+    inner = clone(est).set_params(**params)
+    try:
+        inner.fit(Z, y)
+    except Exception:
+        # the bounds were released from the data: the budget is spent whatever happens next
+        accountant.spend(epsilon, delta, mechanism=f"{type(est).__name__}/bounds")
+        raise
+
+    for name, value in vars(inner).items():
+        if (
+            name.endswith("_")
+            and not name.startswith("_")
+            and name
+            not in (
+                "n_features_in_",
+                "feature_names_in_",
+            )
+        ):
+            setattr(est, name, value)
+    g = inner.dp_guarantee_
+    inner_bounds = dict(g["bounds"])
+    if center is not None:
+        coef = np.asarray(inner.coef_) / half
+        est.coef_ = coef
+        est.intercept_ = inner.intercept_ - coef @ center
+        est.bounds_X_ = (center - half, center + half)
+        est.feature_map_ = (center, half)
+        inner_bounds["X"] = bounds["X"]
+        inner_bounds["feature_map"] = (
+            "features are clipped to X's bounds, mapped by x -> (x - center) / half_width to "
+            "[-1, 1], and rows are then clipped to L2 norm data_norm"
+        )
+        inner_bounds["center"], inner_bounds["half_width"] = center, half
+    if "y" in bounds:
+        inner_bounds["y"] = bounds["y"]
+    guarantee = est._guarantee(
+        epsilon=epsilon,
+        delta=delta,
+        mechanism=g["mechanism"],
+        accountant=g["accountant"],
+        hyperparameters=g["hyperparameters"],
+        bounds=inner_bounds,
+        n_samples=n,
+    )
+    guarantee["budget_split"] = {
+        "bounds": budget.describe(EPSILON_SHARE) if releases else None,
+        "model": {"epsilon": budget.epsilon_model, "delta": budget.delta_model},
+        "composition": "basic: the bounds' and the model's (epsilon, delta) add up",
+    }
+    if not private:
+        guarantee.update(private=False, epsilon=None, delta=None)
+        guarantee["not_private_because"] = (
+            "bounds read from the training data ('data' opt-in) are released without DP"
+        )
+    est.dp_guarantee_ = guarantee
+    accountant.spend(epsilon, delta, mechanism=f"{type(est).__name__}/bounds+model")
+    return est
