@@ -20,30 +20,44 @@ def _neighbour_values(x, cand):
 
 
 def _max_log_ratio(x, q, eps, cand, sensitivity=1.0):
-    """max over every replace-one neighbour x' and output c of |log P[c | x] - log P[c | x']|."""
-    p = pb.em_probabilities(pb.quantile_utility(x, q, cand), eps, sensitivity)
+    """max over every replace-one neighbour x' and output c of |log P[c | x] - log P[c | x']|
+    (q: a quantile level, or "scale" for the per-feature magnitude release)."""
+
+    def utility(values):
+        if q == "scale":
+            return pb.scale_utility(values, cand, pb.SCALE_RATIO)
+        return pb.quantile_utility(values, q, cand)
+
+    p = pb.em_probabilities(utility(x), eps, sensitivity)
+    # the scale utility also reads |x| against c/ratio: neighbours must cross those too
+    edges = np.concatenate([cand, -cand, cand / pb.SCALE_RATIO, -cand / pb.SCALE_RATIO])
     worst = 0.0
     for i in range(x.size):
-        for v in _neighbour_values(x, cand):
+        for v in _neighbour_values(x, np.unique(edges)):
             x2 = x.copy()
             x2[i] = v
-            p2 = pb.em_probabilities(pb.quantile_utility(x2, q, cand), eps, sensitivity)
+            p2 = pb.em_probabilities(utility(x2), eps, sensitivity)
             worst = max(worst, float(np.max(np.abs(np.log(p) - np.log(p2)))))
     return worst
 
 
-@pytest.mark.parametrize("q", [0.1, 0.5, 0.9])
-def test_quantile_mechanism_meets_its_epsilon_exactly_and_a_miscalibrated_one_does_not(q):
-    cand = pb.grid(4.0)[::8]  # a small public grid: 21 candidates in [-4, 4]
+@pytest.mark.parametrize("q", [0.25, 0.5, 0.75, "scale"])
+def test_bounds_mechanisms_meet_their_epsilon_exactly_and_miscalibrated_ones_do_not(q):
+    grid = pb.grid(4.0)[::8]  # a small public grid: 21 candidates in [-4, 4]
+    cand = grid[grid > 0] if q == "scale" else grid
     x = np.array([0.3, 0.3, 1.2, 2.5, -0.7])
     eps = 0.8
     # every output's probability ratio over every neighbour stays within e^eps
     assert _max_log_ratio(x, q, eps, cand) <= eps + 1e-12
-    # positive control: without the factor 1/2 of the exponential mechanism the check fails
-    # (for the median on this input; a 4x miscalibration for every quantile)
-    if q == 0.5:
-        assert _max_log_ratio(x, q, eps, cand, sensitivity=0.5) > eps * 1.5
+    # positive control: a 4x miscalibrated mechanism (noise for sensitivity 1/4) fails it
     assert _max_log_ratio(x, q, eps, cand, sensitivity=0.25) > eps * 1.5
+
+
+def test_dropping_the_exponential_mechanisms_factor_of_two_is_caught():
+    # the usual calibration slip: exp(eps * u) instead of exp(eps * u / 2)
+    grid = pb.grid(4.0)[::8]
+    x = np.array([0.3, 0.3, 1.2, 2.5, -0.7])
+    assert _max_log_ratio(x, 0.5, 0.8, grid, sensitivity=0.5) > 0.8 * 1.5
 
 
 def test_exponential_mechanism_is_eps_squared_over_8_zcdp_on_a_tiny_input():
@@ -115,15 +129,16 @@ def test_an_extreme_target_does_not_move_the_released_bounds():
     # with the same noise, the neighbour almost always gets the very same bounds
     assert same >= 8, same
     # and the mechanism that released them is calibrated: exact output probabilities of the
-    # target's upper bound on both datasets differ by at most e^epsilon_r
+    # target's box on both datasets differ by at most e^epsilon_r
     g = b.dp_guarantee_
     eps_r = g["budget_split"]["bounds"]["epsilon_per_release"]
-    cand = pb.grid(g["bounds"]["y"]["search_range"])
-    p = pb.em_probabilities(pb.quantile_utility(y, pb.QUANTILES[1], cand), eps_r)
-    p2 = pb.em_probabilities(pb.quantile_utility(y2, pb.QUANTILES[1], cand), eps_r)
-    assert np.max(np.abs(np.log(p) - np.log(p2))) <= eps_r + 1e-12
-    x_releases = 2 if g["bounds"]["X"]["pooled"] else 2 * X.shape[1]
-    assert g["budget_split"]["bounds"]["releases"] == x_releases + 2
+    grid = pb.grid(g["bounds"]["y"]["search_range"])
+    cand = grid[grid > 0]
+    p = pb.em_probabilities(pb.scale_utility(y, cand, pb.SCALE_RATIO), eps_r)
+    p2 = pb.em_probabilities(pb.scale_utility(y2, cand, pb.SCALE_RATIO), eps_r)
+    assert 0.5 * eps_r < np.max(np.abs(np.log(p) - np.log(p2))) <= eps_r + 1e-12
+    x_releases = 2 if g["bounds"]["X"]["pooled"] else X.shape[1]
+    assert g["budget_split"]["bounds"]["releases"] == x_releases + 1
 
 
 def test_default_bounds_are_private_charged_once_and_exported(tmp_path):

@@ -13,6 +13,7 @@ _LAZY = {
     "DPLinearRegression": "._linear",
     "DPLogisticRegression": "._logistic",
     "ConvergenceError": "._logistic",
+    "PrivateBounds": "._private_bounds",
 }
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "DPLinearRegression",
     "DPLogisticRegression",
     "PrivacyLeakWarning",
+    "PrivateBounds",
 ]
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

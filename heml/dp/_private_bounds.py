@@ -1,27 +1,29 @@
 """Feature and target bounds estimated with differential privacy, inside the fit's budget.
 
 Without public bounds a DP estimator must still clip its inputs to *some* box, and a box read
-from the data (min and max) is a release that ε does not cover: one record moves it. Here each
-bound is a private quantile, chosen by the exponential mechanism (McSherry & Talwar 2007) over a
-**public** grid of candidates, and paid for from the fit's own (ε, δ):
+from the data (min and max) is a release that ε does not cover: one record moves it. Here the
+box is chosen by the exponential mechanism (McSherry & Talwar 2007) over a **public** grid of
+candidates, and paid for from the fit's own (ε, δ):
 
 * Candidates: 0 and ±search_range·2^(-j/2), j = 0 … 80 (a log-scale grid from search_range down
   to search_range·2^-40, two points per octave). ``search_range`` is public (default 1e6) and
   can be narrowed with :class:`PrivateBounds`.
-* Utility of candidate c for quantile q: u(c) = -dist(q·n, [#{x < c}, #{x ≤ c}]). Replacing one
-  record moves each count by at most 1, so u has sensitivity 1 and choosing c with probability
-  ∝ exp(ε_r·u(c)/2) is ε_r-DP (replace-one, n public).
-* Each feature gets a lower (q = QUANTILES[0]) and an upper (q = QUANTILES[1]) release, then
-  the pair is widened by WIDEN interquartile ranges on each side; a regression target gets two
-  more. When n·ε_r is too small for per-feature releases to find the data (a public rule on
-  n, d, ε, δ), all features share one pooled pair (sensitivity d, two releases).
-* The k releases compose: an ε_r-DP exponential mechanism is
-  ε_r²/8-zCDP (Cesar & Rogers 2021, "bounded range"), so k of them are k·ε_r²/8-zCDP, which is
-  (ε_b, δ_b)-DP by the conversion of Canonne, Kamath & Steinke (2020, Prop. 12); when basic
-  composition (ε_r = ε_b/k, δ_b = 0) gives a larger ε_r it is used instead.
+* Per feature (and for a regression target), one release: a magnitude c > 0 from the grid with
+  utility u(c) = -(#{|x| > c} + #{0 < |x| ≤ c/16}) (values the box [-c, c] clips, plus nonzero
+  values it leaves in its bottom 1/16). The two sets are disjoint, so replacing one record
+  moves u by at most 1; choosing c with probability ∝ exp(ε_r·u(c)/2) is ε_r-DP (replace-one,
+  n public). The box is [-c, c].
+* When n·ε_r is too small for d such releases to find the data (a public rule on n, d, ε, δ:
+  ``per_feature``), all features share one box instead: the quartiles of all n·d values, each
+  by the exponential mechanism with utility -dist(q·n·d, [#{x < c}, #{x ≤ c}]) (sensitivity d:
+  a record holds d values), widened by one interquartile range on each side. Two releases.
+* The k releases compose: an ε_r-DP exponential mechanism is ε_r²/8-zCDP (Cesar & Rogers 2021,
+  "bounded range"), so k of them are k·ε_r²/8-zCDP, which is (ε_b, δ_b)-DP by the conversion of
+  Canonne, Kamath & Steinke (2020, Prop. 12); when basic composition (ε_r = ε_b/k, δ_b = 0)
+  gives a larger ε_r it is used instead.
 * The fit's budget splits by basic composition: the bounds take (ε_b, δ_b) =
-  (EPSILON_SHARE·ε, DELTA_SHARE·δ) and the model's mechanism gets the rest, so the whole fit is
-  (ε, δ)-DP. The guarantee states both parts.
+  (EPSILON_SHARE·ε, at most DELTA_SHARE·δ) and the model's mechanism gets the rest, so the whole
+  fit is (ε, δ)-DP. The guarantee states both parts (``dp_guarantee_["budget_split"]``).
 
 The estimator then maps every feature to [-1, 1] with its private bounds (a post-processing of
 the released bounds, so free) and fits there; the exported model folds the map back.
@@ -37,8 +39,8 @@ from scipy.optimize import brentq, minimize_scalar
 
 from ._noise import NoiseSource, _secure_uniform
 
-# Public, fixed a priori. The shares and quantile levels were chosen by measurement (see
-# docs/dp.md, "Bounds estimated with DP"); they do not depend on any dataset being fitted.
+# Public, fixed a priori: none depends on the data being fitted. They were chosen by measuring
+# a few alternatives on the benchmark sets (docs/dp.md, "Bounds estimated with DP").
 EPSILON_SHARE = 0.15
 DELTA_SHARE = 0.1
 QUANTILES = (0.25, 0.75)
@@ -46,18 +48,21 @@ QUANTILES = (0.25, 0.75)
 # (post-processing): central quantiles keep the exponential mechanism sharp (a candidate far
 # from the data then loses n/4 of utility), the widening brings back the tails.
 WIDEN = 1.0
+# The per-feature release picks a magnitude c with most of |x| in (c/SCALE_RATIO, c].
+SCALE_RATIO = 16.0
 DEFAULT_SEARCH_RANGE = 1e6
 POINTS_PER_OCTAVE = 2
 OCTAVES = 40
 # Per-feature quantiles need n·ε_r large enough for the exponential mechanism to find the data
 # among the candidates; below this public threshold all features share one pooled pair of
 # quantiles (a record then holds d values: sensitivity d, but only two releases).
-PER_FEATURE_MIN_N_EPSILON = 50.0
+PER_FEATURE_MIN_N_EPSILON = 16.0
 
 MECHANISM = (
-    "exponential mechanism over a public log-scale grid (utility "
-    "-dist(q n, [#{x < c}, #{x <= c}]), sensitivity 1), one release per bound, "
-    "composed in zCDP (epsilon_r^2/8 each)"
+    "exponential mechanism over a public log-scale grid: per feature a magnitude c "
+    "(utility -(#{|x| > c} + #{0 < |x| <= c/16}), sensitivity 1), box [-c, c]; or, pooled, "
+    "the quartiles of all values (sensitivity d) widened by one IQR; composed in zCDP "
+    "(epsilon_r^2/8 each)"
 )
 
 
@@ -102,6 +107,44 @@ def quantile_utility(x: np.ndarray, q: float, candidates: np.ndarray) -> np.ndar
     return -np.maximum(np.maximum(below - t, t - upto), 0.0)
 
 
+def scale_utility(x: np.ndarray, candidates: np.ndarray, ratio: float) -> np.ndarray:
+    """u(c) = -(#{|x| > c} + #{0 < |x| ≤ c/ratio}) for magnitudes c > 0: how many values the
+    box [-c, c] clips plus how many nonzero values it leaves in its bottom 1/ratio.
+
+    Replacing one record moves the sum by at most 1 (the two sets are disjoint), so u has
+    sensitivity 1 (m when each record holds m values of x). Unlike a quantile's utility it
+    penalizes a too-wide box by about n, not q·n: that is what keeps the choice sharp.
+    """
+    a = np.sort(np.abs(np.ravel(x)))
+    above = a.size - np.searchsorted(a, candidates, side="right")
+    small = np.searchsorted(a, candidates / ratio, side="right") - np.searchsorted(
+        a, 0.0, side="right"
+    )
+    return -(above + small).astype(np.float64)
+
+
+def private_scale(
+    x: np.ndarray,
+    epsilon: float,
+    candidates: np.ndarray,
+    noise: NoiseSource,
+    sensitivity: float = 1.0,
+) -> float:
+    """One ε-DP release of a magnitude c with most of |x| in (c/SCALE_RATIO, c]."""
+    return _draw(
+        em_probabilities(scale_utility(x, candidates, SCALE_RATIO), epsilon, sensitivity),
+        candidates,
+        noise,
+    )
+
+
+def _draw(p: np.ndarray, candidates: np.ndarray, noise: NoiseSource) -> float:
+    cdf = np.cumsum(p)
+    u = float(_uniform(noise))
+    idx = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
+    return float(candidates[min(idx, candidates.size - 1)])
+
+
 def em_probabilities(utility: np.ndarray, epsilon: float, sensitivity: float = 1.0) -> np.ndarray:
     """Exponential-mechanism probabilities ∝ exp(ε·u / (2·sensitivity)), exactly normalized."""
     logits = epsilon * np.asarray(utility, dtype=np.float64) / (2.0 * sensitivity)
@@ -123,10 +166,7 @@ def private_quantile(
     ``sensitivity``: how many values of x one record holds (x is then that record's row).
     """
     p = em_probabilities(quantile_utility(x, q, candidates), epsilon, sensitivity)
-    cdf = np.cumsum(p)
-    u = float(_uniform(noise))
-    idx = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
-    return float(candidates[min(idx, candidates.size - 1)])
+    return _draw(p, candidates, noise)
 
 
 def _uniform(noise: NoiseSource) -> float:
@@ -216,7 +256,7 @@ def per_feature(n: int, d: int, epsilon: float, delta: float, y_releases: int) -
     """The public rule: per-feature quantiles when they are precise enough, else pooled."""
     if d == 1:
         return True
-    eps_r = split_budget(epsilon, delta, 2 * d + y_releases).epsilon_release
+    eps_r = split_budget(epsilon, delta, d + y_releases).epsilon_release
     return n * eps_r >= PER_FEATURE_MIN_N_EPSILON
 
 
@@ -227,11 +267,13 @@ def private_bounds(
     noise: NoiseSource,
     pooled: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column (lower, upper) of a 2-D array: two private quantiles each, lower < upper;
-    ``pooled``: one pair for all columns, quantiles of all values (sensitivity d).
+    """Per-column (lower, upper) of a 2-D array.
 
-    If the two releases cross or coincide (possible under noise), the pair is ordered and a
-    zero-width pair is widened to the neighbouring grid points (post-processing).
+    Per feature (``pooled=False``): one release each, a magnitude c (``private_scale``), and
+    the box [-c, c]. Pooled: one pair for all columns, the quartiles of all n·d values
+    (sensitivity d, two releases), widened by WIDEN interquartile ranges on each side; if they
+    cross or coincide (possible under noise) they are ordered, and a zero-width pair is
+    widened to the neighbouring grid points (post-processing).
     """
     cand = grid(search_range)
     d = values.shape[1]
@@ -239,6 +281,10 @@ def private_bounds(
     for j in range(1 if pooled else d):
         col = values if pooled else values[:, j]
         m = d if pooled else 1
+        if not pooled:
+            c = private_scale(col, epsilon_release, cand[cand > 0], noise)
+            lo[j], hi[j] = -c, c
+            continue
         a = private_quantile(col, QUANTILES[0], epsilon_release, cand, noise, m)
         b = private_quantile(col, QUANTILES[1], epsilon_release, cand, noise, m)
         a, b = min(a, b), max(a, b)
@@ -247,7 +293,8 @@ def private_bounds(
             a = cand[max(k - 1, 0)]
             b = cand[min(k + 1, cand.size - 1)]
         spread = WIDEN * (b - a)
-        lo[j], hi[j] = a - spread, b + spread
+        lo[j] = max(a - spread, -search_range)
+        hi[j] = min(b + spread, search_range)
     if pooled:
         lo[:], hi[:] = lo[0], hi[0]
     return lo, hi
@@ -313,9 +360,9 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, accountant, noise: Nois
             "inf for no row clipping)"
         )
     n, d = X.shape
-    y_releases = 2 if y_kind == "dp" else 0
+    y_releases = 1 if y_kind == "dp" else 0
     pooled = x_kind == "dp" and not per_feature(n, d, epsilon, delta, y_releases)
-    releases = ((2 if pooled else 2 * d) if x_kind == "dp" else 0) + y_releases
+    releases = ((2 if pooled else d) if x_kind == "dp" else 0) + y_releases
     budget = split_budget(epsilon, delta, releases)
     private = "data" not in (x_kind, y_kind)
     if not private:
