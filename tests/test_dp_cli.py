@@ -193,3 +193,23 @@ def test_per_feature_bounds_from_a_json_file(tmp_path):
     assert r.returncode == 2 and "no bounds for 1 feature column(s): ['ratio']" in r.stderr
     ledger = json.loads((tmp_path / ".heml-privacy-ledger.json").read_text())
     assert [e["spent_epsilon"] for e in ledger["datasets"].values()] == [2.0]
+
+
+def test_bounds_in_the_wrong_units_warn_on_stderr(tmp_path):
+    # issue 15 item 1: raw breast-cancer features with --bounds=-3,3 were silently clipped
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer(as_frame=True)
+    df = data.frame.rename(columns={"target": "label"})
+    df.to_csv(tmp_path / "cancer.csv", index=False)
+    base = ["cancer.csv", "--target", "label", "--epsilon", "1", "--delta", "1e-5", "--seed", "0"]
+    r = heml_train(*base, "-o", "raw.json", "--bounds=-3,3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "outside the declared bounds" in ln]
+    assert len(lines) == 1 and lines[0].startswith("heml train: warning: --bounds:"), r.stderr
+    assert "of 30 feature(s)" in lines[0]
+    # bounds that cover the data: no warning
+    spec = {c: [float(df[c].min()) - 1, float(df[c].max()) + 1] for c in data.feature_names}
+    (tmp_path / "b.json").write_text(json.dumps(spec))
+    r = heml_train(*base, "-o", "ok.json", "--bounds", "b.json", cwd=tmp_path)
+    assert r.returncode == 0 and "outside the declared bounds" not in r.stderr, r.stderr

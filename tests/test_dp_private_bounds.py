@@ -204,3 +204,20 @@ def test_search_range_is_public_and_validated():
         pb.PrivateBounds(search_range=-1.0)
     with pytest.raises(ValueError, match="'data'"):
         DPLogisticRegression(bounds_X="minmax").fit(X, y)
+
+
+def test_declared_bounds_that_miss_the_data_warn_once():
+    from sklearn.datasets import load_breast_cancer
+
+    from heml.dp import BoundsWarning
+
+    X, y = load_breast_cancer(return_X_y=True)
+    with pytest.warns(BoundsWarning, match="of 30 feature"):
+        DPLogisticRegression(epsilon=1.0, bounds_X=(-3, 3), random_state=0).fit(X, y)
+    Z = (X - X.mean(0)) / X.std(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BoundsWarning)  # standardized: -3,3 is right
+        DPLogisticRegression(epsilon=1.0, bounds_X=(-3, 3), random_state=0).fit(Z, y)
+    Xd, yd = load_diabetes(return_X_y=True, scaled=False)
+    with pytest.warns(BoundsWarning, match="bounds_y: most training values of the target"):
+        DPLinearRegression(bounds_X=(0, 400), bounds_y=(-3, 3), random_state=0).fit(Xd, yd)

@@ -6,6 +6,7 @@ Estimators follow scikit-learn's API and carry their guarantee in ``dp_guarantee
 
 from .._lazy import lazy_attributes
 from ._accountant import BudgetAccountant, BudgetError, PrivacyLeakWarning
+from ._warnings import BoundsWarning
 
 # the estimators pull in scipy and dp-accounting: load them on first use so that importing
 # heml.dp.cli (for the `heml` command line) stays fast
@@ -17,6 +18,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "BoundsWarning",
     "BudgetAccountant",
     "BudgetError",
     "ConvergenceError",

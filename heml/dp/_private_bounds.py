@@ -348,6 +348,7 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, accountant, noise: Nois
 
     from ._accountant import BudgetAccountant, PrivacyLeakWarning
     from ._public_scaling import bounds_map, normalize
+    from ._warnings import BoundsWarning
 
     est.feature_map_ = None
     x_kind, y_kind = _kinds(est, epsilon)
@@ -430,7 +431,10 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, accountant, noise: Nois
 
     inner = clone(est).set_params(**params)
     try:
-        inner.fit(Z, y)
+        with warnings.catch_warnings():
+            # the inner fit's bounds are the released ones, not the user's: no BoundsWarning
+            warnings.simplefilter("ignore", BoundsWarning)
+            inner.fit(Z, y)
     except Exception:
         # the bounds were released from the data: the budget is spent whatever happens next
         accountant.spend(epsilon, delta, mechanism=f"{type(est).__name__}/bounds")

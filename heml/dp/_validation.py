@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
+
+from ._warnings import BoundsWarning
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data
@@ -98,6 +101,23 @@ def check_data_norm(data_norm) -> float | None:
     return r
 
 
+def warn_if_mostly_outside(values: np.ndarray, lo, hi, name: str) -> None:
+    """Warn (one line) when more than half of some column's values fall outside [lo, hi]."""
+    outside = np.mean((values < lo) | (values > hi), axis=0)
+    bad = int(np.sum(outside > 0.5))
+    if bad:
+        cols = values.shape[1]
+        which = "the target" if name == "bounds_y" else f"{bad} of {cols} feature(s)"
+        warnings.warn(
+            f"{name}: most training values of {which} lie outside the declared bounds and are "
+            f"clipped to them (worst column: {np.max(outside):.0%}); the bounds must be in the "
+            "data's own units (-3,3 suits standardized features only); omit them to have them "
+            "estimated with DP. (Computed from the training data, shown to you only.)",
+            BoundsWarning,
+            stacklevel=4,
+        )
+
+
 def _estimated(bounds) -> bool:
     """None, "data" or a PrivateBounds: bounds the estimator must find itself."""
     from ._private_bounds import PrivateBounds
@@ -120,6 +140,7 @@ def resolve_feature_bounds(X: np.ndarray, bounds_X, data_norm, *, private: bool)
     if not _estimated(bounds_X):
         lo, hi = parse_bounds(bounds_X, d, "bounds_X")
         source = "declared"
+        warn_if_mostly_outside(X, lo, hi, "bounds_X")
     elif R is not None and math.isfinite(R) and bounds_X is None:
         # the row clip bounds every coordinate by R: that box is implied, nothing is read
         lo, hi = np.full(d, -R), np.full(d, R)
@@ -170,6 +191,7 @@ def resolve_target_bounds(y: np.ndarray, bounds_y, *, private: bool):
     """(lower, upper, source) of the target: declared, or (ε = ∞ only) the data's range."""
     if not _estimated(bounds_y):
         lo, hi = parse_bounds(bounds_y, 1, "bounds_y")
+        warn_if_mostly_outside(np.asarray(y, dtype=np.float64)[:, None], lo, hi, "bounds_y")
         return float(lo[0]), float(hi[0]), "declared"
     if private:  # unreachable through the estimators: fail closed rather than leak
         raise RuntimeError("bounds_y must be declared or estimated with DP at finite epsilon")

@@ -32,6 +32,7 @@ from .._csvdata import (
 )
 from . import _ledger
 from ._accountant import BudgetError, PrivacyLeakWarning
+from ._warnings import BoundsWarning
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BUDGET = 0, 1, 2, 3
 _Invalid = InvalidInput  # bad arguments or data: exit 2 before any budget is spent
@@ -165,10 +166,15 @@ def _run(args) -> int:
         )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PrivacyLeakWarning)
+            warnings.simplefilter("always", BoundsWarning)
             est.fit(X, y.to_numpy())
         for w in caught:
             if issubclass(w.category, PrivacyLeakWarning):
                 print(f"heml train: warning: privacy leak: {w.message}", file=sys.stderr)
+            elif issubclass(w.category, BoundsWarning):
+                message = str(w.message).replace("bounds_X:", "--bounds:", 1)
+                message = message.replace("bounds_y:", "--target-bounds:", 1)
+                print(f"heml train: warning: {message}", file=sys.stderr)
         model = export_fitted(est, name=name, bounds=bounds, feature_names=X.columns)
         model.save(out)
         _ledger.record(
