@@ -426,9 +426,11 @@ def _resolve_bounds(bounds, out_of_bounds, final, affine: _Affine, pre: Preproce
         raise ModelError(
             "heml needs declared input bounds to choose encryption parameters (so no result can "
             f"wrap around the modulus); none are known for {shown}. Pass bounds=(lower, upper) "
-            "with scalars or one value per numeric input, e.g. "
-            "bounds=(X_train.min(axis=0), X_train.max(axis=0)), or put a scaler "
-            "(StandardScaler, MinMaxScaler) before the estimator so heml can derive them."
+            "with scalars or one value per numeric input, from domain knowledge or with a "
+            "margin around the training range so new rows fit, e.g. lo, hi = X_train.min(0), "
+            "X_train.max(0); bounds=(lo - (hi - lo), hi + (hi - lo)), out_of_bounds='clip'; "
+            "or put a scaler (StandardScaler, MinMaxScaler) before the estimator so heml can "
+            "derive them."
         )
     lo = np.where(indicator, 0.0, lo)
     hi = np.where(indicator, 1.0, hi)
