@@ -23,28 +23,34 @@ def _max_log_ratio(x, q, eps, cand, sensitivity=1.0):
     """max over every replace-one neighbour x' and output c of |log P[c | x] - log P[c | x']|
     (q: a quantile level, or "scale" for the per-feature magnitude release)."""
 
+    prior = None
+    if q == "box":
+        lower, upper, prior = pb.box_candidates(cand)
+        # the box utility reads x against both ends and the middle of every box
+        edges = np.concatenate([lower, upper, (lower + upper) / 2, -(lower + upper) / 2])
+    else:
+        edges = cand
+
     def utility(values):
-        if q == "scale":
-            return pb.scale_utility(values, cand, pb.SCALE_RATIO)
+        if q == "box":
+            return pb.box_utility(values, lower, upper)
         return pb.quantile_utility(values, q, cand)
 
-    p = pb.em_probabilities(utility(x), eps, sensitivity)
-    # the scale utility also reads |x| against c/ratio: neighbours must cross those too
-    edges = np.concatenate([cand, -cand, cand / pb.SCALE_RATIO, -cand / pb.SCALE_RATIO])
+    p = pb.em_probabilities(utility(x), eps, sensitivity, prior)
     worst = 0.0
     for i in range(x.size):
-        for v in _neighbour_values(x, np.unique(edges)):
+        for v in _neighbour_values(x, np.unique(np.concatenate([edges, -edges]))):
             x2 = x.copy()
             x2[i] = v
-            p2 = pb.em_probabilities(utility(x2), eps, sensitivity)
+            p2 = pb.em_probabilities(utility(x2), eps, sensitivity, prior)
             worst = max(worst, float(np.max(np.abs(np.log(p) - np.log(p2)))))
     return worst
 
 
-@pytest.mark.parametrize("q", [0.25, 0.5, 0.75, "scale"])
+@pytest.mark.parametrize("q", [0.25, 0.5, 0.75, "box"])
 def test_bounds_mechanisms_meet_their_epsilon_exactly_and_miscalibrated_ones_do_not(q):
     grid = pb.grid(4.0)[::8]  # a small public grid: 21 candidates in [-4, 4]
-    cand = grid[grid > 0] if q == "scale" else grid
+    cand = grid[grid > 0] if q == "box" else grid
     x = np.array([0.3, 0.3, 1.2, 2.5, -0.7])
     eps = 0.8
     # every output's probability ratio over every neighbour stays within e^eps
@@ -107,6 +113,11 @@ def test_split_budget_adds_up_and_uses_the_composition_it_states():
     assert b.epsilon_release > b.epsilon / 60  # better than basic composition here
     few = pb.split_budget(1.0, 1e-5, 2)  # two releases: basic composition wins, no delta
     assert few.delta == 0.0 and few.epsilon_release == pytest.approx(pb.EPSILON_SHARE / 2)
+    # a target takes half of the bounds' epsilon in its one release; features share the rest
+    t = pb.split_budget(1.0, 1e-5, 2, target=True)
+    assert t.epsilon_target == pytest.approx(pb.EPSILON_SHARE / 2)
+    assert 2 * t.epsilon_release + t.epsilon_target == pytest.approx(t.epsilon)
+    assert pb.split_budget(1.0, 1e-5, 0, target=True).epsilon_target == t.epsilon
 
 
 # ------------------------------------------------------------------ the estimators
@@ -131,14 +142,14 @@ def test_an_extreme_target_does_not_move_the_released_bounds():
     # and the mechanism that released them is calibrated: exact output probabilities of the
     # target's box on both datasets differ by at most e^epsilon_r
     g = b.dp_guarantee_
-    eps_r = g["budget_split"]["bounds"]["epsilon_per_release"]
+    eps_r = g["budget_split"]["bounds"]["epsilon_target_release"]
     grid = pb.grid(g["bounds"]["y"]["search_range"])
-    cand = grid[grid > 0]
-    p = pb.em_probabilities(pb.scale_utility(y, cand, pb.SCALE_RATIO), eps_r)
-    p2 = pb.em_probabilities(pb.scale_utility(y2, cand, pb.SCALE_RATIO), eps_r)
+    lower, upper, prior = pb.box_candidates(grid[grid > 0])
+    p = pb.em_probabilities(pb.box_utility(y, lower, upper), eps_r, prior=prior)
+    p2 = pb.em_probabilities(pb.box_utility(y2, lower, upper), eps_r, prior=prior)
     assert 0.5 * eps_r < np.max(np.abs(np.log(p) - np.log(p2))) <= eps_r + 1e-12
     x_releases = 2 if g["bounds"]["X"]["pooled"] else X.shape[1]
-    assert g["budget_split"]["bounds"]["releases"] == x_releases + 1
+    assert g["budget_split"]["bounds"]["feature_releases"] == x_releases
 
 
 def test_default_bounds_are_private_charged_once_and_exported(tmp_path):

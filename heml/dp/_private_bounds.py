@@ -2,31 +2,31 @@
 
 Without public bounds a DP estimator must still clip its inputs to *some* box, and a box read
 from the data (min and max) is a release that ε does not cover: one record moves it. Here the
-box is chosen by the exponential mechanism (McSherry & Talwar 2007) over a **public** grid of
-candidates, and paid for from the fit's own (ε, δ):
+box is chosen by the exponential mechanism (McSherry & Talwar 2007) over **public** candidates
+and paid for from the fit's own (ε, δ):
 
-* Candidates: 0 and ±search_range·2^(-j/2), j = 0 … 80 (a log-scale grid from search_range down
-  to search_range·2^-40, two points per octave). ``search_range`` is public (default 1e6) and
-  can be narrowed with :class:`PrivateBounds`.
-* Per feature (and for a regression target), one release: a magnitude c > 0 from the grid with
-  utility u(c) = -(#{|x| > c} + #{0 < |x| ≤ c/16}) (values the box [-c, c] clips, plus nonzero
-  values it leaves in its bottom 1/16). The two sets are disjoint, so replacing one record
-  moves u by at most 1; choosing c with probability ∝ exp(ε_r·u(c)/2) is ε_r-DP (replace-one,
-  n public). The box is [-c, c].
-* When n·ε_r is too small for d such releases to find the data (a public rule on n, d, ε, δ:
-  ``per_feature``), all features share one box instead: the quartiles of all n·d values, each
-  by the exponential mechanism with utility -dist(q·n·d, [#{x < c}, #{x ≤ c}]) (sensitivity d:
-  a record holds d values), widened by one interquartile range on each side. Two releases.
-* The k releases compose: an ε_r-DP exponential mechanism is ε_r²/8-zCDP (Cesar & Rogers 2021,
-  "bounded range"), so k of them are k·ε_r²/8-zCDP, which is (ε_b, δ_b)-DP by the conversion of
-  Canonne, Kamath & Steinke (2020, Prop. 12); when basic composition (ε_r = ε_b/k, δ_b = 0)
-  gives a larger ε_r it is used instead.
-* The fit's budget splits by basic composition: the bounds take (ε_b, δ_b) =
-  (EPSILON_SHARE·ε, at most DELTA_SHARE·δ) and the model's mechanism gets the rest, so the whole
-  fit is (ε, δ)-DP. The guarantee states both parts (``dp_guarantee_["budget_split"]``).
+* Magnitudes: ±search_range·2^(-j/2), j = 0 … 80 (a log grid from search_range down to
+  search_range·2^-40, two points per octave). ``search_range`` is public (default 1e6) and can
+  be narrowed with :class:`PrivateBounds`.
+* Per feature (and for a regression target) one release: a box among [-c, c], [f·c, c] and
+  [-c, -f·c] (f in BOX_FRACTIONS, c a magnitude), with a public prior favouring tighter shapes,
+  and utility u = -max(#values the box clips, max(0, n/3 - #values in its outer half or
+  beyond)). Each count moves by at most 1 when one record is replaced, and so does their
+  maximum: P[box] ∝ prior·exp(ε_r·u/2) is ε_r-DP (replace-one, n public).
+* When n·ε_r is too small for d such releases to find the data (``per_feature``: a public rule
+  on n, d, ε, δ), all features share one box instead: the quartiles of all n·d values, each by
+  the exponential mechanism with utility -dist(q·n·d, [#{x < c}, #{x ≤ c}]) over the signed
+  grid (sensitivity d: a record holds d values), widened by one interquartile range on each
+  side. Two releases.
+* The feature releases compose in zCDP (an ε_r-DP exponential mechanism is ε_r²/8-zCDP, Cesar
+  & Rogers 2021), converted to (ε, δ) by Canonne, Kamath & Steinke (2020, Prop. 12), or basically
+  when that gives a larger ε_r. The target's release is pure ε.
+* The fit's budget splits by basic composition: the bounds take ε_b = EPSILON_SHARE·ε (half of
+  it for the target's release when there is one) and δ_b ≤ DELTA_SHARE·δ; the model's mechanism
+  gets the rest, so the whole fit is (ε, δ)-DP. ``dp_guarantee_["budget_split"]`` states it.
 
-The estimator then maps every feature to [-1, 1] with its private bounds (a post-processing of
-the released bounds, so free) and fits there; the exported model folds the map back.
+The estimator then maps every feature to [-1, 1] with its released box (post-processing of the
+release, so free), clips rows there, and fits; the exported model folds the map back.
 """
 
 from __future__ import annotations
@@ -41,28 +41,26 @@ from ._noise import NoiseSource, _secure_uniform
 
 # Public, fixed a priori: none depends on the data being fitted. They were chosen by measuring
 # a few alternatives on the benchmark sets (docs/dp.md, "Bounds estimated with DP").
-EPSILON_SHARE = 0.15
+EPSILON_SHARE = 0.3
 DELTA_SHARE = 0.1
 QUANTILES = (0.25, 0.75)
 # The released quartiles are widened by this many interquartile ranges on each side
 # (post-processing): central quantiles keep the exponential mechanism sharp (a candidate far
 # from the data then loses n/4 of utility), the widening brings back the tails.
 WIDEN = 1.0
-# The per-feature release picks a magnitude c with most of |x| in (c/SCALE_RATIO, c].
-SCALE_RATIO = 16.0
 DEFAULT_SEARCH_RANGE = 1e6
 POINTS_PER_OCTAVE = 2
 OCTAVES = 40
-# Per-feature quantiles need n·ε_r large enough for the exponential mechanism to find the data
-# among the candidates; below this public threshold all features share one pooled pair of
-# quantiles (a record then holds d values: sensitivity d, but only two releases).
+# Per-feature boxes need n·ε_r large enough for the exponential mechanism to find the data
+# among the candidates; below this public threshold all features share one pooled box (a
+# record then holds d values: sensitivity d, but only two releases).
 PER_FEATURE_MIN_N_EPSILON = 16.0
 
 MECHANISM = (
-    "exponential mechanism over a public log-scale grid: per feature a magnitude c "
-    "(utility -(#{|x| > c} + #{0 < |x| <= c/16}), sensitivity 1), box [-c, c]; or, pooled, "
-    "the quartiles of all values (sensitivity d) widened by one IQR; composed in zCDP "
-    "(epsilon_r^2/8 each)"
+    "exponential mechanism over public boxes [-c, c], [f c, c], [-c, -f c] (c on a log grid, "
+    "f in {0, 1/2, 3/4}, prior 1:2:4:8), utility -max(#clipped, max(0, n/3 - #in outer half)), "
+    "sensitivity 1, one release per feature and target; or, pooled, the quartiles of all values "
+    "(sensitivity d) widened by one IQR; feature releases composed in zCDP (epsilon_r^2/8 each)"
 )
 
 
@@ -107,35 +105,61 @@ def quantile_utility(x: np.ndarray, q: float, candidates: np.ndarray) -> np.ndar
     return -np.maximum(np.maximum(below - t, t - upto), 0.0)
 
 
-def scale_utility(x: np.ndarray, candidates: np.ndarray, ratio: float) -> np.ndarray:
-    """u(c) = -(#{|x| > c} + #{0 < |x| ≤ c/ratio}) for magnitudes c > 0: how many values the
-    box [-c, c] clips plus how many nonzero values it leaves in its bottom 1/ratio.
+# Box shapes for the per-feature release, with their public prior weights: for a magnitude c,
+# [-c, c], and [f·c, c] and its mirror [-c, -f·c] for f in BOX_FRACTIONS. Tighter boxes weigh
+# more, so that among boxes that fit the data equally well the tighter one tends to win.
+BOX_FRACTIONS = (0.0, 0.5, 0.75)
+BOX_PRIOR = (1.0, 2.0, 4.0, 8.0)  # symmetric, then f = 0, 1/2, 3/4
+BOX_TARGET = 1.0 / 3.0  # a box must hold at least this share of values in its outer half
 
-    Replacing one record moves the sum by at most 1 (the two sets are disjoint), so u has
-    sensitivity 1 (m when each record holds m values of x). Unlike a quantile's utility it
-    penalizes a too-wide box by about n, not q·n: that is what keeps the choice sharp.
+
+def box_candidates(magnitudes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower, upper, prior weight) of every candidate box (public)."""
+    lo, hi, w = [-magnitudes], [magnitudes], [np.full(magnitudes.size, BOX_PRIOR[0])]
+    for f, weight in zip(BOX_FRACTIONS, BOX_PRIOR[1:], strict=True):
+        lo += [f * magnitudes, -magnitudes]
+        hi += [magnitudes, -f * magnitudes]
+        w += [np.full(magnitudes.size, weight)] * 2
+    return np.concatenate(lo), np.concatenate(hi), np.concatenate(w)
+
+
+def box_utility(x: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """u = -max(#{x outside [a, b]}, max(0, t - #{x in the box's outer half or beyond})).
+
+    The first count is what the box clips; the second says the box is too wide (t =
+    BOX_TARGET·n values must reach its outer half: |x| ≥ c/2 for [-c, c], x ≥ (a + b)/2 for
+    a box on the positive side, x ≤ (a + b)/2 on the negative side). Each count moves by at
+    most 1 when one record is replaced, and so does their maximum: sensitivity 1.
     """
-    a = np.sort(np.abs(np.ravel(x)))
-    above = a.size - np.searchsorted(a, candidates, side="right")
-    small = np.searchsorted(a, candidates / ratio, side="right") - np.searchsorted(
-        a, 0.0, side="right"
+    x = np.sort(np.ravel(x))
+    n = x.size
+    outside = np.searchsorted(x, lower, side="left") + (n - np.searchsorted(x, upper, "right"))
+    mid = (lower + upper) / 2.0
+    sym = lower == -upper
+    positive = lower >= 0
+    a = np.abs(x)
+    a.sort()
+    outer = np.where(
+        sym,
+        n - np.searchsorted(a, upper / 2.0, side="left"),
+        np.where(
+            positive,
+            n - np.searchsorted(x, mid, side="left"),
+            np.searchsorted(x, mid, side="right"),
+        ),
     )
-    return -(above + small).astype(np.float64)
+    wide = np.maximum(BOX_TARGET * n - outer, 0.0)
+    return -np.maximum(outside, wide).astype(np.float64)
 
 
-def private_scale(
-    x: np.ndarray,
-    epsilon: float,
-    candidates: np.ndarray,
-    noise: NoiseSource,
-    sensitivity: float = 1.0,
-) -> float:
-    """One ε-DP release of a magnitude c with most of |x| in (c/SCALE_RATIO, c]."""
-    return _draw(
-        em_probabilities(scale_utility(x, candidates, SCALE_RATIO), epsilon, sensitivity),
-        candidates,
-        noise,
-    )
+def private_box(
+    x: np.ndarray, epsilon: float, magnitudes: np.ndarray, noise: NoiseSource
+) -> tuple[float, float]:
+    """One ε-DP release of a box for x: the exponential mechanism with the public prior."""
+    lower, upper, prior = box_candidates(magnitudes)
+    p = em_probabilities(box_utility(x, lower, upper), epsilon, prior=prior)
+    k = int(_draw(p, np.arange(p.size, dtype=np.float64), noise))
+    return float(lower[k]), float(upper[k])
 
 
 def _draw(p: np.ndarray, candidates: np.ndarray, noise: NoiseSource) -> float:
@@ -145,9 +169,16 @@ def _draw(p: np.ndarray, candidates: np.ndarray, noise: NoiseSource) -> float:
     return float(candidates[min(idx, candidates.size - 1)])
 
 
-def em_probabilities(utility: np.ndarray, epsilon: float, sensitivity: float = 1.0) -> np.ndarray:
-    """Exponential-mechanism probabilities ∝ exp(ε·u / (2·sensitivity)), exactly normalized."""
+def em_probabilities(
+    utility: np.ndarray, epsilon: float, sensitivity: float = 1.0, prior: np.ndarray | None = None
+) -> np.ndarray:
+    """Exponential-mechanism probabilities ∝ prior·exp(ε·u / (2·sensitivity)), normalized.
+
+    A public (data-independent) prior does not change the privacy analysis.
+    """
     logits = epsilon * np.asarray(utility, dtype=np.float64) / (2.0 * sensitivity)
+    if prior is not None:
+        logits = logits + np.log(prior)
     logits -= logits.max()
     w = np.exp(logits)
     return w / w.sum()
@@ -223,40 +254,50 @@ class BoundsBudget:
 
     epsilon: float
     delta: float
-    releases: int
-    epsilon_release: float
+    releases: int  # feature releases (the target's, if any, comes on top)
+    epsilon_release: float  # ε of each feature release
+    epsilon_target: float  # ε of the target's one release (0: none)
     epsilon_model: float
     delta_model: float
 
-    def describe(self, share: float) -> dict:
+    def describe(self) -> dict:
         return {
             "epsilon": self.epsilon,
             "delta": self.delta,
-            "share_of_epsilon": share,
-            "releases": self.releases,
-            "epsilon_per_release": self.epsilon_release,
+            "share_of_epsilon": EPSILON_SHARE,
+            "feature_releases": self.releases,
+            "epsilon_per_feature_release": self.epsilon_release,
+            "epsilon_target_release": self.epsilon_target,
             "mechanism": MECHANISM,
-            "composition": "zCDP (Canonne-Kamath-Steinke 2020 conversion)"
+            "composition": "features: zCDP (Canonne-Kamath-Steinke 2020 conversion)"
             if self.delta > 0
             else "basic (pure epsilon)",
         }
 
 
-def split_budget(epsilon: float, delta: float, releases: int) -> BoundsBudget:
-    """The public split of (ε, δ) for ``releases`` quantile releases (none: all to the model)."""
-    if releases == 0:
-        return BoundsBudget(0.0, 0.0, 0, 0.0, epsilon, delta)
+def split_budget(epsilon: float, delta: float, releases: int, target: bool = False) -> BoundsBudget:
+    """The public split of (ε, δ): ε_b = EPSILON_SHARE·ε to the bounds, the rest to the model.
+
+    With a target to bound, half of ε_b is its one release (the box that scales every residual,
+    so worth the most), the other half the features'; ``releases`` feature releases compose in
+    zCDP (δ_b ≤ DELTA_SHARE·δ) or basically, whichever gives the larger ε_r.
+    """
+    if releases == 0 and not target:
+        return BoundsBudget(0.0, 0.0, 0, 0.0, 0.0, epsilon, delta)
     eps_b = EPSILON_SHARE * epsilon
-    eps_r, delta_b = per_release_epsilon(releases, eps_b, DELTA_SHARE * delta)
-    return BoundsBudget(eps_b, delta_b, releases, eps_r, epsilon - eps_b, delta - delta_b)
+    eps_y = (eps_b / 2.0 if releases else eps_b) if target else 0.0
+    eps_r, delta_b = 0.0, 0.0
+    if releases:
+        eps_r, delta_b = per_release_epsilon(releases, eps_b - eps_y, DELTA_SHARE * delta)
+    return BoundsBudget(eps_b, delta_b, releases, eps_r, eps_y, epsilon - eps_b, delta - delta_b)
 
 
 # ---------------------------------------------------------------------- bounds
-def per_feature(n: int, d: int, epsilon: float, delta: float, y_releases: int) -> bool:
-    """The public rule: per-feature quantiles when they are precise enough, else pooled."""
+def per_feature(n: int, d: int, epsilon: float, delta: float, target: bool) -> bool:
+    """The public rule: per-feature boxes when they are precise enough, else one pooled box."""
     if d == 1:
         return True
-    eps_r = split_budget(epsilon, delta, d + y_releases).epsilon_release
+    eps_r = split_budget(epsilon, delta, d, target).epsilon_release
     return n * eps_r >= PER_FEATURE_MIN_N_EPSILON
 
 
@@ -269,8 +310,7 @@ def private_bounds(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-column (lower, upper) of a 2-D array.
 
-    Per feature (``pooled=False``): one release each, a magnitude c (``private_scale``), and
-    the box [-c, c]. Pooled: one pair for all columns, the quartiles of all n·d values
+    Per feature (``pooled=False``): one release each, a box (``private_box``). Pooled: one pair for all columns, the quartiles of all n·d values
     (sensitivity d, two releases), widened by WIDEN interquartile ranges on each side; if they
     cross or coincide (possible under noise) they are ordered, and a zero-width pair is
     widened to the neighbouring grid points (post-processing).
@@ -282,8 +322,7 @@ def private_bounds(
         col = values if pooled else values[:, j]
         m = d if pooled else 1
         if not pooled:
-            c = private_scale(col, epsilon_release, cand[cand > 0], noise)
-            lo[j], hi[j] = -c, c
+            lo[j], hi[j] = private_box(col, epsilon_release, cand[cand > 0], noise)
             continue
         a = private_quantile(col, QUANTILES[0], epsilon_release, cand, noise, m)
         b = private_quantile(col, QUANTILES[1], epsilon_release, cand, noise, m)
@@ -361,10 +400,10 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, accountant, noise: Nois
             "inf for no row clipping)"
         )
     n, d = X.shape
-    y_releases = 1 if y_kind == "dp" else 0
-    pooled = x_kind == "dp" and not per_feature(n, d, epsilon, delta, y_releases)
-    releases = ((2 if pooled else d) if x_kind == "dp" else 0) + y_releases
-    budget = split_budget(epsilon, delta, releases)
+    target = y_kind == "dp"
+    pooled = x_kind == "dp" and not per_feature(n, d, epsilon, delta, target)
+    releases = (2 if pooled else d) if x_kind == "dp" else 0
+    budget = split_budget(epsilon, delta, releases, target)
     private = "data" not in (x_kind, y_kind)
     if not private:
         which = " and ".join(
@@ -413,9 +452,7 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, accountant, noise: Nois
     if y_kind in ("dp", "data"):
         yv = np.asarray(y, dtype=np.float64)[:, None]
         if y_kind == "dp":
-            ylo, yhi = private_bounds(
-                yv, budget.epsilon_release, _search_range(est.bounds_y), noise
-            )
+            ylo, yhi = private_bounds(yv, budget.epsilon_target, _search_range(est.bounds_y), noise)
             ysource = "estimated with DP (private quantiles, see budget_split)"
         else:
             ylo, yhi = data_bounds(yv)
@@ -477,7 +514,7 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, accountant, noise: Nois
         n_samples=n,
     )
     guarantee["budget_split"] = {
-        "bounds": budget.describe(EPSILON_SHARE) if releases else None,
+        "bounds": budget.describe() if budget.epsilon else None,
         "model": {"epsilon": budget.epsilon_model, "delta": budget.delta_model},
         "composition": "basic: the bounds' and the model's (epsilon, delta) add up",
     }
