@@ -310,10 +310,11 @@ def private_bounds(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-column (lower, upper) of a 2-D array.
 
-    Per feature (``pooled=False``): one release each, a box (``private_box``). Pooled: one pair for all columns, the quartiles of all n·d values
-    (sensitivity d, two releases), widened by WIDEN interquartile ranges on each side; if they
-    cross or coincide (possible under noise) they are ordered, and a zero-width pair is
-    widened to the neighbouring grid points (post-processing).
+    Per feature (``pooled=False``): one release each, a box (``private_box``). Pooled: one
+    pair for all columns, the quartiles of all n·d values (sensitivity d, two releases),
+    widened by WIDEN interquartile ranges on each side; if they cross or coincide (possible
+    under noise) they are ordered, and a zero-width pair is widened to the neighbouring grid
+    points (post-processing).
     """
     cand = grid(search_range)
     d = values.shape[1]
@@ -494,7 +495,7 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, accountant, noise: Nois
         coef = np.asarray(inner.coef_) / half
         est.coef_ = coef
         est.intercept_ = inner.intercept_ - coef @ center
-        est.bounds_X_ = (center - half, center + half)
+        est.bounds_X_ = (np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64))
         est.feature_map_ = (center, half)
         inner_bounds["X"] = bounds["X"]
         inner_bounds["feature_map"] = (
