@@ -19,68 +19,86 @@ def _neighbour_values(x, cand):
     return np.concatenate([cand, mids, [cand[0] - 1.0, cand[-1] + 1.0]])
 
 
-def _max_log_ratio(x, q, eps, cand, sensitivity=1.0):
-    """max over every replace-one neighbour x' and output c of |log P[c | x] - log P[c | x']|
-    (q: a quantile level, or "scale" for the per-feature magnitude release)."""
+def _max_log_ratio(x, target, eps, mags, sensitivity=1.0):
+    """max over every replace-one neighbour x' and output box of |log P[box | x] - log
+    P[box | x']| for the per-feature box release (``target``: the target's variant)."""
+    lower, upper, prior = pb.box_candidates(mags)
+    # the utility reads x against both ends and the middle of every box
+    edges = np.concatenate([lower, upper, (lower + upper) / 2, -(lower + upper) / 2])
+    values = _neighbour_values(x, np.unique(edges))
 
-    prior = None
-    if q == "box":
-        lower, upper, prior = pb.box_candidates(cand)
-        # the box utility reads x against both ends and the middle of every box
-        edges = np.concatenate([lower, upper, (lower + upper) / 2, -(lower + upper) / 2])
-    else:
-        edges = cand
+    def probabilities(v):
+        return pb.em_probabilities(pb.box_utility(v, lower, upper, target), eps, sensitivity, prior)
 
-    def utility(values):
-        if q == "box":
-            return pb.box_utility(values, lower, upper)
-        return pb.quantile_utility(values, q, cand)
-
-    p = pb.em_probabilities(utility(x), eps, sensitivity, prior)
+    p = probabilities(x)
     worst = 0.0
     for i in range(x.size):
-        for v in _neighbour_values(x, np.unique(np.concatenate([edges, -edges]))):
+        for v in values:
             x2 = x.copy()
             x2[i] = v
-            p2 = pb.em_probabilities(utility(x2), eps, sensitivity, prior)
-            worst = max(worst, float(np.max(np.abs(np.log(p) - np.log(p2)))))
+            worst = max(worst, float(np.max(np.abs(np.log(p) - np.log(probabilities(x2))))))
     return worst
 
 
-@pytest.mark.parametrize("q", [0.25, 0.5, 0.75, "box"])
-def test_bounds_mechanisms_meet_their_epsilon_exactly_and_miscalibrated_ones_do_not(q):
-    grid = pb.grid(4.0)[::8]  # a small public grid: 21 candidates in [-4, 4]
-    cand = grid[grid > 0] if q == "box" else grid
+@pytest.mark.parametrize("target", [False, True])
+def test_box_mechanism_meets_its_epsilon_exactly_and_a_miscalibrated_one_does_not(target):
+    grid = pb.grid(4.0)[::8]  # a small public grid: 10 magnitudes in (0, 4]
+    mags = grid[grid > 0]
     x = np.array([0.3, 0.3, 1.2, 2.5, -0.7])
     eps = 0.8
     # every output's probability ratio over every neighbour stays within e^eps
-    assert _max_log_ratio(x, q, eps, cand) <= eps + 1e-12
-    # positive control: a 4x miscalibrated mechanism (noise for sensitivity 1/4) fails it
-    assert _max_log_ratio(x, q, eps, cand, sensitivity=0.25) > eps * 1.5
+    assert _max_log_ratio(x, target, eps, mags) <= eps + 1e-12
+    # positive controls: the exponential mechanism without its factor 1/2, and 4x too little
+    assert _max_log_ratio(x, target, eps, mags, sensitivity=0.5) > eps * 1.2
+    assert _max_log_ratio(x, target, eps, mags, sensitivity=0.25) > eps * 1.5
 
 
-def test_dropping_the_exponential_mechanisms_factor_of_two_is_caught():
-    # the usual calibration slip: exp(eps * u) instead of exp(eps * u / 2)
-    grid = pb.grid(4.0)[::8]
-    x = np.array([0.3, 0.3, 1.2, 2.5, -0.7])
-    assert _max_log_ratio(x, 0.5, 0.8, grid, sensitivity=0.5) > 0.8 * 1.5
+def test_pooled_box_needs_sensitivity_d():
+    # one record holds d values: replacing a whole row moves the pooled utility by up to d
+    mags = pb.grid(4.0)[::8]
+    mags = mags[mags > 0]
+    lower, upper, prior = pb.box_candidates(mags)
+    X = np.array([[0.3, 1.2], [2.5, -0.7], [0.1, 0.2]])
+    values = np.unique(np.concatenate([lower, upper, (lower + upper) / 2, -(lower + upper) / 2]))
+    values = np.concatenate([values - 1e-9, values + 1e-9, [-10.0, 10.0]])
+    rng = np.random.default_rng(0)
+    pairs = np.concatenate([rng.choice(values, (3000, 2)), [[-10.0, 10.0], [10.0, 10.0]]])
+
+    def worst(sensitivity):
+        p = pb.em_probabilities(pb.box_utility(X, lower, upper), 1.0, sensitivity, prior)
+        out = 0.0
+        for i in range(X.shape[0]):
+            for row in pairs:
+                X2 = X.copy()
+                X2[i] = row
+                u2 = pb.box_utility(X2, lower, upper)
+                p2 = pb.em_probabilities(u2, 1.0, sensitivity, prior)
+                out = max(out, float(np.max(np.abs(np.log(p) - np.log(p2)))))
+        return out
+
+    assert worst(2.0) <= 1.0 + 1e-12
+    assert worst(1.0) > 1.0  # treating the pooled release as sensitivity 1 breaks epsilon
 
 
 def test_exponential_mechanism_is_eps_squared_over_8_zcdp_on_a_tiny_input():
     # the composition in split_budget rests on this (bounded range, Cesar & Rogers 2021):
     # D_alpha(P || P') <= alpha * eps^2 / 8 for every neighbour, checked exactly here
-    cand = pb.grid(4.0)[::8]
+    mags = pb.grid(4.0)[::8]
+    mags = mags[mags > 0]
+    lower, upper, prior = pb.box_candidates(mags)
     x = np.array([0.3, 1.2, 2.5, -0.7])
     eps = 1.0
+    edges = np.concatenate([lower, upper, (lower + upper) / 2, -(lower + upper) / 2])
 
     def worst_renyi(sensitivity):
-        p = pb.em_probabilities(pb.quantile_utility(x, 0.5, cand), eps, sensitivity)
+        p = pb.em_probabilities(pb.box_utility(x, lower, upper), eps, sensitivity, prior)
         worst = 0.0
         for i in range(x.size):
-            for v in _neighbour_values(x, cand):
+            for v in _neighbour_values(x, np.unique(edges)):
                 x2 = x.copy()
                 x2[i] = v
-                p2 = pb.em_probabilities(pb.quantile_utility(x2, 0.5, cand), eps, sensitivity)
+                u2 = pb.box_utility(x2, lower, upper)
+                p2 = pb.em_probabilities(u2, eps, sensitivity, prior)
                 for alpha in (1.5, 2.0, 4.0, 8.0, 32.0):
                     for a, b in ((p, p2), (p2, p)):
                         r = math.log(np.sum(a**alpha * b ** (1 - alpha))) / (alpha - 1)
@@ -88,7 +106,7 @@ def test_exponential_mechanism_is_eps_squared_over_8_zcdp_on_a_tiny_input():
         return worst
 
     assert worst_renyi(1.0) <= eps**2 / 8 + 1e-12
-    assert worst_renyi(0.5) > eps**2 / 8  # positive control: a miscalibrated mechanism
+    assert worst_renyi(0.25) > eps**2 / 8  # positive control: 4x too little noise
 
 
 def test_zcdp_conversion_is_never_below_the_exact_gaussian_delta():
@@ -145,10 +163,10 @@ def test_an_extreme_target_does_not_move_the_released_bounds():
     eps_r = g["budget_split"]["bounds"]["epsilon_target_release"]
     grid = pb.grid(g["bounds"]["y"]["search_range"])
     lower, upper, prior = pb.box_candidates(grid[grid > 0])
-    p = pb.em_probabilities(pb.box_utility(y, lower, upper), eps_r, prior=prior)
-    p2 = pb.em_probabilities(pb.box_utility(y2, lower, upper), eps_r, prior=prior)
+    p = pb.em_probabilities(pb.box_utility(y, lower, upper, True), eps_r, prior=prior)
+    p2 = pb.em_probabilities(pb.box_utility(y2, lower, upper, True), eps_r, prior=prior)
     assert 0.5 * eps_r < np.max(np.abs(np.log(p) - np.log(p2))) <= eps_r + 1e-12
-    x_releases = 2 if g["bounds"]["X"]["pooled"] else X.shape[1]
+    x_releases = 1 if g["bounds"]["X"]["pooled"] else X.shape[1]
     assert g["budget_split"]["bounds"]["feature_releases"] == x_releases
 
 

@@ -14,10 +14,8 @@ and paid for from the fit's own (ε, δ):
   beyond)). Each count moves by at most 1 when one record is replaced, and so does their
   maximum: P[box] ∝ prior·exp(ε_r·u/2) is ε_r-DP (replace-one, n public).
 * When n·ε_r is too small for d such releases to find the data (``per_feature``: a public rule
-  on n, d, ε, δ), all features share one box instead: the quartiles of all n·d values, each by
-  the exponential mechanism with utility -dist(q·n·d, [#{x < c}, #{x ≤ c}]) over the signed
-  grid (sensitivity d: a record holds d values), widened by one interquartile range on each
-  side. Two releases.
+  on n, d, ε, δ), all features share one box instead: the same release over all n·d values,
+  with sensitivity d (a record holds d values).
 * The feature releases compose in zCDP (an ε_r-DP exponential mechanism is ε_r²/8-zCDP, Cesar
   & Rogers 2021), converted to (ε, δ) by Canonne, Kamath & Steinke (2020, Prop. 12), or basically
   when that gives a larger ε_r. The target's release is pure ε.
@@ -43,11 +41,6 @@ from ._noise import NoiseSource, _secure_uniform
 # a few alternatives on the benchmark sets (docs/dp.md, "Bounds estimated with DP").
 EPSILON_SHARE = 0.3
 DELTA_SHARE = 0.1
-QUANTILES = (0.25, 0.75)
-# The released quartiles are widened by this many interquartile ranges on each side
-# (post-processing): central quantiles keep the exponential mechanism sharp (a candidate far
-# from the data then loses n/4 of utility), the widening brings back the tails.
-WIDEN = 1.0
 DEFAULT_SEARCH_RANGE = 1e6
 POINTS_PER_OCTAVE = 2
 OCTAVES = 40
@@ -59,8 +52,9 @@ PER_FEATURE_MIN_N_EPSILON = 16.0
 MECHANISM = (
     "exponential mechanism over public boxes [-c, c], [f c, c], [-c, -f c] (c on a log grid, "
     "f in {0, 1/2, 3/4}, prior 1:2:4:8), utility -max(#clipped, max(0, n/3 - #in outer half)), "
-    "sensitivity 1, one release per feature and target; or, pooled, the quartiles of all values "
-    "(sensitivity d) widened by one IQR; feature releases composed in zCDP (epsilon_r^2/8 each)"
+    "sensitivity 1, one release per feature and one for the target (whose [-c, c] must reach "
+    "both outer halves); or one pooled box over all n*d values (sensitivity d); feature "
+    "releases composed in zCDP (epsilon_r^2/8 each)"
 )
 
 
@@ -91,20 +85,6 @@ def grid(search_range: float = DEFAULT_SEARCH_RANGE) -> np.ndarray:
     return np.concatenate([-mags, [0.0], mags[::-1]])
 
 
-def quantile_utility(x: np.ndarray, q: float, candidates: np.ndarray) -> np.ndarray:
-    """u(c) = -dist(q·n, [#{x < c}, #{x ≤ c}]) for every candidate: 0 when c is a q-quantile
-    (ties included), else how many values lie between c and the q-quantile.
-
-    Replacing one record moves both counts by at most 1, so u moves by at most 1 (m when each
-    record holds m values of x).
-    """
-    x = np.sort(np.ravel(x))
-    below = np.searchsorted(x, candidates, side="left")
-    upto = np.searchsorted(x, candidates, side="right")
-    t = q * x.size
-    return -np.maximum(np.maximum(below - t, t - upto), 0.0)
-
-
 # Box shapes for the per-feature release, with their public prior weights: for a magnitude c,
 # [-c, c], and [f·c, c] and its mirror [-c, -f·c] for f in BOX_FRACTIONS. Tighter boxes weigh
 # more, so that among boxes that fit the data equally well the tighter one tends to win.
@@ -123,13 +103,18 @@ def box_candidates(magnitudes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return np.concatenate(lo), np.concatenate(hi), np.concatenate(w)
 
 
-def box_utility(x: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+def box_utility(
+    x: np.ndarray, lower: np.ndarray, upper: np.ndarray, both_sides: bool = False
+) -> np.ndarray:
     """u = -max(#{x outside [a, b]}, max(0, t - #{x in the box's outer half or beyond})).
 
     The first count is what the box clips; the second says the box is too wide (t =
     BOX_TARGET·n values must reach its outer half: |x| ≥ c/2 for [-c, c], x ≥ (a + b)/2 for
-    a box on the positive side, x ≤ (a + b)/2 on the negative side). Each count moves by at
-    most 1 when one record is replaced, and so does their maximum: sensitivity 1.
+    a box on the positive side, x ≤ (a + b)/2 on the negative side). With ``both_sides``
+    (a regression target, whose box centre is what the model shrinks toward), [-c, c] must
+    reach both of its outer halves instead: max(0, t/2 - min(#{x ≥ c/2}, #{x ≤ -c/2})), so
+    that a target on one side of 0 gets a one-sided box. Each count, each min and the max move
+    by at most 1 when one record is replaced: sensitivity 1.
     """
     x = np.sort(np.ravel(x))
     n = x.size
@@ -137,27 +122,37 @@ def box_utility(x: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarr
     mid = (lower + upper) / 2.0
     sym = lower == -upper
     positive = lower >= 0
-    a = np.abs(x)
-    a.sort()
-    outer = np.where(
-        sym,
-        n - np.searchsorted(a, upper / 2.0, side="left"),
-        np.where(
-            positive,
-            n - np.searchsorted(x, mid, side="left"),
-            np.searchsorted(x, mid, side="right"),
-        ),
+    t = BOX_TARGET * n
+    above = n - np.searchsorted(x, upper / 2.0, side="left")
+    below = np.searchsorted(x, -upper / 2.0, side="right")
+    one = np.where(
+        positive,
+        n - np.searchsorted(x, mid, side="left"),
+        np.searchsorted(x, mid, side="right"),
     )
-    wide = np.maximum(BOX_TARGET * n - outer, 0.0)
+    if both_sides:
+        wide_sym = np.maximum(t / 2.0 - np.minimum(above, below), 0.0)
+    else:
+        wide_sym = np.maximum(t - (above + below), 0.0)
+    wide = np.where(sym, wide_sym, np.maximum(t - one, 0.0))
     return -np.maximum(outside, wide).astype(np.float64)
 
 
 def private_box(
-    x: np.ndarray, epsilon: float, magnitudes: np.ndarray, noise: NoiseSource
+    x: np.ndarray,
+    epsilon: float,
+    magnitudes: np.ndarray,
+    noise: NoiseSource,
+    both_sides: bool = False,
+    sensitivity: float = 1.0,
 ) -> tuple[float, float]:
-    """One ε-DP release of a box for x: the exponential mechanism with the public prior."""
+    """One ε-DP release of a box for x: the exponential mechanism with the public prior.
+
+    ``sensitivity``: how many values of x one record holds (d for a pooled box).
+    """
     lower, upper, prior = box_candidates(magnitudes)
-    p = em_probabilities(box_utility(x, lower, upper), epsilon, prior=prior)
+    u = box_utility(x, lower, upper, both_sides)
+    p = em_probabilities(u, epsilon, sensitivity, prior)
     k = int(_draw(p, np.arange(p.size, dtype=np.float64), noise))
     return float(lower[k]), float(upper[k])
 
@@ -182,22 +177,6 @@ def em_probabilities(
     logits -= logits.max()
     w = np.exp(logits)
     return w / w.sum()
-
-
-def private_quantile(
-    x: np.ndarray,
-    q: float,
-    epsilon: float,
-    candidates: np.ndarray,
-    noise: NoiseSource,
-    sensitivity: float = 1.0,
-) -> float:
-    """One ε-DP release of the q-quantile of x, a point of ``candidates`` (inverse-CDF draw).
-
-    ``sensitivity``: how many values of x one record holds (x is then that record's row).
-    """
-    p = em_probabilities(quantile_utility(x, q, candidates), epsilon, sensitivity)
-    return _draw(p, candidates, noise)
 
 
 def _uniform(noise: NoiseSource) -> float:
@@ -307,36 +286,21 @@ def private_bounds(
     search_range: float,
     noise: NoiseSource,
     pooled: bool = False,
+    both_sides: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column (lower, upper) of a 2-D array.
-
-    Per feature (``pooled=False``): one release each, a box (``private_box``). Pooled: one
-    pair for all columns, the quartiles of all n·d values (sensitivity d, two releases),
-    widened by WIDEN interquartile ranges on each side; if they cross or coincide (possible
-    under noise) they are ordered, and a zero-width pair is widened to the neighbouring grid
-    points (post-processing).
+    """Per-column (lower, upper) of a 2-D array: one box per column (``private_box``), or
+    with ``pooled`` one box for all columns from all n·d values (sensitivity d). One release
+    either way; ``both_sides``: see ``box_utility``.
     """
-    cand = grid(search_range)
+    mags = grid(search_range)
+    mags = mags[mags > 0]
     d = values.shape[1]
-    lo, hi = np.empty(d), np.empty(d)
-    for j in range(1 if pooled else d):
-        col = values if pooled else values[:, j]
-        m = d if pooled else 1
-        if not pooled:
-            lo[j], hi[j] = private_box(col, epsilon_release, cand[cand > 0], noise)
-            continue
-        a = private_quantile(col, QUANTILES[0], epsilon_release, cand, noise, m)
-        b = private_quantile(col, QUANTILES[1], epsilon_release, cand, noise, m)
-        a, b = min(a, b), max(a, b)
-        if a == b:
-            k = int(np.searchsorted(cand, a))
-            a = cand[max(k - 1, 0)]
-            b = cand[min(k + 1, cand.size - 1)]
-        spread = WIDEN * (b - a)
-        lo[j] = max(a - spread, -search_range)
-        hi[j] = min(b + spread, search_range)
     if pooled:
-        lo[:], hi[:] = lo[0], hi[0]
+        a, b = private_box(values, epsilon_release, mags, noise, both_sides, sensitivity=d)
+        return np.full(d, a), np.full(d, b)
+    lo, hi = np.empty(d), np.empty(d)
+    for j in range(d):
+        lo[j], hi[j] = private_box(values[:, j], epsilon_release, mags, noise, both_sides)
     return lo, hi
 
 
@@ -403,7 +367,7 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, accountant, noise: Nois
     n, d = X.shape
     target = y_kind == "dp"
     pooled = x_kind == "dp" and not per_feature(n, d, epsilon, delta, target)
-    releases = (2 if pooled else d) if x_kind == "dp" else 0
+    releases = (1 if pooled else d) if x_kind == "dp" else 0
     budget = split_budget(epsilon, delta, releases, target)
     private = "data" not in (x_kind, y_kind)
     if not private:
@@ -435,7 +399,7 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, accountant, noise: Nois
             lo, hi = private_bounds(
                 X, budget.epsilon_release, _search_range(est.bounds_X), noise, pooled
             )
-            source = "estimated with DP (private quantiles, see budget_split)"
+            source = "estimated with DP (exponential mechanism, see budget_split)"
         else:
             lo, hi = data_bounds(X)
             source = "read from the training data (NOT private: bounds_X='data')"
@@ -446,15 +410,16 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, accountant, noise: Nois
             "lower": lo,
             "upper": hi,
             "source": source,
-            "quantiles": list(QUANTILES) if x_kind == "dp" else None,
             "pooled": pooled,
             "search_range": _search_range(est.bounds_X) if x_kind == "dp" else None,
         }
     if y_kind in ("dp", "data"):
         yv = np.asarray(y, dtype=np.float64)[:, None]
         if y_kind == "dp":
-            ylo, yhi = private_bounds(yv, budget.epsilon_target, _search_range(est.bounds_y), noise)
-            ysource = "estimated with DP (private quantiles, see budget_split)"
+            ylo, yhi = private_bounds(
+                yv, budget.epsilon_target, _search_range(est.bounds_y), noise, both_sides=True
+            )
+            ysource = "estimated with DP (exponential mechanism, see budget_split)"
         else:
             ylo, yhi = data_bounds(yv)
             ysource = "read from the training data (NOT private: bounds_y='data')"
@@ -463,7 +428,6 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, accountant, noise: Nois
             "lower": float(ylo[0]),
             "upper": float(yhi[0]),
             "source": ysource,
-            "quantiles": list(QUANTILES) if y_kind == "dp" else None,
             "search_range": _search_range(est.bounds_y) if y_kind == "dp" else None,
         }
 
