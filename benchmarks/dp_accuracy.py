@@ -192,6 +192,9 @@ def run_raw(quick: bool) -> list[str]:
             + " ".join(f"{c:>14s}" if i % 2 == 0 else f"{c:>9s}" for i, c in enumerate(cells)),
             flush=True,
         )
+        if regression:  # a few failed bound releases dominate a mean R²: show the median too
+            medians = " / ".join(f"{statistics.median(v):.3f}" for v in dp.values())
+            print(f"{'':16s} {'':11s} median R² at eps=1 / eps=5: {medians}")
     print()
     return misses
 
