@@ -250,3 +250,17 @@ def test_declared_bounds_that_miss_the_data_warn_once():
     Xd, yd = load_diabetes(return_X_y=True, scaled=False)
     with pytest.warns(BoundsWarning, match="bounds_y: most training values of the target"):
         DPLinearRegression(bounds_X=(0, 400), bounds_y=(-3, 3), random_state=0).fit(Xd, yd)
+
+
+def test_a_refit_with_declared_bounds_drops_the_estimated_feature_map():
+    X, y = make_classification(n_samples=600, n_features=3, n_redundant=0, random_state=0)
+    X = X * [100.0, 1.0, 0.1]
+    clf = DPLogisticRegression(epsilon=2.0, random_state=0).fit(X, y)
+    assert clf.feature_map_ is not None
+    clf.set_params(bounds_X=(-300.0, 300.0)).fit(X, y)
+    assert getattr(clf, "feature_map_", None) is None
+    # predictions clip rows in X's own units again, as the exported model does
+    Xc = np.clip(X, -300.0, 300.0)
+    norms = np.linalg.norm(Xc, axis=1, keepdims=True)
+    Xc = Xc * np.minimum(1.0, clf.data_norm_ / norms)
+    np.testing.assert_allclose(clf.decision_function(X), Xc @ clf.coef_[0] + clf.intercept_[0])

@@ -183,6 +183,7 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         self.bounds_X_ = (lo, hi)
         self.bounds_y_ = (ylo, yhi)
         self.data_norm_ = row_norm
+        self.feature_map_ = None  # declared bounds: rows are clipped in X's own units
         self.noise_ = details
         self.dp_guarantee_ = self._guarantee(
             epsilon=eps,
@@ -221,7 +222,7 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False)
-        X = clip_rows(X, *self.bounds_X_, self.data_norm_, self.feature_map_)
+        X = clip_rows(X, *self.bounds_X_, self.data_norm_, getattr(self, "feature_map_", None))
         return X @ self.coef_ + self.intercept_
 
 

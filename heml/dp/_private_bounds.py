@@ -354,7 +354,8 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, accountant, noise: Nois
     from ._public_scaling import bounds_map, normalize
     from ._warnings import BoundsWarning
 
-    est.feature_map_ = None
+    if "feature_map_" in vars(est):  # from an earlier fit; set again only on success
+        del est.feature_map_
     x_kind, y_kind = _kinds(est, epsilon)
     if not math.isfinite(epsilon) or {x_kind, y_kind}.isdisjoint({"dp", "data"}):
         return None
@@ -442,25 +443,23 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, accountant, noise: Nois
         accountant.spend(epsilon, delta, mechanism=f"{type(est).__name__}/bounds")
         raise
 
-    for name, value in vars(inner).items():
-        if (
-            name.endswith("_")
-            and not name.startswith("_")
-            and name
-            not in (
-                "n_features_in_",
-                "feature_names_in_",
-            )
-        ):
-            setattr(est, name, value)
+    # everything the fit sets, assigned only once the whole fit's budget is spent
+    fitted = {
+        name: value
+        for name, value in vars(inner).items()
+        if name.endswith("_")
+        and not name.startswith("_")
+        and name not in ("n_features_in_", "feature_names_in_")
+    }
+    fitted["feature_map_"] = None
     g = inner.dp_guarantee_
     inner_bounds = dict(g["bounds"])
     if center is not None:
         coef = np.asarray(inner.coef_) / half
-        est.coef_ = coef
-        est.intercept_ = inner.intercept_ - coef @ center
-        est.bounds_X_ = (np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64))
-        est.feature_map_ = (center, half)
+        fitted["coef_"] = coef
+        fitted["intercept_"] = inner.intercept_ - coef @ center
+        fitted["bounds_X_"] = (np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64))
+        fitted["feature_map_"] = (center, half)
         inner_bounds["X"] = bounds["X"]
         inner_bounds["feature_map"] = (
             "features are clipped to X's bounds, mapped by x -> (x - center) / half_width to "
@@ -488,6 +487,8 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, accountant, noise: Nois
         guarantee["not_private_because"] = (
             "bounds read from the training data ('data' opt-in) are released without DP"
         )
-    est.dp_guarantee_ = guarantee
+    fitted["dp_guarantee_"] = guarantee
     accountant.spend(epsilon, delta, mechanism=f"{type(est).__name__}/bounds+model")
+    for name, value in fitted.items():
+        setattr(est, name, value)
     return est
