@@ -157,7 +157,12 @@ def export(
     if data_norm is not None and np.isfinite(data_norm):
         # the DP estimator scaled rows onto a norm ball in its own input space: clients do the
         # same, and the encoder must cover the points that scaling toward the origin can reach
-        row_norm = RowNorm(float(data_norm), affine.scale, affine.offset)
+        scale, offset = affine.scale, affine.offset
+        feature_map = getattr(final, "feature_map_", None)
+        if feature_map is not None:  # bounds estimated by the estimator: rows are clipped on
+            center, half = (np.asarray(v, dtype=np.float64) for v in feature_map)  # (x-c)/h
+            scale, offset = scale / half, (offset - center) / half
+        row_norm = RowNorm(float(data_norm), scale, offset)
         preprocessing = Preprocessing(preprocessing.columns, preprocessing.inputs, row_norm)
         origin = row_norm.origin()
         encode_lo, encode_hi = np.minimum(lo, origin), np.maximum(hi, origin)
@@ -421,9 +426,11 @@ def _resolve_bounds(bounds, out_of_bounds, final, affine: _Affine, pre: Preproce
         raise ModelError(
             "heml needs declared input bounds to choose encryption parameters (so no result can "
             f"wrap around the modulus); none are known for {shown}. Pass bounds=(lower, upper) "
-            "with scalars or one value per numeric input, e.g. "
-            "bounds=(X_train.min(axis=0), X_train.max(axis=0)), or put a scaler "
-            "(StandardScaler, MinMaxScaler) before the estimator so heml can derive them."
+            "with scalars or one value per numeric input, from domain knowledge or with a "
+            "margin around the training range so new rows fit, e.g. lo, hi = X_train.min(0), "
+            "X_train.max(0); bounds=(lo - (hi - lo), hi + (hi - lo)), out_of_bounds='clip'; "
+            "or put a scaler (StandardScaler, MinMaxScaler) before the estimator so heml can "
+            "derive them."
         )
     lo = np.where(indicator, 0.0, lo)
     hi = np.where(indicator, 1.0, hi)

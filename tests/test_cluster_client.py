@@ -80,7 +80,7 @@ def test_dns_targets_get_round_robin_and_single_targets_stay_as_they_are():
     "bad",
     [
         "127.0.0.1:1,",  # empty entry
-        "127.0.0.1:1,127.0.0.1",  # no port
+        "127.0.0.1:1,127.0.0.1:",  # an empty port (an entry without one gets 50051)
         "127.0.0.1:1,127.0.0.1:99999",  # port out of range
         "127.0.0.1:1,dns:///x:2",  # a scheme inside a list
         "127.0.0.1:1,[::1]:2",  # two families: gRPC's ipv4:/ipv6: lists take one

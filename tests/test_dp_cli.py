@@ -142,7 +142,7 @@ def test_invalid_runs_exit_2_before_any_spend(csv, tmp_path, extra, message, led
     assert not ledger_file.exists()
 
 
-def test_regression_without_bounds_warns_about_the_leak(tmp_path):
+def test_regression_without_bounds_estimates_them_with_dp(tmp_path):
     rng = np.random.default_rng(1)
     X = rng.standard_normal((500, 3))
     df = pd.DataFrame(X, columns=["a", "b", "c"])
@@ -165,10 +165,22 @@ def test_regression_without_bounds_warns_about_the_leak(tmp_path):
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
-    assert "privacy leak" in r.stderr and "bounds_X" in r.stderr
+    assert "privacy leak" not in r.stderr  # bounds estimated with DP, inside epsilon
     model = json.loads((tmp_path / "houses.json").read_text())
-    assert model["task"] == "regression"
-    assert "not private" in model["dp"]["bounds"]["X"]["source"]
+    assert model["task"] == "regression" and model["dp"]["private"] is True
+    assert model["dp"]["bounds"]["X"]["source"].startswith("estimated with DP")
+    assert model["dp"]["bounds"]["y"]["source"].startswith("estimated with DP")
+    # --bounds data: the data's min and max, and a model that says it is not private
+    r = heml_train(
+        *["houses.csv", "--target", "price", "--task", "regression", "--epsilon", "2"],
+        *["--delta", "1e-5", "-o", "leaky.json", "--seed", "0"],
+        *["--bounds", "data", "--target-bounds", "data"],
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "privacy leak" in r.stderr and "private: false" in r.stderr
+    model = json.loads((tmp_path / "leaky.json").read_text())
+    assert model["dp"]["private"] is False
 
 
 def test_per_feature_bounds_from_a_json_file(tmp_path, ledger_file):
@@ -554,3 +566,35 @@ def test_epsilon_must_be_positive_and_finite_in_one_line(
     assert code == 2 and "positive, finite" in err and "inf for no privacy" not in err, err
     assert len(err.strip().splitlines()) == 1
     assert not ledger_file.exists()
+
+
+def test_bounds_in_the_wrong_units_warn_on_stderr(tmp_path):
+    # issue 15 item 1: raw breast-cancer features with --bounds=-3,3 were silently clipped
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer(as_frame=True)
+    df = data.frame.rename(columns={"target": "label"})
+    df.to_csv(tmp_path / "cancer.csv", index=False)
+    base = [
+        "cancer.csv",
+        "--target",
+        "label",
+        "--classes",
+        "0,1",
+        "--epsilon",
+        "1",
+        "--delta",
+        "1e-5",
+        "--seed",
+        "0",
+    ]
+    r = heml_train(*base, "-o", "raw.json", "--bounds=-3,3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "outside the declared bounds" in ln]
+    assert len(lines) == 1 and lines[0].startswith("heml train: warning: --bounds:"), r.stderr
+    assert "of 30 feature(s)" in lines[0]
+    # bounds that cover the data: no warning
+    spec = {c: [float(df[c].min()) - 1, float(df[c].max()) + 1] for c in data.feature_names}
+    (tmp_path / "b.json").write_text(json.dumps(spec))
+    r = heml_train(*base, "-o", "ok.json", "--bounds", "b.json", cwd=tmp_path)
+    assert r.returncode == 0 and "outside the declared bounds" not in r.stderr, r.stderr

@@ -167,8 +167,16 @@ def test_out_of_bounds_error_names_the_feature_and_clip_policy_clips():
 
 def test_plain_estimator_without_bounds_explains_what_to_pass():
     reg = LinearRegression().fit(Xr, yr)
-    with pytest.raises(ModelError, match="bounds=\\(X_train.min"):
+    with pytest.raises(ModelError, match="margin around the training range") as exc:
         heml.export(reg, name="r")
+    # the suggestion in the message works on rows outside the training range (issue 15.5)
+    lo, hi = Xr.min(0), Xr.max(0)
+    suggested = heml.export(
+        reg, name="r", bounds=(lo - (hi - lo), hi + (hi - lo)), out_of_bounds="clip"
+    )
+    far = np.vstack([hi + 0.5 * (hi - lo), lo - 5 * (hi - lo)])
+    assert np.all(np.isfinite(suggested.predict(far)))
+    assert "out_of_bounds='clip'" in str(exc.value)
 
 
 def test_unsupported_estimators_get_a_clear_error():

@@ -202,7 +202,7 @@ def _parse_classes(text: str | None, y) -> tuple | None:
 
 def _load(args):
     path = Path(args.data)
-    df, y = read_table(path, args.target, args.drop)
+    df, y = read_table(path, args.target, args.drop, name=Path(path).name)
     X = numeric_features(df)
     bounds = parse_feature_bounds(args.bounds, df.columns)
     if y.isna().any():
@@ -269,18 +269,6 @@ def _run(args) -> int:
         raise _Invalid(
             f"--delta={args.delta:g} is not below 1/n for the ≈{n_pool // 2} records each shadow "
             "model trains on; use a smaller --delta"
-        )
-    if task == "regression" and target_bounds is None and use_dp:
-        print(
-            "heml audit: warning: no --target-bounds: the DP regressions read the target range "
-            "from each training set (not covered by ε)",
-            file=sys.stderr,
-        )
-    if bounds is None and use_dp:
-        print(
-            "heml audit: warning: no --bounds: the DP estimators read feature bounds from each "
-            "training set (a PrivacyLeakWarning; not covered by ε)",
-            file=sys.stderr,
         )
 
     from sklearn.model_selection import train_test_split

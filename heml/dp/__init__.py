@@ -6,6 +6,7 @@ Estimators follow scikit-learn's API and carry their guarantee in ``dp_guarantee
 
 from .._lazy import lazy_attributes
 from ._accountant import BudgetAccountant, BudgetError, PrivacyLeakWarning
+from ._warnings import BoundsWarning
 
 # the estimators pull in scipy and dp-accounting: load them on first use so that importing
 # heml.dp.cli (for the `heml` command line) stays fast
@@ -13,15 +14,18 @@ _LAZY = {
     "DPLinearRegression": "._linear",
     "DPLogisticRegression": "._logistic",
     "ConvergenceError": "._logistic",
+    "PrivateBounds": "._private_bounds",
 }
 
 __all__ = [
+    "BoundsWarning",
     "BudgetAccountant",
     "BudgetError",
     "ConvergenceError",
     "DPLinearRegression",
     "DPLogisticRegression",
     "PrivacyLeakWarning",
+    "PrivateBounds",
 ]
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

@@ -12,6 +12,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _calibration as cal
 from ._base import DPEstimatorMixin
 from ._noise import NoiseSource, rounding_slack
+from ._private_bounds import fit_with_estimated_bounds
 from ._validation import (
     check_delta_vs_n,
     clip_rows,
@@ -43,13 +44,16 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         on the clipped data).
     delta : float, default=1e-5
         δ of this fit, in (0, 1/n).
-    bounds_X : (lower, upper), default=None
+    bounds_X : (lower, upper), None, PrivateBounds or "data", default=None
         Public per-feature bounds: scalars or arrays of length n_features. Values are clipped
-        to them in ``fit``; ``heml.export`` makes clients clip the same way. With neither this
-        nor ``data_norm``, bounds are read from the data and a ``PrivacyLeakWarning`` is raised.
-    bounds_y : (lower, upper), default=None
-        Public bounds of the target; ``y`` is clipped to them. ``None`` reads them from the data
-        (``PrivacyLeakWarning``).
+        to them in ``fit``; ``heml.export`` makes clients clip the same way. ``None`` (with no
+        finite ``data_norm``) or ``PrivateBounds(search_range=...)``: estimated with DP from a
+        share of (epsilon, delta), see ``dp_guarantee_["budget_split"]`` and docs/dp.md.
+        ``"data"``: the training data's min and max, and the model is NOT private
+        (``dp_guarantee_["private"]`` is False; ``PrivacyLeakWarning``).
+    bounds_y : (lower, upper), None, PrivateBounds or "data", default=None
+        Bounds of the target; ``y`` is clipped to them. ``None``: estimated with DP (one
+        release from half of the bounds' share). ``"data"``: min and max, NOT private.
     accountant : BudgetAccountant, default=None
         Where the budget is checked and spent; ``None`` uses the default accountant.
     random_state : int, numpy Generator or None, default=None
@@ -77,19 +81,27 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
     noise_ : dict
         Noise standard deviations and the ridge actually used (diagnostics; public).
 
+    feature_map_ : (ndarray, ndarray) or None
+        With estimated bounds: (center, half_width); rows are clipped to ``data_norm_`` after
+        x -> (x - center) / half_width. None with declared bounds.
+
     Warns
     -----
     PrivacyLeakWarning
-        When ``bounds_X``/``data_norm`` or ``bounds_y`` are not given.
+        When ``bounds_X`` or ``bounds_y`` is ``"data"`` (the model is then not private).
+    BoundsWarning
+        When most training values of some column lie outside declared bounds (computed from
+        the training data, shown to you only).
 
     Notes
     -----
     Neighbouring datasets differ by replacing one record (n is public). With A's rows bounded
     by B in L2 and |y - c_y| ≤ B_y, the replace-one L2 sensitivities are B² (λ_min, by Weyl),
     √2·B² (AᵀA: ‖xxᵀ - x'x'ᵀ‖_F² = ‖x‖⁴ + ‖x'‖⁴ - 2(xᵀx')² ≤ 2B⁴) and 2·B·B_y (Aᵀy). The three
-    Gaussian releases are composed and calibrated exactly with dp-accounting. Not covered by ε:
-    preprocessing fitted on the private data, bounds read from the data, and model extraction
-    by queries (see ``dp_guarantee_["not_covered"]``).
+    Gaussian releases are composed and calibrated exactly with dp-accounting. Estimated bounds
+    take 30% of epsilon first (basic composition). Not covered by ε: preprocessing fitted on
+    the private data, ``"data"`` bounds, and model extraction by queries (see
+    ``dp_guarantee_["not_covered"]``).
 
     References
     ----------
@@ -148,6 +160,8 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         # from here on the data values are used: pay first (atomic check-and-spend)
         self._reserve(accountant, eps, delta, "DPLinearRegression/AdaSSP")
 
+        if fit_with_estimated_bounds(self, X, y, eps, delta, noise) is not None:
+            return self  # bounds estimated with DP inside (eps, delta): docs/dp.md
         lo, hi, row_norm, x_source = resolve_feature_bounds(
             X, self.bounds_X, self.data_norm, private=private
         )
@@ -171,6 +185,7 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         self.bounds_X_ = (lo, hi)
         self.bounds_y_ = (ylo, yhi)
         self.data_norm_ = row_norm
+        self.feature_map_ = None  # declared bounds: rows are clipped in X's own units
         self.noise_ = details
         self.dp_guarantee_ = self._guarantee(
             epsilon=eps,
@@ -208,7 +223,7 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False)
-        X = clip_rows(X, *self.bounds_X_, self.data_norm_)
+        X = clip_rows(X, *self.bounds_X_, self.data_norm_, getattr(self, "feature_map_", None))
         return X @ self.coef_ + self.intercept_
 
 

@@ -14,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _calibration as cal
 from ._base import DPEstimatorMixin
 from ._noise import NoiseSource, rounding_slack
+from ._private_bounds import fit_with_estimated_bounds
 from ._validation import check_delta_vs_n, clip_rows, resolve_feature_bounds, validate_data
 
 METHODS = ("auto", "objpert", "dpgd")
@@ -227,6 +228,8 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         # from here on the data values are used: pay first (atomic check-and-spend)
         self._reserve(accountant, eps, delta, f"DPLogisticRegression/{method}")
 
+        if fit_with_estimated_bounds(self, X, y, eps, delta, noise) is not None:
+            return self  # bounds estimated with DP inside (eps, delta): docs/dp.md
         lo, hi, row_norm, x_source = resolve_feature_bounds(
             X, self.bounds_X, self.data_norm, private=private
         )
@@ -304,7 +307,7 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False)
-        X = clip_rows(X, *self.bounds_X_, self.data_norm_)
+        X = clip_rows(X, *self.bounds_X_, self.data_norm_, getattr(self, "feature_map_", None))
         scores = X @ self.coef_.T + self.intercept_
         return scores[:, 0] if scores.shape[1] == 1 else scores
 

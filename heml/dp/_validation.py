@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from ._accountant import PrivacyLeakWarning
+from ._warnings import BoundsWarning
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data
@@ -101,34 +101,55 @@ def check_data_norm(data_norm) -> float | None:
     return r
 
 
-def leak_warning(what: str, parameter: str) -> None:
-    warnings.warn(
-        f"{what} were read from the training data; this leaks privacy that epsilon does not "
-        f"cover. Set {parameter} from domain knowledge (public bounds) to remove this leak.",
-        PrivacyLeakWarning,
-        stacklevel=4,
+def warn_if_mostly_outside(values: np.ndarray, lo, hi, name: str) -> None:
+    """Warn (one line) when more than half of some column's values fall outside [lo, hi]."""
+    outside = np.mean((values < lo) | (values > hi), axis=0)
+    bad = int(np.sum(outside > 0.5))
+    if bad:
+        cols = values.shape[1]
+        which = "the target" if name == "bounds_y" else f"{bad} of {cols} feature(s)"
+        warnings.warn(
+            f"{name}: most training values of {which} lie outside the declared bounds and are "
+            f"clipped to them (worst column: {np.max(outside):.0%}); the bounds must be in the "
+            "data's own units (-3,3 suits standardized features only); omit them to have them "
+            "estimated with DP. (Computed from the training data, shown to you only.)",
+            BoundsWarning,
+            stacklevel=4,
+        )
+
+
+def _estimated(bounds) -> bool:
+    """None, "data" or a PrivateBounds: bounds the estimator must find itself."""
+    from ._private_bounds import PrivateBounds
+
+    return (
+        bounds is None
+        or isinstance(bounds, PrivateBounds)
+        or (isinstance(bounds, str) and bounds == "data")
     )
 
 
 def resolve_feature_bounds(X: np.ndarray, bounds_X, data_norm, *, private: bool):
-    """Per-feature box and row-norm clip to apply to X; nothing data-dependent unless warned.
+    """Per-feature box and row-norm clip to apply to X; nothing is read from the data at
+    finite ε (estimated bounds go through ``_private_bounds.fit_with_estimated_bounds``).
 
     Returns (lower, upper, row_norm, source) where ``row_norm`` is None for no row clipping.
     """
     d = X.shape[1]
     R = check_data_norm(data_norm)
-    if bounds_X is not None:
+    if not _estimated(bounds_X):
         lo, hi = parse_bounds(bounds_X, d, "bounds_X")
         source = "declared"
-    elif R is not None and math.isfinite(R):
+        warn_if_mostly_outside(X, lo, hi, "bounds_X")
+    elif R is not None and math.isfinite(R) and bounds_X is None:
         # the row clip bounds every coordinate by R: that box is implied, nothing is read
         lo, hi = np.full(d, -R), np.full(d, R)
         source = "implied by data_norm"
     else:
-        if private:
-            leak_warning("feature bounds (min and max of every column)", "bounds_X")
+        if private:  # unreachable through the estimators: fail closed rather than leak
+            raise RuntimeError("bounds_X must be declared or estimated with DP at finite epsilon")
         lo, hi = X.min(axis=0), X.max(axis=0)
-        source = "read from the training data (not private)"
+        source = "read from the training data (epsilon=inf: no privacy claimed)"
     box_radius = float(np.linalg.norm(np.maximum(np.abs(lo), np.abs(hi))))
     if R is None:
         R = AUTO_NORM_FRACTION * box_radius
@@ -138,21 +159,40 @@ def resolve_feature_bounds(X: np.ndarray, bounds_X, data_norm, *, private: bool)
     return lo, hi, row_norm, source
 
 
-def clip_rows(X: np.ndarray, lo: np.ndarray, hi: np.ndarray, row_norm: float | None) -> np.ndarray:
-    """Clip each feature to [lo, hi], then scale rows whose L2 norm exceeds row_norm onto it."""
+def clip_rows(
+    X: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    row_norm: float | None,
+    feature_map: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Clip each feature to [lo, hi], then scale rows whose L2 norm exceeds row_norm onto it.
+
+    With ``feature_map = (center, half_width)`` (bounds estimated by the estimator) the row
+    norm is measured on (x - center) / half_width, the [-1, 1] space the model was fitted in,
+    and rows are scaled toward ``center``.
+    """
     Xc = np.clip(X, lo, hi)
-    if row_norm is not None:
-        norms = np.linalg.norm(Xc, axis=1)
-        over = norms > row_norm
-        if np.any(over):
-            Xc[over] *= (row_norm / norms[over])[:, None]
+    if row_norm is None:
+        return Xc
+    if feature_map is None:
+        center, half = 0.0, 1.0
+    else:
+        center, half = feature_map
+    Z = (Xc - center) / half
+    norms = np.linalg.norm(Z, axis=1)
+    over = norms > row_norm
+    if np.any(over):
+        Xc[over] = center + Z[over] * (row_norm / norms[over])[:, None] * half
     return Xc
 
 
 def resolve_target_bounds(y: np.ndarray, bounds_y, *, private: bool):
-    if bounds_y is not None:
+    """(lower, upper, source) of the target: declared, or (ε = ∞ only) the data's range."""
+    if not _estimated(bounds_y):
         lo, hi = parse_bounds(bounds_y, 1, "bounds_y")
+        warn_if_mostly_outside(np.asarray(y, dtype=np.float64)[:, None], lo, hi, "bounds_y")
         return float(lo[0]), float(hi[0]), "declared"
-    if private:
-        leak_warning("target bounds (min and max of y)", "bounds_y")
-    return float(y.min()), float(y.max()), "read from the training data (not private)"
+    if private:  # unreachable through the estimators: fail closed rather than leak
+        raise RuntimeError("bounds_y must be declared or estimated with DP at finite epsilon")
+    return float(y.min()), float(y.max()), "read from the training data (epsilon=inf)"

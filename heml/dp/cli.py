@@ -9,8 +9,8 @@ declared is refused (exit 2, before any spend) with a message that does not name
 
 Standardization does not leak: features are never scaled with statistics of the private data.
 The estimators clip every feature to the declared ``--bounds`` and rescale with the bounds
-box (a public affine map). Without ``--bounds``, min/max are read from the data: the run warns
-(PrivacyLeakWarning) and the model's guarantee records the bounds as "not private".
+box (a public affine map). Without ``--bounds`` the bounds are estimated with DP from a share
+of --epsilon; ``--bounds data`` reads min/max from the data, and the model says private: false.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from .._csvdata import (
 )
 from . import _ledger
 from ._accountant import BudgetAccountant, BudgetError, PrivacyLeakWarning
+from ._warnings import BoundsWarning
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BUDGET = 0, 1, 2, 3
 _Invalid = InvalidInput  # bad arguments or data: exit 2 before any budget is spent
@@ -99,10 +100,17 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--bounds",
-        help="public bounds of the features: LO,HI for every one, or FILE.json mapping each "
-        "feature column to [LO, HI]",
+        help="public bounds of the features, in the CSV's own units: LO,HI for every one, or "
+        "FILE.json mapping each feature column to [LO, HI]. Values outside are clipped, so "
+        "LO,HI must cover the bulk of every column (-3,3 only suits standardized features). "
+        "Default: bounds estimated with DP from a share of --epsilon (see docs/dp.md). "
+        "'data': the columns' min and max (the model is then NOT private)",
     )
-    p.add_argument("--target-bounds", help="public bounds of the target (regression): LO,HI")
+    p.add_argument(
+        "--target-bounds",
+        help="public bounds of the target (regression): LO,HI; default: estimated with DP; "
+        "'data': its min and max (NOT private)",
+    )
     p.add_argument("--seed", type=int, help="noise seed: reproducible and NOT private (tests)")
     p.set_defaults(func=run)
     return p
@@ -145,8 +153,11 @@ def _run(args) -> int:
     except ValueError as exc:
         raise _Invalid(str(exc)) from None
     _check_budget_args(args)
-    check_bounds_arg(args.bounds)
-    target_bounds = _pair(args.target_bounds, "--target-bounds")
+    data_bounds = args.bounds == "data"  # opt-in: min/max of the data, model not private
+    check_bounds_arg(None if data_bounds else args.bounds)
+    target_bounds = (
+        "data" if args.target_bounds == "data" else _pair(args.target_bounds, "--target-bounds")
+    )
     task, class_tokens = declared_task(args.task, args.classes)
     out = Path(args.output)
     try:
@@ -163,12 +174,12 @@ def _run(args) -> int:
         content = path.read_bytes()
     except OSError as exc:
         raise _Invalid(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
-    df, y = read_table(content, args.target, args.drop)
+    df, y = read_table(content, args.target, args.drop, name=path.name)
     key = _ledger.dataset_key(args.dataset_id, pd.read_csv(io.BytesIO(content)))
     for warning in identifier_warnings(df):
         print(f"heml train: warning: {warning}", file=sys.stderr)
     X = pd.DataFrame(numeric_features(df), columns=df.columns)
-    bounds = parse_feature_bounds(args.bounds, df.columns)
+    bounds = "data" if data_bounds else parse_feature_bounds(args.bounds, df.columns)
     if y.isna().any():
         raise _Invalid(f"target {args.target!r} has missing values")
     n = len(y)
@@ -228,10 +239,15 @@ def _run(args) -> int:
         )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PrivacyLeakWarning)
+            warnings.simplefilter("always", BoundsWarning)
             est.fit(X, y.to_numpy())
         for w in caught:
             if issubclass(w.category, PrivacyLeakWarning):
                 print(f"heml train: warning: privacy leak: {w.message}", file=sys.stderr)
+            elif issubclass(w.category, BoundsWarning):
+                message = str(w.message).replace("bounds_X:", "--bounds:", 1)
+                message = message.replace("bounds_y:", "--target-bounds:", 1)
+                print(f"heml train: warning: {message}", file=sys.stderr)
         model = export_fitted(est, name=name, bounds=bounds, feature_names=X.columns)
         model.save(out)
         status = "ok"

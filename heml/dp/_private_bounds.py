@@ -1,0 +1,489 @@
+"""Feature and target bounds estimated with differential privacy, inside the fit's budget.
+
+Without public bounds a DP estimator must still clip its inputs to *some* box, and a box read
+from the data (min and max) is a release that ε does not cover: one record moves it. Here the
+box is chosen by the exponential mechanism (McSherry & Talwar 2007) over **public** candidates
+and paid for from the fit's own (ε, δ):
+
+* Magnitudes: ±search_range·2^(-j/2), j = 0 … 80 (a log grid from search_range down to
+  search_range·2^-40, two points per octave). ``search_range`` is public (default 1e6) and can
+  be narrowed with :class:`PrivateBounds`.
+* Per feature (and for a regression target) one release: a box among [-c, c], [f·c, c] and
+  [-c, -f·c] (f in BOX_FRACTIONS, c a magnitude), with a public prior favouring tighter shapes,
+  and utility u = -max(#values the box clips, max(0, n/3 - #values in its outer half or
+  beyond)). Each count moves by at most 1 when one record is replaced, and so does their
+  maximum: P[box] ∝ prior·exp(ε_r·u/2) is ε_r-DP (replace-one, n public).
+* When n·ε_r is too small for d such releases to find the data (``per_feature``: a public rule
+  on n, d, ε, δ), all features share one box instead: the same release over all n·d values,
+  with sensitivity d (a record holds d values).
+* The feature releases compose in zCDP (an ε_r-DP exponential mechanism is ε_r²/8-zCDP, Cesar
+  & Rogers 2021), converted to (ε, δ) by Canonne, Kamath & Steinke (2020, Prop. 12), or basically
+  when that gives a larger ε_r. The target's release is pure ε.
+* The fit's budget splits by basic composition: the bounds take ε_b = EPSILON_SHARE·ε (half of
+  it for the target's release when there is one) and δ_b ≤ DELTA_SHARE·δ; the model's mechanism
+  gets the rest, so the whole fit is (ε, δ)-DP. ``dp_guarantee_["budget_split"]`` states it.
+
+The estimator then maps every feature to [-1, 1] with its released box (post-processing of the
+release, so free), clips rows there, and fits; the exported model folds the map back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import brentq, minimize_scalar
+
+from ._noise import NoiseSource, _secure_uniform
+
+# Public, fixed a priori: none depends on the data being fitted. They were chosen by measuring
+# a few alternatives on the benchmark sets (docs/dp.md, "Bounds estimated with DP").
+EPSILON_SHARE = 0.3
+DELTA_SHARE = 0.1
+DEFAULT_SEARCH_RANGE = 1e6
+POINTS_PER_OCTAVE = 2
+OCTAVES = 40
+# Per-feature boxes need n·ε_r large enough for the exponential mechanism to find the data
+# among the candidates; below this public threshold all features share one pooled box (a
+# record then holds d values: sensitivity d, but only two releases).
+PER_FEATURE_MIN_N_EPSILON = 16.0
+
+MECHANISM = (
+    "exponential mechanism over public boxes [-c, c], [f c, c], [-c, -f c] (c on a log grid, "
+    "f in {0, 1/2, 3/4}, prior 1:2:4:8), utility -max(#clipped, max(0, n/3 - #in outer half)), "
+    "sensitivity 1, one release per feature and one for the target (whose [-c, c] must reach "
+    "both outer halves); or one pooled box over all n*d values (sensitivity d); feature "
+    "releases composed in zCDP (epsilon_r^2/8 each)"
+)
+
+
+@dataclass(frozen=True)
+class PrivateBounds:
+    """Ask a DP estimator to estimate its bounds with DP (the default when bounds are None).
+
+    Parameters
+    ----------
+    search_range : float, default=1e6
+        Public bound on the magnitude of the bounds: candidates lie in [-search_range,
+        search_range] on a log-scale grid. Narrow it when you know the scale of your data
+        (e.g. 1e3 for values in the hundreds): fewer candidates, sharper bounds.
+    """
+
+    search_range: float = DEFAULT_SEARCH_RANGE
+
+    def __post_init__(self) -> None:
+        r = self.search_range
+        if isinstance(r, bool) or not isinstance(r, int | float) or not (0 < r < math.inf):
+            raise ValueError(f"search_range must be a positive finite number, got {r!r}")
+
+
+def grid(search_range: float = DEFAULT_SEARCH_RANGE) -> np.ndarray:
+    """The public candidates, ascending: 0 and ±search_range·2^(-j/POINTS_PER_OCTAVE)."""
+    j = np.arange(OCTAVES * POINTS_PER_OCTAVE + 1)
+    mags = float(search_range) * np.exp2(-j / POINTS_PER_OCTAVE)
+    return np.concatenate([-mags, [0.0], mags[::-1]])
+
+
+# Box shapes for the per-feature release, with their public prior weights: for a magnitude c,
+# [-c, c], and [f·c, c] and its mirror [-c, -f·c] for f in BOX_FRACTIONS. Tighter boxes weigh
+# more, so that among boxes that fit the data equally well the tighter one tends to win.
+BOX_FRACTIONS = (0.0, 0.5, 0.75)
+BOX_PRIOR = (1.0, 2.0, 4.0, 8.0)  # symmetric, then f = 0, 1/2, 3/4
+BOX_TARGET = 1.0 / 3.0  # a box must hold at least this share of values in its outer half
+
+
+def box_candidates(magnitudes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower, upper, prior weight) of every candidate box (public)."""
+    lo, hi, w = [-magnitudes], [magnitudes], [np.full(magnitudes.size, BOX_PRIOR[0])]
+    for f, weight in zip(BOX_FRACTIONS, BOX_PRIOR[1:], strict=True):
+        lo += [f * magnitudes, -magnitudes]
+        hi += [magnitudes, -f * magnitudes]
+        w += [np.full(magnitudes.size, weight)] * 2
+    return np.concatenate(lo), np.concatenate(hi), np.concatenate(w)
+
+
+def box_utility(
+    x: np.ndarray, lower: np.ndarray, upper: np.ndarray, both_sides: bool = False
+) -> np.ndarray:
+    """u = -max(#{x outside [a, b]}, max(0, t - #{x in the box's outer half or beyond})).
+
+    The first count is what the box clips; the second says the box is too wide (t =
+    BOX_TARGET·n values must reach its outer half: |x| ≥ c/2 for [-c, c], x ≥ (a + b)/2 for
+    a box on the positive side, x ≤ (a + b)/2 on the negative side). With ``both_sides``
+    (a regression target, whose box centre is what the model shrinks toward), [-c, c] must
+    reach both of its outer halves instead: max(0, t/2 - min(#{x ≥ c/2}, #{x ≤ -c/2})), so
+    that a target on one side of 0 gets a one-sided box. Each count, each min and the max move
+    by at most 1 when one record is replaced: sensitivity 1.
+    """
+    x = np.sort(np.ravel(x))
+    n = x.size
+    outside = np.searchsorted(x, lower, side="left") + (n - np.searchsorted(x, upper, "right"))
+    mid = (lower + upper) / 2.0
+    sym = lower == -upper
+    positive = lower >= 0
+    t = BOX_TARGET * n
+    above = n - np.searchsorted(x, upper / 2.0, side="left")
+    below = np.searchsorted(x, -upper / 2.0, side="right")
+    one = np.where(
+        positive,
+        n - np.searchsorted(x, mid, side="left"),
+        np.searchsorted(x, mid, side="right"),
+    )
+    if both_sides:
+        wide_sym = np.maximum(t / 2.0 - np.minimum(above, below), 0.0)
+    else:
+        wide_sym = np.maximum(t - (above + below), 0.0)
+    wide = np.where(sym, wide_sym, np.maximum(t - one, 0.0))
+    return -np.maximum(outside, wide).astype(np.float64)
+
+
+def private_box(
+    x: np.ndarray,
+    epsilon: float,
+    magnitudes: np.ndarray,
+    noise: NoiseSource,
+    both_sides: bool = False,
+    sensitivity: float = 1.0,
+) -> tuple[float, float]:
+    """One ε-DP release of a box for x: the exponential mechanism with the public prior.
+
+    ``sensitivity``: how many values of x one record holds (d for a pooled box).
+    """
+    lower, upper, prior = box_candidates(magnitudes)
+    u = box_utility(x, lower, upper, both_sides)
+    p = em_probabilities(u, epsilon, sensitivity, prior)
+    k = int(_draw(p, np.arange(p.size, dtype=np.float64), noise))
+    return float(lower[k]), float(upper[k])
+
+
+def _draw(p: np.ndarray, candidates: np.ndarray, noise: NoiseSource) -> float:
+    cdf = np.cumsum(p)
+    u = float(_uniform(noise))
+    idx = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
+    return float(candidates[min(idx, candidates.size - 1)])
+
+
+def em_probabilities(
+    utility: np.ndarray, epsilon: float, sensitivity: float = 1.0, prior: np.ndarray | None = None
+) -> np.ndarray:
+    """Exponential-mechanism probabilities ∝ prior·exp(ε·u / (2·sensitivity)), normalized.
+
+    A public (data-independent) prior does not change the privacy analysis.
+    """
+    logits = epsilon * np.asarray(utility, dtype=np.float64) / (2.0 * sensitivity)
+    if prior is not None:
+        logits = logits + np.log(prior)
+    logits -= logits.max()
+    w = np.exp(logits)
+    return w / w.sum()
+
+
+def _uniform(noise: NoiseSource) -> float:
+    if noise.secure:
+        return float(_secure_uniform(1)[0])
+    return float(noise._rng.random())
+
+
+# ---------------------------------------------------------------------- accounting
+def zcdp_delta(rho: float, epsilon: float) -> float:
+    """δ of a ρ-zCDP mechanism at ε (Canonne, Kamath & Steinke 2020, Prop. 12; min over α)."""
+    if rho <= 0:
+        return 0.0
+
+    def log_delta(alpha: float) -> float:
+        return (
+            (alpha - 1.0) * (alpha * rho - epsilon)
+            - math.log(alpha - 1.0)
+            + alpha * math.log1p(-1.0 / alpha)
+        )
+
+    hi = max(2.0, 4.0 * (epsilon / rho + 1.0))
+    res = minimize_scalar(log_delta, bounds=(1.0 + 1e-9, hi), method="bounded")
+    best = min(res.fun, log_delta(hi))
+    return min(1.0, math.exp(best))
+
+
+def per_release_epsilon(releases: int, epsilon: float, delta: float) -> tuple[float, float]:
+    """(ε_r, δ used) so that ``releases`` ε_r-DP exponential mechanisms are (ε, δ)-DP.
+
+    The larger ε_r of basic composition (δ used = 0) and zCDP composition (δ used = δ).
+    """
+    basic = epsilon / releases
+    if delta <= 0:
+        return basic, 0.0
+    # largest ρ with zcdp_delta(ρ, ε) ≤ δ; ρ ≤ ε always suffices as an upper end
+    f = lambda rho: math.log(max(zcdp_delta(rho, epsilon), 1e-320)) - math.log(delta)  # noqa: E731
+    lo, hi = 1e-12, epsilon
+    if f(hi) <= 0:
+        rho = hi
+    elif f(lo) > 0:
+        return basic, 0.0
+    else:
+        rho = brentq(f, lo, hi, xtol=1e-15, rtol=1e-12) * (1.0 - 1e-9)
+    zcdp = math.sqrt(8.0 * rho / releases)
+    if zcdp > basic:
+        return zcdp, delta
+    return basic, 0.0
+
+
+@dataclass(frozen=True)
+class BoundsBudget:
+    """How a fit's (ε, δ) splits between the bounds and the model (basic composition)."""
+
+    epsilon: float
+    delta: float
+    releases: int  # feature releases (the target's, if any, comes on top)
+    epsilon_release: float  # ε of each feature release
+    epsilon_target: float  # ε of the target's one release (0: none)
+    epsilon_model: float
+    delta_model: float
+
+    def describe(self) -> dict:
+        return {
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "share_of_epsilon": EPSILON_SHARE,
+            "feature_releases": self.releases,
+            "epsilon_per_feature_release": self.epsilon_release,
+            "epsilon_target_release": self.epsilon_target,
+            "mechanism": MECHANISM,
+            "composition": "features: zCDP (Canonne-Kamath-Steinke 2020 conversion)"
+            if self.delta > 0
+            else "basic (pure epsilon)",
+        }
+
+
+def split_budget(epsilon: float, delta: float, releases: int, target: bool = False) -> BoundsBudget:
+    """The public split of (ε, δ): ε_b = EPSILON_SHARE·ε to the bounds, the rest to the model.
+
+    With a target to bound, half of ε_b is its one release (the box that scales every residual,
+    so worth the most), the other half the features'; ``releases`` feature releases compose in
+    zCDP (δ_b ≤ DELTA_SHARE·δ) or basically, whichever gives the larger ε_r.
+    """
+    if releases == 0 and not target:
+        return BoundsBudget(0.0, 0.0, 0, 0.0, 0.0, epsilon, delta)
+    eps_b = EPSILON_SHARE * epsilon
+    eps_y = (eps_b / 2.0 if releases else eps_b) if target else 0.0
+    eps_r, delta_b = 0.0, 0.0
+    if releases:
+        eps_r, delta_b = per_release_epsilon(releases, eps_b - eps_y, DELTA_SHARE * delta)
+    return BoundsBudget(eps_b, delta_b, releases, eps_r, eps_y, epsilon - eps_b, delta - delta_b)
+
+
+# ---------------------------------------------------------------------- bounds
+def per_feature(n: int, d: int, epsilon: float, delta: float, target: bool) -> bool:
+    """The public rule: per-feature boxes when they are precise enough, else one pooled box."""
+    if d == 1:
+        return True
+    eps_r = split_budget(epsilon, delta, d, target).epsilon_release
+    return n * eps_r >= PER_FEATURE_MIN_N_EPSILON
+
+
+def private_bounds(
+    values: np.ndarray,
+    epsilon_release: float,
+    search_range: float,
+    noise: NoiseSource,
+    pooled: bool = False,
+    both_sides: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column (lower, upper) of a 2-D array: one box per column (``private_box``), or
+    with ``pooled`` one box for all columns from all n·d values (sensitivity d). One release
+    either way; ``both_sides``: see ``box_utility``.
+    """
+    mags = grid(search_range)
+    mags = mags[mags > 0]
+    d = values.shape[1]
+    if pooled:
+        a, b = private_box(values, epsilon_release, mags, noise, both_sides, sensitivity=d)
+        return np.full(d, a), np.full(d, b)
+    lo, hi = np.empty(d), np.empty(d)
+    for j in range(d):
+        lo[j], hi[j] = private_box(values[:, j], epsilon_release, mags, noise, both_sides)
+    return lo, hi
+
+
+def data_bounds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column min and max (NOT private: only behind an explicit ``"data"`` opt-in)."""
+    lo, hi = values.min(axis=0), values.max(axis=0)
+    same = lo == hi
+    return np.where(same, lo - 1.0, lo), np.where(same, hi + 1.0, hi)
+
+
+# ---------------------------------------------------------------------- estimators
+def _kind(bounds) -> str:
+    if bounds is None or isinstance(bounds, PrivateBounds):
+        return "dp"
+    if isinstance(bounds, str):
+        if bounds == "data":
+            return "data"
+        raise ValueError(
+            f"bounds must be (lower, upper), None (estimated with DP), a PrivateBounds or "
+            f"'data' (min and max of the training data, not private); got {bounds!r}"
+        )
+    return "declared"
+
+
+def _search_range(bounds) -> float:
+    return bounds.search_range if isinstance(bounds, PrivateBounds) else DEFAULT_SEARCH_RANGE
+
+
+def _kinds(est, epsilon: float) -> tuple[str, str | None]:
+    """What to do for X and (regressors) y: "dp", "data" or "declared"."""
+    x_kind = _kind(est.bounds_X)
+    norm = est.data_norm
+    if est.bounds_X is None and norm is not None and math.isfinite(float(norm)):
+        x_kind = "declared"  # the row clip implies a box: nothing is read from the data
+    y_kind = _kind(est.bounds_y) if hasattr(est, "bounds_y") else None
+    return x_kind, y_kind
+
+
+def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
+    """Fit ``est`` with bounds estimated with DP (or read from the data on the "data" opt-in).
+
+    Returns the fitted estimator, or None when every bound is declared (or ε = ∞): the caller
+    then fits as before. Called by the estimators' ``fit`` after validation and after the
+    whole (ε, δ) of the fit (bounds and model) was reserved from its accountant, so nothing
+    here spends: the bounds and the inner model split that reservation (``budget_split``).
+    """
+    import warnings
+
+    from sklearn.base import clone
+
+    from ._accountant import BudgetAccountant, PrivacyLeakWarning
+    from ._public_scaling import bounds_map, normalize
+    from ._warnings import BoundsWarning
+
+    if "feature_map_" in vars(est):  # from an earlier fit; set again only on success
+        del est.feature_map_
+    x_kind, y_kind = _kinds(est, epsilon)
+    if not math.isfinite(epsilon) or {x_kind, y_kind}.isdisjoint({"dp", "data"}):
+        return None
+    if x_kind != "declared" and est.data_norm is not None and math.isfinite(est.data_norm):
+        raise ValueError(
+            "data_norm is a bound in the units of declared bounds_X; with estimated bounds rows "
+            "are clipped after the map to [-1, 1] by the default rule (use data_norm=None, or "
+            "inf for no row clipping)"
+        )
+    n, d = X.shape
+    target = y_kind == "dp"
+    pooled = x_kind == "dp" and not per_feature(n, d, epsilon, delta, target)
+    releases = (1 if pooled else d) if x_kind == "dp" else 0
+    budget = split_budget(epsilon, delta, releases, target)
+    private = "data" not in (x_kind, y_kind)
+    if not private:
+        which = " and ".join(
+            f"{name}='data'"
+            for name, k in (("bounds_X", x_kind), ("bounds_y", y_kind))
+            if k == "data"
+        )
+        warnings.warn(
+            f"{which}: bounds are the training data's min and max, released without DP; the "
+            "model's guarantee says private: false",
+            PrivacyLeakWarning,
+            stacklevel=3,
+        )
+
+    params = {
+        "epsilon": budget.epsilon_model,
+        "delta": budget.delta_model,
+        "accountant": BudgetAccountant(),  # the caller reserved the whole fit already
+        "random_state": None if noise.secure else int(noise._rng.integers(2**31)),
+    }
+    bounds = {}
+    center = half = None
+    Z = X
+    if x_kind == "declared":
+        pass
+    else:
+        if x_kind == "dp":
+            lo, hi = private_bounds(
+                X, budget.epsilon_release, _search_range(est.bounds_X), noise, pooled
+            )
+            source = "estimated with DP (exponential mechanism, see budget_split)"
+        else:
+            lo, hi = data_bounds(X)
+            source = "read from the training data (NOT private: bounds_X='data')"
+        center, half = bounds_map(lo, hi)
+        Z = normalize(X, center, half)
+        params["bounds_X"] = (-1.0, 1.0)
+        bounds["X"] = {
+            "lower": lo,
+            "upper": hi,
+            "source": source,
+            "pooled": pooled,
+            "search_range": _search_range(est.bounds_X) if x_kind == "dp" else None,
+        }
+    if y_kind in ("dp", "data"):
+        yv = np.asarray(y, dtype=np.float64)[:, None]
+        if y_kind == "dp":
+            ylo, yhi = private_bounds(
+                yv, budget.epsilon_target, _search_range(est.bounds_y), noise, both_sides=True
+            )
+            ysource = "estimated with DP (exponential mechanism, see budget_split)"
+        else:
+            ylo, yhi = data_bounds(yv)
+            ysource = "read from the training data (NOT private: bounds_y='data')"
+        params["bounds_y"] = (float(ylo[0]), float(yhi[0]))
+        bounds["y"] = {
+            "lower": float(ylo[0]),
+            "upper": float(yhi[0]),
+            "source": ysource,
+            "search_range": _search_range(est.bounds_y) if y_kind == "dp" else None,
+        }
+
+    inner = clone(est).set_params(**params)
+    with warnings.catch_warnings():
+        # the inner fit's bounds are the released ones, not the user's: no BoundsWarning
+        warnings.simplefilter("ignore", BoundsWarning)
+        inner.fit(Z, y)  # a failure here stays charged: the caller reserved before
+
+    # everything the fit sets, assigned only once the whole fit's budget is spent
+    fitted = {
+        name: value
+        for name, value in vars(inner).items()
+        if name.endswith("_")
+        and not name.startswith("_")
+        and name not in ("n_features_in_", "feature_names_in_")
+    }
+    fitted["feature_map_"] = None
+    g = inner.dp_guarantee_
+    inner_bounds = dict(g["bounds"])
+    if center is not None:
+        coef = np.asarray(inner.coef_) / half
+        fitted["coef_"] = coef
+        fitted["intercept_"] = inner.intercept_ - coef @ center
+        fitted["bounds_X_"] = (np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64))
+        fitted["feature_map_"] = (center, half)
+        inner_bounds["X"] = bounds["X"]
+        inner_bounds["feature_map"] = (
+            "features are clipped to X's bounds, mapped by x -> (x - center) / half_width to "
+            "[-1, 1], and rows are then clipped to L2 norm data_norm"
+        )
+        inner_bounds["center"], inner_bounds["half_width"] = center, half
+    if "y" in bounds:
+        inner_bounds["y"] = bounds["y"]
+    guarantee = est._guarantee(
+        epsilon=epsilon,
+        delta=delta,
+        mechanism=g["mechanism"],
+        accountant=g["accountant"],
+        hyperparameters=g["hyperparameters"],
+        bounds=inner_bounds,
+        n_samples=n,
+    )
+    guarantee["budget_split"] = {
+        "bounds": budget.describe() if budget.epsilon else None,
+        "model": {"epsilon": budget.epsilon_model, "delta": budget.delta_model},
+        "composition": "basic: the bounds' and the model's (epsilon, delta) add up",
+    }
+    if not private:
+        guarantee.update(private=False, epsilon=None, delta=None)
+        guarantee["not_private_because"] = (
+            "bounds read from the training data ('data' opt-in) are released without DP"
+        )
+    fitted["dp_guarantee_"] = guarantee
+    for name, value in fitted.items():
+        setattr(est, name, value)
+    return est
