@@ -598,3 +598,36 @@ def test_bounds_in_the_wrong_units_warn_on_stderr(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps(spec))
     r = heml_train(*base, "-o", "ok.json", "--bounds", "b.json", cwd=tmp_path)
     assert r.returncode == 0 and "outside the declared bounds" not in r.stderr, r.stderr
+
+
+def test_out_of_bounds_policy_name_and_stdin(tmp_path, ledger_file):
+    # issue 15 items 2 and 13: one out-of-bounds policy for LO,HI and FILE.json bounds, a
+    # --out-of-bounds flag, --name, and the CSV from stdin
+    import heml
+
+    rng = np.random.default_rng(3)
+    X = rng.uniform(-1, 1, (300, 2))
+    df = pd.DataFrame(X, columns=["a", "b"])
+    df["y"] = (X[:, 0] > 0).astype(int)
+    (tmp_path / "d.csv").write_text(df.to_csv(index=False))
+    (tmp_path / "b.json").write_text(json.dumps({"a": [-1, 1], "b": [-1, 1]}))
+    base = ["--target", "y", "--classes", "0,1", "--epsilon", "1", "--delta", "1e-5"]
+    policies = {}
+    for tag, bounds in (("pair", "--bounds=-1,1"), ("file", "--bounds=b.json")):
+        for flag in ([], ["--out-of-bounds", "error"]):
+            out = f"{tag}{len(flag)}.json"
+            r = heml_train("d.csv", *base, bounds, *flag, "-o", out, cwd=tmp_path)
+            assert r.returncode == 0, r.stderr
+            policies[(tag, tuple(flag))] = heml.LinearModel.load(
+                tmp_path / out
+            ).bounds.out_of_bounds
+    assert policies[("pair", ())] == policies[("file", ())] == "clip"
+    flag = ("--out-of-bounds", "error")
+    assert policies[("pair", flag)] == policies[("file", flag)] == "error"
+    r = subprocess.run(
+        [sys.executable, "-m", "heml", "train", "-", *base, "--bounds=-1,1", "--name", "loans",
+         "-o", "m.json", "--dataset-id", "loans-2026"],
+        input=df.to_csv(index=False), capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert heml.LinearModel.load(tmp_path / "m.json").name == "loans"

@@ -99,11 +99,18 @@ def cli_estimator(
     return scaled(est, *bounds) if scale else est
 
 
-def export_fitted(fitted, *, name: str, bounds, feature_names):
+def export_fitted(fitted, *, name: str, bounds, feature_names, out_of_bounds: str = "clip"):
     """heml.export of a fitted ``cli_estimator``; per-feature bounds are declared exactly (not
-    refolded through the scaling, which would round them)."""
+    refolded through the scaling, which would round them). ``out_of_bounds`` is the served
+    model's policy for inputs outside its bounds, the same whatever form the bounds took
+    ("clip", like the training data, by default; or "error")."""
     import heml
 
     if not per_feature(bounds):
-        return heml.export(fitted, name=name)
-    return heml.export(exportable(fitted, *bounds, feature_names), name=name, bounds=bounds)
+        return heml.export(fitted, name=name, out_of_bounds=out_of_bounds)
+    return heml.export(
+        exportable(fitted, *bounds, feature_names),
+        name=name,
+        bounds=bounds,
+        out_of_bounds=out_of_bounds,
+    )

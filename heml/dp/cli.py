@@ -53,7 +53,7 @@ def register(subparsers) -> argparse.ArgumentParser:
             "and charge the privacy spent to a per-user ledger (per dataset id or fingerprint)."
         ),
     )
-    p.add_argument("data", help="CSV file with a header row")
+    p.add_argument("data", help="CSV file with a header row; - for stdin")
     p.add_argument("--target", required=True, help="name of the column to predict")
     p.add_argument("--epsilon", required=True, type=float, help="privacy budget of this fit")
     p.add_argument("--delta", required=True, type=float, help="delta of this fit (< 1/rows)")
@@ -111,6 +111,16 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="public bounds of the target (regression): LO,HI; default: estimated with DP; "
         "'data': its min and max (NOT private)",
     )
+    p.add_argument(
+        "--out-of-bounds",
+        choices=("clip", "error"),
+        default="clip",
+        help="what the served model does with inputs outside its bounds: clip them (as the "
+        "training data were) or refuse the call",
+    )
+    p.add_argument(
+        "--name", help="the model's name on the server (default: the file name of -o, e.g. NAME)"
+    )
     p.add_argument("--seed", type=int, help="noise seed: reproducible and NOT private (tests)")
     p.set_defaults(func=run)
     return p
@@ -161,17 +171,17 @@ def _run(args) -> int:
     task, class_tokens = declared_task(args.task, args.classes)
     out = Path(args.output)
     try:
-        name = validate_name(out.stem)
+        name = validate_name(args.name if args.name is not None else out.stem)
     except ValueError as exc:
-        raise _Invalid(f"-o: {exc}") from None
+        raise _Invalid(f"{'--name' if args.name is not None else '-o'}: {exc}") from None
     if not out.parent.exists():
         raise _Invalid(f"-o: directory {str(out.parent)!r} does not exist")
     ledger_path = Path(args.ledger) if args.ledger else _ledger.default_path()
 
     # ---------------------------------------------------------------- data
-    path = Path(args.data)
+    path = Path("stdin" if args.data == "-" else args.data)
     try:
-        content = path.read_bytes()
+        content = sys.stdin.buffer.read() if args.data == "-" else path.read_bytes()
     except OSError as exc:
         raise _Invalid(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
     df, y = read_table(content, args.target, args.drop, name=path.name)
@@ -248,7 +258,13 @@ def _run(args) -> int:
                 message = str(w.message).replace("bounds_X:", "--bounds:", 1)
                 message = message.replace("bounds_y:", "--target-bounds:", 1)
                 print(f"heml train: warning: {message}", file=sys.stderr)
-        model = export_fitted(est, name=name, bounds=bounds, feature_names=X.columns)
+        model = export_fitted(
+            est,
+            name=name,
+            bounds=bounds,
+            feature_names=X.columns,
+            out_of_bounds=args.out_of_bounds,
+        )
         model.save(out)
         status = "ok"
     except BaseException as exc:
