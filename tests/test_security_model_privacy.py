@@ -182,3 +182,21 @@ def test_a_registration_flood_evicts_only_the_flooders_keys(tmp_path, cancer):
         m._unary(m._stub.Predict, _private_request(flooder, 1, key_id=flood[-1]))
         with pytest.raises(ModelNotFound, match="not registered"):
             m._unary(m._stub.Predict, _private_request(flooder, 1, key_id=flood[0]))
+
+
+def test_unary_blocks_refused_for_their_deadline_charge_no_lifetime_quota(tmp_path, cancer):
+    """The unary path too (the streamed one is tested above): the lifetime quota is charged
+    after the deadline check, so blocks that arrive without time to compute them leave it."""
+    models = _secret_model(tmp_path, cancer)
+    with heml.serve(models) as server, heml.Client(server.address) as client:
+        model = client.model("secret")
+        request = _private_request(model, 1)
+        refused = 0
+        for _ in range(40):  # the server sees < 2 ms left for its one ciphertext
+            with pytest.raises(grpc.RpcError) as info:
+                client._stub.Predict(request, timeout=0.001)
+            refused += info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert refused == 40
+        model.predict_proba(cancer[0].iloc[:12])  # all 12 are left
+        with pytest.raises(ResourceExhausted, match=r"\(12 used, 1 requested\)"):
+            model.predict_proba(cancer[0].iloc[:1])
