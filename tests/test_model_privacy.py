@@ -457,3 +457,47 @@ def test_model_privacy_end_to_end_over_grpc(tmp_path, cancer):
                 c._stub.Predict,
                 pb.PredictRequest(model="secret", layout=pb.PRIVATE, n=1, samples_per_ciphertext=1),
             )
+
+
+def test_replies_are_flooded_at_the_published_sigma():
+    """The plan's σ is really added: the decrypted scores of 1024 identical samples spread by
+    at least 0.8 σ (in score units); the unprotected reply (positive control for the
+    measurement) spreads by well under that, so dropping or shrinking the flooding fails."""
+    keys = KeySet()
+    codec = ClientCodec({PRIVATE: PLAN}, D, 1, keys)
+    block = codec.blocks(PLAN.max_samples_per_ciphertext(D))[0]
+    assert block.s == block.n == 1024
+    sigma = 2.0 ** (PLAN.log2_flood - PLAN.log2_scale_x - PLAN.log2_scale_w)
+
+    def spread(evaluator: PrivateEvaluator) -> float:
+        key_id = _honest_key(evaluator, keys)
+        cts = codec.encrypt(np.zeros((block.n, D)), block)
+        return float(codec.decrypt(evaluator.evaluate(cts, block.n, block.s, key_id), block).std())
+
+    assert spread(PrivateEvaluator(PLAN, WN, BN, protect=False)) < 0.6 * sigma
+    assert 0.8 * sigma < spread(PrivateEvaluator(PLAN, WN, BN)) < 1.5 * sigma
+
+
+@pytest.mark.parametrize("prime", [0, 1])
+def test_the_degeneracy_check_counts_small_coefficients_in_every_prime(prime):
+    """An otherwise honest p0 with 65 coefficients zeroed in one prime is refused, with 60
+    it is accepted: the threshold is 64 and every prime is checked."""
+    keys = KeySet()
+    nonce = b"\x05" * KEY_NONCE_BYTES
+    honest = public_key_p0(keys.get(PLAN.params), nonce)
+    n = PLAN.params.n
+    words = wire.unpack_words(honest, len(PLAN.params.primes) * n, wire.C0_WORD_BYTES)
+    words = words.reshape(len(PLAN.params.primes), n)
+
+    def with_zeros(count: int) -> bytes:
+        ker = kernels.for_params(PLAN.params.prime_params[prime])
+        coeffs = ker.intt(words[prime].copy())
+        coeffs[:count] = 0
+        out = words.copy()
+        out[prime] = ker.ntt(coeffs)
+        return wire.pack_words(out, wire.C0_WORD_BYTES)
+
+    store = PrivateEvaluator(PLAN, WN, BN).keys
+    with pytest.raises(InvalidCiphertext, match=rf"6\d of {n} coefficients modulo prime {prime}"):
+        store.register(nonce, with_zeros(65), "peer:a")
+    store.register(nonce, with_zeros(60), "peer:a")
