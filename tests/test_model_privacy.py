@@ -501,3 +501,25 @@ def test_the_degeneracy_check_counts_small_coefficients_in_every_prime(prime):
     with pytest.raises(InvalidCiphertext, match=rf"6\d of {n} coefficients modulo prime {prime}"):
         store.register(nonce, with_zeros(65), "peer:a")
     store.register(nonce, with_zeros(60), "peer:a")
+
+
+def test_when_every_identity_holds_one_key_a_newcomer_evicts_the_least_recently_active():
+    """Ties for the largest holder go to the identity least recently active, not the first
+    one seen: a client using its key is not evicted by newcomers holding one key each
+    (positive control: the same victim idle is)."""
+    sk = KeySet().get(PLAN.params)
+
+    def reg(store, identity: str, i: int) -> str:
+        nonce = i.to_bytes(KEY_NONCE_BYTES, "big")
+        return store.register(nonce, public_key_p0(sk, nonce), identity)
+
+    for active in (False, True):
+        store = PrivateEvaluator(PLAN, WN, BN).keys
+        store.capacity = 3
+        victim = reg(store, "peer:victim", 0)
+        reg(store, "peer:s1", 1)
+        reg(store, "peer:s2", 2)
+        if active:
+            assert store.encryptor(victim) is not None  # the victim predicts
+        reg(store, "peer:s3", 3)
+        assert (victim in store) is active and len(store) == 3

@@ -291,7 +291,8 @@ class PublicKeyStore:
         self.capacity = max(1, budget_bytes // per_key)
         self.per_identity = per_identity
         self._keys: OrderedDict[str, _Key] = OrderedDict()  # least recently used first
-        self._owned: dict[str, OrderedDict[str, None]] = {}
+        # identity -> its key ids; identities and keys least recently active first
+        self._owned: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -334,16 +335,21 @@ class PublicKeyStore:
                 return
             self._keys[key_id] = entry
             self._owned.setdefault(identity, OrderedDict())[key_id] = None
+            self._owned.move_to_end(identity)
             owned = self._owned[identity]
             while len(owned) > self.per_identity:
                 self._drop(next(iter(owned)))
             while len(self._keys) > self.capacity:
-                largest = max(self._owned.values(), key=len)  # ties: the first identity seen
+                # ties: the identity least recently active (registering or predicting), so
+                # newcomers holding one key each cannot evict a client that is using its key
+                largest = max(self._owned.values(), key=len)
                 self._drop(next(iter(largest)))
 
     def _touch(self, key_id: str) -> None:
         self._keys.move_to_end(key_id)
-        self._owned[self._keys[key_id].identity].move_to_end(key_id)
+        identity = self._keys[key_id].identity
+        self._owned[identity].move_to_end(key_id)
+        self._owned.move_to_end(identity)
 
     def _drop(self, key_id: str) -> None:
         entry = self._keys.pop(key_id)
