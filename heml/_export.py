@@ -7,6 +7,7 @@ encoding, clipping) becomes client-side preprocessing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -122,7 +123,8 @@ def export(
         a lifetime quota per key below d predictions. Costs N=4096 over 108 bits, about 4x the
         bytes and time of the default path (docs/model-privacy.md).
     max_predictions_per_key : int, optional
-        The quota for model-privacy mode (default d // 2, at least 1; must be below d).
+        The quota for model-privacy mode (must be below d). Default: d // 2, but below
+        ``heml.he.private.weight_equations_needed`` for the model's plan, and at least 1.
     """
     steps, final = _split_pipeline(estimator)
     W, b, task, link, classes, output_ndim = _final_estimator(final)
@@ -161,6 +163,11 @@ def export(
         preprocessing = Preprocessing(preprocessing.columns, preprocessing.inputs, row_norm)
         origin = row_norm.origin()
         encode_lo, encode_hi = np.minimum(lo, origin), np.maximum(hi, origin)
+    bounds_obj = Bounds(lo, hi, policy, encode_lo, encode_hi)
+    if model_privacy and max_predictions_per_key is None:
+        max_predictions_per_key = default_private_quota(
+            W_model, b_model, bounds_obj.center, bounds_obj.half_width, tolerance
+        )
     return LinearModel(
         name=name,
         coef=W_model,
@@ -169,7 +176,7 @@ def export(
         link=link,
         classes=classes,
         preprocessing=preprocessing,
-        bounds=Bounds(lo, hi, policy, encode_lo, encode_hi),
+        bounds=bounds_obj,
         version=version,
         output_ndim=output_ndim,
         dp=dp,
@@ -177,7 +184,7 @@ def export(
         tolerance=tolerance,
         privacy={
             "enabled": True,
-            "max_predictions_per_key": max_predictions_per_key or max(1, d // 2),
+            "max_predictions_per_key": max_predictions_per_key,
         }
         if model_privacy
         else None,
@@ -467,3 +474,16 @@ def _bounds_arrays(bounds: Any, pre: Preprocessing) -> tuple[np.ndarray, np.ndar
 
 
 __all__ = ["SUPPORTED", "Column", "export"]
+
+
+def default_private_quota(coef, intercept, center, half_width, tolerance: float) -> int:
+    """The default lifetime quota per key of a model-privacy model: d // 2, but below the
+    number of malicious-ciphertext equations that plausibly determine the weights
+    (heml.he.private.weight_equations_needed; docs/model-privacy.md), and at least 1. At
+    d = 4 that is 1, not 2: two precise equations of ≈ 40 bits cover four ≈ 19-bit weights."""
+    from .he.private import make_private_plan, weight_equations_needed
+
+    d = np.asarray(coef).shape[1]
+    plan = make_private_plan(coef, intercept, center, half_width, tolerance=tolerance)
+    below = math.ceil(weight_equations_needed(plan, d)) - 1
+    return max(1, min(d // 2, below))

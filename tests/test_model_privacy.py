@@ -523,3 +523,30 @@ def test_when_every_identity_holds_one_key_a_newcomer_evicts_the_least_recently_
             assert store.encryptor(victim) is not None  # the victim predicts
         reg(store, "peer:s3", 3)
         assert (victim in store) is active and len(store) == 3
+
+
+def test_the_default_quota_stays_below_the_malicious_ciphertext_estimate():
+    """At d = 4 the old default d // 2 = 2 was at or above the documented count of crafted
+    equations that plausibly determine W (≈ 1.9); the default is now capped below it, and
+    stays d // 2 where that is already below (d = 30)."""
+    from sklearn.linear_model import LinearRegression
+
+    import heml
+    from heml.he.private import weight_equations_needed
+
+    for d, expected in ((4, 1), (30, 15)):
+        rng = np.random.default_rng(d)
+        X = rng.uniform(-2, 2, size=(200, d))
+        reg = LinearRegression().fit(X, X @ rng.normal(size=d) + 0.3)
+        model = heml.export(reg, name="m", bounds=(-2.0, 2.0), model_privacy=True)
+        plan = make_private_plan(
+            model.coef,
+            model.intercept,
+            model.bounds.center,
+            model.bounds.half_width,
+            tolerance=model.tolerance,
+        )
+        needed = weight_equations_needed(plan, d)
+        assert model.privacy["max_predictions_per_key"] == expected < needed
+        if d == 4:
+            assert d // 2 >= needed  # the old default was not below it

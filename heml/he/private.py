@@ -211,6 +211,16 @@ def make_private_plan(coef, intercept, center, half_width, *, tolerance: float) 
     )
 
 
+def weight_equations_needed(plan: PrivatePlan, d: int) -> float:
+    """Heuristic count of malicious-ciphertext equations that determine the weights: each
+    returned coefficient gives Σ_j Wq_j·v_j for client-chosen v, precise to about
+    min(log2 Q − log2_flood − 3, reply_bits) bits, and the weights are d integers of about
+    log2_scale_w + 1 bits (docs/model-privacy.md). A quota per key at or above it may let a
+    client that encrypts crafted plaintexts recover W by lattice reduction."""
+    bits = min(math.log2(plan.params.Q) - plan.log2_flood - 3, plan.reply_bits)
+    return d * (plan.log2_scale_w + 1) / bits
+
+
 # ---------------------------------------------------------------------- public keys
 def key_p1(nonce: bytes, params: RNSParams) -> np.ndarray:
     """The uniform half p1 of a model-privacy public key, (L, N) words in NTT form.
