@@ -7,7 +7,6 @@ encoding, clipping) becomes client-side preprocessing.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -123,8 +122,10 @@ def export(
         a lifetime quota per key below d predictions. Costs N=4096 over 108 bits, about 4x the
         bytes and time of the default path (docs/model-privacy.md).
     max_predictions_per_key : int, optional
-        The quota for model-privacy mode (must be below d). Default: d // 2, but below
-        ``heml.he.private.weight_equations_needed`` for the model's plan, and at least 1.
+        The quota for model-privacy mode: below d, and below
+        ``heml.he.private.weight_equations_needed`` for the model's plan (crafted ciphertexts
+        give that many precise equations about W; a larger quota is refused with ModelError).
+        Default: d // 2 capped below that, at least 1.
     """
     steps, final = _split_pipeline(estimator)
     W, b, task, link, classes, output_ndim = _final_estimator(final)
@@ -164,9 +165,9 @@ def export(
         origin = row_norm.origin()
         encode_lo, encode_hi = np.minimum(lo, origin), np.maximum(hi, origin)
     bounds_obj = Bounds(lo, hi, policy, encode_lo, encode_hi)
-    if model_privacy and max_predictions_per_key is None:
-        max_predictions_per_key = default_private_quota(
-            W_model, b_model, bounds_obj.center, bounds_obj.half_width, tolerance
+    if model_privacy:
+        max_predictions_per_key = private_quota(
+            W_model, b_model, bounds_obj, tolerance, max_predictions_per_key
         )
     return LinearModel(
         name=name,
@@ -476,14 +477,17 @@ def _bounds_arrays(bounds: Any, pre: Preprocessing) -> tuple[np.ndarray, np.ndar
 __all__ = ["SUPPORTED", "Column", "export"]
 
 
-def default_private_quota(coef, intercept, center, half_width, tolerance: float) -> int:
-    """The default lifetime quota per key of a model-privacy model: d // 2, but below the
-    number of malicious-ciphertext equations that plausibly determine the weights
-    (heml.he.private.weight_equations_needed; docs/model-privacy.md), and at least 1. At
-    d = 4 that is 1, not 2: two precise equations of ≈ 40 bits cover four ≈ 19-bit weights."""
-    from .he.private import make_private_plan, weight_equations_needed
+def private_quota(coef, intercept, bounds: Bounds, tolerance: float, quota: int | None) -> int:
+    """The lifetime quota per key of a model-privacy model: ``quota`` if given (refused with
+    ModelError at or above the crafted-ciphertext estimate,
+    heml.he.private.check_private_quota), else d // 2 capped below that estimate, at least 1.
+    At d = 4 that is 1: three crafted slots give W exactly (docs/model-privacy.md)."""
+    from .he.private import check_private_quota, make_private_plan, max_private_quota
 
     d = np.asarray(coef).shape[1]
-    plan = make_private_plan(coef, intercept, center, half_width, tolerance=tolerance)
-    below = math.ceil(weight_equations_needed(plan, d)) - 1
-    return max(1, min(d // 2, below))
+    plan = make_private_plan(coef, intercept, bounds.center, bounds.half_width, tolerance=tolerance)
+    if quota is None:
+        return max(1, min(d // 2, max_private_quota(plan, d)))
+    if isinstance(quota, int) and 1 <= quota < max(d, 2):
+        check_private_quota(plan, d, quota)
+    return quota  # LinearModel checks the type and the range [1, d-1]

@@ -10,6 +10,7 @@ correct predictions. Every attack first succeeds against an unprotected reply (p
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 
 import numpy as np
@@ -550,3 +551,90 @@ def test_the_default_quota_stays_below_the_malicious_ciphertext_estimate():
         assert model.privacy["max_predictions_per_key"] == expected < needed
         if d == 4:
             assert d // 2 >= needed  # the old default was not below it
+
+
+def _crafted_slots_attack(evaluator: PrivateEvaluator, keys: KeySet, slots: int):
+    """A client that encrypts a crafted plaintext: `slots` samples of one ciphertext whose
+    features are uniform residues c modulo Q (not features at all). Each returned coefficient
+    decrypts to bias + Σ_i Wq_i·c_i + flood (mod Q): a precise equation well above the
+    flooding. An LLL (embedding, dimension d + slots + 2) solves for Wq; None if not found."""
+    from heml.he.encrypt import encrypt_coefficients
+
+    plan, params = evaluator.plan, evaluator.params
+    n, Q, s = params.n, params.Q, slots
+    sk = keys.get(params)
+    nonce = b"\x0b" * KEY_NONCE_BYTES
+    key_id = evaluator.keys.register(nonce, public_key_p0(sk, nonce), "peer:m")
+    geo = evaluator.geometry(s)
+    rng = np.random.default_rng(11)
+    c = [[int.from_bytes(rng.bytes(14), "big") % Q for _ in range(D)] for _ in range(s)]
+    msg = [0] * n
+    for a in range(s):
+        msg[a * geo.m : a * geo.m + D] = c[a]
+    c0, seeds = unpack_rns_ciphertexts(encrypt_coefficients(sk, np.zeros((1, n), np.int64)), params)
+    for j, pp in enumerate(params.prime_params):
+        residues = kernels.for_params(pp).ntt(np.array([v % pp.q for v in msg], dtype=np.uint64))
+        c0[0, j] = modmath.add_mod(c0[0, j], residues, pp.q)
+    (ct,) = wire.pack_ciphertexts(c0.reshape(1, -1), seeds)
+    (reply,) = evaluator.evaluate([ct], s, s, key_id)
+    pos = geo.output_positions(0).reshape(-1)
+    r0, r1 = wire.unpack_reply(reply, pos.size, n, plan.reply_bits)
+    signed = (
+        ClientCodec({PRIVATE: plan}, D, 1, keys)
+        ._decryptor(params)
+        .at_positions(r0, r1, pos, plan.reply_bits)
+    )
+    y = [(int(v) * Q) >> plan.reply_bits for v in signed]
+    wq_bits = int(plan.log2_scale_w) + 4  # |Wn| < 8 here
+    bias_bits = int(plan.log2_scale_w + plan.log2_scale_x) + 2
+    E = max(wq_bits, bias_bits, int(plan.log2_flood) + 4) + 2
+    lw, lb, K, M = (
+        1 << (E - wq_bits),
+        1 << (E - bias_bits),
+        1 << (E - int(plan.log2_flood) - 4),
+        1 << E,
+    )
+    rows = [
+        [lw if k == i else 0 for k in range(D)] + [0] + [K * c[a][i] for a in range(s)] + [0]
+        for i in range(D)
+    ]
+    rows.append([0] * D + [lb] + [K] * s + [0])
+    rows += [[0] * (D + 1) + [K * Q if k == a else 0 for k in range(s)] + [0] for a in range(s)]
+    rows.append([0] * (D + 1) + [-K * v for v in y] + [M])
+    for v in lll(rows):
+        if abs(v[-1]) == M:
+            return [(1 if v[-1] == M else -1) * v[i] // lw for i in range(D)]
+    return None
+
+
+def test_crafted_ciphertexts_give_w_at_quota_d_minus_1_and_such_quotas_are_refused(tmp_path):
+    """Positive control: at d = 4, the quota d - 1 = 3 that the mode accepted before lets one
+    crafted ciphertext of three samples recover Wq exactly. Now export refuses it (and a model
+    file carrying it is refused at load), the default is 1, and one crafted slot finds nothing."""
+    from sklearn.linear_model import LinearRegression
+
+    import heml
+    from heml.errors import ModelError
+    from heml.he.private import max_private_quota
+    from heml.server.registry import load_model_file
+
+    wq = [int(v) for v in quantize(WN, PLAN.log2_scale_w)[0]]
+    keys = KeySet()
+    assert _crafted_slots_attack(PrivateEvaluator(PLAN, WN, BN), keys, D - 1) == wq
+    assert max_private_quota(PLAN, D) == 1
+    assert _crafted_slots_attack(PrivateEvaluator(PLAN, WN, BN), keys, 1) != wq
+    # export and load refuse a quota at the estimate; the default stays below it
+    X = RNG.uniform(-2, 2, size=(100, D))
+    reg = LinearRegression().fit(X, X @ W[0] + B[0])
+    with pytest.raises(ModelError, match="recover the weights"):
+        heml.export(
+            reg, name="m", bounds=(-2.0, 2.0), model_privacy=True, max_predictions_per_key=3
+        )
+    model = heml.export(reg, name="m", bounds=(-2.0, 2.0), model_privacy=True)
+    assert model.privacy["max_predictions_per_key"] == 1
+    model.save(tmp_path / "m.json")
+    data = json.loads((tmp_path / "m.json").read_text())
+    data["privacy"]["max_predictions_per_key"] = 3  # a file from before, or edited by hand
+    (tmp_path / "m.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="recover the weights"):
+        load_model_file(tmp_path / "m.json")

@@ -221,6 +221,24 @@ def weight_equations_needed(plan: PrivatePlan, d: int) -> float:
     return d * (plan.log2_scale_w + 1) / bits
 
 
+def max_private_quota(plan: PrivatePlan, d: int) -> int:
+    """The largest lifetime quota per key heml serves for this plan: below
+    weight_equations_needed (at d = 4, three crafted slots of one ciphertext give W exactly to
+    a 9-dimensional LLL: tests/test_model_privacy.py), and at least 1."""
+    return max(1, math.ceil(weight_equations_needed(plan, d)) - 1)
+
+
+def check_private_quota(plan: PrivatePlan, d: int, quota: int) -> None:
+    """Refuse a model whose quota per key reaches the crafted-ciphertext estimate."""
+    cap = max_private_quota(plan, d)
+    if quota > cap:
+        raise ModelError(
+            f"max_predictions_per_key={quota} would let a client that encrypts crafted "
+            f"plaintexts recover the weights (about {weight_equations_needed(plan, d):.1f} "
+            f"such predictions determine them at d={d}); use at most {cap}"
+        )
+
+
 # ---------------------------------------------------------------------- public keys
 def key_p1(nonce: bytes, params: RNSParams) -> np.ndarray:
     """The uniform half p1 of a model-privacy public key, (L, N) words in NTT form.
