@@ -185,6 +185,11 @@ def make_private_plan(coef, intercept, center, half_width, *, tolerance: float) 
     flood = 2.0**log2_flood
     # scale x so that flooding costs at most half the tolerance
     ex = math.ceil(math.log2(2 * NOISE_SIGMAS * flood / (tolerance * sw)))
+    # and so that the best reply width's switching noise costs at most a quarter of it (at a
+    # large tolerance the flooding alone would leave x too coarse for any reply width)
+    per_unit = min((0.5 + math.ldexp(1.0, b - 52)) * Q / 2.0**b for b in REPLY_BITS)
+    switch_min = NOISE_SIGMAS * per_unit * math.sqrt((n + 1) / 3.0)
+    ex = max(ex, math.ceil(math.log2(4 * switch_min / (tolerance * sw))))
     sx = math.ldexp(1.0, ex)
     # headroom for in-bounds inputs (a server-side check; nothing about it is published)
     row_abs = sx * np.abs(Wq).sum(axis=1) + np.abs(bn) * sw * sx
