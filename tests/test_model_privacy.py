@@ -642,3 +642,53 @@ def test_crafted_ciphertexts_give_w_at_quota_d_minus_1_and_such_quotas_are_refus
     (tmp_path / "m.json").write_text(json.dumps(data))
     with pytest.raises(ModelError, match="recover the weights"):
         load_model_file(tmp_path / "m.json")
+
+
+def test_two_replies_do_not_cancel_their_re_randomizers(monkeypatch):
+    """Every reply needs a fresh encryption of zero: with one reused, c1_A − c1_B of two
+    replies is P·(a_A − a_B) plus rounding, and the CRT attack reads W from the difference
+    (positive control, the re-randomizer cached); with fresh ones it finds nothing."""
+    import heml.he.private as private_mod
+
+    params = PLAN.params
+    Q, bits = params.Q, PLAN.reply_bits
+
+    def difference_attack(evaluator: PrivateEvaluator, keys: KeySet) -> np.ndarray | None:
+        key_id = _honest_key(evaluator, keys)
+        c1s = []
+        runs = [_one_private_reply(evaluator, key_id, keys) for _ in range(2)]
+        for _cts, replies, codec, block in runs:
+            geo = codec._row_geometry(block.s, PRIVATE)
+            positions = geo.output_positions(0).size
+            c1s.append(wire.unpack_reply(replies[0], positions, params.n, bits)[1])
+        geo = runs[0][2]._row_geometry(runs[0][3].s, PRIVATE)
+        ct_a, ct_b = runs[0][0][0], runs[1][0][0]
+        a_a = _a_mod_Q(unpack_rns_ciphertexts([ct_a], params)[1][0], params)
+        a_b = _a_mod_Q(unpack_rns_ciphertexts([ct_b], params)[1][0], params)
+        a_diff = [(x - y) % Q for x, y in zip(a_a, a_b, strict=True)]
+        mask = np.uint64((1 << bits) - 1)
+        c1_diff = (c1s[0].astype(np.uint64) - c1s[1].astype(np.uint64)) & mask
+        wq = quantize(WN, PLAN.log2_scale_w)[0]
+        P = recover_weight_poly(
+            c1_diff,
+            bits,
+            Q,
+            a_diff,
+            np.arange(geo.m - D, geo.m),
+            int(np.abs(wq).max()).bit_length() + 1,
+        )
+        return None if P is None else np.array(P[::-1]) / 2.0**PLAN.log2_scale_w
+
+    keys = KeySet()
+    fresh = private_mod._encrypt_zero
+    cached: list[np.ndarray] = []
+
+    def reused(encryptor, p):
+        if not cached:
+            cached.append(fresh(encryptor, p))
+        return cached[0]
+
+    with monkeypatch.context() as m:
+        m.setattr(private_mod, "_encrypt_zero", reused)
+        assert _recovers(difference_attack(PrivateEvaluator(PLAN, WN, BN), keys))
+    assert not _recovers(difference_attack(PrivateEvaluator(PLAN, WN, BN), keys))
