@@ -122,7 +122,10 @@ def export(
         a lifetime quota per key below d predictions. Costs N=4096 over 108 bits, about 4x the
         bytes and time of the default path (docs/model-privacy.md).
     max_predictions_per_key : int, optional
-        The quota for model-privacy mode (default d // 2, at least 1; must be below d).
+        The quota for model-privacy mode: below d, and below
+        ``heml.he.private.weight_equations_needed`` for the model's plan (crafted ciphertexts
+        give that many precise equations about W; a larger quota is refused with ModelError).
+        Default: d // 2 capped below that, at least 1.
     """
     steps, final = _split_pipeline(estimator)
     W, b, task, link, classes, output_ndim = _final_estimator(final)
@@ -166,6 +169,11 @@ def export(
         preprocessing = Preprocessing(preprocessing.columns, preprocessing.inputs, row_norm)
         origin = row_norm.origin()
         encode_lo, encode_hi = np.minimum(lo, origin), np.maximum(hi, origin)
+    bounds_obj = Bounds(lo, hi, policy, encode_lo, encode_hi)
+    if model_privacy:
+        max_predictions_per_key = private_quota(
+            W_model, b_model, bounds_obj, tolerance, max_predictions_per_key
+        )
     return LinearModel(
         name=name,
         coef=W_model,
@@ -174,7 +182,7 @@ def export(
         link=link,
         classes=classes,
         preprocessing=preprocessing,
-        bounds=Bounds(lo, hi, policy, encode_lo, encode_hi),
+        bounds=bounds_obj,
         version=version,
         output_ndim=output_ndim,
         dp=dp,
@@ -182,7 +190,7 @@ def export(
         tolerance=tolerance,
         privacy={
             "enabled": True,
-            "max_predictions_per_key": max_predictions_per_key or max(1, d // 2),
+            "max_predictions_per_key": max_predictions_per_key,
         }
         if model_privacy
         else None,
@@ -474,3 +482,19 @@ def _bounds_arrays(bounds: Any, pre: Preprocessing) -> tuple[np.ndarray, np.ndar
 
 
 __all__ = ["SUPPORTED", "Column", "export"]
+
+
+def private_quota(coef, intercept, bounds: Bounds, tolerance: float, quota: int | None) -> int:
+    """The lifetime quota per key of a model-privacy model: ``quota`` if given (refused with
+    ModelError at or above the crafted-ciphertext estimate,
+    heml.he.private.check_private_quota), else d // 2 capped below that estimate, at least 1.
+    At d = 4 that is 1: three crafted slots give W exactly (docs/model-privacy.md)."""
+    from .he.private import check_private_quota, make_private_plan, max_private_quota
+
+    d = np.asarray(coef).shape[1]
+    plan = make_private_plan(coef, intercept, bounds.center, bounds.half_width, tolerance=tolerance)
+    if quota is None:
+        return max(1, min(d // 2, max_private_quota(plan, d)))
+    if isinstance(quota, int) and 1 <= quota < max(d, 2):
+        check_private_quota(plan, d, quota)
+    return quota  # LinearModel checks the type and the range [1, d-1]

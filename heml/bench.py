@@ -403,8 +403,7 @@ def goals(workers: int, quick: bool, progress) -> list[dict]:
             models["g30"],
             name="g30p",
             bounds=(-5.0, 5.0),
-            model_privacy=True,
-            max_predictions_per_key=29,
+            model_privacy=True,  # the default quota (15 at d = 30): 29 would give W away
         ).save(f"{folder}/g30p.json")
         keyfile = f"{folder}/client.keys"
         with heml.serve(folder, port=0, workers=workers) as server:

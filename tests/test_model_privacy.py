@@ -10,6 +10,7 @@ correct predictions. Every attack first succeeds against an unprotected reply (p
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 
 import numpy as np
@@ -304,14 +305,18 @@ def test_flooding_meets_the_stated_statistical_distance():
     assert TAIL_SIGMAS > 7.5 and HIDING_BITS >= 40
 
 
-@pytest.mark.parametrize(("d", "k"), [(30, 3), (300, 3)])
-def test_predictions_stay_within_the_error_bound_at_the_corners_of_the_bounds(d, k):
+@pytest.mark.parametrize(
+    ("d", "k", "tolerance"), [(30, 3, 1e-4), (300, 3, 1e-4), (4, 1, 1e-2), (4, 1, 1e-1)]
+)
+def test_predictions_stay_within_the_error_bound_at_the_corners_of_the_bounds(d, k, tolerance):
     """The flooding, scales and headroom leave decryption correct for the largest in-bounds
-    scores (z = ±1 aligned with each class's weights)."""
+    scores (z = ±1 aligned with each class's weights). A large tolerance plans too (it was
+    refused with "raise the tolerance": x was scaled for the flooding only, too coarse for
+    any reply width)."""
     rng = np.random.default_rng(d)
     Wk, bk = rng.normal(size=(k, d)), rng.normal(size=k)
     center, hw = np.zeros(d), np.full(d, 2.0)
-    plan = make_private_plan(Wk, bk, center, hw, tolerance=1e-4)
+    plan = make_private_plan(Wk, bk, center, hw, tolerance=tolerance)
     Wn, bn = normalized_weights(Wk, bk, center, hw)
     evaluator = PrivateEvaluator(plan, Wn, bn)
     keys = KeySet()
@@ -323,7 +328,7 @@ def test_predictions_stay_within_the_error_bound_at_the_corners_of_the_bounds(d,
     replies = evaluator.evaluate(codec.encrypt(Z, block), block.n, block.s, key_id)
     got = codec.decrypt(replies, block)
     np.testing.assert_allclose(got, (Z * hw + center) @ Wk.T + bk, atol=plan.error_bound)
-    assert plan.error_bound <= 1e-4
+    assert plan.error_bound <= tolerance
 
 
 def test_the_published_plan_reveals_only_a_power_of_two_bound_on_the_weights():
@@ -458,3 +463,233 @@ def test_model_privacy_end_to_end_over_grpc(tmp_path, cancer):
                 c._stub.Predict,
                 pb.PredictRequest(model="secret", layout=pb.PRIVATE, n=1, samples_per_ciphertext=1),
             )
+
+
+def test_replies_are_flooded_at_the_published_sigma():
+    """The plan's σ is really added: the decrypted scores of 1024 identical samples spread by
+    at least 0.8 σ (in score units); the unprotected reply (positive control for the
+    measurement) spreads by well under that, so dropping or shrinking the flooding fails."""
+    keys = KeySet()
+    codec = ClientCodec({PRIVATE: PLAN}, D, 1, keys)
+    block = codec.blocks(PLAN.max_samples_per_ciphertext(D))[0]
+    assert block.s == block.n == 1024
+    sigma = 2.0 ** (PLAN.log2_flood - PLAN.log2_scale_x - PLAN.log2_scale_w)
+
+    def spread(evaluator: PrivateEvaluator) -> float:
+        key_id = _honest_key(evaluator, keys)
+        cts = codec.encrypt(np.zeros((block.n, D)), block)
+        return float(codec.decrypt(evaluator.evaluate(cts, block.n, block.s, key_id), block).std())
+
+    assert spread(PrivateEvaluator(PLAN, WN, BN, protect=False)) < 0.6 * sigma
+    assert 0.8 * sigma < spread(PrivateEvaluator(PLAN, WN, BN)) < 1.5 * sigma
+
+
+@pytest.mark.parametrize("prime", [0, 1])
+def test_the_degeneracy_check_counts_small_coefficients_in_every_prime(prime):
+    """An otherwise honest p0 with 65 coefficients zeroed in one prime is refused, with 60
+    it is accepted: the threshold is 64 and every prime is checked."""
+    keys = KeySet()
+    nonce = b"\x05" * KEY_NONCE_BYTES
+    honest = public_key_p0(keys.get(PLAN.params), nonce)
+    n = PLAN.params.n
+    words = wire.unpack_words(honest, len(PLAN.params.primes) * n, wire.C0_WORD_BYTES)
+    words = words.reshape(len(PLAN.params.primes), n)
+
+    def with_zeros(count: int) -> bytes:
+        ker = kernels.for_params(PLAN.params.prime_params[prime])
+        coeffs = ker.intt(words[prime].copy())
+        coeffs[:count] = 0
+        out = words.copy()
+        out[prime] = ker.ntt(coeffs)
+        return wire.pack_words(out, wire.C0_WORD_BYTES)
+
+    store = PrivateEvaluator(PLAN, WN, BN).keys
+    with pytest.raises(InvalidCiphertext, match=rf"6\d of {n} coefficients modulo prime {prime}"):
+        store.register(nonce, with_zeros(65), "peer:a")
+    store.register(nonce, with_zeros(60), "peer:a")
+
+
+def test_when_every_identity_holds_one_key_a_newcomer_evicts_the_least_recently_active():
+    """Ties for the largest holder go to the identity least recently active, not the first
+    one seen: a client using its key is not evicted by newcomers holding one key each
+    (positive control: the same victim idle is)."""
+    sk = KeySet().get(PLAN.params)
+
+    def reg(store, identity: str, i: int) -> str:
+        nonce = i.to_bytes(KEY_NONCE_BYTES, "big")
+        return store.register(nonce, public_key_p0(sk, nonce), identity)
+
+    for active in (False, True):
+        store = PrivateEvaluator(PLAN, WN, BN).keys
+        store.capacity = 3
+        victim = reg(store, "peer:victim", 0)
+        reg(store, "peer:s1", 1)
+        reg(store, "peer:s2", 2)
+        if active:
+            assert store.encryptor(victim) is not None  # the victim predicts
+        reg(store, "peer:s3", 3)
+        assert (victim in store) is active and len(store) == 3
+
+
+def test_the_default_quota_stays_below_the_malicious_ciphertext_estimate():
+    """At d = 4 the old default d // 2 = 2 was at or above the documented count of crafted
+    equations that plausibly determine W (≈ 1.9); the default is now capped below it, and
+    stays d // 2 where that is already below (d = 30)."""
+    from sklearn.linear_model import LinearRegression
+
+    import heml
+    from heml.he.private import weight_equations_needed
+
+    for d, expected in ((4, 1), (30, 15)):
+        rng = np.random.default_rng(d)
+        X = rng.uniform(-2, 2, size=(200, d))
+        reg = LinearRegression().fit(X, X @ rng.normal(size=d) + 0.3)
+        model = heml.export(reg, name="m", bounds=(-2.0, 2.0), model_privacy=True)
+        plan = make_private_plan(
+            model.coef,
+            model.intercept,
+            model.bounds.center,
+            model.bounds.half_width,
+            tolerance=model.tolerance,
+        )
+        needed = weight_equations_needed(plan, d)
+        assert model.privacy["max_predictions_per_key"] == expected < needed
+        if d == 4:
+            assert d // 2 >= needed  # the old default was not below it
+
+
+def _crafted_slots_attack(evaluator: PrivateEvaluator, keys: KeySet, slots: int):
+    """A client that encrypts a crafted plaintext: `slots` samples of one ciphertext whose
+    features are uniform residues c modulo Q (not features at all). Each returned coefficient
+    decrypts to bias + Σ_i Wq_i·c_i + flood (mod Q): a precise equation well above the
+    flooding. An LLL (embedding, dimension d + slots + 2) solves for Wq; None if not found."""
+    from heml.he.encrypt import encrypt_coefficients
+
+    plan, params = evaluator.plan, evaluator.params
+    n, Q, s = params.n, params.Q, slots
+    sk = keys.get(params)
+    nonce = b"\x0b" * KEY_NONCE_BYTES
+    key_id = evaluator.keys.register(nonce, public_key_p0(sk, nonce), "peer:m")
+    geo = evaluator.geometry(s)
+    rng = np.random.default_rng(11)
+    c = [[int.from_bytes(rng.bytes(14), "big") % Q for _ in range(D)] for _ in range(s)]
+    msg = [0] * n
+    for a in range(s):
+        msg[a * geo.m : a * geo.m + D] = c[a]
+    c0, seeds = unpack_rns_ciphertexts(encrypt_coefficients(sk, np.zeros((1, n), np.int64)), params)
+    for j, pp in enumerate(params.prime_params):
+        residues = kernels.for_params(pp).ntt(np.array([v % pp.q for v in msg], dtype=np.uint64))
+        c0[0, j] = modmath.add_mod(c0[0, j], residues, pp.q)
+    (ct,) = wire.pack_ciphertexts(c0.reshape(1, -1), seeds)
+    (reply,) = evaluator.evaluate([ct], s, s, key_id)
+    pos = geo.output_positions(0).reshape(-1)
+    r0, r1 = wire.unpack_reply(reply, pos.size, n, plan.reply_bits)
+    signed = (
+        ClientCodec({PRIVATE: plan}, D, 1, keys)
+        ._decryptor(params)
+        .at_positions(r0, r1, pos, plan.reply_bits)
+    )
+    y = [(int(v) * Q) >> plan.reply_bits for v in signed]
+    wq_bits = int(plan.log2_scale_w) + 4  # |Wn| < 8 here
+    bias_bits = int(plan.log2_scale_w + plan.log2_scale_x) + 2
+    E = max(wq_bits, bias_bits, int(plan.log2_flood) + 4) + 2
+    lw, lb, K, M = (
+        1 << (E - wq_bits),
+        1 << (E - bias_bits),
+        1 << (E - int(plan.log2_flood) - 4),
+        1 << E,
+    )
+    rows = [
+        [lw if k == i else 0 for k in range(D)] + [0] + [K * c[a][i] for a in range(s)] + [0]
+        for i in range(D)
+    ]
+    rows.append([0] * D + [lb] + [K] * s + [0])
+    rows += [[0] * (D + 1) + [K * Q if k == a else 0 for k in range(s)] + [0] for a in range(s)]
+    rows.append([0] * (D + 1) + [-K * v for v in y] + [M])
+    for v in lll(rows):
+        if abs(v[-1]) == M:
+            return [(1 if v[-1] == M else -1) * v[i] // lw for i in range(D)]
+    return None
+
+
+def test_crafted_ciphertexts_give_w_at_quota_d_minus_1_and_such_quotas_are_refused(tmp_path):
+    """Positive control: at d = 4, the quota d - 1 = 3 that the mode accepted before lets one
+    crafted ciphertext of three samples recover Wq exactly. Now export refuses it (and a model
+    file carrying it is refused at load), the default is 1, and one crafted slot finds nothing."""
+    from sklearn.linear_model import LinearRegression
+
+    import heml
+    from heml.errors import ModelError
+    from heml.he.private import max_private_quota
+    from heml.server.registry import load_model_file
+
+    wq = [int(v) for v in quantize(WN, PLAN.log2_scale_w)[0]]
+    keys = KeySet()
+    assert _crafted_slots_attack(PrivateEvaluator(PLAN, WN, BN), keys, D - 1) == wq
+    assert max_private_quota(PLAN, D) == 1
+    assert _crafted_slots_attack(PrivateEvaluator(PLAN, WN, BN), keys, 1) != wq
+    # export and load refuse a quota at the estimate; the default stays below it
+    X = RNG.uniform(-2, 2, size=(100, D))
+    reg = LinearRegression().fit(X, X @ W[0] + B[0])
+    with pytest.raises(ModelError, match="recover the weights"):
+        heml.export(
+            reg, name="m", bounds=(-2.0, 2.0), model_privacy=True, max_predictions_per_key=3
+        )
+    model = heml.export(reg, name="m", bounds=(-2.0, 2.0), model_privacy=True)
+    assert model.privacy["max_predictions_per_key"] == 1
+    model.save(tmp_path / "m.json")
+    data = json.loads((tmp_path / "m.json").read_text())
+    data["privacy"]["max_predictions_per_key"] = 3  # a file from before, or edited by hand
+    (tmp_path / "m.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="recover the weights"):
+        load_model_file(tmp_path / "m.json")
+
+
+def test_two_replies_do_not_cancel_their_re_randomizers(monkeypatch):
+    """Every reply needs a fresh encryption of zero: with one reused, c1_A − c1_B of two
+    replies is P·(a_A − a_B) plus rounding, and the CRT attack reads W from the difference
+    (positive control, the re-randomizer cached); with fresh ones it finds nothing."""
+    import heml.he.private as private_mod
+
+    params = PLAN.params
+    Q, bits = params.Q, PLAN.reply_bits
+
+    def difference_attack(evaluator: PrivateEvaluator, keys: KeySet) -> np.ndarray | None:
+        key_id = _honest_key(evaluator, keys)
+        c1s = []
+        runs = [_one_private_reply(evaluator, key_id, keys) for _ in range(2)]
+        for _cts, replies, codec, block in runs:
+            geo = codec._row_geometry(block.s, PRIVATE)
+            positions = geo.output_positions(0).size
+            c1s.append(wire.unpack_reply(replies[0], positions, params.n, bits)[1])
+        geo = runs[0][2]._row_geometry(runs[0][3].s, PRIVATE)
+        ct_a, ct_b = runs[0][0][0], runs[1][0][0]
+        a_a = _a_mod_Q(unpack_rns_ciphertexts([ct_a], params)[1][0], params)
+        a_b = _a_mod_Q(unpack_rns_ciphertexts([ct_b], params)[1][0], params)
+        a_diff = [(x - y) % Q for x, y in zip(a_a, a_b, strict=True)]
+        mask = np.uint64((1 << bits) - 1)
+        c1_diff = (c1s[0].astype(np.uint64) - c1s[1].astype(np.uint64)) & mask
+        wq = quantize(WN, PLAN.log2_scale_w)[0]
+        P = recover_weight_poly(
+            c1_diff,
+            bits,
+            Q,
+            a_diff,
+            np.arange(geo.m - D, geo.m),
+            int(np.abs(wq).max()).bit_length() + 1,
+        )
+        return None if P is None else np.array(P[::-1]) / 2.0**PLAN.log2_scale_w
+
+    keys = KeySet()
+    fresh = private_mod._encrypt_zero
+    cached: list[np.ndarray] = []
+
+    def reused(encryptor, p):
+        if not cached:
+            cached.append(fresh(encryptor, p))
+        return cached[0]
+
+    with monkeypatch.context() as m:
+        m.setattr(private_mod, "_encrypt_zero", reused)
+        assert _recovers(difference_attack(PrivateEvaluator(PLAN, WN, BN), keys))
+    assert not _recovers(difference_attack(PrivateEvaluator(PLAN, WN, BN), keys))

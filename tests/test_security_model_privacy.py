@@ -182,3 +182,47 @@ def test_a_registration_flood_evicts_only_the_flooders_keys(tmp_path, cancer):
         m._unary(m._stub.Predict, _private_request(flooder, 1, key_id=flood[-1]))
         with pytest.raises(ModelNotFound, match="not registered"):
             m._unary(m._stub.Predict, _private_request(flooder, 1, key_id=flood[0]))
+
+
+def test_unary_blocks_refused_for_their_deadline_charge_no_lifetime_quota(tmp_path, cancer):
+    """The unary path too (the streamed one is tested above): the lifetime quota is charged
+    after the deadline check, so blocks that arrive without time to compute them leave it."""
+    models = _secret_model(tmp_path, cancer)
+    with heml.serve(models) as server, heml.Client(server.address) as client:
+        model = client.model("secret")
+        request = _private_request(model, 1)
+        refused = 0
+        for _ in range(40):  # the server sees < 2 ms left for its one ciphertext
+            with pytest.raises(grpc.RpcError) as info:
+                client._stub.Predict(request, timeout=0.001)
+            refused += info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert refused == 40
+        model.predict_proba(cancer[0].iloc[:12])  # all 12 are left
+        with pytest.raises(ResourceExhausted, match=r"\(12 used, 1 requested\)"):
+            model.predict_proba(cancer[0].iloc[:1])
+
+
+def test_without_api_keys_a_peer_host_is_one_identity_whatever_its_port(tmp_path, cancer):
+    """The per-identity cap binds to the peer's host: registrations over fresh connections
+    (a new source port each) still count against one cap of MAX_KEYS_PER_IDENTITY, so a
+    client cannot escape it by reconnecting."""
+    from heml.he.encrypt import public_key_p0
+    from heml.he.keys import KeySet
+    from heml.he.private import KEY_NONCE_BYTES, MAX_KEYS_PER_IDENTITY
+
+    models = _secret_model(tmp_path, cancer)
+    with heml.serve(models) as server, heml.Client(server.address) as c:
+        plan = c.model("secret").info.plans["private"]
+        sk = KeySet().get(plan.params)
+        ids = []
+        for i in range(MAX_KEYS_PER_IDENTITY + 1):
+            own_connection(c)  # a new channel: a new source port
+            nonce = i.to_bytes(KEY_NONCE_BYTES, "big")
+            request = pb.RegisterKeyRequest(
+                model="secret", public_key=public_key_p0(sk, nonce), key_nonce=nonce
+            )
+            ids.append(c._unary(c._stub.RegisterKey, request).key_id)
+        model = c.model("secret")
+        c._unary(c._stub.Predict, _private_request(model, 1, key_id=ids[-1]))
+        with pytest.raises(ModelNotFound, match="not registered"):  # the oldest went
+            c._unary(c._stub.Predict, _private_request(model, 1, key_id=ids[0]))

@@ -185,6 +185,11 @@ def make_private_plan(coef, intercept, center, half_width, *, tolerance: float) 
     flood = 2.0**log2_flood
     # scale x so that flooding costs at most half the tolerance
     ex = math.ceil(math.log2(2 * NOISE_SIGMAS * flood / (tolerance * sw)))
+    # and so that the best reply width's switching noise costs at most a quarter of it (at a
+    # large tolerance the flooding alone would leave x too coarse for any reply width)
+    per_unit = min((0.5 + math.ldexp(1.0, b - 52)) * Q / 2.0**b for b in REPLY_BITS)
+    switch_min = NOISE_SIGMAS * per_unit * math.sqrt((n + 1) / 3.0)
+    ex = max(ex, math.ceil(math.log2(4 * switch_min / (tolerance * sw))))
     sx = math.ldexp(1.0, ex)
     # headroom for in-bounds inputs (a server-side check; nothing about it is published)
     row_abs = sx * np.abs(Wq).sum(axis=1) + np.abs(bn) * sw * sx
@@ -209,6 +214,34 @@ def make_private_plan(coef, intercept, center, half_width, *, tolerance: float) 
         f"model privacy cannot meet the tolerance {tolerance:g} for this model "
         f"(flooding alone costs {fixed:.3g}); raise the tolerance or narrow the bounds"
     )
+
+
+def weight_equations_needed(plan: PrivatePlan, d: int) -> float:
+    """Heuristic count of malicious-ciphertext equations that determine the weights: each
+    returned coefficient gives Σ_j Wq_j·v_j for client-chosen v, precise to about
+    min(log2 Q − log2_flood − 3, reply_bits) bits, and the weights are d integers of about
+    log2_scale_w + 1 bits (docs/model-privacy.md). A quota per key at or above it may let a
+    client that encrypts crafted plaintexts recover W by lattice reduction."""
+    bits = min(math.log2(plan.params.Q) - plan.log2_flood - 3, plan.reply_bits)
+    return d * (plan.log2_scale_w + 1) / bits
+
+
+def max_private_quota(plan: PrivatePlan, d: int) -> int:
+    """The largest lifetime quota per key heml serves for this plan: below
+    weight_equations_needed (at d = 4, three crafted slots of one ciphertext give W exactly to
+    a 9-dimensional LLL: tests/test_model_privacy.py), and at least 1."""
+    return max(1, math.ceil(weight_equations_needed(plan, d)) - 1)
+
+
+def check_private_quota(plan: PrivatePlan, d: int, quota: int) -> None:
+    """Refuse a model whose quota per key reaches the crafted-ciphertext estimate."""
+    cap = max_private_quota(plan, d)
+    if quota > cap:
+        raise ModelError(
+            f"max_predictions_per_key={quota} would let a client that encrypts crafted "
+            f"plaintexts recover the weights (about {weight_equations_needed(plan, d):.1f} "
+            f"such predictions determine them at d={d}); use at most {cap}"
+        )
 
 
 # ---------------------------------------------------------------------- public keys
@@ -291,7 +324,8 @@ class PublicKeyStore:
         self.capacity = max(1, budget_bytes // per_key)
         self.per_identity = per_identity
         self._keys: OrderedDict[str, _Key] = OrderedDict()  # least recently used first
-        self._owned: dict[str, OrderedDict[str, None]] = {}
+        # identity -> its key ids; identities and keys least recently active first
+        self._owned: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -334,16 +368,21 @@ class PublicKeyStore:
                 return
             self._keys[key_id] = entry
             self._owned.setdefault(identity, OrderedDict())[key_id] = None
+            self._owned.move_to_end(identity)
             owned = self._owned[identity]
             while len(owned) > self.per_identity:
                 self._drop(next(iter(owned)))
             while len(self._keys) > self.capacity:
-                largest = max(self._owned.values(), key=len)  # ties: the first identity seen
+                # ties: the identity least recently active (registering or predicting), so
+                # newcomers holding one key each cannot evict a client that is using its key
+                largest = max(self._owned.values(), key=len)
                 self._drop(next(iter(largest)))
 
     def _touch(self, key_id: str) -> None:
         self._keys.move_to_end(key_id)
-        self._owned[self._keys[key_id].identity].move_to_end(key_id)
+        identity = self._keys[key_id].identity
+        self._owned[identity].move_to_end(key_id)
+        self._owned.move_to_end(identity)
 
     def _drop(self, key_id: str) -> None:
         entry = self._keys.pop(key_id)

@@ -19,7 +19,7 @@ import tenseal
 from .._version import PROTOCOL_VERSION, __version__
 from ..errors import HemlError, ModelError
 from ..he.plan import normalized_weights
-from ..he.private import PRIVATE, PrivateEvaluator, make_private_plan
+from ..he.private import PRIVATE, PrivateEvaluator, check_private_quota, make_private_plan
 from ..he.scoring import ServerScorer
 from ..info import model_info_pb
 from ..model import LinearModel
@@ -72,6 +72,8 @@ def load_model_file(path: Path) -> ServedModel:
         plan = make_private_plan(
             model.coef, model.intercept, center, half_width, tolerance=model.tolerance
         )
+        # a file written by hand or by an older heml may carry a quota that gives W away
+        check_private_quota(plan, model.n_features, model.privacy["max_predictions_per_key"])
         Wn, bn = normalized_weights(model.coef, model.intercept, center, half_width)
         private = PrivateEvaluator(plan, Wn, bn)
         info = model_info_pb(model, {PRIVATE: plan}, server_info_pb(), private_fingerprint(model))
