@@ -252,3 +252,57 @@ def test_default_accountant_is_carried_into_worker_processes(tmp_path):
         assert np.isfinite(scores).sum() == 2 and shared.spent[0] == 2.0
     # no default chosen: workers fit freely (an unlimited budget has nothing to enforce)
     assert np.isfinite(cross_val_score(est, X, y, cv=3, n_jobs=2)).all()
+
+
+def _spend_alternately(first: BudgetAccountant, second: BudgetAccountant) -> int:
+    accepted = 0
+    for i in range(4):
+        try:
+            (first if i % 2 == 0 else second).spend(1.0, 1e-6, mechanism=f"fit {i}")
+            accepted += 1
+        except BudgetError:
+            pass
+    return accepted
+
+
+def test_every_spelling_of_a_ledger_file_shares_one_budget(tmp_path, monkeypatch):
+    # review attack: one ledger opened through a symlink got its own lock file, and the first
+    # save through the link replaced the link by a private copy: two ledgers, budget x2
+    from pathlib import Path
+
+    def opened_as_spelled(real: Path, alias: Path) -> tuple[BudgetAccountant, BudgetAccountant]:
+        a = BudgetAccountant(epsilon=2.0, delta=1e-4, path=real)
+        b = BudgetAccountant(epsilon=2.0, delta=1e-4, path=alias)
+        b._path = alias  # positive control: the path as the caller spelled it (the old code)
+        return a, b
+
+    (tmp_path / "control").mkdir()
+    real = tmp_path / "control" / "ledger.json"
+    alias = tmp_path / "control" / "alias.json"
+    alias.symlink_to(real)
+    a, b = opened_as_spelled(real, alias)
+    assert _spend_alternately(a, b) == 3  # the attack works on the unresolved spelling
+    assert not alias.is_symlink()  # the link was replaced by a second ledger
+
+    real = tmp_path / "ledger.json"
+    alias = tmp_path / "alias.json"
+    a = BudgetAccountant(epsilon=2.0, delta=1e-4, path=real)
+    alias.symlink_to(real)
+    monkeypatch.chdir(tmp_path)
+    handles = [
+        BudgetAccountant(epsilon=2.0, delta=1e-4, path=alias),
+        BudgetAccountant(epsilon=2.0, delta=1e-4, path="ledger.json"),
+        BudgetAccountant(epsilon=2.0, delta=1e-4, path=f"sub/../{real.name}"),
+    ]
+    for h in handles:
+        assert h.path == a.path == real.resolve()
+    assert _spend_alternately(a, handles[0]) == 2
+    assert alias.is_symlink() and all(h.remaining()[0] == 0.0 for h in handles)
+    with pytest.raises(BudgetError):
+        handles[1].spend(0.5, 0.0)
+
+    import os
+
+    os.link(real, tmp_path / "hard.json")
+    with pytest.raises(ValueError, match="hard links"):
+        BudgetAccountant(epsilon=2.0, delta=1e-4, path=real)

@@ -56,7 +56,10 @@ class BudgetAccountant:
     path : str or Path, default=None
         A ledger file shared by every process that uses this accountant: each spend locks the
         file (``fcntl.flock``), re-reads it, checks and appends. An existing file must hold the
-        same totals. ``None``: the ledger lives in this object's memory.
+        same totals. The path is made absolute and its symbolic links resolved here, so every
+        spelling of one file (relative, absolute, through a symlink) shares one lock and one
+        ledger; a file with several hard links is refused (each name would get its own lock).
+        ``None``: the ledger lives in this object's memory.
 
     Notes
     -----
@@ -97,7 +100,7 @@ class BudgetAccountant:
         self._ledger: list[Spend] = []
         self._lock = threading.RLock()
         self._saved_default: list[BudgetAccountant | None] = []
-        self._path = None if path is None else Path(path)
+        self._path = None if path is None else _canonical_ledger_path(path)
         self._pid = os.getpid()
         self._token = uuid.uuid4().hex
         self._implicit = False
@@ -305,6 +308,27 @@ def _restore(state: dict) -> BudgetAccountant:
     if acc._path is not None:
         acc._pid = os.getpid()  # the file is the shared state: usable anywhere
     return acc
+
+
+def _canonical_ledger_path(path: str | os.PathLike) -> Path:
+    """One name per ledger file: absolute, symlinks resolved; several hard links refused.
+
+    The lock file is named after the ledger and each save replaces the ledger by name, so two
+    spellings of one file (a symlink, a relative path read from another directory) would lock
+    different files, and a save through a symlink would replace the link by a private copy:
+    two ledgers, and the budget spent twice.
+    """
+    resolved = Path(path).expanduser().resolve()
+    try:
+        links = resolved.stat().st_nlink
+    except FileNotFoundError:
+        links = 1
+    if links > 1:
+        raise ValueError(
+            f"the ledger file {str(resolved)!r} has {links} hard links; each name would get its "
+            "own lock and the budget could be spent twice. Keep one name (remove the others)."
+        )
+    return resolved
 
 
 def _to_json(value: float):
