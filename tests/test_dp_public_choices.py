@@ -229,6 +229,35 @@ def test_white_box_recovered_noise_has_the_claimed_law():
     assert stats.kstest(np.concatenate(right), "norm").pvalue > KS_P_MIN
 
 
+def test_amp_residual_covers_the_lattice_rounding_of_b():
+    # review finding: b is drawn continuous and rounded to the lattice of step s = step(σ);
+    # objective perturbation's proof is about the continuous b, so the stopped point is within
+    # (γ + s√p/2)/λ of its minimizer, not γ/λ. The residual sensitivity used to be
+    # 2γ/λ + output slack, 1.3 % short at ε = 0.1 on breast cancer (σ₂ too small).
+    import dp_accounting
+
+    from heml.dp._noise import lattice_step, rounding_slack
+
+    X, y = _standardized(load_breast_cancer)
+    n, p = X.shape[0], X.shape[1] + 1
+    est = DPLogisticRegression(
+        epsilon=0.1, delta=1e-5, classes=[0, 1], bounds_X=(-3, 3), random_state=0
+    ).fit(X, y)
+    h = est.dp_guarantee_["hyperparameters"]
+    gamma, lam, sigma = h["gradient_tolerance"], h["lambda"], h["sigma"]
+    # the rounding of b really moves it by up to s/2 per coordinate
+    s = lattice_step(sigma)
+    b = NoiseSource(0).gaussian(p, sigma)
+    assert 0.2 * s < np.abs(np.round(b / s) * s - b).max() <= s / 2
+    output_slack = rounding_slack((n + 1.0) / lam, p)
+    needed = (2.0 * gamma + s * np.sqrt(p)) / lam + output_slack
+    old = 2.0 * gamma / lam + output_slack
+    assert needed / old > 1.01  # positive control: the old sensitivity fell short
+    assert h["residual_sensitivity"] >= needed * (1 - 1e-12)
+    m2 = dp_accounting.get_sigma_gaussian(0.1 * 0.01, 1e-5 * 0.01)
+    assert h["sigma_residual"] == pytest.approx(m2 * h["residual_sensitivity"], rel=1e-9)
+
+
 # ------------------------------------------------------------------ canary audits per mechanism
 def _small(kind):
     from sklearn.datasets import make_classification, make_regression
@@ -295,3 +324,18 @@ def test_label_set_canary_audit():
         delta=1e-5,
     )
     assert public.epsilon_lb == 0.0
+
+
+def test_huge_epsilon_is_not_a_failure_after_the_spend():
+    # review finding: at epsilon > 1419 the lambda floor beta/expm1(eps/2) overflowed inside
+    # the mechanism, after the reservation: budget spent, OverflowError, no model
+    import math
+
+    with pytest.raises(OverflowError):
+        math.expm1(0.5 * 2000.0)  # positive control: the uncapped floor
+    X, y = _standardized(load_breast_cancer)
+    acc = BudgetAccountant(epsilon=3000.0, delta=1e-4)
+    est = DPLogisticRegression(
+        epsilon=2000.0, classes=[0, 1], bounds_X=(-3, 3), accountant=acc, random_state=0
+    ).fit(X, y)
+    assert acc.spent[0] == 2000.0 and est.score(X, y) > 0.9

@@ -388,6 +388,18 @@ def amp_gamma(n: int, lam: float, sigma: float, p: int) -> float:
     return AMP_GAMMA_FACTOR * (n + lam + sigma * math.sqrt(p) + 1.0)
 
 
+def amp_residual_sensitivity(gamma: float, lam: float, sigma: float, magnitude: float, p: int):
+    """L2 distance that the residual Gaussian must cover between two neighbours' outputs.
+
+    Objective perturbation's proof holds for the continuous b; the b actually used is rounded
+    to the lattice of step s = lattice_step(σ), which moves it by at most s·√p/2 and so adds
+    s·√p/2 to the gradient norm at the stopped point: ‖θ̃ − θ*‖ ≤ (γ + s·√p/2)/λ on each of
+    the two neighbours (λ-strong convexity), plus one output-lattice step per coordinate.
+    """
+    b_rounding = rounding_slack(sigma, p)  # s·√p: s·√p/2 on each neighbour
+    return (2.0 * gamma + b_rounding) / lam + rounding_slack(magnitude, p)
+
+
 def _objective_perturbation(A, y_idx, eps, delta, noise: NoiseSource):
     """θ̃ + N(0, σ₂²) for θ̃ within γ/λ of the objective-perturbation minimizer (AMP)."""
     n, p = A.shape
@@ -416,10 +428,8 @@ def _objective_perturbation(A, y_idx, eps, delta, noise: NoiseSource):
     lam = c.objpert.lam
     gamma = amp_gamma(n, lam, c.objpert.sigma, p)
     magnitude = (n + 1.0) / lam  # public bound on ‖θ*‖ without b: sets the output's lattice
-    sensitivity2 = 2.0 * gamma / lam + rounding_slack(magnitude, p)
+    sensitivity2 = amp_residual_sensitivity(gamma, lam, c.objpert.sigma, magnitude, p)
     sigma2 = c.residual_multiplier * sensitivity2
-    # rounding b to the lattice moves it by < step·√p; b is not added to a statistic, so the
-    # rounding only makes its law a lattice Gaussian (see docs/dp.md)
     b = noise.release(np.zeros(p), c.objpert.sigma, c.objpert.sigma)
     theta, converged = _newton_logistic(Z, lam, b, gamma)
     failure = None if converged else CONVERGENCE_MESSAGE.format(max_iter=NEWTON_MAX_ITER)
