@@ -52,6 +52,18 @@ UNKNOWN_LABEL_MESSAGE = (
     "y has labels that are not in classes; every label must be one of the declared classes "
     "(the message does not say which label, so that it reveals nothing about the data)"
 )
+# What the guarantee is about: neighbouring datasets replace one record of this universe by
+# another. A record outside it makes fit refuse (before any spend), so the refusal itself is a
+# deterministic function of the data that (ε, δ) does not cover; both go into the guarantee.
+DATA_UNIVERSE = (
+    "records (x, y) with x a vector of n_features_in_ finite numbers (clipped to bounds_X_ and "
+    "data_norm_) and y one of classes_"
+)
+OUTSIDE_UNIVERSE_NOT_COVERED = (
+    "whether fit refused: a record outside data_universe (a label not in classes_, a NaN or "
+    "infinite feature) makes fit refuse before any spend, so a missing model can reveal that "
+    "such a record was present"
+)
 CONVERGENCE_MESSAGE = (
     "the Newton solver did not reach the public gradient tolerance within {max_iter} steps; no "
     "model is released (the budget stays spent: the data were used)."
@@ -292,6 +304,9 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
             },
             n_samples=n,
         )
+        if private:
+            self.dp_guarantee_["data_universe"] = DATA_UNIVERSE
+            self.dp_guarantee_["not_covered"].insert(0, OUTSIDE_UNIVERSE_NOT_COVERED)
         return self
 
     # ------------------------------------------------------------------ prediction
