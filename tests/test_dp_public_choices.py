@@ -444,3 +444,53 @@ def test_dpgd_noise_meets_the_claim_under_an_independent_accountant(epsilon):
     assert 0.9 * epsilon < pld_epsilon(h["sigma"]) <= epsilon * 1.01
     # positive control: a σ calibrated to sensitivity C (half of it) is caught
     assert pld_epsilon(h["sigma"] / 2) > 1.5 * epsilon
+
+
+def _everything_raised(info) -> str:
+    """The text of an exception and of every exception chained to it (cause or context)."""
+    import traceback
+
+    exc, parts = info.value, []
+    while exc is not None:
+        parts.append("".join(traceback.format_exception_only(type(exc), exc)))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(parts)
+
+
+def test_input_errors_never_quote_a_training_value():
+    # review finding: scikit-learn/numpy errors quoted records ("could not convert string to
+    # float: 'alice-secret'", the whole array for complex or 1-D input), and the fixed
+    # undeclared-label message kept the label in its __context__ (KeyError('alice-secret'))
+    import pandas as pd
+
+    from heml.dp._validation import validate_data
+
+    X, y = _standardized(load_breast_cancer)
+    X, y = X[:60], y[:60]
+    secret = "alice-secret"
+    df = pd.DataFrame(X).astype(object)
+    df.iloc[7, 0] = secret
+    one_d = np.full(60, 123.456789)
+    bad_inputs = [
+        (df, y, secret),
+        (X + 0.987654321j, y, "0.987654"),
+        (one_d, y, "123.45"),
+        (X, np.array([secret, *y[1:]], dtype=object), secret),
+    ]
+    for bad_X, bad_y, quoted in bad_inputs[:3]:
+        # positive control: the plain validation quotes the value
+        with pytest.raises(ValueError) as info:
+            validate_data(DPLogisticRegression(), bad_X, bad_y, reset=True)
+        assert quoted in _everything_raised(info)
+    acc = BudgetAccountant(epsilon=5.0, delta=1e-3)
+    for bad_X, bad_y, quoted in bad_inputs:
+        est = DPLogisticRegression(classes=[0, 1], bounds_X=(-3, 3), accountant=acc)
+        with pytest.raises(ValueError) as info:
+            est.fit(bad_X, bad_y)
+        assert quoted not in _everything_raised(info)
+    assert acc.spent == (0.0, 0.0)
+    # shape errors are public and stay informative
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        DPLogisticRegression(classes=[0, 1], bounds_X=(-3, 3)).fit(X[:-1], y)
+    with pytest.raises(ValueError, match="2-D array"):
+        DPLogisticRegression(classes=[0, 1], bounds_X=(-3, 3)).fit(one_d, y)

@@ -222,7 +222,7 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         declared = None if self.classes is None else public_classes(self.classes)
         if declared is None and private:
             raise ValueError(NO_CLASSES_MESSAGE)
-        X, y = validate_data(self, X, y, reset=True)
+        X, y = self._validate_training_data(X, y)
         classes, y_idx = encode_labels(y, declared)
         n, d = X.shape
         check_delta_vs_n(eps, delta, n)
@@ -388,7 +388,9 @@ def encode_labels(y, declared: np.ndarray | None) -> tuple[np.ndarray, np.ndarra
     try:
         y_idx = np.fromiter((index[label] for label in np.asarray(y).tolist()), np.intp, len(y))
     except (KeyError, TypeError):  # TypeError: an unhashable label
-        raise ValueError(UNKNOWN_LABEL_MESSAGE) from None
+        y_idx = None
+    if y_idx is None:  # raised outside the handler: no __context__ holding the label
+        raise ValueError(UNKNOWN_LABEL_MESSAGE)
     return declared, y_idx
 
 
