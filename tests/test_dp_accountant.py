@@ -306,3 +306,103 @@ def test_every_spelling_of_a_ledger_file_shares_one_budget(tmp_path, monkeypatch
     os.link(real, tmp_path / "hard.json")
     with pytest.raises(ValueError, match="hard links"):
         BudgetAccountant(epsilon=2.0, delta=1e-4, path=real)
+
+
+def _interleaved_blocks(enter):
+    """Thread A enters a block, B enters one, A fits 3 times and leaves, B fits 3 times.
+    Returns (A's accepted fits, A's ledger ε, B's accepted fits, B's ledger ε); both budgets
+    are ε = 1 and every fit is ε = 1."""
+    import threading
+
+    X, y = _data()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    out = {}
+
+    def fits(name, acc):
+        ok = 0
+        for _ in range(3):
+            try:
+                DPLogisticRegression(classes=C01, epsilon=1.0, bounds_X=(-3, 3)).fit(X, y)
+                ok += 1
+            except BudgetError:
+                pass
+        out[name] = (ok, acc.spent[0])
+
+    def thread_a():
+        acc = BudgetAccountant(epsilon=1.0, delta=1e-3)
+        with enter(acc):
+            a_in.set()
+            b_in.wait()
+            fits("A", acc)
+        a_out.set()
+
+    def thread_b():
+        a_in.wait()
+        acc = BudgetAccountant(epsilon=1.0, delta=1e-3)
+        with enter(acc):
+            b_in.set()
+            a_out.wait()
+            fits("B", acc)
+
+    threads = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return (*out["A"], *out["B"])
+
+
+def test_with_blocks_in_two_threads_each_charge_their_own_budget():
+    # review attack: `with` swapped one process-wide default. A's fits (inside A's block)
+    # charged B's budget, and when A left it restored the unlimited default under B's feet:
+    # B then ran 3 fits of ε = 1 against a budget of 1, charged nowhere.
+    import contextlib
+
+    @contextlib.contextmanager
+    def process_wide(acc):  # positive control: the old __enter__/__exit__
+        saved = BudgetAccountant._default
+        BudgetAccountant._default = acc
+        try:
+            yield acc
+        finally:
+            BudgetAccountant._default = saved
+
+    before = BudgetAccountant._default
+    try:
+        a_ok, a_spent, b_ok, b_spent = _interleaved_blocks(process_wide)
+    finally:  # the old exits leave A's spent accountant as the default: undo that here
+        BudgetAccountant._default = before
+    # A's fit charged B's budget, and B's 3 fits went to the unlimited default
+    assert (a_ok, a_spent, b_ok, b_spent) == (1, 0.0, 3, 1.0)
+    assert _interleaved_blocks(lambda acc: acc) == (1, 1.0, 1, 1.0)
+
+
+def test_worker_threads_see_the_one_open_block_and_refuse_when_ambiguous():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    X, y = _data()
+    est = DPLogisticRegression(classes=C01, epsilon=1.0, bounds_X=(-3, 3))
+    with BudgetAccountant(epsilon=1.0, delta=1e-3) as acc:
+        with ThreadPoolExecutor(2) as pool:  # worker threads entered no block themselves
+            done = [f.exception() for f in [pool.submit(clone(est).fit, X, y) for _ in range(3)]]
+        assert sum(e is None for e in done) == 1 and acc.spent[0] == 1.0
+        other_in, release = threading.Event(), threading.Event()
+
+        def other_thread():
+            with BudgetAccountant(epsilon=5.0, delta=1e-3):
+                other_in.set()
+                release.wait()
+
+        t = threading.Thread(target=other_thread)
+        t.start()
+        other_in.wait()
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                err = pool.submit(clone(est).fit, X, y).exception()
+            assert isinstance(err, BudgetError) and "ambiguous" in str(err)
+            with pytest.raises(BudgetError, match="exceeded"):  # this thread: its own block
+                clone(est).fit(X, y)
+        finally:
+            release.set()
+            t.join()

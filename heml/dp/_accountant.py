@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import math
 import os
@@ -85,6 +86,12 @@ class BudgetAccountant:
 
     _default: BudgetAccountant | None = None
     _default_lock = threading.Lock()
+    # ``with`` blocks: the ones entered in this thread/context (innermost last), and every
+    # block open in any thread, for threads that entered none (e.g. workers started inside)
+    _entered: ClassVar[contextvars.ContextVar] = contextvars.ContextVar(
+        "heml_budget_accountant_entered", default=()
+    )
+    _open_blocks: ClassVar[list] = []
     # every in-memory accountant of this process by token, so that unpickling here returns it
     _live: ClassVar[weakref.WeakValueDictionary] = weakref.WeakValueDictionary()
 
@@ -245,26 +252,55 @@ class BudgetAccountant:
                 )
             return accountant
         with cls._default_lock:
+            block = cls._block_default()
+            if block is not None:
+                return block
             if cls._default is None:
                 cls._default = BudgetAccountant()
                 cls._default._implicit = True  # nobody chose it: nothing to carry to workers
             return cls._default
 
+    @classmethod
+    def _block_default(cls) -> BudgetAccountant | None:
+        """The accountant of the innermost ``with`` block entered in this thread; in a thread
+        that entered none, the one block open anywhere (refused if blocks of several
+        accountants are open in different threads: which budget applies is ambiguous)."""
+        mine = cls._entered.get()
+        if mine:
+            return mine[-1]
+        open_blocks = list({id(a): a for a in cls._open_blocks}.values())
+        if len(open_blocks) > 1:
+            raise BudgetError(
+                "several `with BudgetAccountant(...)` blocks are open in other threads and this "
+                "thread entered none, so the budget to charge is ambiguous: pass accountant=... "
+                "to the estimator, or enter the block in this thread"
+            )
+        return open_blocks[0] if open_blocks else None
+
     def set_default(self) -> BudgetAccountant:
-        """Make this the accountant used by fits that are given ``accountant=None``."""
+        """Make this the accountant used by fits that are given ``accountant=None`` (outside
+        any ``with`` block)."""
         with BudgetAccountant._default_lock:
             BudgetAccountant._default = self
         return self
 
     def __enter__(self) -> BudgetAccountant:
+        """Make this the default accountant until the block ends, for fits in this thread (and
+        in threads that entered no block of their own). Blocks in different threads do not
+        replace each other's default."""
         with BudgetAccountant._default_lock:
-            self._saved_default.append(BudgetAccountant._default)
-            BudgetAccountant._default = self
+            BudgetAccountant._entered.set((*BudgetAccountant._entered.get(), self))
+            BudgetAccountant._open_blocks.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
         with BudgetAccountant._default_lock:
-            BudgetAccountant._default = self._saved_default.pop()
+            mine = list(BudgetAccountant._entered.get())
+            if self in mine:
+                del mine[len(mine) - 1 - mine[::-1].index(self)]
+            BudgetAccountant._entered.set(tuple(mine))
+            if self in BudgetAccountant._open_blocks:
+                BudgetAccountant._open_blocks.remove(self)
 
     # ------------------------------------------------------------------ copying
     def __copy__(self) -> BudgetAccountant:
@@ -276,6 +312,10 @@ class BudgetAccountant:
     @classmethod
     def _chosen_default(cls) -> BudgetAccountant | None:
         """The default accountant if someone set it (``set_default`` or ``with``), else None."""
+        with cls._default_lock:
+            block = cls._block_default()
+        if block is not None:
+            return block
         default = cls._default
         return None if default is None or default._implicit else default
 
