@@ -406,3 +406,36 @@ def test_worker_threads_see_the_one_open_block_and_refuse_when_ambiguous():
         finally:
             release.set()
             t.join()
+
+
+def _fit_in_forked_child(est, X, y, queue):
+    try:
+        est.fit(X, y)
+        queue.put("fitted")
+    except BudgetError:
+        queue.put("refused")
+
+
+def test_forked_worker_without_a_chosen_default_gets_its_own_unlimited_one():
+    # review finding: the parent's implicit unlimited default, copied by fork, refused every
+    # fit in the child (docs: with no default chosen, workers use their own unlimited one)
+    import multiprocessing
+
+    X, y = _data()
+    est = DPLogisticRegression(classes=C01, epsilon=1.0, bounds_X=(-3, 3))
+    est.fit(X, y)  # creates this process's implicit default
+    ctx = multiprocessing.get_context("fork")
+    outcomes = []
+    for chosen in (None, BudgetAccountant(epsilon=5.0, delta=1e-3)):
+        queue = ctx.Queue()
+        saved = BudgetAccountant._default
+        if chosen is not None:
+            chosen.set_default()  # positive control: a chosen in-memory default still refuses
+        try:
+            p = ctx.Process(target=_fit_in_forked_child, args=(est, X, y, queue))
+            p.start()
+            p.join(60)
+        finally:
+            BudgetAccountant._default = saved
+        outcomes.append(queue.get(timeout=5))
+    assert outcomes == ["fitted", "refused"]

@@ -255,7 +255,10 @@ class BudgetAccountant:
             block = cls._block_default()
             if block is not None:
                 return block
-            if cls._default is None:
+            stale = cls._default is not None and cls._default._implicit
+            if cls._default is None or (stale and cls._default._pid != os.getpid()):
+                # none yet, or the unlimited one forked from the parent (nobody chose it: a
+                # forked worker gets its own, as a spawned one does)
                 cls._default = BudgetAccountant()
                 cls._default._implicit = True  # nobody chose it: nothing to carry to workers
             return cls._default
