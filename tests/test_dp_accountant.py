@@ -252,3 +252,190 @@ def test_default_accountant_is_carried_into_worker_processes(tmp_path):
         assert np.isfinite(scores).sum() == 2 and shared.spent[0] == 2.0
     # no default chosen: workers fit freely (an unlimited budget has nothing to enforce)
     assert np.isfinite(cross_val_score(est, X, y, cv=3, n_jobs=2)).all()
+
+
+def _spend_alternately(first: BudgetAccountant, second: BudgetAccountant) -> int:
+    accepted = 0
+    for i in range(4):
+        try:
+            (first if i % 2 == 0 else second).spend(1.0, 1e-6, mechanism=f"fit {i}")
+            accepted += 1
+        except BudgetError:
+            pass
+    return accepted
+
+
+def test_every_spelling_of_a_ledger_file_shares_one_budget(tmp_path, monkeypatch):
+    # review attack: one ledger opened through a symlink got its own lock file, and the first
+    # save through the link replaced the link by a private copy: two ledgers, budget x2
+    from pathlib import Path
+
+    def opened_as_spelled(real: Path, alias: Path) -> tuple[BudgetAccountant, BudgetAccountant]:
+        a = BudgetAccountant(epsilon=2.0, delta=1e-4, path=real)
+        b = BudgetAccountant(epsilon=2.0, delta=1e-4, path=alias)
+        b._path = alias  # positive control: the path as the caller spelled it (the old code)
+        return a, b
+
+    (tmp_path / "control").mkdir()
+    real = tmp_path / "control" / "ledger.json"
+    alias = tmp_path / "control" / "alias.json"
+    alias.symlink_to(real)
+    a, b = opened_as_spelled(real, alias)
+    assert _spend_alternately(a, b) == 3  # the attack works on the unresolved spelling
+    assert not alias.is_symlink()  # the link was replaced by a second ledger
+
+    real = tmp_path / "ledger.json"
+    alias = tmp_path / "alias.json"
+    a = BudgetAccountant(epsilon=2.0, delta=1e-4, path=real)
+    alias.symlink_to(real)
+    monkeypatch.chdir(tmp_path)
+    handles = [
+        BudgetAccountant(epsilon=2.0, delta=1e-4, path=alias),
+        BudgetAccountant(epsilon=2.0, delta=1e-4, path="ledger.json"),
+        BudgetAccountant(epsilon=2.0, delta=1e-4, path=f"sub/../{real.name}"),
+    ]
+    for h in handles:
+        assert h.path == a.path == real.resolve()
+    assert _spend_alternately(a, handles[0]) == 2
+    assert alias.is_symlink() and all(h.remaining()[0] == 0.0 for h in handles)
+    with pytest.raises(BudgetError):
+        handles[1].spend(0.5, 0.0)
+
+    import os
+
+    os.link(real, tmp_path / "hard.json")
+    with pytest.raises(ValueError, match="hard links"):
+        BudgetAccountant(epsilon=2.0, delta=1e-4, path=real)
+
+
+def _interleaved_blocks(enter):
+    """Thread A enters a block, B enters one, A fits 3 times and leaves, B fits 3 times.
+    Returns (A's accepted fits, A's ledger ε, B's accepted fits, B's ledger ε); both budgets
+    are ε = 1 and every fit is ε = 1."""
+    import threading
+
+    X, y = _data()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    out = {}
+
+    def fits(name, acc):
+        ok = 0
+        for _ in range(3):
+            try:
+                DPLogisticRegression(classes=C01, epsilon=1.0, bounds_X=(-3, 3)).fit(X, y)
+                ok += 1
+            except BudgetError:
+                pass
+        out[name] = (ok, acc.spent[0])
+
+    def thread_a():
+        acc = BudgetAccountant(epsilon=1.0, delta=1e-3)
+        with enter(acc):
+            a_in.set()
+            b_in.wait()
+            fits("A", acc)
+        a_out.set()
+
+    def thread_b():
+        a_in.wait()
+        acc = BudgetAccountant(epsilon=1.0, delta=1e-3)
+        with enter(acc):
+            b_in.set()
+            a_out.wait()
+            fits("B", acc)
+
+    threads = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return (*out["A"], *out["B"])
+
+
+def test_with_blocks_in_two_threads_each_charge_their_own_budget():
+    # review attack: `with` swapped one process-wide default. A's fits (inside A's block)
+    # charged B's budget, and when A left it restored the unlimited default under B's feet:
+    # B then ran 3 fits of ε = 1 against a budget of 1, charged nowhere.
+    import contextlib
+
+    @contextlib.contextmanager
+    def process_wide(acc):  # positive control: the old __enter__/__exit__
+        saved = BudgetAccountant._default
+        BudgetAccountant._default = acc
+        try:
+            yield acc
+        finally:
+            BudgetAccountant._default = saved
+
+    before = BudgetAccountant._default
+    try:
+        a_ok, a_spent, b_ok, b_spent = _interleaved_blocks(process_wide)
+    finally:  # the old exits leave A's spent accountant as the default: undo that here
+        BudgetAccountant._default = before
+    # A's fit charged B's budget, and B's 3 fits went to the unlimited default
+    assert (a_ok, a_spent, b_ok, b_spent) == (1, 0.0, 3, 1.0)
+    assert _interleaved_blocks(lambda acc: acc) == (1, 1.0, 1, 1.0)
+
+
+def test_worker_threads_see_the_one_open_block_and_refuse_when_ambiguous():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    X, y = _data()
+    est = DPLogisticRegression(classes=C01, epsilon=1.0, bounds_X=(-3, 3))
+    with BudgetAccountant(epsilon=1.0, delta=1e-3) as acc:
+        with ThreadPoolExecutor(2) as pool:  # worker threads entered no block themselves
+            done = [f.exception() for f in [pool.submit(clone(est).fit, X, y) for _ in range(3)]]
+        assert sum(e is None for e in done) == 1 and acc.spent[0] == 1.0
+        other_in, release = threading.Event(), threading.Event()
+
+        def other_thread():
+            with BudgetAccountant(epsilon=5.0, delta=1e-3):
+                other_in.set()
+                release.wait()
+
+        t = threading.Thread(target=other_thread)
+        t.start()
+        other_in.wait()
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                err = pool.submit(clone(est).fit, X, y).exception()
+            assert isinstance(err, BudgetError) and "ambiguous" in str(err)
+            with pytest.raises(BudgetError, match="exceeded"):  # this thread: its own block
+                clone(est).fit(X, y)
+        finally:
+            release.set()
+            t.join()
+
+
+def _fit_in_forked_child(est, X, y, queue):
+    try:
+        est.fit(X, y)
+        queue.put("fitted")
+    except BudgetError:
+        queue.put("refused")
+
+
+def test_forked_worker_without_a_chosen_default_gets_its_own_unlimited_one():
+    # review finding: the parent's implicit unlimited default, copied by fork, refused every
+    # fit in the child (docs: with no default chosen, workers use their own unlimited one)
+    import multiprocessing
+
+    X, y = _data()
+    est = DPLogisticRegression(classes=C01, epsilon=1.0, bounds_X=(-3, 3))
+    est.fit(X, y)  # creates this process's implicit default
+    ctx = multiprocessing.get_context("fork")
+    outcomes = []
+    for chosen in (None, BudgetAccountant(epsilon=5.0, delta=1e-3)):
+        queue = ctx.Queue()
+        saved = BudgetAccountant._default
+        if chosen is not None:
+            chosen.set_default()  # positive control: a chosen in-memory default still refuses
+        try:
+            p = ctx.Process(target=_fit_in_forked_child, args=(est, X, y, queue))
+            p.start()
+            p.join(60)
+        finally:
+            BudgetAccountant._default = saved
+        outcomes.append(queue.get(timeout=5))
+    assert outcomes == ["fitted", "refused"]

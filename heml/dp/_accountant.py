@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import math
 import os
@@ -56,7 +57,10 @@ class BudgetAccountant:
     path : str or Path, default=None
         A ledger file shared by every process that uses this accountant: each spend locks the
         file (``fcntl.flock``), re-reads it, checks and appends. An existing file must hold the
-        same totals. ``None``: the ledger lives in this object's memory.
+        same totals. The path is made absolute and its symbolic links resolved here, so every
+        spelling of one file (relative, absolute, through a symlink) shares one lock and one
+        ledger; a file with several hard links is refused (each name would get its own lock).
+        ``None``: the ledger lives in this object's memory.
 
     Notes
     -----
@@ -82,6 +86,12 @@ class BudgetAccountant:
 
     _default: BudgetAccountant | None = None
     _default_lock = threading.Lock()
+    # ``with`` blocks: the ones entered in this thread/context (innermost last), and every
+    # block open in any thread, for threads that entered none (e.g. workers started inside)
+    _entered: ClassVar[contextvars.ContextVar] = contextvars.ContextVar(
+        "heml_budget_accountant_entered", default=()
+    )
+    _open_blocks: ClassVar[list] = []
     # every in-memory accountant of this process by token, so that unpickling here returns it
     _live: ClassVar[weakref.WeakValueDictionary] = weakref.WeakValueDictionary()
 
@@ -97,7 +107,7 @@ class BudgetAccountant:
         self._ledger: list[Spend] = []
         self._lock = threading.RLock()
         self._saved_default: list[BudgetAccountant | None] = []
-        self._path = None if path is None else Path(path)
+        self._path = None if path is None else _canonical_ledger_path(path)
         self._pid = os.getpid()
         self._token = uuid.uuid4().hex
         self._implicit = False
@@ -242,26 +252,58 @@ class BudgetAccountant:
                 )
             return accountant
         with cls._default_lock:
-            if cls._default is None:
+            block = cls._block_default()
+            if block is not None:
+                return block
+            stale = cls._default is not None and cls._default._implicit
+            if cls._default is None or (stale and cls._default._pid != os.getpid()):
+                # none yet, or the unlimited one forked from the parent (nobody chose it: a
+                # forked worker gets its own, as a spawned one does)
                 cls._default = BudgetAccountant()
                 cls._default._implicit = True  # nobody chose it: nothing to carry to workers
             return cls._default
 
+    @classmethod
+    def _block_default(cls) -> BudgetAccountant | None:
+        """The accountant of the innermost ``with`` block entered in this thread; in a thread
+        that entered none, the one block open anywhere (refused if blocks of several
+        accountants are open in different threads: which budget applies is ambiguous)."""
+        mine = cls._entered.get()
+        if mine:
+            return mine[-1]
+        open_blocks = list({id(a): a for a in cls._open_blocks}.values())
+        if len(open_blocks) > 1:
+            raise BudgetError(
+                "several `with BudgetAccountant(...)` blocks are open in other threads and this "
+                "thread entered none, so the budget to charge is ambiguous: pass accountant=... "
+                "to the estimator, or enter the block in this thread"
+            )
+        return open_blocks[0] if open_blocks else None
+
     def set_default(self) -> BudgetAccountant:
-        """Make this the accountant used by fits that are given ``accountant=None``."""
+        """Make this the accountant used by fits that are given ``accountant=None`` (outside
+        any ``with`` block)."""
         with BudgetAccountant._default_lock:
             BudgetAccountant._default = self
         return self
 
     def __enter__(self) -> BudgetAccountant:
+        """Make this the default accountant until the block ends, for fits in this thread (and
+        in threads that entered no block of their own). Blocks in different threads do not
+        replace each other's default."""
         with BudgetAccountant._default_lock:
-            self._saved_default.append(BudgetAccountant._default)
-            BudgetAccountant._default = self
+            BudgetAccountant._entered.set((*BudgetAccountant._entered.get(), self))
+            BudgetAccountant._open_blocks.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
         with BudgetAccountant._default_lock:
-            BudgetAccountant._default = self._saved_default.pop()
+            mine = list(BudgetAccountant._entered.get())
+            if self in mine:
+                del mine[len(mine) - 1 - mine[::-1].index(self)]
+            BudgetAccountant._entered.set(tuple(mine))
+            if self in BudgetAccountant._open_blocks:
+                BudgetAccountant._open_blocks.remove(self)
 
     # ------------------------------------------------------------------ copying
     def __copy__(self) -> BudgetAccountant:
@@ -273,6 +315,10 @@ class BudgetAccountant:
     @classmethod
     def _chosen_default(cls) -> BudgetAccountant | None:
         """The default accountant if someone set it (``set_default`` or ``with``), else None."""
+        with cls._default_lock:
+            block = cls._block_default()
+        if block is not None:
+            return block
         default = cls._default
         return None if default is None or default._implicit else default
 
@@ -305,6 +351,27 @@ def _restore(state: dict) -> BudgetAccountant:
     if acc._path is not None:
         acc._pid = os.getpid()  # the file is the shared state: usable anywhere
     return acc
+
+
+def _canonical_ledger_path(path: str | os.PathLike) -> Path:
+    """One name per ledger file: absolute, symlinks resolved; several hard links refused.
+
+    The lock file is named after the ledger and each save replaces the ledger by name, so two
+    spellings of one file (a symlink, a relative path read from another directory) would lock
+    different files, and a save through a symlink would replace the link by a private copy:
+    two ledgers, and the budget spent twice.
+    """
+    resolved = Path(path).expanduser().resolve()
+    try:
+        links = resolved.stat().st_nlink
+    except FileNotFoundError:
+        links = 1
+    if links > 1:
+        raise ValueError(
+            f"the ledger file {str(resolved)!r} has {links} hard links; each name would get its "
+            "own lock and the budget could be spent twice. Keep one name (remove the others)."
+        )
+    return resolved
 
 
 def _to_json(value: float):

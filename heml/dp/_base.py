@@ -8,7 +8,24 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from ._accountant import BudgetAccountant
-from ._validation import check_privacy_params
+from ._validation import check_privacy_params, validate_data
+
+# scikit-learn's and numpy's input errors that quote the data: the offending value
+# ("could not convert string to float: 'alice'"), or the whole array ("Complex data not
+# supported\n[[...]]", "Expected 2D array, got 1D array instead:\narray=[...]")
+_QUOTING_ERRORS = ("could not convert", "Complex data", "array=", "\n[")
+NOT_2D_MESSAGE = (
+    "X must be a 2-D array of shape (n_samples, n_features), got a 1-D or scalar input; "
+    "reshape it (the values are not quoted, so that the message reveals nothing about the data)"
+)
+COMPLEX_MESSAGE = (
+    "Complex data not supported: X and y must hold real numbers (the values are not quoted, so "
+    "that the message reveals nothing about the data)"
+)
+NOT_REAL_MESSAGE = (
+    "X and y must hold real numbers (and y labels) only: a value could not be converted to "
+    "float; it is not quoted, so that the message reveals nothing about the data"
+)
 
 NEIGHBOURING = "replace-one"
 NOT_COVERED = [
@@ -45,6 +62,27 @@ class DPEstimatorMixin:
             accountant = BudgetAccountant.load_default(self.accountant)
         accountant.check(eps, delta)
         return eps, delta, accountant
+
+    def _validate_training_data(self, X, y, **kwargs):
+        """``validate_data`` for ``fit``, with error messages that never quote the data.
+
+        Errors that only describe shapes or counts (public) pass through unchanged; an error
+        whose text would quote a training value is replaced by a fixed message and raised
+        outside the handler, so that no exception chain keeps the original text either.
+        """
+        try:
+            return validate_data(self, X, y, reset=True, **kwargs)
+        except (ValueError, TypeError) as exc:
+            text = str(exc)
+            if not any(marker in text for marker in _QUOTING_ERRORS):
+                raise
+            if "Expected 2D array" in text:
+                fixed = NOT_2D_MESSAGE
+            elif "Complex data" in text:
+                fixed = COMPLEX_MESSAGE
+            else:
+                fixed = NOT_REAL_MESSAGE
+        raise ValueError(fixed)
 
     def _reserve(
         self, accountant: BudgetAccountant, eps: float, delta: float, mechanism: str

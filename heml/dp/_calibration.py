@@ -137,7 +137,8 @@ def calibrate_objpert(
     delta_side = delta * _OBJPERT_SIDE_SHARE / 2.0
     # first pass: σ as if the whole ε went to the noise, to evaluate the λ rule
     sigma0 = _objpert_sigma(epsilon, delta_main, delta_side)
-    lam_floor = beta / math.expm1(max_jacobian_share * epsilon)
+    # (capped: expm1 overflows past 709, where the floor is below 1e-300 anyway)
+    lam_floor = beta / math.expm1(min(max_jacobian_share * epsilon, 700.0))
     lam = max(float(lam_of_sigma(sigma0)), lam_floor)
     eps_j = math.log1p(beta / lam)
     eps_g = epsilon - eps_j

@@ -53,6 +53,18 @@ UNKNOWN_LABEL_MESSAGE = (
     "y has labels that are not in classes; every label must be one of the declared classes "
     "(the message does not say which label, so that it reveals nothing about the data)"
 )
+# What the guarantee is about: neighbouring datasets replace one record of this universe by
+# another. A record outside it makes fit refuse (before any spend), so the refusal itself is a
+# deterministic function of the data that (ε, δ) does not cover; both go into the guarantee.
+DATA_UNIVERSE = (
+    "records (x, y) with x a vector of n_features_in_ finite numbers (clipped to bounds_X_ and "
+    "data_norm_) and y one of classes_"
+)
+OUTSIDE_UNIVERSE_NOT_COVERED = (
+    "whether fit refused: a record outside data_universe (a label not in classes_, a NaN or "
+    "infinite feature) makes fit refuse before any spend, so a missing model can reveal that "
+    "such a record was present"
+)
 CONVERGENCE_MESSAGE = (
     "the Newton solver did not reach the public gradient tolerance within {max_iter} steps; no "
     "model is released (the budget stays spent: the data were used)."
@@ -211,7 +223,7 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         declared = None if self.classes is None else public_classes(self.classes)
         if declared is None and private:
             raise ValueError(NO_CLASSES_MESSAGE)
-        X, y = validate_data(self, X, y, reset=True)
+        X, y = self._validate_training_data(X, y)
         classes, y_idx = encode_labels(y, declared)
         n, d = X.shape
         check_delta_vs_n(eps, delta, n)
@@ -295,6 +307,9 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
             },
             n_samples=n,
         )
+        if private:
+            self.dp_guarantee_["data_universe"] = DATA_UNIVERSE
+            self.dp_guarantee_["not_covered"].insert(0, OUTSIDE_UNIVERSE_NOT_COVERED)
         return self
 
     # ------------------------------------------------------------------ prediction
@@ -376,7 +391,9 @@ def encode_labels(y, declared: np.ndarray | None) -> tuple[np.ndarray, np.ndarra
     try:
         y_idx = np.fromiter((index[label] for label in np.asarray(y).tolist()), np.intp, len(y))
     except (KeyError, TypeError):  # TypeError: an unhashable label
-        raise ValueError(UNKNOWN_LABEL_MESSAGE) from None
+        y_idx = None
+    if y_idx is None:  # raised outside the handler: no __context__ holding the label
+        raise ValueError(UNKNOWN_LABEL_MESSAGE)
     return declared, y_idx
 
 
@@ -389,6 +406,18 @@ def objpert_lambda_rule(d_aug: int):
 def amp_gamma(n: int, lam: float, sigma: float, p: int) -> float:
     """The public gradient-norm tolerance γ at which the solver stops (n, λ, σ, p public)."""
     return AMP_GAMMA_FACTOR * (n + lam + sigma * math.sqrt(p) + 1.0)
+
+
+def amp_residual_sensitivity(gamma: float, lam: float, sigma: float, magnitude: float, p: int):
+    """L2 distance that the residual Gaussian must cover between two neighbours' outputs.
+
+    Objective perturbation's proof holds for the continuous b; the b actually used is rounded
+    to the lattice of step s = lattice_step(σ), which moves it by at most s·√p/2 and so adds
+    s·√p/2 to the gradient norm at the stopped point: ‖θ̃ − θ*‖ ≤ (γ + s·√p/2)/λ on each of
+    the two neighbours (λ-strong convexity), plus one output-lattice step per coordinate.
+    """
+    b_rounding = rounding_slack(sigma, p)  # s·√p: s·√p/2 on each neighbour
+    return (2.0 * gamma + b_rounding) / lam + rounding_slack(magnitude, p)
 
 
 def _objective_perturbation(A, y_idx, eps, delta, noise: NoiseSource):
@@ -419,10 +448,8 @@ def _objective_perturbation(A, y_idx, eps, delta, noise: NoiseSource):
     lam = c.objpert.lam
     gamma = amp_gamma(n, lam, c.objpert.sigma, p)
     magnitude = (n + 1.0) / lam  # public bound on ‖θ*‖ without b: sets the output's lattice
-    sensitivity2 = 2.0 * gamma / lam + rounding_slack(magnitude, p)
+    sensitivity2 = amp_residual_sensitivity(gamma, lam, c.objpert.sigma, magnitude, p)
     sigma2 = c.residual_multiplier * sensitivity2
-    # rounding b to the lattice moves it by < step·√p; b is not added to a statistic, so the
-    # rounding only makes its law a lattice Gaussian (see docs/dp.md)
     b = noise.release(np.zeros(p), c.objpert.sigma, c.objpert.sigma)
     theta, converged = _newton_logistic(Z, lam, b, gamma)
     failure = None if converged else CONVERGENCE_MESSAGE.format(max_iter=NEWTON_MAX_ITER)
