@@ -631,3 +631,18 @@ def test_out_of_bounds_policy_name_and_stdin(tmp_path, ledger_file):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert heml.LinearModel.load(tmp_path / "m.json").name == "loans"
+
+
+def test_a_ledger_reached_through_a_symlink_is_the_same_budget(houses, tmp_path, capsys):
+    # two spellings of one ledger file must share one lock and one file: a symlink used to get
+    # its own sidecar lock, and the first save replaced the link by a private copy
+    data, base, _ = houses
+    real = tmp_path / "ledgers" / "real.json"
+    real.parent.mkdir()
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    args = [*base, "--epsilon", "1", "--budget", "1.5"]
+    assert train_here(data, *args, "--ledger", link, "-o", tmp_path / "a.json")[0] == 0
+    assert link.is_symlink() and real.exists()
+    code, err = train_here(data, *args, "--ledger", real, "-o", tmp_path / "b.json", capsys=capsys)
+    assert code == 3 and "privacy budget refused" in err, err

@@ -149,7 +149,7 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         """
         eps, delta, accountant = self._begin_fit()
         private = math.isfinite(eps)
-        X, y = validate_data(self, X, y, reset=True, y_numeric=True)
+        X, y = self._validate_training_data(X, y, y_numeric=True)
         if y.ndim != 1:
             raise ValueError(f"y must be 1-D, got shape {y.shape}")
         n, d = X.shape

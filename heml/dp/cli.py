@@ -36,6 +36,7 @@ from .._csvdata import (
 )
 from . import _ledger
 from ._accountant import BudgetAccountant, BudgetError, PrivacyLeakWarning
+from ._accountant import _canonical_ledger_path as canonical_ledger_path
 from ._warnings import BoundsWarning
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BUDGET = 0, 1, 2, 3
@@ -176,7 +177,11 @@ def _run(args) -> int:
         raise _Invalid(f"{'--name' if args.name is not None else '-o'}: {exc}") from None
     if not out.parent.exists():
         raise _Invalid(f"-o: directory {str(out.parent)!r} does not exist")
-    ledger_path = Path(args.ledger) if args.ledger else _ledger.default_path()
+    try:
+        # one name per ledger file (a symlink or relative spelling must not get its own lock)
+        ledger_path = canonical_ledger_path(args.ledger or _ledger.default_path())
+    except ValueError as exc:
+        raise _Invalid(f"--ledger: {exc}") from None
 
     # ---------------------------------------------------------------- data
     path = Path("stdin" if args.data == "-" else args.data)
