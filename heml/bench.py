@@ -724,7 +724,9 @@ def run(args: argparse.Namespace) -> int:
     cells: list[Cell] = []
     goal_rows: list[dict] = []
     scaling: dict = {}
-    with tqdm(total=total, desc="bench", file=sys.stderr, unit="cell") as progress:
+    # a bar only for a person at a terminal (logs and pipes get the tables alone)
+    bar = {"disable": not sys.stderr.isatty()}
+    with tqdm(total=total, desc="bench", file=sys.stderr, unit="cell", **bar) as progress:
         if not args.no_grid:
             cells = run_grid(dims, ks, ns, args.workers, args.quick, args.cap, progress)
         if not args.no_goals:

@@ -205,3 +205,14 @@ def test_per_feature_bounds_scale_each_feature_before_the_dp_fit():
         warnings.simplefilter("error", PrivacyLeakWarning)  # nothing is read from the data
         est = make(2.0).fit(X, y)
     assert est.score(X, y) > 0.9  # one shared scale for both features: 0.71 here
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(csv_path, tmp_path):
+    # issue 15 item 12: bars drew into logs and pipes
+    res = _cli(
+        csv_path, "--target", "label", "--epsilons", "inf", "-o", tmp_path / "r",
+        "--bounds", "0,2600", "--no-canaries", "--release-runs", "0", "--n-shadow", "4",
+        "--jobs", "1",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "fit/s" not in res.stderr and "%|" not in res.stderr, res.stderr

@@ -305,7 +305,7 @@ def _run(args) -> int:
                 alpha=args.alpha,
                 random_state=args.seed,
                 n_jobs=jobs,
-                progress=not args.no_progress,
+                progress=not args.no_progress and sys.stderr.isatty(),
             )
         except ValueError as exc:
             raise _Invalid(str(exc)) from None
