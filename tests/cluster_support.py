@@ -207,6 +207,15 @@ class Replica:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+            # the workers die a moment after the supervisor; until the last one has, its socket
+            # holds the port and a restart is (rightly) refused as "in use by another process"
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(self.proc.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.02)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

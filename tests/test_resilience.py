@@ -175,3 +175,28 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_workers_exit_when_the_supervisor_is_killed(tmp_path):
+    """SIGKILL of the supervisor alone (no process group kill): its workers must not keep
+    serving on the port with nobody to replace or stop them."""
+    import socket
+
+    _clf, model = _model(1)
+    model.save(tmp_path / "m.json")
+    port = free_port()
+    server = ServeProcess("--models", str(tmp_path), "--port", str(port), "--workers", "2")
+    with heml.Client(f"127.0.0.1:{port}") as c:
+        assert len(c.models()) == 1
+    server.proc.kill()  # the supervisor only
+    server.proc.wait(10)
+    deadline = time.monotonic() + 15
+    while True:
+        with socket.socket() as probe:  # no SO_REUSEPORT: conflicts with any listener
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "a worker still holds the port"
+                time.sleep(0.1)

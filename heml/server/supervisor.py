@@ -91,8 +91,16 @@ class Supervisor:
         self.runtime: Runtime | None = None  # quota table, metrics exporter
 
     def _fork_worker(self, slot: int, ready_w: int | None) -> int:
+        supervisor = os.getpid()
+
         def run() -> int:
             from .worker import run_worker
+
+            # a worker outlives a SIGKILLed supervisor otherwise, and keeps serving on the
+            # port with nobody to replace it or stop it
+            _die_with_parent()
+            if os.getppid() != supervisor:  # the supervisor died before the line above
+                return 1
 
             if self.runtime is not None:
                 self.runtime.in_worker()
