@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format proto bench clean
+.PHONY: demo test test-slow lint format proto bench clean mutate
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
+# Mutation testing of the modules that keep heml's promises (docs/testing.md; ~N min on 2 cores).
+# Not part of `make test` or CI. MUTATE_ARGS="--jobs 1 --nice 15" to leave a core free.
+mutate: $(STAMP)
+	$(PY) tools/mutate.py $(MUTATE_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
@@ -34,4 +39,4 @@ proto: $(STAMP)
 	$(PY) -m heml._codegen
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache mutants .mutmut-run.log

@@ -70,14 +70,35 @@ def test_a_c0_coefficient_equal_to_q_is_rejected_and_q_minus_one_accepted(n):
 # ----------------------------------------------------------------------------- live server
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
-    """A real server with a small model (d=3) and a wide one (d=WIDE_D), and a raw stub."""
+    """A worker's gRPC stack (interceptor, servicer, registry) on loopback in this process,
+    serving a small model (d=3) and a wide one (d=WIDE_D); yields a raw stub.
+
+    In-process so that a mutation run sees which tests reach the servicer (heml.serve's
+    workers are other processes); the code that answers is the code a worker runs."""
+    from concurrent import futures
+
+    from heml.server.interceptor import build_interceptor
+    from heml.server.options import ServerConfig
+    from heml.server.servicer import InferenceServicer, add_to_server
+
     folder = tmp_path_factory.mktemp("guard-models")
     _linear_model(3, "small", 1).save(folder / "small.json")
     _linear_model(WIDE_D, "wide", 2).save(folder / "wide.json")
-    with heml.serve(folder, port=0) as server:
-        channel = grpc.insecure_channel(f"localhost:{server.port}")
-        yield heml_pb2_grpc.InferenceStub(channel)
-        channel.close()
+    config = ServerConfig(models_dir=str(folder))
+    reg, errors = registry.Registry.from_folder(folder)
+    assert errors == {}
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        options=config.grpc_options(reuse_port=False),
+        interceptors=[build_interceptor(config)],
+    )
+    add_to_server(InferenceServicer(reg), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield heml_pb2_grpc.InferenceStub(channel)
+    channel.close()
+    server.stop(None).wait()
 
 
 def _row_header(model: str, n: int) -> pb.PredictRequest:

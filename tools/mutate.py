@@ -1,0 +1,160 @@
+"""`make mutate`: mutation testing of the modules that keep heml's promises (docs/testing.md).
+
+Runs mutmut 3 with the scope and test selection in pyproject.toml ([tool.mutmut]), then prints
+the score per module and every surviving mutant, and checks that the run really tested mutated
+code (a known guard mutant must be killed). Exit code 0 when the run completed, 1 when the
+sanity check failed or mutmut did not finish.
+
+    python tools/mutate.py                 # fresh run, 2 mutants at a time
+    python tools/mutate.py --jobs 1 --nice 15 --keep   # gentler; reuse mutants/ results
+    python tools/mutate.py --report        # only print the scores of the last run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MUTANTS = ROOT / "mutants"
+
+# A mutant every run must kill: the c0 range check of an uploaded ciphertext, flipped from
+# `>=` to `>` (tests/test_guards_server.py). If it survives, the tests did not run the mutated
+# code (e.g. the installed heml was imported instead of the copy under mutants/).
+SANITY = ("heml/he/wire.py", "x_unpack_ciphertexts", "bad = c0 > np.uint64(q)")
+
+KILLED = {1, 3}  # mutmut: a test failed (3: pytest internal error, also a kill)
+TIMEOUT = {36, -24, 24, 152, 255}
+NO_TESTS = {5, 33}
+SKIPPED = {34, 37}
+
+
+def _mutmut(*args: str, nice: int = 0) -> list[str]:
+    exe = Path(sys.executable).with_name("mutmut")
+    if not exe.exists():
+        raise SystemExit("mutmut is not installed here; run: pip install -e '.[dev]'")
+    cmd = [str(exe), *args]
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
+    return cmd
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Subprocesses the tests start (`python -m heml ...`) must import the mutated copy too;
+    # mutmut only fixes sys.path inside its own processes.
+    env["PYTHONPATH"] = str(MUTANTS)
+    env.pop("MUTANT_UNDER_TEST", None)
+    return env
+
+
+def run(jobs: int, nice: int, keep: bool) -> int:
+    if not keep and MUTANTS.exists():
+        shutil.rmtree(MUTANTS)
+    started = time.monotonic()
+    cmd = _mutmut("run", "--max-children", str(jobs), nice=nice)
+    with open(ROOT / ".mutmut-run.log", "w") as log:
+        code = subprocess.call(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    minutes = (time.monotonic() - started) / 60
+    print(f"mutmut run: exit code {code} after {minutes:.1f} min (log: .mutmut-run.log)")
+    return code
+
+
+def _results() -> dict[str, dict[str, int | None]]:
+    """{source file: {mutant name: exit code}} from mutmut's .meta files."""
+    out = {}
+    for meta in sorted(MUTANTS.rglob("*.py.meta")):
+        data = json.loads(meta.read_text())
+        out[str(meta.relative_to(MUTANTS))[: -len(".meta")]] = data["exit_code_by_key"]
+    return out
+
+
+def _status(code: int | None) -> str:
+    if code in KILLED:
+        return "killed"
+    if code in TIMEOUT:
+        return "timeout"
+    if code in NO_TESTS:
+        return "no tests"
+    if code in SKIPPED:
+        return "skipped"
+    if code == 0:
+        return "survived"
+    return "not checked" if code is None else f"suspicious ({code})"
+
+
+def report() -> bool:
+    """Print the score per module and the survivors; return whether the sanity check passed."""
+    results = _results()
+    if not results:
+        print("no results under mutants/: run `make mutate` first")
+        return False
+    print(f"\n{'module':34} {'mutants':>7} {'killed':>7} {'survived':>8} {'other':>6} {'score':>7}")
+    total = defaultdict(int)
+    survivors: list[str] = []
+    for path, codes in results.items():
+        counts = defaultdict(int)
+        for name, code in codes.items():
+            status = _status(code)
+            counts[status] += 1
+            if status not in ("killed", "timeout", "skipped"):
+                survivors.append(f"{name}: {status}")
+        checked = len(codes) - counts["skipped"]
+        caught = counts["killed"] + counts["timeout"]
+        other = checked - caught - counts["survived"]
+        score = 100.0 * caught / checked if checked else 0.0
+        print(f"{path:34} {len(codes):7} {caught:7} {counts['survived']:8} {other:6} {score:6.1f}%")
+        for key, value in (("mutants", checked), ("caught", caught)):
+            total[key] += value
+    score = 100.0 * total["caught"] / total["mutants"] if total["mutants"] else 0.0
+    print(f"{'all':34} {total['mutants']:7} {total['caught']:7} {'':8} {'':6} {score:6.1f}%")
+    if survivors:
+        print(f"\n{len(survivors)} mutant(s) not killed (`mutmut show NAME` prints the change):")
+        for line in survivors:
+            print("  " + line)
+    return _sanity(results)
+
+
+def _sanity(results) -> bool:
+    path, function, line = SANITY
+    codes = results.get(path)
+    if codes is None:
+        print(f"\nsanity check skipped: {path} is not in the mutation scope")
+        return True
+    source = (MUTANTS / path).read_text()
+    for name, code in codes.items():
+        short = name.rsplit(".", 1)[-1]
+        if not short.startswith(function + "__mutmut_"):
+            continue
+        start = source.find(f"def {short}(")
+        body = source[start : source.find("\ndef ", start + 1)]
+        if line in body:
+            ok = _status(code) == "killed"
+            verdict = "killed, as it must be" if ok else f"{_status(code)}: THE RUN IS NOT VALID"
+            print(f"\nsanity check: {name} ({line!r}) {verdict}")
+            return ok
+    print(f"\nsanity check: no mutant of {path} contains {line!r}: THE RUN IS NOT VALID")
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants at once")
+    parser.add_argument("--nice", type=int, default=0, help="run mutmut under nice -n N")
+    parser.add_argument("--keep", action="store_true", help="reuse results under mutants/")
+    parser.add_argument("--report", action="store_true", help="only print the last results")
+    args = parser.parse_args(argv)
+    code = 0 if args.report else run(max(1, args.jobs), args.nice, args.keep)
+    ok = report()
+    return 0 if code == 0 and ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
