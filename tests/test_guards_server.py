@@ -14,9 +14,7 @@ import threading
 import grpc
 import numpy as np
 import pytest
-from sklearn.linear_model import LinearRegression
 
-import heml
 from heml.errors import InvalidCiphertext, ModelError
 from heml.he import wire
 from heml.he.params import default_params
@@ -27,19 +25,14 @@ from heml.server.servicer import MAX_ROW_CIPHERTEXTS
 from heml.v1 import heml_pb2 as pb
 from heml.v1 import heml_pb2_grpc
 
+from .guard_support import inprocess_server, linear_model
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 ROW_N = 2048  # ring degree of the ROW layout (heml.he.plan)
 # ROW: ceil(n / s) sample groups of ceil(d / m) ciphertexts, m = min(d, N // s) features per
 # ciphertext. With s = 1 a model of WIDE_D features needs 17 ciphertexts per sample, so 240
 # samples need 4080 ciphertexts (under the 4096 cap) and 241 need 4097 (one over it).
 WIDE_D = 16 * ROW_N + 1
-
-
-def _linear_model(d: int, name: str, seed: int) -> heml.LinearModel:
-    reg = LinearRegression()
-    rng = np.random.default_rng(seed)
-    reg.coef_, reg.intercept_, reg.n_features_in_ = rng.uniform(-1, 1, d), 0.25, d
-    return heml.export(reg, name=name, bounds=(-1.0, 1.0))
 
 
 # ----------------------------------------------------------------------------- ciphertext words
@@ -70,35 +63,15 @@ def test_a_c0_coefficient_equal_to_q_is_rejected_and_q_minus_one_accepted(n):
 # ----------------------------------------------------------------------------- live server
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
-    """A worker's gRPC stack (interceptor, servicer, registry) on loopback in this process,
-    serving a small model (d=3) and a wide one (d=WIDE_D); yields a raw stub.
-
-    In-process so that a mutation run sees which tests reach the servicer (heml.serve's
-    workers are other processes); the code that answers is the code a worker runs."""
-    from concurrent import futures
-
-    from heml.server.interceptor import build_interceptor
-    from heml.server.options import ServerConfig
-    from heml.server.servicer import InferenceServicer, add_to_server
-
+    """A worker's gRPC stack in this process (tests/guard_support.py) serving a small model
+    (d=3) and a wide one (d=WIDE_D); yields a raw stub."""
     folder = tmp_path_factory.mktemp("guard-models")
-    _linear_model(3, "small", 1).save(folder / "small.json")
-    _linear_model(WIDE_D, "wide", 2).save(folder / "wide.json")
-    config = ServerConfig(models_dir=str(folder))
-    reg, errors = registry.Registry.from_folder(folder)
-    assert errors == {}
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4),
-        options=config.grpc_options(reuse_port=False),
-        interceptors=[build_interceptor(config)],
-    )
-    add_to_server(InferenceServicer(reg), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield heml_pb2_grpc.InferenceStub(channel)
-    channel.close()
-    server.stop(None).wait()
+    linear_model(3, "small", 1).save(folder / "small.json")
+    linear_model(WIDE_D, "wide", 2).save(folder / "wide.json")
+    with inprocess_server(folder) as port:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        yield heml_pb2_grpc.InferenceStub(channel)
+        channel.close()
 
 
 def _row_header(model: str, n: int) -> pb.PredictRequest:
@@ -167,7 +140,7 @@ def test_a_model_file_one_byte_over_the_limit_is_refused_unread(tmp_path, monkey
 
     # the boundary, on a limit lowered to the size of a valid model file
     good = tmp_path / "small.json"
-    _linear_model(3, "small", 1).save(good)
+    linear_model(3, "small", 1).save(good)
     size = good.stat().st_size
     monkeypatch.setattr(registry, "MAX_MODEL_FILE_BYTES", size)
     assert registry.load_model_file(good).model.name == "small"  # exactly at the limit

@@ -1,0 +1,237 @@
+"""The servicer's request checks, each at its bound, on a worker's gRPC stack in this process.
+
+tests/test_server_hostile_input.py covers the same ground through heml.serve (worker
+processes); these run in-process (tests/guard_support.py) so that `make mutate` knows which
+tests reach heml/server/servicer.py, and they pin the status code and the message of every
+refusal (docs/protocol.md, docs/security.md).
+"""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+import heml
+from heml.he import wire
+from heml.he.params import default_params
+from heml.info import LAYOUT_TO_PB
+from heml.v1 import heml_pb2 as pb
+from heml.v1 import heml_pb2_grpc
+
+from .guard_support import inprocess_server, linear_model
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+ROW_N, COL_N = 2048, 4096
+WIDE_D = 16 * ROW_N + 1  # 17 ROW ciphertexts per sample; COLUMN: one ciphertext per feature
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("servicer-models")
+    small = linear_model(3, "small", 1)
+    small.save(folder / "small.json")
+    linear_model(WIDE_D, "wide", 2).save(folder / "wide.json")
+    with inprocess_server(folder) as port:
+        channel = grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
+        )
+        yield port, heml_pb2_grpc.InferenceStub(channel), channel, small
+        channel.close()
+
+
+def _zero_ct(n: int = ROW_N) -> bytes:
+    """A well-formed ciphertext (all-zero c0 words and seed): valid bytes, any content."""
+    return bytes(wire.ciphertext_size(n))
+
+
+def _row(n=1, s=1, cts=None, **fields) -> pb.PredictRequest:
+    req = pb.PredictRequest(
+        model="small", layout=LAYOUT_TO_PB["row"], n=n, samples_per_ciphertext=s, **fields
+    )
+    req.ciphertexts.extend([_zero_ct()] * n if cts is None else cts)
+    return req
+
+
+def _refused(call, request, code, message, timeout=30):
+    with pytest.raises(grpc.RpcError) as info:
+        result = call(request, timeout=timeout)
+        if not isinstance(result, pb.PredictResponse):
+            list(result)
+    assert info.value.code() == code, info.value.details()
+    assert message in info.value.details(), info.value.details()
+
+
+def test_valid_blocks_score_correctly_in_both_layouts(served):
+    port, *_rest, small = served
+    X = np.random.default_rng(0).uniform(-1, 1, size=(5, 3))
+    expected = X @ np.ravel(small.coef) + np.ravel(small.intercept)[0]
+    with heml.Client(f"127.0.0.1:{port}", timeout=60) as client:
+        model = client.model("small")
+        for layout in ("row", "column"):
+            out = model.decision_function(X, layout=layout)
+            np.testing.assert_allclose(out, expected, atol=1e-3)
+            assert model.last_call.layouts == {layout: 5}
+
+
+def test_a_valid_reply_describes_its_block(served):
+    _port, stub, *_ = served
+    reply = stub.Predict(_row(n=2, s=2, cts=[_zero_ct()], request_id="abc-1"), timeout=30)
+    assert (reply.model, reply.version, reply.n, reply.request_id) == ("small", 1, 2, "abc-1")
+    assert reply.layout == LAYOUT_TO_PB["row"] and 24 <= reply.reply_bits <= 56
+    assert len(reply.replies) >= 1
+    assert len(reply.replies[0]) > ROW_N * reply.reply_bits // 8  # c1 and the outputs' c0
+    assert reply.server_cpu_seconds > 0 and 0 < reply.server_seconds < 30
+    # total_ciphertexts equal to the block's need is accepted, like 0 (unset)
+    assert stub.Predict(_row(total_ciphertexts=1), timeout=30).n == 1
+
+
+CASES = [
+    ("unknown model", dict(model="nope"), NOT_FOUND, "no model named 'nope'"),
+    ("unknown version", dict(version=9), NOT_FOUND, "no version 9"),
+    ("no layout", dict(layout=0), INVALID, "unknown layout 0; use ROW or COLUMN"),
+    ("private layout", dict(layout=LAYOUT_TO_PB["private"]), PRECONDITION, "model-privacy"),
+    ("zero samples", dict(n=0), INVALID, "at least one sample (n ≥ 1)"),
+    ("s too large", dict(samples_per_ciphertext=683), INVALID, "in [1, 682] for d=3, got 683"),
+    ("s zero", dict(samples_per_ciphertext=0), INVALID, "in [1, 682] for d=3, got 0"),
+    ("too many samples", dict(n=257), INVALID, "too many samples in one ROW block"),
+    (
+        "wrong total",
+        dict(total_ciphertexts=2),
+        INVALID,
+        "total_ciphertexts=2, but model 'small' (d=3) needs 1 for this block",
+    ),
+    (
+        "one too many",
+        dict(ciphertexts=[_zero_ct()] * 2),
+        INVALID,
+        "got 2 ciphertexts; this block needs 1",
+    ),
+    ("none", dict(ciphertexts=[]), INVALID, "got 0 ciphertexts; this block needs 1"),
+    ("short", dict(ciphertexts=[_zero_ct()[:-1]]), INVALID, "14367 bytes; parameters N=2048 need"),
+    ("other N", dict(ciphertexts=[_zero_ct(COL_N)]), INVALID, "exactly 14368"),
+]
+
+
+@pytest.mark.parametrize("name,changes,code,message", CASES, ids=[c[0] for c in CASES])
+def test_malformed_unary_requests(served, name, changes, code, message):
+    _port, stub, *_ = served
+    request = _row()
+    for key, value in changes.items():
+        if key == "ciphertexts":
+            del request.ciphertexts[:]
+            request.ciphertexts.extend(value)
+        else:
+            setattr(request, key, value)
+    _refused(stub.Predict, request, code, message)
+    assert stub.Predict(_row(), timeout=30).n == 1  # still serving
+
+
+def test_a_coefficient_equal_to_q_is_refused_by_the_server(served):
+    _port, stub, *_ = served
+    q = default_params(ROW_N).q
+    c0 = np.zeros(ROW_N, dtype=np.uint64)
+    c0[ROW_N - 1] = q
+    bad = wire.pack_ciphertext(c0, bytes(32))
+    _refused(stub.Predict, _row(cts=[bad]), INVALID, "1 coefficient(s) not below the modulus q")
+    c0[ROW_N - 1] = q - 1
+    assert stub.Predict(_row(cts=[wire.pack_ciphertext(c0, bytes(32))]), timeout=30).n == 1
+
+
+def test_column_blocks_are_bounded_by_the_ring(served):
+    _port, stub, *_ = served
+    header = dict(model="small", layout=LAYOUT_TO_PB["column"], samples_per_ciphertext=7)
+    ok = pb.PredictRequest(n=COL_N, ciphertexts=[_zero_ct(COL_N)] * 3, **header)
+    assert stub.Predict(ok, timeout=30).n == COL_N  # s is ignored for COLUMN
+    over = pb.PredictRequest(n=COL_N + 1, ciphertexts=[_zero_ct(COL_N)] * 3, **header)
+    _refused(stub.Predict, over, INVALID, "a COLUMN block holds at most 4096 samples, got 4097")
+
+
+def test_stream_protocol(served):
+    _port, stub, *_ = served
+    cont = pb.PredictRequest(ciphertexts=[_zero_ct()])
+    _refused(stub.PredictStream, iter([cont]), INVALID, "without a model name and no block open")
+    _refused(
+        stub.PredictStream,
+        iter([_row(n=2, cts=[_zero_ct()]), _row()]),
+        INVALID,
+        "new block started after 1 of 2 ciphertexts of the previous one",
+    )
+    _refused(
+        stub.PredictStream,
+        iter([_row(n=3, cts=[_zero_ct()])]),
+        INVALID,
+        "stream ended after 1 of 3 ciphertexts",
+    )
+    # a block split over messages, then a second block: one reply each, in order
+    parts = [
+        _row(n=3, cts=[], request_id="first"),
+        pb.PredictRequest(ciphertexts=[_zero_ct()] * 2),
+        pb.PredictRequest(ciphertexts=[_zero_ct()]),
+        _row(n=1, request_id="second"),
+    ]
+    replies = list(stub.PredictStream(iter(parts), timeout=30))
+    assert [(r.request_id, r.n) for r in replies] == [("first", 3), ("second", 1)]
+
+
+def test_a_deadline_too_short_for_the_block_is_refused_before_any_work(served):
+    """The server estimates a block's cost from its header (docs/security.md, Deadlines):
+    COLUMN about 0.3 ms and ROW about 0.2 ms per ciphertext."""
+    _port, stub, *_ = served
+    column = pb.PredictRequest(model="wide", layout=LAYOUT_TO_PB["column"], n=1)
+    # 32769 COLUMN ciphertexts need about 9.8 s
+    _refused(
+        stub.PredictStream,
+        iter([column]),
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "but 32769 ciphertexts need about 9831 ms",
+        timeout=5,
+    )
+    _refused(stub.PredictStream, iter([column]), INVALID, "stream ended after 0 of 32769", 20)
+    # 4080 ROW ciphertexts need about 816 ms: refused with 0.7 s left (the server answers at
+    # once; under heavy load the client's own deadline may win, so allow a few tries)
+    row = pb.PredictRequest(
+        model="wide", layout=LAYOUT_TO_PB["row"], n=240, samples_per_ciphertext=1
+    )
+    for _attempt in range(5):
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.PredictStream(iter([row]), timeout=0.7))
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        if "ms left" in info.value.details():
+            break
+    assert "but 4080 ciphertexts need about 816 ms" in info.value.details()
+    _refused(stub.PredictStream, iter([row]), INVALID, "stream ended after 0 of 4080", 5)
+
+
+def test_undecodable_messages_are_invalid_argument(served):
+    _port, _stub, channel, _small = served
+    garbage = b"\xff\xff\xff\xff"
+    for method in ("Predict", "GetModel", "ListModels", "RegisterKey"):
+        raw = channel.unary_unary(f"/heml.v1.Inference/{method}")
+        with pytest.raises(grpc.RpcError) as info:
+            raw(garbage, timeout=30)
+        assert info.value.code() == INVALID, method
+        assert "is not a valid heml.v1." in info.value.details()
+    stream = channel.stream_stream("/heml.v1.Inference/PredictStream")
+    with pytest.raises(grpc.RpcError) as info:
+        list(stream(iter([garbage]), timeout=30))
+    assert info.value.code() == INVALID
+    assert "not a valid heml.v1.PredictRequest message" in info.value.details()
+
+
+def test_model_listing_and_lookup(served):
+    _port, stub, *_ = served
+    listing = stub.ListModels(pb.ListModelsRequest(), timeout=30)
+    assert sorted(m.name for m in listing.models) == ["small", "wide"]
+    assert listing.server.protocol_version and listing.server.server_version == heml.__version__
+    info = stub.GetModel(pb.GetModelRequest(name="wide"), timeout=30)
+    assert info.name == "wide" and info.version == 1
+    _refused(stub.GetModel, pb.GetModelRequest(name="nope"), NOT_FOUND, "no model named")
+    _refused(
+        stub.RegisterKey,
+        pb.RegisterKeyRequest(model="small", public_key=b"x"),
+        PRECONDITION,
+        "model 'small' is not served in model-privacy mode",
+    )
