@@ -34,6 +34,7 @@ KILLED = {1, 3}  # mutmut: a test failed (3: pytest internal error, also a kill)
 TIMEOUT = {36, -24, 24, 152, 255}
 NO_TESTS = {5, 33}
 SKIPPED = {34, 37}
+SHOW = 200  # survivors listed at the end of the report
 
 
 def _mutmut(*args: str, nice: int = 0) -> list[str]:
@@ -58,6 +59,9 @@ def _env() -> dict[str, str]:
 def run(jobs: int, nice: int, keep: bool) -> int:
     if not keep and MUTANTS.exists():
         shutil.rmtree(MUTANTS)
+    # The folder must exist before Python starts: a PYTHONPATH entry that is missing at start-up
+    # is cached as "nothing here" and the unmutated heml would be imported instead.
+    MUTANTS.mkdir(exist_ok=True)
     started = time.monotonic()
     cmd = _mutmut("run", "--max-children", str(jobs), nice=nice)
     with open(ROOT / ".mutmut-run.log", "w") as log:
@@ -117,8 +121,10 @@ def report() -> bool:
     print(f"{'all':34} {total['mutants']:7} {total['caught']:7} {'':8} {'':6} {score:6.1f}%")
     if survivors:
         print(f"\n{len(survivors)} mutant(s) not killed (`mutmut show NAME` prints the change):")
-        for line in survivors:
+        for line in survivors[:SHOW]:
             print("  " + line)
+        if len(survivors) > SHOW:
+            print(f"  ... and {len(survivors) - SHOW} more (`mutmut results`)")
     return _sanity(results)
 
 
