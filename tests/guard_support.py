@@ -29,15 +29,21 @@ def linear_model(d: int, name: str, seed: int) -> heml.LinearModel:
 
 
 @contextlib.contextmanager
-def inprocess_server(folder: str | Path, **options) -> Iterator[int]:
-    """Serve the models in ``folder`` from this process; yields the port."""
+def inprocess_server(folder: str | Path, registry=None, **options) -> Iterator[int]:
+    """Serve the models in ``folder`` (or an already loaded ``registry`` of them) from this
+    process; yields the port.
+
+    Tests that share a registry should still start the server per test (it takes
+    milliseconds): a mutation run attributes what a fixture calls to the first test that uses
+    it, so a module-wide server would hide the servicer's wiring from the other tests."""
     from heml.server.interceptor import build_interceptor
     from heml.server.options import ServerConfig
     from heml.server.registry import Registry
     from heml.server.servicer import InferenceServicer, add_to_server
 
     config = ServerConfig(models_dir=str(folder), **options)
-    registry, _errors = Registry.from_folder(folder)
+    if registry is None:
+        registry, _errors = Registry.from_folder(folder)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4),
         options=config.grpc_options(reuse_port=False),

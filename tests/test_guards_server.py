@@ -62,13 +62,20 @@ def test_a_c0_coefficient_equal_to_q_is_rejected_and_q_minus_one_accepted(n):
 
 # ----------------------------------------------------------------------------- live server
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory):
-    """A worker's gRPC stack in this process (tests/guard_support.py) serving a small model
-    (d=3) and a wide one (d=WIDE_D); yields a raw stub."""
+def guard_models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("guard-models")
     linear_model(3, "small", 1).save(folder / "small.json")
     linear_model(WIDE_D, "wide", 2).save(folder / "wide.json")
-    with inprocess_server(folder) as port:
+    reg, errors = registry.Registry.from_folder(folder)
+    assert errors == {}
+    return folder, reg
+
+
+@pytest.fixture()
+def guarded(guard_models):
+    """A worker's gRPC stack in this process (tests/guard_support.py) serving a small model
+    (d=3) and a wide one (d=WIDE_D); yields a raw stub."""
+    with inprocess_server(*guard_models) as port:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         yield heml_pb2_grpc.InferenceStub(channel)
         channel.close()

@@ -29,12 +29,23 @@ WIDE_D = 16 * ROW_N + 1  # 17 ROW ciphertexts per sample; COLUMN: one ciphertext
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def models(tmp_path_factory):
+    from heml.server.registry import Registry
+
     folder = tmp_path_factory.mktemp("servicer-models")
     small = linear_model(3, "small", 1)
     small.save(folder / "small.json")
     linear_model(WIDE_D, "wide", 2).save(folder / "wide.json")
-    with inprocess_server(folder) as port:
+    registry, errors = Registry.from_folder(folder)
+    assert errors == {}
+    return folder, registry, small
+
+
+@pytest.fixture()
+def served(models):
+    """A fresh server per test around the module's registry (tests/guard_support.py)."""
+    folder, registry, small = models
+    with inprocess_server(folder, registry) as port:
         channel = grpc.insecure_channel(
             f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
         )
