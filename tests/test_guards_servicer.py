@@ -66,7 +66,7 @@ def _row(n=1, s=1, cts=None, **fields) -> pb.PredictRequest:
     return req
 
 
-def _refused(call, request, code, message, timeout=30, partial=False):
+def _refused(call, request, code, message, timeout=15, partial=False):
     """The call fails with this code and exactly this message (or one containing it)."""
     with pytest.raises(grpc.RpcError) as info:
         result = call(request, timeout=timeout)
@@ -81,7 +81,7 @@ def test_valid_blocks_score_correctly_in_both_layouts(served):
     port, *_rest, small = served
     X = np.random.default_rng(0).uniform(-1, 1, size=(5, 3))
     expected = X @ np.ravel(small.coef) + np.ravel(small.intercept)[0]
-    with heml.Client(f"127.0.0.1:{port}", timeout=60) as client:
+    with heml.Client(f"127.0.0.1:{port}", timeout=20) as client:
         model = client.model("small")
         for layout in ("row", "column"):
             out = model.decision_function(X, layout=layout)
@@ -91,14 +91,14 @@ def test_valid_blocks_score_correctly_in_both_layouts(served):
 
 def test_a_valid_reply_describes_its_block(served):
     _port, stub, *_ = served
-    reply = stub.Predict(_row(n=2, s=2, cts=[_zero_ct()], request_id="abc-1"), timeout=30)
+    reply = stub.Predict(_row(n=2, s=2, cts=[_zero_ct()], request_id="abc-1"), timeout=15)
     assert (reply.model, reply.version, reply.n, reply.request_id) == ("small", 1, 2, "abc-1")
     assert reply.layout == LAYOUT_TO_PB["row"] and 24 <= reply.reply_bits <= 56
     assert len(reply.replies) >= 1
     assert len(reply.replies[0]) > ROW_N * reply.reply_bits // 8  # c1 and the outputs' c0
     assert reply.server_cpu_seconds > 0 and 0 < reply.server_seconds < 30
     # total_ciphertexts equal to the block's need is accepted, like 0 (unset)
-    assert stub.Predict(_row(total_ciphertexts=1), timeout=30).n == 1
+    assert stub.Predict(_row(total_ciphertexts=1), timeout=15).n == 1
 
 
 SPLIT = " (use PredictStream to split a block across messages)"
@@ -156,7 +156,7 @@ def test_malformed_unary_requests(served, name, changes, code, message):
         else:
             setattr(request, key, value)
     _refused(stub.Predict, request, code, message)
-    assert stub.Predict(_row(), timeout=30).n == 1  # still serving
+    assert stub.Predict(_row(), timeout=15).n == 1  # still serving
 
 
 def test_a_coefficient_equal_to_q_is_refused_by_the_server(served):
@@ -173,14 +173,14 @@ def test_a_coefficient_equal_to_q_is_refused_by_the_server(served):
         "other parameters)",
     )
     c0[ROW_N - 1] = q - 1
-    assert stub.Predict(_row(cts=[wire.pack_ciphertext(c0, bytes(32))]), timeout=30).n == 1
+    assert stub.Predict(_row(cts=[wire.pack_ciphertext(c0, bytes(32))]), timeout=15).n == 1
 
 
 def test_column_blocks_are_bounded_by_the_ring(served):
     _port, stub, *_ = served
     header = dict(model="small", layout=LAYOUT_TO_PB["column"], samples_per_ciphertext=7)
     ok = pb.PredictRequest(n=COL_N, ciphertexts=[_zero_ct(COL_N)] * 3, **header)
-    assert stub.Predict(ok, timeout=30).n == COL_N  # s is ignored for COLUMN
+    assert stub.Predict(ok, timeout=15).n == COL_N  # s is ignored for COLUMN
     over = pb.PredictRequest(n=COL_N + 1, ciphertexts=[_zero_ct(COL_N)] * 3, **header)
     _refused(stub.Predict, over, INVALID, "a COLUMN block holds at most 4096 samples, got 4097")
 
@@ -189,7 +189,7 @@ def test_stream_protocol(served):
     _port, stub, *_ = served
     cont = pb.PredictRequest(ciphertexts=[_zero_ct()])
     with pytest.raises(grpc.RpcError) as info:
-        list(stub.PredictStream(iter([cont]), timeout=30))
+        list(stub.PredictStream(iter([cont]), timeout=15))
     assert info.value.code() == INVALID
     assert info.value.details() == "stream message without a model name and no block open"
     _refused(
@@ -211,7 +211,7 @@ def test_stream_protocol(served):
         pb.PredictRequest(ciphertexts=[_zero_ct()]),
         _row(n=1, request_id="second"),
     ]
-    replies = list(stub.PredictStream(iter(parts), timeout=30))
+    replies = list(stub.PredictStream(iter(parts), timeout=15))
     assert [(r.request_id, r.n) for r in replies] == [("first", 3), ("second", 1)]
 
 
@@ -255,22 +255,22 @@ def test_undecodable_messages_are_invalid_argument(served):
     for method in ("Predict", "GetModel", "ListModels", "RegisterKey"):
         raw = channel.unary_unary(f"/heml.v1.Inference/{method}")
         with pytest.raises(grpc.RpcError) as info:
-            raw(garbage, timeout=30)
+            raw(garbage, timeout=15)
         assert info.value.code() == INVALID, method
         assert "is not a valid heml.v1." in info.value.details()
     stream = channel.stream_stream("/heml.v1.Inference/PredictStream")
     with pytest.raises(grpc.RpcError) as info:
-        list(stream(iter([garbage]), timeout=30))
+        list(stream(iter([garbage]), timeout=15))
     assert info.value.code() == INVALID
     assert "not a valid heml.v1.PredictRequest message" in info.value.details()
 
 
 def test_model_listing_and_lookup(served):
     _port, stub, *_ = served
-    listing = stub.ListModels(pb.ListModelsRequest(), timeout=30)
+    listing = stub.ListModels(pb.ListModelsRequest(), timeout=15)
     assert sorted(m.name for m in listing.models) == ["small", "wide"]
     assert listing.server.protocol_version and listing.server.server_version == heml.__version__
-    info = stub.GetModel(pb.GetModelRequest(name="wide"), timeout=30)
+    info = stub.GetModel(pb.GetModelRequest(name="wide"), timeout=15)
     assert info.name == "wide" and info.version == 1
     missing = "no model named 'nope' (served: small, wide)"
     _refused(stub.GetModel, pb.GetModelRequest(name="nope"), NOT_FOUND, missing)

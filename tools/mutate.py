@@ -73,14 +73,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run(jobs: int, nice: int, keep: bool) -> int:
+def run(jobs: int, nice: int, keep: bool, only: list[str]) -> int:
     if not keep and MUTANTS.exists():
         shutil.rmtree(MUTANTS)
     # The folder must exist before Python starts: a PYTHONPATH entry that is missing at start-up
     # is cached as "nothing here" and the unmutated heml would be imported instead.
     MUTANTS.mkdir(exist_ok=True)
     started = time.monotonic()
-    cmd = _mutmut("run", "--max-children", str(jobs), *FOCUS, nice=nice)
+    cmd = _mutmut("run", "--max-children", str(jobs), *(only or FOCUS), nice=nice)
     with open(ROOT / ".mutmut-run.log", "w") as log:
         code = subprocess.call(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
     minutes = (time.monotonic() - started) / 60
@@ -120,30 +120,37 @@ def _status(code: int | None) -> str:
 
 
 def report() -> bool:
-    """Print the score per module and the survivors; return whether the sanity check passed."""
+    """Print the score per module and the survivors; return whether the sanity check passed.
+
+    score = (killed + timed out) / mutants run; mutants not yet run (an interrupted run) are
+    counted apart, never as killed or survived."""
     results = _results()
     if not results:
         print("no results under mutants/: run `make mutate` first")
         return False
-    print(f"\n{'module':34} {'mutants':>7} {'killed':>7} {'survived':>8} {'other':>6} {'score':>7}")
+    head = f"{'module':26} {'run':>5} {'killed':>6} {'timeout':>7} {'survived':>8} {'no test':>7}"
+    print(f"\n{head} {'score':>7} {'not run':>7}")
     total = defaultdict(int)
     survivors: list[str] = []
     for path, codes in results.items():
-        counts = defaultdict(int)
+        c = defaultdict(int)
         for name, code in codes.items():
             status = _status(code)
-            counts[status] += 1
-            if status not in ("killed", "timeout", "skipped"):
+            c[status] += 1
+            if status in ("survived", "no tests") or status.startswith("suspicious"):
                 survivors.append(f"{name}: {status}")
-        checked = len(codes) - counts["skipped"]
-        caught = counts["killed"] + counts["timeout"]
-        other = checked - caught - counts["survived"]
-        score = 100.0 * caught / checked if checked else 0.0
-        print(f"{path:34} {len(codes):7} {caught:7} {counts['survived']:8} {other:6} {score:6.1f}%")
-        for key, value in (("mutants", checked), ("caught", caught)):
+        pending = c["not checked"] + c["skipped"]
+        run_ = len(codes) - pending
+        caught = c["killed"] + c["timeout"]
+        score = 100.0 * caught / run_ if run_ else 0.0
+        print(
+            f"{path:26} {run_:5} {c['killed']:6} {c['timeout']:7} {c['survived']:8} "
+            f"{c['no tests']:7} {score:6.1f}% {pending:7}"
+        )
+        for key, value in (("run", run_), ("caught", caught), ("pending", pending)):
             total[key] += value
-    score = 100.0 * total["caught"] / total["mutants"] if total["mutants"] else 0.0
-    print(f"{'all':34} {total['mutants']:7} {total['caught']:7} {'':8} {'':6} {score:6.1f}%")
+    score = 100.0 * total["caught"] / total["run"] if total["run"] else 0.0
+    print(f"{'all':26} {total['run']:5} {'':33} {score:6.1f}% {total['pending']:7}")
     if survivors:
         print(f"\n{len(survivors)} mutant(s) not killed (`mutmut show NAME` prints the change):")
         for line in survivors[:SHOW]:
@@ -181,8 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nice", type=int, default=0, help="run mutmut under nice -n N")
     parser.add_argument("--keep", action="store_true", help="reuse results under mutants/")
     parser.add_argument("--report", action="store_true", help="only print the last results")
+    parser.add_argument(
+        "--only", action="append", default=[], help="run only mutants matching this glob (repeat)"
+    )
     args = parser.parse_args(argv)
-    code = 0 if args.report else run(max(1, args.jobs), args.nice, args.keep)
+    code = 0 if args.report else run(max(1, args.jobs), args.nice, args.keep, args.only)
     ok = report()
     return 0 if code == 0 and ok else 1
 
