@@ -21,7 +21,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
-# Mutation testing of the modules that keep heml's promises (docs/testing.md; ~N min on 2 cores).
+# Mutation testing of the modules that keep heml's promises (docs/testing.md: scope, run times).
 # Not part of `make test` or CI. MUTATE_ARGS="--jobs 1 --nice 15" to leave a core free.
 mutate: $(STAMP)
 	$(PY) tools/mutate.py $(MUTATE_ARGS)

@@ -66,6 +66,7 @@ def guard_models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("guard-models")
     linear_model(3, "small", 1).save(folder / "small.json")
     linear_model(WIDE_D, "wide", 2).save(folder / "wide.json")
+    linear_model(16 * ROW_N, "cap", 3).save(folder / "cap.json")  # 16 ciphertexts per sample
     reg, errors = registry.Registry.from_folder(folder)
     assert errors == {}
     return folder, reg
@@ -128,6 +129,10 @@ def test_a_row_block_one_ciphertext_over_the_cap_is_refused(guarded):
     assert info.value.code() == INVALID
     assert info.value.details() == "ROW blocks take at most 4096 ciphertexts"
 
+    # exactly at the cap: 256 samples of the d=32768 model need 16 · 256 = 4096 ciphertexts
+    with pytest.raises(grpc.RpcError) as info:
+        list(guarded.PredictStream(iter([_row_header("cap", 256)]), timeout=60))
+    assert info.value.details() == "stream ended after 0 of 4096 ciphertexts"
     with pytest.raises(grpc.RpcError) as info:
         list(guarded.PredictStream(iter([_row_header("wide", 240)]), timeout=60))
     assert info.value.code() == INVALID, info.value.details()
