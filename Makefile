@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-js test-slow lint format proto bench clean vectors
+.PHONY: demo test test-js test-slow lint format proto bench clean vectors mutate
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ vectors: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
+# Mutation testing of the modules that keep heml's promises (docs/testing.md: scope, run times).
+# Not part of `make test` or CI. MUTATE_ARGS="--jobs 1 --nice 15" to leave a core free.
+mutate: $(STAMP)
+	$(PY) tools/mutate.py $(MUTATE_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
@@ -53,4 +58,4 @@ proto: $(STAMP)
 	$(PY) -m heml._codegen
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache mutants .mutmut-run.log
