@@ -80,7 +80,7 @@ def _fits(label: bytes, numpy_seed: int, monkeypatch):
     y_cls = (X[:, 0] - X[:, 1] > 0).astype(int)
     acc = BudgetAccountant()
     lin = DPLinearRegression(epsilon=1.0, bounds_X=(-1, 1), bounds_y=(-1, 1), accountant=acc)
-    log = DPLogisticRegression(epsilon=1.0, bounds_X=(-1, 1), accountant=acc)
+    log = DPLogisticRegression(epsilon=1.0, classes=[0, 1], bounds_X=(-1, 1), accountant=acc)
     lin.fit(X, y_reg)
     log.fit(X, y_cls)
     return np.r_[lin.coef_.ravel(), lin.intercept_], np.r_[log.coef_.ravel(), log.intercept_]
