@@ -187,15 +187,10 @@ class BudgetAccountant:
 
     @contextlib.contextmanager
     def _file_locked(self):
-        import fcntl
+        from .._files import exclusive_lock
 
-        lock_path = self._path.with_name(self._path.name + ".lock")
-        with open(lock_path, "a+") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        with exclusive_lock(self._path):
+            yield
 
     def _load_file(self, create: bool = False) -> list[Spend]:
         try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import hashlib
 import json
 import math
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._files import write_atomically
+from .._files import exclusive_lock, write_atomically
 from ._accountant import BudgetAccountant, BudgetError, Spend
 
 SCHEMA = "heml.privacy-ledger"
@@ -50,14 +49,8 @@ def default_path() -> Path:
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (a sidecar ``.lock`` file) for a read-modify-write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = path.with_name(path.name + ".lock")
-    with open(lock_path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    with exclusive_lock(path):
+        yield
 
 
 def load(path: Path) -> dict:
