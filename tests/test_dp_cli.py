@@ -646,3 +646,12 @@ def test_a_ledger_reached_through_a_symlink_is_the_same_budget(houses, tmp_path,
     assert link.is_symlink() and real.exists()
     code, err = train_here(data, *args, "--ledger", real, "-o", tmp_path / "b.json", capsys=capsys)
     assert code == 3 and "privacy budget refused" in err, err
+
+
+def test_output_folder_is_created(houses, tmp_path, ledger_file, capsys):
+    # the README's `-o models/NAME.json` on a fresh checkout: the folder does not exist yet
+    data, base, _ = houses
+    out = tmp_path / "models" / "new" / "houses.json"
+    code, err = train_here(data, *base, "--epsilon", "1", "-o", out, capsys=capsys)
+    assert code == 0, err
+    assert out.exists()

@@ -247,8 +247,10 @@ def _run(args) -> int:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise _Invalid(f"-o: {str(out)!r} exists and is not a directory")
-    if not out.parent.exists():
-        raise _Invalid(f"-o: directory {str(out.parent)!r} does not exist")
+    try:  # a missing folder is made, as the README's `-o models/NAME.json` expects
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _Invalid(f"-o: cannot create folder {str(out.parent)!r}: {exc.strerror}") from None
 
     X, y, task, path, bounds = _load(args)
     classes = _parse_classes(args.classes, y) if task == "classification" else None

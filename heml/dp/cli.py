@@ -175,8 +175,10 @@ def _run(args) -> int:
         name = validate_name(args.name if args.name is not None else out.stem)
     except ValueError as exc:
         raise _Invalid(f"{'--name' if args.name is not None else '-o'}: {exc}") from None
-    if not out.parent.exists():
-        raise _Invalid(f"-o: directory {str(out.parent)!r} does not exist")
+    try:  # a missing folder is made, as the README's `-o models/NAME.json` expects
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _Invalid(f"-o: cannot create folder {str(out.parent)!r}: {exc.strerror}") from None
     try:
         # one name per ledger file (a symlink or relative spelling must not get its own lock)
         ledger_path = canonical_ledger_path(args.ledger or _ledger.default_path())
