@@ -44,6 +44,38 @@ FOCUS = [
     "heml.server.servicer.xǁInferenceServicerǁPredict*",
     "heml.server.servicer.xǁInferenceServicerǁListModels*",
     "heml.server.servicer.xǁInferenceServicerǁGetModel*",
+    # DP: noise source, calibration, budget checks, ledger budgets, private bounds' EM.
+    "heml.dp._noise.*",
+    "heml.dp._calibration.*",
+    "heml.dp._accountant.xǁBudgetAccountantǁcheck*",
+    "heml.dp._accountant.xǁBudgetAccountantǁspend*",
+    "heml.dp._accountant.xǁBudgetAccountantǁ_check_locked*",
+    "heml.dp._accountant.x__canonical_ledger_path*",
+    "heml.dp._accountant.x__exceeds*",
+    "heml.dp._accountant.x__check_epsilon*",
+    "heml.dp._accountant.x__check_delta*",
+    "heml.dp._ledger.x_budgets*",
+    "heml.dp._ledger.x__pick*",
+    "heml.dp._ledger.x_accountant_for*",
+    "heml.dp._ledger.x_reserve*",
+    "heml.dp._private_bounds.x_em_probabilities*",
+    "heml.dp._private_bounds.x_box_utility*",
+    "heml.dp._private_bounds.x__draw*",
+    "heml.dp._private_bounds.x__uniform*",
+    # model privacy: p0 degeneracy, key ids, the quota cap.
+    "heml.he.private.x_check_public_key_p0*",
+    "heml.he.private.x_valid_key_id*",
+    "heml.he.private.x_key_id_of*",
+    "heml.he.private.x_check_private_quota*",
+    "heml.he.private.x_max_private_quota*",
+    "heml.he.private.x_weight_equations_needed*",
+    # SDK reply validation: range check and flooding.
+    "heml.he.decrypt.x_check_range*",
+    "heml.he.decrypt.x_uniform_noise*",
+    "heml.he.decrypt.x_flood*",
+    "heml.he.plan.x_flood_bound*",
+    "heml.he.plan.x_key_noise_bound*",
+    "heml.he.plan.x__switch_error*",
 ]
 UNFOCUSED = ["heml.server.servicer.x__check_private_block*"]
 
