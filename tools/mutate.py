@@ -69,6 +69,7 @@ FOCUS = [
     "heml.he.private.x_check_private_quota*",
     "heml.he.private.x_max_private_quota*",
     "heml.he.private.x_weight_equations_needed*",
+    "heml.he.private.xǁPublicKeyStoreǁtake*",
     # SDK reply validation: range check and flooding.
     "heml.he.decrypt.x_check_range*",
     "heml.he.decrypt.x_uniform_noise*",
