@@ -99,3 +99,21 @@ def test_a_spend_records_its_mechanism_name():
     acc.spend(1.0, 0.0)
     acc.spend(0.5, 0.0, "laplace")
     assert [s.mechanism for s in acc.ledger] == ["", "laplace"]
+
+
+def test_a_zero_delta_budget_admits_pure_dp_spends_only():
+    acc = BudgetAccountant(epsilon=1.0, delta=0.0)
+    acc.spend(0.5, 0.0)
+    with pytest.raises(BudgetError):
+        acc.spend(0.1, 1e-12)
+
+
+def test_the_refusal_says_what_remains():
+    acc = BudgetAccountant(epsilon=2.0, delta=1e-5)
+    acc.spend(1.5, 4e-6, "gaussian", steps=3)
+    assert acc.ledger[0].detail == {"steps": 3}
+    with pytest.raises(BudgetError, match=r"only \(epsilon=0\.5, delta=6e-06\) remains"):
+        acc.check(1.0, 0.0)
+    acc.spend(0.5, 6e-6)  # the rest, exactly
+    with pytest.raises(BudgetError, match=r"only \(epsilon=0, delta=0\) remains"):
+        acc.check(1e-3, 0.0)

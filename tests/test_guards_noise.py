@@ -91,3 +91,21 @@ def test_seeded_sources_are_reproducible_and_other_seeds_refused():
     for bad in (True, 1.5, "7"):
         with pytest.raises(ValueError, match=r"random_state must be None \(secure noise\)"):
             NoiseSource(bad)
+
+
+def test_the_exponential_mechanisms_draw_inverts_the_cdf_of_os_urandom(monkeypatch):
+    """_draw picks candidate i with probability p_i / Σp: the uniform (from os.urandom when
+    the source is secure) times Σp is located in the cumulative weights."""
+    from heml.dp._private_bounds import _draw, _uniform
+
+    weights, cands = np.array([1.0, 1.0, 2.0]), np.array([10.0, 20.0, 30.0])
+
+    def word(w: int):
+        return lambda size: w.to_bytes(8, "little") * (size // 8)
+
+    secure = NoiseSource(None)
+    for w, want in [(0, 10.0), (int(0.3 * 2**64), 20.0), (int(0.6 * 2**64), 30.0),
+                    (2**64 - 1, 30.0)]:  # fmt: skip
+        monkeypatch.setattr(_noise.os, "urandom", word(w))
+        assert _uniform(secure) == ((w >> 11) + 0.5) / 2.0**53
+        assert _draw(weights, cands, secure) == want

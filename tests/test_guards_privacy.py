@@ -225,3 +225,30 @@ def test_a_keys_own_allowance_grants_up_to_its_limit_and_not_one_more():
     assert store.take("k", 1, 5) == 5
     with pytest.raises(KeyError):
         store.take("other", 1, 5)
+
+
+def test_a_private_plans_noise_bound_uses_the_whole_modulus_and_no_flood():
+    """Model-privacy plans have no digits and several primes: the switch term is over Q with
+    weight 1, and the client adds no flood of its own (flood_bound is 0)."""
+    plan = _private_plan()
+    n, bits, Q = PARAMS.n, plan.reply_bits, PARAMS.Q
+    switch = 6.0 * (0.5 + 2.0 ** (bits - 52)) * math.sqrt((n + 1) / 3) * Q / 2.0**bits
+    switch /= plan.scale_x * plan.scale_w
+    assert key_noise_bound(plan) == pytest.approx(switch, rel=1e-12)
+    assert flood_bound(plan) == 0.0
+
+
+def test_refusals_name_what_was_wrong():
+    rng = np.random.default_rng(29)
+    words = _honest_like_p0(rng, [0, 0])
+    words[0, 0] = PARAMS.primes[0]
+    with pytest.raises(InvalidCiphertext, match=r"^public key words must be below their primes$"):
+        check_public_key_p0(words, PARAMS)
+    words = _honest_like_p0(rng, [100, 0])
+    with pytest.raises(InvalidCiphertext, match=r"for the p1 expanded from key_nonce \(docs/"):
+        check_public_key_p0(words, PARAMS)
+    assert not valid_key_id("X" * 64)
+    store = PublicKeyStore(PARAMS)
+    with pytest.raises(KeyError) as missing:
+        store.take("ab" * 32, 1, 5)
+    assert missing.value.args == ("ab" * 32,)
