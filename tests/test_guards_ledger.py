@@ -110,10 +110,10 @@ def test_a_zero_delta_budget_admits_pure_dp_spends_only():
 
 def test_the_refusal_says_what_remains():
     acc = BudgetAccountant(epsilon=2.0, delta=1e-5)
-    acc.spend(1.5, 4e-6, "gaussian", steps=3)
+    acc.spend(1.5, 0.5e-5, "gaussian", steps=3)
     assert acc.ledger[0].detail == {"steps": 3}
-    with pytest.raises(BudgetError, match=r"only \(epsilon=0\.5, delta=6e-06\) remains"):
+    with pytest.raises(BudgetError, match=r"only \(epsilon=0\.5, delta=5e-06\) remains"):
         acc.check(1.0, 0.0)
-    acc.spend(0.5, 6e-6)  # the rest, exactly
+    acc.spend(0.5, 0.5e-5)  # the rest, exactly
     with pytest.raises(BudgetError, match=r"only \(epsilon=0, delta=0\) remains"):
         acc.check(1e-3, 0.0)
