@@ -117,3 +117,22 @@ def test_the_refusal_says_what_remains():
     acc.spend(0.5, 0.5e-5)  # the rest, exactly
     with pytest.raises(BudgetError, match=r"only \(epsilon=0, delta=0\) remains"):
         acc.check(1e-3, 0.0)
+
+
+def test_one_name_per_ledger_file(tmp_path):
+    """A symlink and a relative spelling resolve to the one file; a second hard link is
+    refused, naming the file and the remedy."""
+    from heml.dp._accountant import _canonical_ledger_path
+
+    ledger = tmp_path / "ledger.json"
+    ledger.write_text("{}")
+    (tmp_path / "alias.json").symlink_to(ledger)
+    assert _canonical_ledger_path(tmp_path / "alias.json") == ledger.resolve()
+    assert _canonical_ledger_path(tmp_path / "new.json") == (tmp_path / "new.json").resolve()
+    (tmp_path / "twin.json").hardlink_to(ledger)
+    with pytest.raises(ValueError) as refused:
+        _canonical_ledger_path(ledger)
+    assert str(refused.value) == (
+        f"the ledger file {str(ledger.resolve())!r} has 2 hard links; each name would get its "
+        "own lock and the budget could be spent twice. Keep one name (remove the others)."
+    )
