@@ -136,3 +136,23 @@ def test_one_name_per_ledger_file(tmp_path):
         f"the ledger file {str(ledger.resolve())!r} has 2 hard links; each name would get its "
         "own lock and the budget could be spent twice. Keep one name (remove the others)."
     )
+
+
+def test_a_reservation_records_who_what_and_when():
+    import datetime as dt
+    import re
+
+    data = _data()
+    token = _reserve(data, 0.5)
+    entry = data["datasets"]["k"]
+    assert entry["source"] == "data.csv"
+    (spend,) = entry["spends"]
+    assert re.fullmatch(r"[0-9a-f]{16}", token) and spend["id"] == token
+    assert spend["source"] == "data.csv"
+    when = dt.datetime.fromisoformat(spend["time"])
+    assert when.utcoffset() == dt.timedelta(0) and when.microsecond == 0
+    assert abs((dt.datetime.now(dt.UTC) - when).total_seconds()) < 60
+    acc = _ledger.accountant_for(data, "k", 2.0, 1e-5)
+    assert [s.mechanism for s in acc.ledger] == ["ledger"]
+    with pytest.raises(BudgetError, match=r"--raise-budget \(ledger entries are never removed\)$"):
+        _reserve(data, 1.6)
