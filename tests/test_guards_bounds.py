@@ -66,3 +66,35 @@ def test_the_box_utility_has_sensitivity_one_under_replace_one(both_sides):
                 worst, float(np.abs(box_utility(y, lo, hi, both_sides=both_sides) - base).max())
             )
     assert 0 < worst <= 1.0
+
+
+def test_the_exponential_mechanism_weights_are_prior_times_exp_eps_u_over_2s():
+    from heml.dp._private_bounds import em_probabilities
+
+    u = [-3.0, 0.0, -1.0, -2.0]
+    prior = np.array([1.0, 2.0, 4.0, 8.0])
+    for eps, s, pr in [(1.0, 1.0, None), (2.0, 0.5, prior), (0.3, 2.0, prior)]:
+        w = np.exp(eps * np.array(u) / (2 * s)) * (1.0 if pr is None else pr)
+        got = em_probabilities(u, eps, s, pr)
+        np.testing.assert_allclose(got, w / w.sum(), rtol=1e-12)
+    # large utilities: normalized without overflow
+    big = em_probabilities([-5000.0, -4000.0, -4001.0], 2.0)
+    np.testing.assert_allclose(
+        big, [0.0, 1 / (1 + np.exp(-1.0)), np.exp(-1.0) / (1 + np.exp(-1.0))]
+    )
+
+
+@pytest.mark.parametrize("both_sides", [False, True])
+def test_a_box_that_fits_its_data_has_utility_zero(both_sides):
+    """Where nothing is clipped and enough values reach the outer half, u = 0 exactly (the
+    'too wide' term is floored at 0, not 1); values exactly at a box's midpoint count as
+    reaching its outer half."""
+    m = np.array([2.0])
+    lo, hi, _ = box_candidates(m)
+    for x in (np.array([-1.8, 1.8] * 10), np.full(20, 1.8), np.full(20, -1.5)):
+        got = box_utility(x, lo, hi, both_sides=both_sides)
+        np.testing.assert_array_equal(got, reference(x, lo, hi, both_sides))
+        assert got.max() == 0.0
+    # the negative box [-2, -1]: its midpoint -1.5 is in its outer half
+    neg = (lo == -2.0) & (hi == -1.0)
+    assert box_utility(np.full(20, -1.5), lo, hi)[neg] == 0.0

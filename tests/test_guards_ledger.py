@@ -156,3 +156,13 @@ def test_a_reservation_records_who_what_and_when():
     assert [s.mechanism for s in acc.ledger] == ["ledger"]
     with pytest.raises(BudgetError, match=r"--raise-budget \(ledger entries are never removed\)$"):
         _reserve(data, 1.6)
+
+
+def test_malformed_budgets_are_refused_by_name():
+    acc = BudgetAccountant(epsilon=math.inf, delta=1.0)
+    for eps in (True, "abc", None, math.nan):
+        with pytest.raises(ValueError, match=r"^epsilon must be a positive number.*, got "):
+            acc.check(eps, 0.0)
+    for dlt in ("abc", None, True):
+        with pytest.raises(ValueError, match=r"^delta must be a number in \[0, 1\], got "):
+            acc.check(1.0, dlt)
