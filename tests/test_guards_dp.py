@@ -170,7 +170,12 @@ def _train(tmp_path, csv, *extra):
     cmd = [sys.executable, "-m", "heml", "train", str(csv), "--target", "y", "--task",
            "regression", "--delta", "1e-5", "--bounds=-1,1", "--target-bounds=-2,2",
            "--ledger", str(tmp_path / "ledger.json"), *map(str, extra)]  # fmt: skip
-    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    env = dict(os.environ)
+    # under `make mutate`'s coverage pass (MUTANT_UNDER_TEST=stats) the child would try to
+    # record its own coverage from tmp_path and fail; a mutant's name is still passed on
+    if env.get("MUTANT_UNDER_TEST") == "stats":
+        del env["MUTANT_UNDER_TEST"]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
 
 
 def test_a_ledger_budget_holds_for_runs_that_do_not_repeat_it(tmp_path):
