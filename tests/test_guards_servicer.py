@@ -227,7 +227,8 @@ def test_a_deadline_too_short_for_the_block_is_refused_before_any_work(served):
         list(stub.PredictStream(iter([column]), timeout=5))
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     left, rest = info.value.details().split(" ms left, ")
-    assert 1000 < int(left) <= 5000, info.value.details()  # refused early (load may delay)
+    # refused early (load may delay the answer; gRPC rounds the sent timeout up a little)
+    assert 1000 < int(left) <= 5100, info.value.details()
     assert rest == "but 32769 ciphertexts need about 9831 ms"
     _refused(
         stub.PredictStream, iter([column]), INVALID, "stream ended after 0 of 32769 ciphertexts", 20

@@ -116,14 +116,18 @@ def test_models_are_added_replaced_and_kept_on_corruption_without_restart(tmp_pa
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path):
-    clf, model = _model(1)
-    model.save(tmp_path / "m.json")
+    # a wide model: one stream (at most 32 blocks of 4096 samples) then takes seconds even on a
+    # quiet machine, so SIGTERM surely comes while it is in flight
+    wide = 256
+    Xw = RNG.normal(size=(400, wide))
+    clf = LogisticRegression(max_iter=500).fit(Xw, (Xw[:, 0] + Xw[:, 1] > 0).astype(int))
+    heml.export(clf, name="m", bounds=(-6.0, 6.0)).save(tmp_path / "m.json")
     port = free_port()
     # a 3 s drain: the health probe below shares two busy cores with the scoring client
     server = ServeProcess("--models", str(tmp_path), "--port", str(port), "--drain-seconds", "3")
     proc = server.proc
     try:
-        X = RNG.uniform(-3, 3, size=(1_000_000, D))
+        X = RNG.uniform(-3, 3, size=(32 * 4096, wide))
         out: dict = {}
 
         started = threading.Event()
