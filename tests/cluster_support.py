@@ -143,12 +143,18 @@ class Nginx:
 
 
 # ---------------------------------------------------------------------- replicas
-def _die_with_parent() -> None:
-    """In the child before exec: Linux SIGKILLs it when the test process exits."""
-    with contextlib.suppress(Exception):
-        import ctypes
+# Runs in the replica's own interpreter, then execs `heml serve` in place: Linux SIGKILLs it
+# when the test process exits (PR_SET_PDEATHSIG survives exec). A preexec_fn would run Python
+# in a child forked from a process with gRPC threads, which can crash before exec.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
+)
 
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+class _PortStillHeld(Exception):
+    """A replica start refused because its port was still held."""
 
 
 class Replica:
@@ -167,9 +173,20 @@ class Replica:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, attempts: int = 5) -> None:
+        """Start the replica; a start refused because its port is still held (the sockets of
+        a replica killed a moment ago) is tried again, up to ``attempts`` times."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once(timeout)
+            except _PortStillHeld:
+                if attempt == attempts - 1:
+                    raise AssertionError("port still held:\n" + "".join(self.lines)) from None
+                time.sleep(0.5)
+
+    def _start_once(self, timeout: float) -> None:
         args = [
-            sys.executable, "-m", "heml", "serve",
+            sys.executable, "-c", _DIE_WITH_PARENT, "-m", "heml", "serve",
             "--models", str(self.models),
             "--port", str(self.port),
             "--workers", "1",
@@ -183,7 +200,6 @@ class Replica:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,  # kill() takes the process group down
-            preexec_fn=_die_with_parent,  # and a killed test run leaves no replica behind
         )
         ready = threading.Event()
         proc = self.proc
@@ -194,11 +210,17 @@ class Replica:
                 if "heml serving" in line:
                     ready.set()
 
-        threading.Thread(target=drain, daemon=True).start()
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
         deadline = time.monotonic() + timeout
         while not ready.wait(0.1):
             if proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()
+                reader.join(5)  # the exited process's last lines (its error) are read
+                if proc.returncode is not None and "in use by another process" in (
+                    self.lines[-1] if self.lines else ""
+                ):
+                    raise _PortStillHeld
                 raise AssertionError("replica did not start:\n" + "".join(self.lines))
 
     def kill(self) -> None:
