@@ -324,3 +324,39 @@ def compose_nginx_conf() -> str:
     return header + render_nginx(
         "0.0.0.0:8080", COMPOSE_REPLICAS, "/tmp", "/dev/stderr", "/dev/stdout"
     )
+
+
+class ScoringLoad:
+    """Client threads scoring the same rows against ``target`` until stopped, each call checked
+    against the plaintext scores: ``ok`` holds the finish times of correct calls, ``errors``
+    anything a caller saw, ``clients`` the SDK clients (for their ``retried`` counts)."""
+
+    def __init__(self, target: str, X, want, threads: int = 4) -> None:
+        import heml
+
+        from .conftest import assert_scores_close
+
+        self.ok: list[float] = []
+        self.errors: list[BaseException] = []
+        self.clients: list = []
+        self._stop = threading.Event()
+
+        def load() -> None:
+            try:
+                with heml.Client(target, timeout=30) as client:
+                    self.clients.append(client)
+                    model = client.model("m")
+                    while not self._stop.is_set():
+                        assert_scores_close(model.decision_function(X), want)
+                        self.ok.append(time.monotonic())
+            except BaseException as exc:  # reported by the test
+                self.errors.append(exc)
+
+        self._threads = [threading.Thread(target=load) for _ in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)

@@ -6,7 +6,6 @@ Three real `heml serve` replicas on loopback, no balancer in between (needs no n
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 import numpy as np
@@ -16,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 import heml
 from heml._targets import RECONNECT, ROUND_ROBIN, channel_target
 
-from .cluster_support import Replica
+from .cluster_support import Replica, ScoringLoad
 from .conftest import assert_scores_close
 
 RNG = np.random.default_rng(41)
@@ -139,26 +138,8 @@ def test_killing_a_listed_replica_under_load_loses_no_call(replicas, fitted):
     clf = fitted[0]
     X = RNG.uniform(-3, 3, size=(8, D))
     want = clf.decision_function(X)
-    target = ",".join(r.target for r in replicas)
-    ok: list[float] = []
-    errors: list[BaseException] = []
-    clients: list[heml.Client] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        try:
-            with heml.Client(target, timeout=30) as client:
-                clients.append(client)
-                model = client.model("m")
-                while not stop.is_set():
-                    assert_scores_close(model.decision_function(X), want)
-                    ok.append(time.monotonic())
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
+    load = ScoringLoad(",".join(r.target for r in replicas), X, want)
+    ok, errors, clients = load.ok, load.errors, load.clients
     killed: list[Replica] = []
     try:
         # a kill that hits no call in flight tests nothing: kill another replica (at most
@@ -180,9 +161,7 @@ def test_killing_a_listed_replica_under_load_loses_no_call(replicas, fitted):
             time.sleep(0.2)
         assert min(v.calls() for v in killed) > 0, "a restarted replica got no calls back"
     finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
+        load.stop()
     assert not errors, errors
     # the control: calls did fail (UNAVAILABLE) when the replica died; none reached the
     # caller because the SDK retried them on another replica

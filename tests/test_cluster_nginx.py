@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -20,7 +19,15 @@ from sklearn.linear_model import LogisticRegression
 
 import heml
 
-from .cluster_support import Nginx, Replica, free_port, render_nginx, require_binary, wait_port
+from .cluster_support import (
+    Nginx,
+    Replica,
+    ScoringLoad,
+    free_port,
+    render_nginx,
+    require_binary,
+    wait_port,
+)
 from .conftest import assert_scores_close
 
 RNG = np.random.default_rng(14)
@@ -135,23 +142,8 @@ def test_sigkill_of_a_replica_under_load_loses_no_call_and_it_rejoins(cluster, f
     clf = fitted[0]
     X = RNG.uniform(-3, 3, size=(8, D))
     want = clf.decision_function(X)
-    ok: list[float] = []  # finish times of correct calls
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        try:
-            with heml.Client(nginx.target, timeout=30) as client:
-                model = client.model("m")
-                while not stop.is_set():
-                    assert_scores_close(model.decision_function(X), want)
-                    ok.append(time.monotonic())
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
+    load = ScoringLoad(nginx.target, X, want)
+    ok, errors = load.ok, load.errors  # finish times of correct calls, what callers saw
     victim = replicas[1]
     failed: list[str] = []
     try:
@@ -177,9 +169,7 @@ def test_sigkill_of_a_replica_under_load_loses_no_call_and_it_rejoins(cluster, f
             if failed:
                 break
     finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
+        load.stop()
     assert not errors, errors
     # the control: calls did fail at nginx; the clients saw none of them (the SDK retried)
     assert failed, "no kill hit a call in flight"
