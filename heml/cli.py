@@ -54,6 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
             max_samples_per_request=args.max_samples_per_request,
+            state=args.state,
         )
     except ValueError as exc:  # inconsistent flags (e.g. --tls-cert without --tls-key)
         raise CliError(str(exc)) from exc
@@ -382,6 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-host",
         metavar="ADDR",
         help="address for /metrics (default 127.0.0.1, whatever --host is)",
+    )
+    s.add_argument(
+        "--state",
+        default="embedded",
+        metavar="URL",
+        help=(
+            "where quotas, model-privacy keys and API-key revocations live: 'embedded' (this "
+            "host) or redis://host:6379/0 (rediss:// for TLS), shared by every replica "
+            "(docs/deploy.md)"
+        ),
     )
     s.add_argument(
         "--log-level",

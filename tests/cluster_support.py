@@ -273,19 +273,29 @@ class Replica:
 
 # ---------------------------------------------------------------------- redis
 class Redis:
-    """redis-server on loopback without persistence (for the `--state redis://` backend)."""
+    """redis-server on loopback. ``persist=True`` logs every write to an append-only file
+    (fsync always) in its folder, so a stop and ``start()`` again keeps the counts, as a
+    production Redis with AOF does; without it a restart starts empty."""
 
-    def __init__(self) -> None:
-        binary = require_binary("redis-server", "redis-server")
+    def __init__(self, persist: bool = False) -> None:
+        self.binary = require_binary("redis-server", "redis-server")
         self.port = free_port()
+        self.persist = persist
         self.dir = Path(tempfile.mkdtemp(prefix="heml-redis-"))
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Start (again) on the same port and folder."""
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else []
         args = [
-            binary, "--bind", "127.0.0.1", "--port", str(self.port),
-            "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+            self.binary, "--bind", "127.0.0.1", "--port", str(self.port),
+            "--save", "", "--appendonly", "no", *aof, "--dir", str(self.dir),
             "--protected-mode", "yes", "--daemonize", "no",
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        wait_port(self.port, 20, alive=lambda: self.proc.poll() is None)
+        proc = self.proc
+        wait_port(self.port, 20, alive=lambda: proc.poll() is None)
 
     @property
     def url(self) -> str:
@@ -298,16 +308,26 @@ class Redis:
             s.sendall(payload.encode())
             return s.recv(65536)
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
+    def client(self):
+        """A redis-py client for the tests' own reads and writes."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def halt(self) -> None:
+        """Stop the server (SIGTERM: it finishes the command it runs), keep its folder."""
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        if self.proc.stdout is not None:
+        if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
+
+    def stop(self) -> None:
+        self.halt()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

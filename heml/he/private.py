@@ -296,6 +296,25 @@ def check_public_key_p0(words: np.ndarray, params: RNSParams) -> None:
             )
 
 
+def validate_public_key(nonce: bytes, p0: bytes, params: RNSParams):
+    """Check an uploaded key half p0 (size, range, not degenerate) and complete it with
+    key_p1(nonce); returns (key_id, p0 words (L, N), p1 words (L, N)). Raises
+    InvalidCiphertext. Every registry (in process or shared) runs exactly this check before it
+    keeps a key anywhere."""
+    L, n = len(params.primes), params.n
+    if len(p0) != public_key_size(params):
+        raise InvalidCiphertext(
+            f"public key p0 has {len(p0)} bytes; N={n} with {L} primes needs "
+            f"{public_key_size(params)}"
+        )
+    p1 = key_p1(nonce, params)
+    key_id = key_id_of(nonce, p0)
+    words = np.ndarray((L, n), dtype="<u8", buffer=p0 + b"\0", strides=(7 * n, 7))
+    words = (words & np.uint64((1 << 56) - 1)).astype(np.uint64)
+    check_public_key_p0(words, params)
+    return key_id, words, p1
+
+
 @dataclass
 class _Key:
     encryptor: seal.Encryptor
@@ -335,24 +354,21 @@ class PublicKeyStore:
     def register(self, nonce: bytes, p0: bytes, identity: str) -> str:
         """Validate p0 (size, range, not degenerate), complete the key with key_p1(nonce) and
         keep an encryptor for it; returns its key id. Idempotent for the same (nonce, p0)."""
-        p = self.params
-        L, n = len(p.primes), p.n
-        if len(p0) != public_key_size(p):
-            raise InvalidCiphertext(
-                f"public key p0 has {len(p0)} bytes; N={n} with {L} primes needs "
-                f"{public_key_size(p)}"
-            )
-        p1 = key_p1(nonce, p)
         key_id = key_id_of(nonce, p0)
         with self._lock:
             if key_id in self._keys:
                 self._touch(key_id)
                 return key_id
-        words = np.ndarray((L, n), dtype="<u8", buffer=p0 + b"\0", strides=(7 * n, 7))
-        words = (words & np.uint64((1 << 56) - 1)).astype(np.uint64)
-        check_public_key_p0(words, p)
+        key_id, words, p1 = validate_public_key(nonce, p0, self.params)
         self._install(key_id, words, p1, identity)
         return key_id
+
+    def install_checked(
+        self, key_id: str, words: np.ndarray, p1: np.ndarray, identity: str
+    ) -> None:
+        """Keep a key that validate_public_key accepted (a shared registry that validated it
+        before storing it elsewhere installs it here, its local cache, the same way)."""
+        self._install(key_id, words, p1, identity)
 
     def _install(self, key_id: str, p0: np.ndarray, p1: np.ndarray, identity: str) -> None:
         """Keep an encryptor for the key (p0, p1), unchecked (register checks; tests use this
@@ -403,10 +419,12 @@ class PublicKeyStore:
             self._touch(key_id)
             return entry.encryptor
 
-    def take(self, key_id: str, slots: int, limit: int) -> int | None:
+    def take(self, key_id: str, slots: int, limit: int, charge_id: str = "") -> int | None:
         """Spend ``slots`` of the key's own lifetime allowance ``limit`` (the quota without API
         keys). None if granted, else the amount used; KeyError if the key is not registered.
-        The count goes with the key when it is evicted (a new key is a new identity anyway)."""
+        The count goes with the key when it is evicted (a new key is a new identity anyway).
+        ``charge_id`` is ignored: an in-process count cannot lose its reply (a shared registry
+        uses it to stay idempotent)."""
         with self._lock:
             entry = self._keys.get(key_id)
             if entry is None:

@@ -9,15 +9,44 @@ import argparse
 import sys
 
 
-def cmd_keys_issue(args: argparse.Namespace) -> int:
-    from .auth import issue_key
+def _state_url(args: argparse.Namespace) -> str | None:
+    from .state import check_state_url
 
+    try:
+        return check_state_url(args.state)
+    except ValueError as exc:
+        raise _cli_error(str(exc)) from None
+
+
+def _redis_failed(url: str, exc: Exception):
+    from .state.redis_backend import safe_url
+
+    return _cli_error(
+        f"the key file was updated, but shared state at {safe_url(url)} failed ({exc}); "
+        "run the same command again when Redis answers"
+    )
+
+
+def cmd_keys_issue(args: argparse.Namespace) -> int:
+    from .auth import issue_key, read_key_file
+
+    url = _state_url(args)
     key = issue_key(
         args.api_keys,
         args.id,
         predictions_per_minute=args.predictions_per_minute,
         max_concurrent=args.max_concurrent,
     )
+    if url is not None:
+        import redis
+
+        from .state.redis_backend import publish_key
+
+        entry = next(k for k in read_key_file(args.api_keys) if k.key_id == args.id)
+        try:
+            publish_key(url, entry)
+        except redis.RedisError as exc:
+            raise _redis_failed(url, exc) from None
     print(key)
     quota = ", ".join(
         f"{v} {what}"
@@ -38,11 +67,30 @@ def cmd_keys_issue(args: argparse.Namespace) -> int:
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from .auth import revoke_key
 
-    if not revoke_key(args.api_keys, args.id):
+    url = _state_url(args)
+    digests = []
+    if url is not None:
+        from .state.redis_backend import key_file_digests
+
+        digests = key_file_digests(args.api_keys, args.id)
+    in_file = revoke_key(args.api_keys, args.id)
+    in_state = False
+    if url is not None:
+        import redis
+
+        from .state.redis_backend import REVOCATION_SECONDS, publish_revocation
+
+        try:
+            in_state = publish_revocation(url, args.id, digests)
+        except redis.RedisError as exc:
+            raise _redis_failed(url, exc) from None
+    if not (in_file or in_state):
         raise _cli_error(f"{args.api_keys} has no key with id {args.id!r}")
-    print(
-        f"revoked {args.id!r}; running servers stop accepting it within a second", file=sys.stderr
-    )
+    if url is not None:
+        where = f"every replica using this --state refuses it within {REVOCATION_SECONDS:g} s"
+    else:
+        where = "servers reading this key file stop accepting it within a second"
+    print(f"revoked {args.id!r}; {where}", file=sys.stderr)
     return 0
 
 
@@ -81,10 +129,16 @@ def register(ksub) -> None:
         help="sample slots computed per minute (docs/security.md); default: no limit",
     )
     ki.add_argument("--max-concurrent", type=int, metavar="N", help="default: no limit")
+    state_help = (
+        "also publish to the shared state of `heml serve --state URL` (redis://host:6379/0), "
+        "so every replica sees it without a key-file change"
+    )
+    ki.add_argument("--state", metavar="URL", help=state_help)
     ki.set_defaults(func=cmd_keys_issue)
     kr = ksub.add_parser("revoke", help="remove a client's API key")
     kr.add_argument("--api-keys", required=True, metavar="FILE")
     kr.add_argument("--id", required=True)
+    kr.add_argument("--state", metavar="URL", help=state_help)
     kr.set_defaults(func=cmd_keys_revoke)
     kl = ksub.add_parser("list", help="list API key ids and quotas (never keys or hashes)")
     kl.add_argument("--api-keys", required=True, metavar="FILE")

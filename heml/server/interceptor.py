@@ -11,22 +11,26 @@ interceptor hands the servicer a context that carries this call's ``Guard``; the
 ``admit(context, block)`` once per block after validating the header and before any HE work.
 ``admit`` charges the sample slots the server will compute (``computed_samples``), not the
 ``n`` the client declares.
+
+Keys, quotas and model-privacy keys live in the server's state backend (heml.server.state:
+embedded, or Redis with ``--state``). Each charge carries an id unique to the call and the
+charge, so a backend that retries after a lost reply cannot count twice; a call answered
+UNAVAILABLE (the shared state could not be reached) has its charges voided: it costs nothing.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import threading
 import time
+import uuid
 
 import grpc
 
-from .auth import ApiKey, AuthError, KeyStore
+from .auth import ApiKey, AuthError
 from .metrics import WorkerMetrics
-from .quota import QuotaTable, QuotaTableFull
 from .requestlog import CallRecord, safe_token
+from .state import QuotaFull, StateUnavailable, open_state
 from .status import RequestError
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -53,13 +57,30 @@ def admit(context, block) -> None:
         guard.admit(block)
 
 
-def shared_quota(context) -> tuple[QuotaTable, str] | None:
-    """The shared quota table and the caller's API key id, for a call authenticated by an API
-    key on a server with ``api_keys`` (else None)."""
+def shared_quota(context):
+    """The quota backend and the caller's API key id, for a call authenticated by an API key
+    on a server with ``api_keys`` (else None)."""
     guard = getattr(context, "heml_guard", None)
     if guard is None or guard.key is None or guard.policy.quotas is None:
         return None
     return guard.policy.quotas, guard.key.key_id
+
+
+def new_charge_id(context) -> str:
+    """An id for one more charge of this call (idempotent charges in the shared state)."""
+    guard = getattr(context, "heml_guard", None)
+    if guard is None:
+        return uuid.uuid4().hex
+    return guard.new_charge_id()
+
+
+def private_keys(context, served):
+    """The key registry of a model-privacy model for this call: the server's state backend's
+    (shared in Redis), or the model's own store for a servicer used without the interceptor."""
+    guard = getattr(context, "heml_guard", None)
+    if guard is None:
+        return served.private.keys
+    return guard.policy.state.private_keys(served)
 
 
 def note_model(context, name: str, version: int) -> None:
@@ -80,11 +101,15 @@ class Guard:
         auth_error: str | None,
         *,
         request_id_given: bool = False,
+        unavailable: str | None = None,
     ) -> None:
         self.policy = policy
         self.record = record
         self.key = key
         self.auth_error = auth_error
+        self.unavailable = unavailable
+        self.call_id = uuid.uuid4().hex
+        self.charges: list[str] = []
         self.started = time.perf_counter()
         self._context: grpc.ServicerContext | None = None
         self._acquired = False
@@ -97,11 +122,18 @@ class Guard:
         self._context = context
         context.add_callback(lambda: self.exit("terminated"))  # cancelled or deadline passed
         self.record.peer = safe_token(context.peer(), 80)
+        if self.unavailable is not None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, self.unavailable)
         if self.auth_error is not None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, self.auth_error)
         key, quotas = self.key, self.policy.quotas
         if key is not None and key.max_concurrent is not None and quotas is not None:
-            busy = quotas.acquire(key.key_id, key.max_concurrent, self.policy.worker)
+            try:
+                busy = quotas.acquire(key.key_id, key.max_concurrent, self.call_id)
+            except StateUnavailable as exc:
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            except QuotaFull:
+                context.abort(EXHAUSTED, "quota table full; try again later")
             if busy is not None:
                 self.policy.metrics.rejected(key.key_id, "concurrency")
                 self._retry_after(CONCURRENCY_RETRY_AFTER)
@@ -119,12 +151,16 @@ class Guard:
             if self._done:
                 return
             self._done = True
+        status = self._status(outcome)
         try:
             if self._acquired:
-                self.policy.quotas.release(self.key.key_id, self.policy.worker)
+                self.policy.quotas.release(self.key.key_id, self.call_id)
+            if status == "UNAVAILABLE" and self.charges:
+                # the shared state failed during the call: what it charged is undone (now or
+                # when the state answers again), so a call that was not served costs nothing
+                self.policy.quotas.void(self.charges)
         finally:
             seconds = time.perf_counter() - self.started
-            status = self._status(outcome)
             self.record.emit(status, seconds)
             self.policy.metrics.request(self.record.method, self.record.model, status, seconds)
 
@@ -139,6 +175,11 @@ class Guard:
             left = context.time_remaining()  # the client went away or its deadline passed
             return "DEADLINE_EXCEEDED" if left is not None and left <= 0 else "CANCELLED"
         return "UNKNOWN"
+
+    def new_charge_id(self) -> str:
+        charge_id = f"{self.call_id}.{len(self.charges)}"
+        self.charges.append(charge_id)
+        return charge_id
 
     def _retry_after(self, seconds: float) -> None:
         if self._context is not None and math.isfinite(seconds):
@@ -172,9 +213,13 @@ class Guard:
         key, quotas = self.key, self.policy.quotas
         if key is not None and key.predictions_per_minute is not None and quotas is not None:
             try:
-                wait = quotas.take(key.key_id, computed, key.predictions_per_minute)
-            except QuotaTableFull as exc:
+                wait = quotas.take(
+                    key.key_id, computed, key.predictions_per_minute, self.new_charge_id()
+                )
+            except QuotaFull as exc:
                 raise RequestError(EXHAUSTED, "quota table full; try again later") from exc
+            except StateUnavailable as exc:
+                raise RequestError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
             if wait is not None:
                 self.policy.metrics.rejected(key.key_id, "rate")
                 per = key.predictions_per_minute
@@ -204,14 +249,14 @@ class SecurityInterceptor(grpc.ServerInterceptor):
     def __init__(
         self,
         *,
-        keys: KeyStore | None,
-        quotas: QuotaTable | None,
+        state,
         metrics: WorkerMetrics,
         worker: int,
         max_samples_per_request: int,
     ) -> None:
-        self.keys = keys
-        self.quotas = quotas
+        self.state = state
+        self.keys = state.keys
+        self.quotas = state.quotas
         self.metrics = metrics
         self.worker = worker
         self.max_samples_per_request = max_samples_per_request
@@ -226,16 +271,25 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         given_id = next((v for k, v in metadata if k == "x-request-id"), None)
         if given_id:
             record.request_id = safe_token(given_id)
-        key, auth_error = None, None
+        key, auth_error, unavailable = None, None, None
         if self.keys is not None:
             try:
                 key = self.keys.authenticate(metadata)
                 record.key_id = key.key_id
             except AuthError as exc:
                 auth_error = str(exc)
+            except StateUnavailable as exc:
+                unavailable = str(exc)
 
         def make_guard() -> Guard:
-            return Guard(self, record, key, auth_error, request_id_given=bool(given_id))
+            return Guard(
+                self,
+                record,
+                key,
+                auth_error,
+                request_id_given=bool(given_id),
+                unavailable=unavailable,
+            )
 
         return _wrap(handler, make_guard)
 
@@ -281,26 +335,16 @@ def _wrap(handler: grpc.RpcMethodHandler, make_guard) -> grpc.RpcMethodHandler:
     )
 
 
-def build_interceptor(config, worker: int = 0, runtime=None) -> SecurityInterceptor:
-    """The interceptor for one worker (after the fork). Without a supervisor's runtime (a
-    single process), quotas use a private table, which is then exact."""
-    keys = KeyStore(config.api_keys) if config.api_keys else None
-    quotas = None
-    if keys is not None:
-        path = getattr(runtime, "quota_path", None)
-        if path is None:  # a private table, unlinked at once (the mapping keeps it)
-            folder = tempfile.mkdtemp(prefix="heml-quota-")
-            path = os.path.join(folder, "quota")
-            quotas = QuotaTable.create(path, workers=1)
-            os.unlink(path)
-            os.rmdir(folder)
-            worker = 0
-        else:
-            quotas = QuotaTable(path)
+def build_interceptor(config, worker: int = 0, runtime=None, state=None) -> SecurityInterceptor:
+    """The interceptor for one worker (after the fork), over the server's state backend
+    (heml.server.state.open_state: embedded, or Redis with ``config.state``). Without a
+    supervisor's runtime (a single process), embedded quotas use a private table, which is
+    then exact."""
+    if state is None:
+        state = open_state(config, worker, runtime)
     metrics = WorkerMetrics(getattr(runtime, "metrics_dir", None) is not None)
     return SecurityInterceptor(
-        keys=keys,
-        quotas=quotas,
+        state=state,
         metrics=metrics,
         worker=worker,
         max_samples_per_request=config.max_samples_per_request,

@@ -31,6 +31,9 @@ class ServerConfig:
     metrics_host: str | None = None  # address for /metrics (default: 127.0.0.1, not host)
     # sample slots one call may compute (a stream: all its blocks); ≥ the SDK's 32 COLUMN blocks
     max_samples_per_request: int = 1 << 20
+    # where quotas, the model-privacy key registry and API-key revocations live: None (or
+    # "embedded") = this host; "redis://host:6379/0" / "rediss://…" = shared by every replica
+    state: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("api_keys", "tls_cert", "tls_key", "tls_client_ca"):
@@ -45,6 +48,9 @@ class ServerConfig:
             raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
         if self.max_samples_per_request < 1:
             raise ValueError("max_samples_per_request must be at least 1")
+        from .state import check_state_url
+
+        object.__setattr__(self, "state", check_state_url(self.state))
 
     def to_dict(self) -> dict:
         return asdict(self)

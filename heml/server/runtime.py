@@ -34,14 +34,17 @@ class Runtime:
         if config.api_keys:
             log.info("%d API key(s) in %s", len(read_key_file(config.api_keys)), config.api_keys)
         self.directory: str | None = None  # private (0700), only when something is shared
-        if config.api_keys or config.metrics_port is not None:
+        embedded_quotas = bool(config.api_keys) and config.state is None
+        if config.state is not None:
+            self._check_state(config.state)
+        if embedded_quotas or config.metrics_port is not None:
             self.directory = tempfile.mkdtemp(prefix="heml-run-")
         self.quota_path: str | None = None
         self.metrics_dir: str | None = None
         self.exporter: metrics.MetricsExporter | None = None
         self._quota: QuotaTable | None = None
         try:
-            if config.api_keys:
+            if embedded_quotas:
                 self.quota_path = os.path.join(self.directory, "quota")
                 self._quota = QuotaTable.create(self.quota_path, workers=config.workers)
             if config.metrics_port is not None:
@@ -57,6 +60,23 @@ class Runtime:
             self.close()
             raise
         self._warn_if_open()
+
+    @staticmethod
+    def _check_state(url: str) -> None:
+        """Say where the shared state is, and whether it answers (the server starts either
+        way: calls fail closed with UNAVAILABLE until Redis answers)."""
+        from .state.redis_backend import ping, safe_url
+
+        problem = ping(url)  # a socket opened and closed here: no thread before the fork
+        if problem is None:
+            log.info("shared state in Redis at %s", safe_url(url))
+        else:
+            log.error(
+                "shared state at %s does not answer (%s); calls fail with UNAVAILABLE until "
+                "it does",
+                safe_url(url),
+                problem,
+            )
 
     def _warn_if_open(self) -> None:
         c = self.config

@@ -12,7 +12,7 @@ from ..he.private import KEY_ID_CHARS, PRIVATE, valid_key_id
 from ..info import LAYOUT_FROM_PB, LAYOUT_TO_PB
 from ..v1 import heml_pb2 as pb
 from ..v1 import heml_pb2_grpc
-from .interceptor import admit, note_model, shared_quota
+from .interceptor import admit, new_charge_id, note_model, private_keys, shared_quota
 from .registry import Registry, ServedModel, server_info_pb
 from .status import RequestError, abort_on_error
 
@@ -172,7 +172,9 @@ def caller_identity(context: grpc.ServicerContext) -> str:
     return "peer:" + host[:80]
 
 
-def take_private_quota(served: ServedModel, key_id: str, slots: int, shared=None) -> None:
+def take_private_quota(
+    served: ServedModel, key_id: str, slots: int, shared=None, keys=None, charge_id: str = ""
+) -> None:
     """Model-privacy quota: lifetime sample slots per (model, key identity), below d.
 
     The key must be registered with this process (NOT_FOUND otherwise, before any state is
@@ -180,19 +182,20 @@ def take_private_quota(served: ServedModel, key_id: str, slots: int, shared=None
     every worker shares (heml.server.quota), so W workers do not multiply it. Without API keys
     the identity is the registered public key and the count is kept with the key in this
     process's key store (a client can get W times the quota, and a new public key is a new
-    identity: docs/model-privacy.md).
+    identity: docs/model-privacy.md). With ``--state redis://`` both counts, and the keys, are
+    in Redis (``keys`` is then the shared registry), so replicas do not multiply them either.
     """
     limit = served.model.privacy["max_predictions_per_key"]
-    keys = served.private.keys
+    keys = served.private.keys if keys is None else keys
     if key_id not in keys:
         raise _not_registered()
-    if shared is not None:  # (table, API key id)
-        table, api_key = shared
+    if shared is not None:  # (quota backend, API key id)
+        quotas, api_key = shared
         name, version = served.model.name, served.model.version
-        used = table.take_total(f"private/{name}/{version}/{api_key}", slots, limit)
+        used = quotas.take_total(f"private/{name}/{version}/{api_key}", slots, limit, charge_id)
     else:
         try:
-            used = keys.take(key_id, slots, limit)
+            used = keys.take(key_id, slots, limit, charge_id=charge_id)
         except KeyError:
             raise _not_registered() from None
     if used is not None:
@@ -224,7 +227,7 @@ class InferenceServicer(heml_pb2_grpc.InferenceServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"model {served.model.name!r} is not served in model-privacy mode",
                 )
-            key_id = served.private.keys.register(
+            key_id = private_keys(context, served).register(
                 request.key_nonce, request.public_key, caller_identity(context)
             )
             return pb.RegisterKeyResponse(key_id=key_id)
@@ -233,7 +236,14 @@ class InferenceServicer(heml_pb2_grpc.InferenceServicer):
         if block.layout == PRIVATE:
             # every sample slot of every ciphertext group is computed and returned
             slots = -(-block.n // block.s) * block.s
-            take_private_quota(block.served, block.header.key_id, slots, shared_quota(context))
+            take_private_quota(
+                block.served,
+                block.header.key_id,
+                slots,
+                shared_quota(context),
+                private_keys(context, block.served),
+                new_charge_id(context),
+            )
 
     def ListModels(self, request, context):
         with abort_on_error(context):

@@ -10,6 +10,7 @@ import grpc
 
 from ..errors import InputError, InvalidCiphertext, ModelError, ParameterError
 from .registry import ModelNotServed
+from .state import StateUnavailable
 
 log = logging.getLogger("heml.server")
 
@@ -23,6 +24,7 @@ class RequestError(Exception):
 
 
 STATUS_OF = (
+    (StateUnavailable, grpc.StatusCode.UNAVAILABLE),  # shared state unreachable: fail closed
     (ModelNotServed, grpc.StatusCode.NOT_FOUND),
     (InvalidCiphertext, grpc.StatusCode.INVALID_ARGUMENT),
     (ParameterError, grpc.StatusCode.INVALID_ARGUMENT),

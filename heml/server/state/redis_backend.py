@@ -1,0 +1,759 @@
+"""Shared state in Redis (``heml serve --state redis://host:port/db``): one count for a cluster.
+
+Every change is one Lua script, so Redis runs it atomically whatever the number of replicas:
+
+* **token bucket** ``heml:q:<key id>`` (hash ``tokens``, ``stamp``, ``charged``): the same
+  bucket as heml.server.quota, timed by Redis' own clock (``TIME``), so replica clocks do not
+  matter; ``charged`` counts the sample slots charged in all (an audit figure).
+* **allowances that never refill** ``heml:t:<name>`` (hash field ``used``): the model-privacy
+  quota per (model, API key).
+* **calls in flight** ``heml:c:<key id>``: a set of ``<lease>|<call id>`` members. Each worker
+  process holds a lease ``heml:lease:<lease>`` that it renews every SYNC_SECONDS with a TTL of
+  LEASE_SECONDS; members of a lease that expired (a killed replica) are dropped by the next
+  ``acquire``, so a dead replica's calls stop counting within LEASE_SECONDS.
+* **model-privacy public keys** ``heml:pk:<model>:<version>:*``: validated key bytes (nonce ‖
+  p0) with the same per-identity cap, overall capacity and eviction order as the in-process
+  store (heml.he.private.PublicKeyStore); each replica keeps a validated local copy as a cache.
+* **API keys** ``heml:apikeys`` (id -> key-file JSON line, from ``heml keys issue --state``) and
+  **revocations** ``heml:apikeys:revoked`` (SHA-256 hex of revoked keys), with a version
+  counter that each worker polls every SYNC_SECONDS.
+
+Charges carry an id unique to the charge (``<call id>.<n>``); the script records it
+(``heml:charge:<id>``, kept CHARGE_TTL seconds), so running it again after a lost reply returns
+the first result instead of charging twice. A call that ends UNAVAILABLE because Redis could not
+be reached has its charges voided (refunded once, by the same records) as soon as Redis answers
+again, so a failed call costs nothing, a served one exactly once. Releases of in-flight slots
+that could not be sent are retried the same way.
+
+Redis unreachable: every call that needs it fails with UNAVAILABLE (fail closed), one log line
+when it goes and one when it comes back; nothing needs a restart. Values read back are checked
+(numbers in range, key bytes validated again); a malformed value fails closed too.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hmac
+import logging
+import threading
+import time
+import urllib.parse
+import uuid
+
+from ..auth import (
+    MAX_KEYS,
+    ApiKey,
+    ApiKeyFileError,
+    AuthError,
+    KeyStore,
+    bearer_token,
+    key_digest,
+    parse_key_file,
+)
+
+log = logging.getLogger("heml.server")
+
+SYNC_SECONDS = 0.5  # lease renewal, API-key poll and retry of pending voids/releases
+LEASE_SECONDS = 10  # a killed worker's in-flight calls stop counting after this
+MAX_STALE_SECONDS = 2.0  # API keys older than this (Redis unreachable): fail closed
+REVOCATION_SECONDS = 2.0  # documented bound: a revocation reaches every replica within this
+CHARGE_TTL = 3600  # seconds a charge record is kept (retries and voids come within seconds)
+SOCKET_SECONDS = 1.0
+PREFIX = "heml:"
+APIKEYS = PREFIX + "apikeys"
+REVOKED = APIKEYS + ":revoked"
+APIKEYS_VERSION = APIKEYS + ":version"
+MAX_PENDING = 100_000  # voids and releases waiting for Redis (bounded memory)
+
+# Charge record formats: "b|<capacity>|<cost>|<bucket key>" (token bucket) and
+# "h|<cost>|<hash key>|<field>" (a counter); "void" once undone.
+_CHECK_RECORD = """
+local rec = redis.call('GET', KEYS[2])
+if rec then
+  if rec == 'void' then return {-1, '0'} end
+  return {1, '0'}
+end
+"""
+
+TAKE = (
+    _CHECK_RECORD
+    + """
+local cost, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rate = cap / 60.0
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local h = redis.call('HMGET', KEYS[1], 'tokens', 'stamp', 'charged')
+if h[3] and not string.match(h[3], '^%d+$') then return {-2, 'charged'} end
+local tokens, stamp = tonumber(h[1]), tonumber(h[2])
+if not h[1] and not h[2] then
+  tokens = cap
+elseif tokens == nil or stamp == nil or tokens ~= tokens or stamp ~= stamp
+    or tokens < 0 or stamp < 0 or stamp > now + 5 then
+  tokens = 0  -- malformed: no credit, refills from now (fail closed)
+else
+  tokens = math.min(cap, tokens + math.max(0, now - stamp) * rate)
+end
+local granted = 0
+if cost <= tokens then
+  tokens = tokens - cost
+  granted = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
+  'stamp', string.format('%.6f', now))
+if granted == 1 then
+  redis.call('HINCRBY', KEYS[1], 'charged', cost)
+  redis.call('SET', KEYS[2], 'b|' .. ARGV[2] .. '|' .. ARGV[1] .. '|' .. KEYS[1], 'EX', ARGV[3])
+end
+return {granted, string.format('%.17g', tokens)}
+"""
+)
+
+# KEYS[1] hash, KEYS[2] charge record; ARGV field, cost, limit, ttl, and (optional) a key
+# that must exist first (the registered public key whose allowance this is)
+TAKE_TOTAL = (
+    _CHECK_RECORD
+    + """
+if ARGV[5] and ARGV[5] ~= '' and redis.call('HEXISTS', ARGV[5], ARGV[1]) == 0 then
+  return {-3, '0'}
+end
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+local used = 0
+if raw then
+  if not string.match(raw, '^%d+$') or #raw > 15 then return {-2, ARGV[1]} end
+  used = tonumber(raw)
+end
+local cost, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+if used + cost > limit then return {0, tostring(used)} end
+redis.call('HINCRBY', KEYS[1], ARGV[1], cost)
+redis.call('SET', KEYS[2], 'h|' .. ARGV[2] .. '|' .. KEYS[1] .. '|' .. ARGV[1], 'EX', ARGV[4])
+return {1, tostring(used)}
+"""
+)
+
+VOID = """
+local rec = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], 'void', 'EX', ARGV[1])
+if not rec or rec == 'void' then return 0 end
+local cap, cost, key = string.match(rec, '^b|(%d+)|(%d+)|(.+)$')
+if key then
+  local h = redis.call('HMGET', key, 'tokens', 'charged')
+  local tokens = tonumber(h[1])
+  if tokens and tokens == tokens and tokens >= 0 then
+    tokens = math.min(tonumber(cap), tokens + tonumber(cost))
+    redis.call('HSET', key, 'tokens', string.format('%.17g', tokens))
+  end
+  if h[2] and string.match(h[2], '^%d+$') then
+    redis.call('HSET', key, 'charged', math.max(0, tonumber(h[2]) - tonumber(cost)))
+  end
+  return 1
+end
+local cost2, hkey, field = string.match(rec, '^h|(%d+)|(.+)|([^|]+)$')
+if hkey then
+  local raw = redis.call('HGET', hkey, field)
+  if raw and string.match(raw, '^%d+$') then
+    redis.call('HSET', hkey, field, math.max(0, tonumber(raw) - tonumber(cost2)))
+  end
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] in-flight set; ARGV limit, member, lease key prefix
+ACQUIRE = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 1 then return -1 end
+local live = 0
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local lease = string.match(m, '^([0-9a-f]+)|')
+  if lease and redis.call('EXISTS', ARGV[3] .. lease) == 1 then
+    live = live + 1
+  else
+    redis.call('SREM', KEYS[1], m)
+  end
+end
+if live >= tonumber(ARGV[1]) then return live end
+redis.call('SADD', KEYS[1], ARGV[2])
+return -1
+"""
+
+# Model-privacy key registry of one model (ARGV[1] = its key prefix P):
+#   P..'blob' key id -> nonce ‖ p0, P..'owner' key id -> identity, P..'used' key id -> slots,
+#   P..'own:'..identity zset key id -> tick of last use, P..'idents' zset identity -> tick.
+_REGISTRY_COMMON = """
+local P = ARGV[1]
+local function touch(key, ident, tick)
+  redis.call('ZADD', P .. 'own:' .. ident, tick, key)
+  redis.call('ZADD', P .. 'idents', tick, ident)
+end
+local function drop(key)
+  local ident = redis.call('HGET', P .. 'owner', key)
+  redis.call('HDEL', P .. 'blob', key)
+  redis.call('HDEL', P .. 'owner', key)
+  redis.call('HDEL', P .. 'used', key)
+  if ident then
+    redis.call('ZREM', P .. 'own:' .. ident, key)
+    if redis.call('ZCARD', P .. 'own:' .. ident) == 0 then
+      redis.call('DEL', P .. 'own:' .. ident)
+      redis.call('ZREM', P .. 'idents', ident)
+    end
+  end
+end
+"""
+
+# ARGV prefix, key id, identity, blob, per identity, capacity
+REGISTER = (
+    _REGISTRY_COMMON
+    + """
+local k, who = ARGV[2], ARGV[3]
+local tick = redis.call('INCR', P .. 'tick')
+local owner = redis.call('HGET', P .. 'owner', k)
+if owner then
+  touch(k, owner, tick)
+  return 0
+end
+redis.call('HSET', P .. 'blob', k, ARGV[4])
+redis.call('HSET', P .. 'owner', k, who)
+touch(k, who, tick)
+local per, cap = tonumber(ARGV[5]), tonumber(ARGV[6])
+while redis.call('ZCARD', P .. 'own:' .. who) > per do
+  drop(redis.call('ZRANGE', P .. 'own:' .. who, 0, 0)[1])
+end
+while redis.call('HLEN', P .. 'owner') > cap do
+  -- the identity holding the most keys; ties: the least recently active one
+  local best, bestn = nil, -1
+  for _, ident in ipairs(redis.call('ZRANGE', P .. 'idents', 0, -1)) do
+    local n = redis.call('ZCARD', P .. 'own:' .. ident)
+    if n > bestn then best, bestn = ident, n end
+  end
+  if best == nil then break end
+  local victim = redis.call('ZRANGE', P .. 'own:' .. best, 0, 0)[1]
+  if victim then drop(victim) else redis.call('ZREM', P .. 'idents', best) end
+end
+return 1
+"""
+)
+
+# ARGV prefix, key id, '1' to return the key bytes too -> {0} or {1, owner[, blob]}
+TOUCH = (
+    _REGISTRY_COMMON
+    + """
+local k = ARGV[2]
+local owner = redis.call('HGET', P .. 'owner', k)
+if not owner then return {0} end
+touch(k, owner, redis.call('INCR', P .. 'tick'))
+if ARGV[3] == '1' then return {1, owner, redis.call('HGET', P .. 'blob', k) or ''} end
+return {1, owner}
+"""
+)
+
+
+def parse_url(url: str) -> urllib.parse.SplitResult:
+    """Check a --state URL's form (ValueError with the reason)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"unsupported --state scheme {parts.scheme!r}; use redis:// or rediss://")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("--state URL needs a host: redis://host:6379/0")
+    try:
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as exc:
+        raise ValueError(f"--state URL has a bad port: {exc}") from None
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"--state URL database must be a number, got {db!r}")
+    return parts
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password (for logs)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def connect(url: str):
+    """A redis-py client for ``url`` with short timeouts and no hidden retries (each script is
+    retried by RedisState.run, with the same charge id)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=SOCKET_SECONDS,
+        socket_connect_timeout=SOCKET_SECONDS,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+
+
+def ping(url: str) -> str | None:
+    """None if Redis at ``url`` answers, else why not (the supervisor's startup check)."""
+    import redis
+
+    client = connect(url)
+    try:
+        client.ping()
+        return None
+    except redis.RedisError as exc:
+        return str(exc) or type(exc).__name__
+    finally:
+        client.close()
+
+
+class RedisState:
+    """The Redis backend for one worker process (see the module docstring)."""
+
+    name = "redis"
+
+    def __init__(self, url: str, api_keys: str | None = None, *, start: bool = True) -> None:
+        self.url = url
+        self.where = safe_url(url)
+        self.client = connect(url)
+        self.lease = uuid.uuid4().hex
+        self._scripts = {
+            name: self.client.register_script(src)
+            for name, src in (
+                ("take", TAKE),
+                ("total", TAKE_TOTAL),
+                ("void", VOID),
+                ("acquire", ACQUIRE),
+                ("register", REGISTER),
+                ("touch", TOUCH),
+            )
+        }
+        self._pending: collections.deque = collections.deque(maxlen=MAX_PENDING)
+        self._down_since: float | None = None
+        self._state_lock = threading.Lock()
+        self.quotas = RedisQuotas(self)
+        self.keys = RedisKeyStore(self, api_keys) if api_keys else None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.sync()  # lease and keys before the first call (a failure is retried below)
+        if start:
+            self._thread = threading.Thread(target=self._loop, name="heml-state", daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------ reaching Redis
+    def run(self, script: str, keys: list[str], args: list, *, attempts: int = 2):
+        """Run a script; a lost connection is retried once with the same arguments (every
+        script is idempotent for its charge or call id). Raises StateUnavailable."""
+        import redis
+
+        from . import StateUnavailable
+
+        last: Exception | None = None
+        for _ in range(attempts):
+            try:
+                result = self._scripts[script](keys=keys, args=args)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                last = exc
+                continue
+            except redis.RedisError as exc:  # a script error: malformed data, wrong type
+                log.error("shared state at %s refused a %s script: %s", self.where, script, exc)
+                raise StateUnavailable(
+                    f"shared state at {self.where} holds data heml cannot use ({script}); "
+                    "see the server log"
+                ) from exc
+            self._mark_up()
+            return result
+        self._mark_down(last)
+        raise StateUnavailable(
+            f"shared state at {self.where} is unreachable; try again shortly"
+        ) from last
+
+    def _mark_down(self, exc: BaseException | None) -> None:
+        with self._state_lock:
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+        log.error(
+            "shared state at %s is unreachable (%s): calls that need it fail with UNAVAILABLE "
+            "until it answers again",
+            self.where,
+            exc,
+        )
+
+    def _mark_up(self) -> None:
+        with self._state_lock:
+            since, self._down_since = self._down_since, None
+        if since is not None:
+            log.warning(
+                "shared state at %s answers again after %.1f s",
+                self.where,
+                time.monotonic() - since,
+            )
+
+    @property
+    def available(self) -> bool:
+        return self._down_since is None
+
+    def defer(self, kind: str, *args) -> None:
+        """Queue a void or a release to send when Redis answers again (both idempotent)."""
+        self._pending.append((kind, args))
+
+    def sync(self) -> bool:
+        """Renew the lease, refresh API keys and send what is pending; False if Redis did
+        not answer (the background thread calls this every SYNC_SECONDS)."""
+        import redis
+
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(PREFIX + "lease:" + self.lease, "1", ex=LEASE_SECONDS)
+            pipe.get(APIKEYS_VERSION)
+            _ok, version = pipe.execute()
+            if self.keys is not None:
+                self.keys.refresh(version)
+            self._mark_up()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._mark_down(exc)
+            return False
+        except redis.RedisError as exc:
+            log.error("shared state at %s: %s", self.where, exc)
+            return False
+        self._flush()
+        return True
+
+    def _flush(self) -> None:
+        from . import StateUnavailable
+
+        while self._pending:
+            kind, args = self._pending[0]
+            try:
+                if kind == "void":
+                    self.run("void", [args[0], args[0]], [CHARGE_TTL], attempts=1)
+                else:  # release
+                    self.client.srem(*args)
+            except StateUnavailable:
+                return
+            except Exception as exc:
+                self._mark_down(exc)
+                return
+            self._pending.popleft()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(SYNC_SECONDS):
+            self.sync()
+
+    def private_keys(self, served):
+        return RedisPrivateKeys(self, served)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self.client.close()
+
+
+def _charge_key(charge_id: str) -> str:
+    return PREFIX + "charge:" + charge_id
+
+
+class RedisQuotas:
+    """The quota interface over Redis scripts (heml.server.state)."""
+
+    def __init__(self, state: RedisState) -> None:
+        self.state = state
+
+    def _check(self, reply, what: str) -> tuple[int, float]:
+        from . import StateUnavailable
+
+        code = int(reply[0])
+        if code == -2:
+            log.error("shared state: malformed %s record (%s); failing closed", what, reply[1])
+            raise StateUnavailable(f"shared state holds a malformed {what} record")
+        if code == -1:  # the charge was voided before it ran: treat as not granted
+            raise StateUnavailable("the charge was voided; try again")
+        return code, float(reply[1])
+
+    def take(self, key_id: str, cost: int, per_minute: int, charge_id: str) -> float | None:
+        import math
+
+        reply = self.state.run(
+            "take",
+            [PREFIX + "q:" + key_id, _charge_key(charge_id)],
+            [int(cost), int(per_minute), CHARGE_TTL],
+        )
+        granted, tokens = self._check(reply, "quota")
+        if granted == 1:
+            return None
+        if cost > per_minute:
+            return math.inf
+        return max(0.0, (cost - tokens) / (per_minute / 60.0))
+
+    def take_total(
+        self,
+        name: str,
+        cost: int,
+        limit: int,
+        charge_id: str,
+        *,
+        hash_key: str | None = None,
+        field: str = "used",
+        must_exist: str = "",
+    ) -> int | None:
+        reply = self.state.run(
+            "total",
+            [hash_key or PREFIX + "t:" + name, _charge_key(charge_id)],
+            [field, int(cost), int(limit), CHARGE_TTL, must_exist],
+        )
+        if int(reply[0]) == -3:
+            raise KeyError(field)
+        granted, used = self._check(reply, "allowance")
+        return None if granted == 1 else int(used)
+
+    def acquire(self, key_id: str, limit: int, call_id: str) -> int | None:
+        from . import StateUnavailable
+
+        member = f"{self.state.lease}|{call_id}"
+        key = PREFIX + "c:" + key_id
+        try:
+            live = int(self.state.run("acquire", [key], [int(limit), member, PREFIX + "lease:"]))
+        except StateUnavailable:
+            self.state.defer("release", key, member)  # in case it ran and the reply was lost
+            raise
+        return None if live < 0 else live
+
+    def release(self, key_id: str, call_id: str) -> None:
+        import redis
+
+        key, member = PREFIX + "c:" + key_id, f"{self.state.lease}|{call_id}"
+        try:
+            self.state.client.srem(key, member)
+        except redis.RedisError as exc:
+            self.state._mark_down(exc)
+            self.state.defer("release", key, member)
+
+    def void(self, charge_ids: list[str]) -> None:
+        """Undo these charges (a call that failed because Redis could not be reached); sent
+        now if Redis answers, else when it does."""
+        from . import StateUnavailable
+
+        for charge_id in charge_ids:
+            key = _charge_key(charge_id)
+            try:
+                self.state.run("void", [key, key], [CHARGE_TTL], attempts=1)
+            except StateUnavailable:
+                self.state.defer("void", key)
+
+    def charged(self, key_id: str) -> int:
+        """Sample slots charged to ``key_id``'s bucket in all (tests and operators)."""
+        raw = self.state.client.hget(PREFIX + "q:" + key_id, "charged")
+        return int(raw or 0)
+
+
+class RedisPrivateKeys:
+    """A model-privacy model's key registry in Redis, with the replica's PublicKeyStore as a
+    validated local cache (encryptors are built from it). Same interface as PublicKeyStore:
+    ``register``, ``in``, ``take``."""
+
+    def __init__(self, state: RedisState, served) -> None:
+        self.state = state
+        self.local = served.private.keys
+        model = served.model
+        self.prefix = f"{PREFIX}pk:{model.name}:{model.version}:"
+
+    def register(self, nonce: bytes, p0: bytes, identity: str) -> str:
+        from ...he.private import key_id_of, validate_public_key
+
+        key_id = key_id_of(nonce, p0)
+        checked = None
+        if key_id not in self.local:  # validated already if cached (same bytes, same id)
+            checked = validate_public_key(nonce, p0, self.local.params)  # before Redis
+        self.state.run(
+            "register",
+            [self.prefix + "owner"],
+            [
+                self.prefix,
+                key_id,
+                identity,
+                nonce + p0,
+                self.local.per_identity,
+                self.local.capacity,
+            ],
+        )
+        if checked is not None:
+            self.local.install_checked(*checked, identity)
+        return key_id
+
+    def __contains__(self, key_id: str) -> bool:
+        from ...he.private import valid_key_id
+
+        if not valid_key_id(key_id):
+            return False
+        cached = key_id in self.local
+        reply = self.state.run(
+            "touch", [self.prefix + "owner"], [self.prefix, key_id, "0" if cached else "1"]
+        )
+        if int(reply[0]) != 1:
+            return False
+        if not cached:
+            self._install_from_redis(key_id, reply[1], reply[2])
+        return True
+
+    def _install_from_redis(self, key_id: str, owner, blob: bytes) -> None:
+        """Validate key bytes read back from Redis exactly as a registration (fail closed)."""
+        from ...errors import InvalidCiphertext
+        from ...he.private import KEY_NONCE_BYTES, validate_public_key
+        from . import StateUnavailable
+
+        try:
+            nonce, p0 = bytes(blob[:KEY_NONCE_BYTES]), bytes(blob[KEY_NONCE_BYTES:])
+            checked = validate_public_key(nonce, p0, self.local.params)
+            if checked[0] != key_id:
+                raise InvalidCiphertext("key bytes do not hash to their key id")
+        except InvalidCiphertext as exc:
+            log.error("shared state: public key %s in Redis is malformed (%s)", key_id[:16], exc)
+            raise StateUnavailable("shared state holds a malformed public key") from exc
+        identity = owner.decode("utf-8", "replace") if isinstance(owner, bytes) else str(owner)
+        self.local.install_checked(*checked, identity[:200])
+
+    def take(self, key_id: str, slots: int, limit: int, charge_id: str | None = None):
+        """The key's own lifetime allowance (no API keys), counted in Redis."""
+        return self.state.quotas.take_total(
+            key_id,
+            slots,
+            limit,
+            charge_id or uuid.uuid4().hex,
+            hash_key=self.prefix + "used",
+            field=key_id,
+            must_exist=self.prefix + "owner",
+        )
+
+
+class RedisKeyStore:
+    """API keys: the key file (reloaded as today) plus keys issued into Redis, minus keys
+    revoked in Redis. Refreshed by the state's background thread every SYNC_SECONDS; when
+    Redis has not answered for MAX_STALE_SECONDS, calls fail closed (UNAVAILABLE)."""
+
+    def __init__(self, state: RedisState, path: str) -> None:
+        self.state = state
+        self.file = KeyStore(path)
+        self._shared: tuple[ApiKey, ...] = ()
+        self._revoked: frozenset[bytes] = frozenset()
+        self._version = object()  # never equal to a version read
+        self._synced = -1e18
+
+    def refresh(self, version) -> None:
+        """Reload the Redis entries when their version changed (called by RedisState.sync)."""
+        if version != self._version:
+            pipe = self.state.client.pipeline(transaction=True)
+            pipe.hgetall(APIKEYS)
+            pipe.smembers(REVOKED)
+            entries, revoked = pipe.execute()
+            self._shared = tuple(_parse_shared(entries))
+            self._revoked = frozenset(_parse_revoked(revoked))
+            self._version = version
+        self._synced = time.monotonic()
+
+    @property
+    def keys(self) -> tuple[ApiKey, ...]:
+        revoked = self._revoked
+        return tuple(k for k in (*self.file.keys, *self._shared) if k.digest not in revoked)
+
+    def authenticate(self, metadata) -> ApiKey:
+        from . import StateUnavailable
+
+        digest = key_digest(bearer_token(metadata))
+        if time.monotonic() - self._synced > MAX_STALE_SECONDS:
+            raise StateUnavailable(
+                f"cannot check API key revocations: shared state at {self.state.where} is "
+                "unreachable; try again shortly"
+            )
+        found = None
+        for entry in self.keys:  # every entry, no early exit
+            if hmac.compare_digest(digest, entry.digest):
+                found = entry
+        if found is None:
+            raise AuthError("invalid API key")
+        return found
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _parse_shared(entries: dict) -> list[ApiKey]:
+    """Key entries read back from Redis, each checked like a key-file line (a malformed one
+    is left out and logged: fail closed for it)."""
+    keys: list[ApiKey] = []
+    for field, line in sorted(entries.items()):
+        try:
+            (entry,) = parse_key_file(_text(line), "shared state")
+            if entry.key_id != _text(field):
+                raise ApiKeyFileError("its id differs from its field")
+        except (ApiKeyFileError, ValueError) as exc:
+            log.error("ignoring API key %r in shared state: %s", _text(field)[:64], exc)
+            continue
+        keys.append(entry)
+        if len(keys) >= MAX_KEYS:
+            log.error("shared state holds more than %d API keys; ignoring the rest", MAX_KEYS)
+            break
+    return keys
+
+
+def _parse_revoked(values) -> list[bytes]:
+    out = []
+    for value in values:
+        text = _text(value)
+        if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+            out.append(bytes.fromhex(text))
+        else:
+            log.error("ignoring a malformed revocation in shared state: %r", text[:80])
+    return out
+
+
+# ---------------------------------------------------------------------- `heml keys --state`
+def publish_key(url: str, entry: ApiKey) -> None:
+    """Add a key entry to Redis (``heml keys issue --state``): every replica accepts it
+    within REVOCATION_SECONDS, without a key-file change."""
+    client = connect(url)
+    try:
+        pipe = client.pipeline(transaction=True)
+        pipe.hset(APIKEYS, entry.key_id, entry.to_json())
+        pipe.srem(REVOKED, entry.digest.hex())
+        pipe.incr(APIKEYS_VERSION)
+        pipe.execute()
+    finally:
+        client.close()
+
+
+def publish_revocation(url: str, key_id: str, digests: list[bytes]) -> bool:
+    """Revoke ``key_id`` in Redis (``heml keys revoke --state``): its entry there goes and the
+    hashes of its keys (from the key file and Redis) are listed as revoked, so replicas whose
+    own key file still holds it refuse it too. Returns whether anything was found."""
+    client = connect(url)
+    try:
+        line = client.hget(APIKEYS, key_id)
+        found = list(digests)
+        if line is not None:
+            with contextlib.suppress(ApiKeyFileError):
+                found.extend(k.digest for k in parse_key_file(_text(line), "shared state"))
+        if not found and line is None:
+            return False
+        pipe = client.pipeline(transaction=True)
+        pipe.hdel(APIKEYS, key_id)
+        for digest in found:
+            pipe.sadd(REVOKED, digest.hex())
+        pipe.incr(APIKEYS_VERSION)
+        pipe.execute()
+        return True
+    finally:
+        client.close()
+
+
+def key_file_digests(path: str, key_id: str) -> list[bytes]:
+    """The hashes of ``key_id``'s entries in a key file (before it is revoked there)."""
+    from ..auth import read_key_file
+
+    return [k.digest for k in read_key_file(path) if k.key_id == key_id]
+
+
+__all__ = [
+    "REVOCATION_SECONDS",
+    "RedisState",
+    "parse_url",
+    "ping",
+    "publish_key",
+    "publish_revocation",
+]
