@@ -6,6 +6,7 @@ embedded backend, one per replica, is the positive control that shows what shari
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -343,3 +344,36 @@ def test_api_keys_fail_closed_when_revocations_cannot_be_checked(tmp_path, redis
     finally:
         state.close()
         server.stop()
+
+
+def test_the_cli_refuses_a_bad_state_url_and_publishes_keys(tmp_path, redis_url, capsys):
+    from heml.cli import main
+
+    assert main(["serve", "--models", str(tmp_path), "--state", "http://h:1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "redis://host:port/db" in err
+    keys = tmp_path / "keys"
+    assert (
+        main(["keys", "issue", "--api-keys", str(keys), "--id", "zed", "--state", redis_url]) == 0
+    )
+    capsys.readouterr()
+    client = Redis.client(SimpleNamespace(port=int(redis_url.rsplit(":", 1)[1].split("/")[0])))
+    entry = json.loads(client.hget("heml:apikeys", "zed"))
+    assert entry["sha256"] == read_key_file(keys)[0].digest.hex()
+    assert (
+        main(["keys", "revoke", "--api-keys", str(keys), "--id", "zed", "--state", redis_url]) == 0
+    )
+    assert "within 2 s" in capsys.readouterr().err
+    assert client.hget("heml:apikeys", "zed") is None
+    assert client.sismember("heml:apikeys:revoked", entry["sha256"])
+    # Redis gone: nothing changes (no key in the file that nobody was shown), and the
+    # error says to rerun
+    assert main(["keys", "issue", "--api-keys", str(keys), "--id", "amy", "--state",
+                 "redis://127.0.0.1:1/0"]) == 2  # fmt: skip
+    err = capsys.readouterr()
+    assert "nothing was changed" in err.err and err.out == ""
+    assert [k.key_id for k in read_key_file(keys)] == []
+    issue_key(keys, "bea")
+    assert main(["keys", "revoke", "--api-keys", str(keys), "--id", "bea", "--state",
+                 "redis://127.0.0.1:1/0"]) == 2  # fmt: skip
+    assert [k.key_id for k in read_key_file(keys)] == ["bea"]  # a rerun can still revoke it

@@ -22,8 +22,8 @@ def _redis_failed(url: str, exc: Exception):
     from .state.redis_backend import safe_url
 
     return _cli_error(
-        f"the key file was updated, but shared state at {safe_url(url)} failed ({exc}); "
-        "run the same command again when Redis answers"
+        f"shared state at {safe_url(url)} failed ({exc}); nothing was changed: run the same "
+        "command again when Redis answers"
     )
 
 
@@ -40,12 +40,14 @@ def cmd_keys_issue(args: argparse.Namespace) -> int:
     if url is not None:
         import redis
 
+        from .auth import revoke_key
         from .state.redis_backend import publish_key
 
         entry = next(k for k in read_key_file(args.api_keys) if k.key_id == args.id)
         try:
             publish_key(url, entry)
         except redis.RedisError as exc:
+            revoke_key(args.api_keys, args.id)  # a key nobody was shown must not stay
             raise _redis_failed(url, exc) from None
     print(key)
     quota = ", ".join(
@@ -73,9 +75,8 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
         from .state.redis_backend import key_file_digests
 
         digests = key_file_digests(args.api_keys, args.id)
-    in_file = revoke_key(args.api_keys, args.id)
     in_state = False
-    if url is not None:
+    if url is not None:  # Redis first: if it fails, the file is unchanged and a rerun works
         import redis
 
         from .state.redis_backend import REVOCATION_SECONDS, publish_revocation
@@ -84,6 +85,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
             in_state = publish_revocation(url, args.id, digests)
         except redis.RedisError as exc:
             raise _redis_failed(url, exc) from None
+    in_file = revoke_key(args.api_keys, args.id)
     if not (in_file or in_state):
         raise _cli_error(f"{args.api_keys} has no key with id {args.id!r}")
     if url is not None:
