@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from types import SimpleNamespace
 
@@ -377,3 +378,65 @@ def test_the_cli_refuses_a_bad_state_url_and_publishes_keys(tmp_path, redis_url,
     assert main(["keys", "revoke", "--api-keys", str(keys), "--id", "bea", "--state",
                  "redis://127.0.0.1:1/0"]) == 2  # fmt: skip
     assert [k.key_id for k in read_key_file(keys)] == ["bea"]  # a rerun can still revoke it
+
+
+def test_a_stream_that_fails_keeps_the_charges_of_the_blocks_it_was_served(tmp_path):
+    """Redis goes away between two blocks of one PredictStream: the second block fails with
+    UNAVAILABLE and is not charged; the first, answered, stays charged (only the failed
+    block's charges are voided)."""
+    import grpc
+
+    from heml.he import wire
+    from heml.info import LAYOUT_TO_PB
+    from heml.v1 import heml_pb2 as pb
+    from heml.v1 import heml_pb2_grpc
+
+    from .guard_support import inprocess_server, linear_model
+
+    models = tmp_path / "models"
+    models.mkdir()
+    linear_model(3, "small", 1).save(models / "small.json")
+    keys = tmp_path / "keys"
+    key = issue_key(keys, "streamer", predictions_per_minute=10**9)
+    server = Redis(persist=True)
+    header = pb.PredictRequest(model="small", layout=LAYOUT_TO_PB["row"], n=1,
+                               samples_per_ciphertext=1)  # fmt: skip
+    blob = bytes(wire.ciphertext_size(2048))  # a ROW ciphertext (N = 2048) of zeros
+    go = threading.Event()
+
+    def requests():
+        yield header
+        yield pb.PredictRequest(ciphertexts=[blob])
+        go.wait(30)
+        yield header
+        yield pb.PredictRequest(ciphertexts=[blob])
+
+    try:
+        with inprocess_server(models, api_keys=str(keys), state=server.url) as port:
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            stub = heml_pb2_grpc.InferenceStub(channel)
+            replies = stub.PredictStream(
+                requests(), metadata=[("authorization", f"Bearer {key}")], timeout=60
+            )
+            next(replies)  # block 1 answered
+            client = server.client()
+            first = int(client.hget("heml:q:streamer", "charged"))
+            assert first > 0
+            server.halt()
+            go.set()
+            with pytest.raises(grpc.RpcError) as info:
+                next(replies)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+            server.start()
+            client = server.client()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the void is sent once Redis answers
+                if any(client.get(k) == b"void" for k in client.keys("heml:charge:*")):
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError("the failed block's charge was never voided")
+            assert int(client.hget("heml:q:streamer", "charged")) == first
+            channel.close()
+    finally:
+        server.stop()

@@ -109,7 +109,8 @@ class Guard:
         self.auth_error = auth_error
         self.unavailable = unavailable
         self.call_id = uuid.uuid4().hex
-        self.charges: list[str] = []
+        self.charges: list[str] = []  # charge ids of the block in progress (voided on failure)
+        self._charge_count = 0
         self.started = time.perf_counter()
         self._context: grpc.ServicerContext | None = None
         self._acquired = False
@@ -177,7 +178,8 @@ class Guard:
         return "UNKNOWN"
 
     def new_charge_id(self) -> str:
-        charge_id = f"{self.call_id}.{len(self.charges)}"
+        charge_id = f"{self.call_id}.{self._charge_count}"
+        self._charge_count += 1
         self.charges.append(charge_id)
         return charge_id
 
@@ -187,6 +189,9 @@ class Guard:
 
     # ------------------------------------------------------------ per block (servicer hook)
     def admit(self, block) -> None:
+        # a new block starts only after the previous one was answered: its charges were for
+        # work the server did, and a later failure of the stream must not void them
+        self.charges.clear()
         served, header = block.served, block.header
         rec = self.record
         if not rec.blocks:
