@@ -44,10 +44,11 @@ def inprocess_server(folder: str | Path, registry=None, **options) -> Iterator[i
     config = ServerConfig(models_dir=str(folder), **options)
     if registry is None:
         registry, _errors = Registry.from_folder(folder)
+    interceptor = build_interceptor(config)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4),
         options=config.grpc_options(reuse_port=False),
-        interceptors=[build_interceptor(config)],
+        interceptors=[interceptor],
     )
     add_to_server(InferenceServicer(registry), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -56,3 +57,4 @@ def inprocess_server(folder: str | Path, registry=None, **options) -> Iterator[i
         yield port
     finally:
         server.stop(None).wait()
+        interceptor.state.close()  # its quota table, or the Redis state's thread
