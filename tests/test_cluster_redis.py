@@ -347,3 +347,60 @@ def test_redis_stopped_and_restarted_under_load(setup, shared):
         log = "".join(r.lines)
         assert log.count("is unreachable") == 1, log[-2000:]
         assert "answers again" in log
+
+
+@pytest.mark.slow
+def test_a_killed_replicas_calls_in_flight_stop_counting_when_its_lease_expires(shared):
+    """A key allowed one call at a time holds a call open on replica 0, which is SIGKILLed:
+    replica 1 still counts that call (the limit is shared), and admits the key again once
+    the dead replica's lease has expired (LEASE_SECONDS), without anyone cleaning up."""
+    import grpc
+
+    from heml.server.auth import read_key_file
+    from heml.server.state.redis_backend import LEASE_SECONDS, SYNC_SECONDS, publish_key
+    from heml.v1 import heml_pb2_grpc
+
+    redis, replicas, _nginx = shared
+    path = replicas[0].extra[1] + ".single"
+    key = issue_key(path, "single", max_concurrent=1)
+    publish_key(redis.url, read_key_file(path)[0])
+    time.sleep(2 * SYNC_SECONDS + 0.5)
+    metadata = [("authorization", f"Bearer {key}")]
+    hold = threading.Event()
+
+    def held():
+        hold.wait(60)
+        return
+        yield
+
+    channel = grpc.insecure_channel(replicas[0].target)
+    stub = heml_pb2_grpc.InferenceStub(channel)
+    call = stub.PredictStream(held(), metadata=metadata, timeout=60)
+    other = heml_pb2_grpc.InferenceStub(grpc.insecure_channel(replicas[1].target))
+
+    def admitted() -> bool:
+        try:
+            list(other.PredictStream(iter(()), metadata=metadata, timeout=10))
+            return True
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return False
+            raise
+
+    deadline = time.monotonic() + 10
+    while admitted():  # until the held call is in flight on replica 0
+        assert time.monotonic() < deadline, "the held call never counted"
+        time.sleep(0.1)
+    replicas[0].kill()
+    killed = time.monotonic()
+    try:
+        assert not admitted(), "the dead replica's call should still count for a while"
+        while not admitted():
+            assert time.monotonic() - killed < LEASE_SECONDS + 5, "in-flight count leaked"
+            time.sleep(0.25)
+        assert time.monotonic() - killed >= 1.0
+    finally:
+        hold.set()
+        call.cancel()
+        channel.close()
+        replicas[0].start()
