@@ -98,7 +98,8 @@ def serve(
     ``ServerConfig`` fields (``threads``, ``max_concurrent_rpcs``, ``max_receive_bytes``, …),
     the same as ``heml serve``'s flags: ``api_keys``, ``tls_cert``, ``tls_key``,
     ``tls_client_ca``, ``metrics_port`` (0 = any; see ``handle.metrics_port``),
-    ``max_samples_per_request`` (docs/security.md).
+    ``max_samples_per_request`` (docs/security.md), ``state`` (``"redis://host:6379/0"``:
+    quotas, model-privacy keys and revocations shared with other replicas; docs/deploy.md).
     Broken model files are skipped and listed in ``handle.load_errors``; a folder with no valid
     model raises ``ServerStartError``.
     """
