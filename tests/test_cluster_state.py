@@ -37,6 +37,20 @@ def redis_server():
 
 
 @pytest.fixture
+def make_redis():
+    """Start redis-servers of a test's own (stopped at teardown, whatever the test raised)."""
+    made: list[Redis] = []
+
+    def make(persist: bool = False) -> Redis:
+        made.append(Redis(persist=persist))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+@pytest.fixture
 def redis_url(redis_server):
     redis_server.client().flushdb()
     return redis_server.url
@@ -173,8 +187,8 @@ def test_malformed_values_read_back_fail_closed(states, caplog):
     assert "refused a acquire script" in caplog.text
 
 
-def test_redis_down_fails_closed_logs_once_and_recovers(redis_url, caplog):
-    server = Redis(persist=True)
+def test_redis_down_fails_closed_logs_once_and_recovers(make_redis, caplog):
+    server = make_redis(persist=True)
     state = rb.RedisState(server.url, start=False)
     try:
         assert state.quotas.take("kim", 2, 60, "a.0") is None
@@ -197,7 +211,6 @@ def test_redis_down_fails_closed_logs_once_and_recovers(redis_url, caplog):
         assert state.quotas.charged("kim") == 4
     finally:
         state.close()
-        server.stop()
 
 
 def test_state_urls_are_checked_with_the_remedy():
@@ -329,10 +342,10 @@ def test_revocations_and_issued_keys_reach_every_replica(tmp_path, states, redis
     assert {k.key_id for k in a.keys.keys} == {"bob", "carol"}
 
 
-def test_api_keys_fail_closed_when_revocations_cannot_be_checked(tmp_path, redis_url):
+def test_api_keys_fail_closed_when_revocations_cannot_be_checked(tmp_path, make_redis):
     path = tmp_path / "keys"
     key = issue_key(path, "alice")
-    server = Redis()
+    server = make_redis()
     state = rb.RedisState(server.url, api_keys=str(path), start=False)
     try:
         auth = [("authorization", f"Bearer {key}")]
@@ -344,7 +357,6 @@ def test_api_keys_fail_closed_when_revocations_cannot_be_checked(tmp_path, redis
             state.keys.authenticate(auth)
     finally:
         state.close()
-        server.stop()
 
 
 def test_the_cli_refuses_a_bad_state_url_and_publishes_keys(tmp_path, redis_url, capsys):
@@ -380,7 +392,7 @@ def test_the_cli_refuses_a_bad_state_url_and_publishes_keys(tmp_path, redis_url,
     assert [k.key_id for k in read_key_file(keys)] == ["bea"]  # a rerun can still revoke it
 
 
-def test_a_stream_that_fails_keeps_the_charges_of_the_blocks_it_was_served(tmp_path):
+def test_a_stream_that_fails_keeps_the_charges_of_the_blocks_it_was_served(tmp_path, make_redis):
     """Redis goes away between two blocks of one PredictStream: the second block fails with
     UNAVAILABLE and is not charged; the first, answered, stays charged (only the failed
     block's charges are voided)."""
@@ -398,7 +410,7 @@ def test_a_stream_that_fails_keeps_the_charges_of_the_blocks_it_was_served(tmp_p
     linear_model(3, "small", 1).save(models / "small.json")
     keys = tmp_path / "keys"
     key = issue_key(keys, "streamer", predictions_per_minute=10**9)
-    server = Redis(persist=True)
+    server = make_redis(persist=True)
     header = pb.PredictRequest(model="small", layout=LAYOUT_TO_PB["row"], n=1,
                                samples_per_ciphertext=1)  # fmt: skip
     blob = bytes(wire.ciphertext_size(2048))  # a ROW ciphertext (N = 2048) of zeros
