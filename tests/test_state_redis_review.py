@@ -236,3 +236,58 @@ def test_api_keys_stay_fresh_while_the_voids_of_an_outage_are_sent(tmp_path):
     finally:
         state.close()
         redis.stop()
+
+
+# ---------------------------------------------------------------------- 6. registry scripts
+def test_an_inconsistent_registry_in_redis_fails_closed_instead_of_hanging_redis(tmp_path):
+    """docs/security.md: heml 'fails closed on anything malformed' it reads from Redis. The
+    REGISTER script evicts with `while ZCARD(own:<identity>) > per do drop(oldest) end`, and
+    drop() removes a key from that zset only when heml:pk:…:owner still names it. An own:
+    zset that lists keys the owner hash does not (a value written by hand, an operator who
+    deleted the owner hash, or Redis' maxmemory allkeys-* eviction of one of the two keys)
+    makes the script loop for ever: Redis answers BUSY to every client of every replica, and
+    SCRIPT KILL cannot stop a script that has written, so only SHUTDOWN NOSAVE ends it.
+    Expected: the registration fails closed (UNAVAILABLE) and Redis keeps answering."""
+    from types import SimpleNamespace
+
+    import redis as redis_py
+
+    from heml.he.encrypt import public_key_p0
+    from heml.he.keys import KeySet
+    from heml.he.private import KEY_NONCE_BYTES, PublicKeyStore, default_privacy_params
+    from heml.server.state import StateUnavailable
+
+    params = default_privacy_params()
+    store = PublicKeyStore(params, budget_bytes=1 << 30, per_identity=8)
+    served = SimpleNamespace(
+        private=SimpleNamespace(keys=store), model=SimpleNamespace(name="m", version=1)
+    )
+    sk = KeySet().get(params)
+    nonce = b"\x05" * KEY_NONCE_BYTES
+    p0 = public_key_p0(sk, nonce)
+    redis = Redis()
+    state = rb.RedisState(redis.url, start=False)
+    probe = redis_py.Redis(host="127.0.0.1", port=redis.port, socket_timeout=2)
+    try:
+        # control: a consistent registry registers and evicts normally
+        state.private_keys(served).register(nonce, p0, "key:alice")
+        assert probe.ping()
+        # the owner hash lost (evicted, deleted), the identity's zset kept, 8 entries
+        probe.delete("heml:pk:m:1:owner")
+        probe.zadd("heml:pk:m:1:own:key:mallory", {f"{i:064x}": i for i in range(8)})
+        fresh = PublicKeyStore(params, budget_bytes=1 << 30, per_identity=8)  # no local copy
+        other = SimpleNamespace(private=SimpleNamespace(keys=fresh), model=served.model)
+        with pytest.raises(StateUnavailable):
+            state.private_keys(other).register(nonce, p0, "key:mallory")
+        try:
+            answered = probe.ping()
+        except redis_py.RedisError as exc:  # BUSY: a script is still running
+            answered = exc
+        assert answered is True, f"Redis no longer answers: {answered}"
+    finally:
+        state.close()
+        probe.close()
+        if redis.proc is not None:
+            redis.proc.kill()  # its pid (a busy Redis ignores SIGTERM)
+            redis.proc.wait(10)
+        redis.stop()
