@@ -291,3 +291,64 @@ def test_an_inconsistent_registry_in_redis_fails_closed_instead_of_hanging_redis
             redis.proc.kill()  # its pid (a busy Redis ignores SIGTERM)
             redis.proc.wait(10)
         redis.stop()
+
+
+# ---------------------------------------------------------------------- 7. leaked slots
+_BUSY = """
+local t = redis.call('TIME')
+local start = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local now = start
+while now - start < tonumber(ARGV[1]) do
+  t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+return 1
+"""  # keeps Redis busy for ARGV[1] s without writing (DEBUG SLEEP is disabled)
+
+
+def test_a_deadline_that_passes_during_acquire_does_not_leak_the_slot(tmp_path):
+    """Guard.enter registers the termination callback (which runs Guard.exit) before the
+    acquire script. When Redis answers later than the client's deadline (0.6 s here: a slow
+    fsync, an AOF rewrite, a busy script; socket timeout is 1 s), the callback runs exit
+    first: nothing acquired, nothing released, exit marked done. The acquire then succeeds and
+    the handler's own exit is a no-op, so the slot is never released; the worker renews its
+    lease, so it never expires. max_concurrent = 1: the key is refused (RESOURCE_EXHAUSTED)
+    until the worker restarts. Embedded has the same order, but its acquire takes
+    microseconds; over Redis the window is the round trip."""
+    from heml.v1 import heml_pb2 as pb
+    from heml.v1 import heml_pb2_grpc
+
+    from .guard_support import inprocess_server, linear_model
+
+    (tmp_path / "models").mkdir()
+    linear_model(3, "small", 1).save(tmp_path / "models" / "small.json")
+    key = issue_key(tmp_path / "keys", "alice", max_concurrent=1)
+    redis = Redis()
+    try:
+        with inprocess_server(
+            tmp_path / "models", api_keys=str(tmp_path / "keys"), state=redis.url
+        ) as port:
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            stub = heml_pb2_grpc.InferenceStub(channel)
+
+            def status(timeout: float = 10) -> grpc.StatusCode:
+                try:
+                    stub.ListModels(pb.ListModelsRequest(), metadata=_auth(key), timeout=timeout)
+                    return grpc.StatusCode.OK
+                except grpc.RpcError as exc:
+                    return exc.code()
+
+            assert [status(), status()] == [grpc.StatusCode.OK] * 2  # control: released
+            import threading
+
+            slow = threading.Thread(target=lambda: redis.client().eval(_BUSY, 0, "0.6"))
+            slow.start()
+            time.sleep(0.05)
+            assert status(0.2) == grpc.StatusCode.DEADLINE_EXCEEDED
+            slow.join()
+            time.sleep(1.0)  # Redis answers again; the worker has synced
+            after = status()
+            channel.close()
+        assert after == grpc.StatusCode.OK, f"the key's only slot leaked: {after.name}"
+    finally:
+        redis.stop()
