@@ -390,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help=(
             "where quotas, model-privacy keys and API-key revocations live: 'embedded' (this "
-            "host) or redis://host:6379/0 (rediss:// for TLS), shared by every replica "
+            "host) or redis://host:6379/0 (rediss:// for TLS), shared by every replica; "
+            "'env' reads the URL from HEML_STATE_URL, keeping a password out of ps "
             "(docs/deploy.md)"
         ),
     )

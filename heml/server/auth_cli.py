@@ -133,7 +133,8 @@ def register(ksub) -> None:
     ki.add_argument("--max-concurrent", type=int, metavar="N", help="default: no limit")
     state_help = (
         "also publish to the shared state of `heml serve --state URL` (redis://host:6379/0), "
-        "so every replica sees it without a key-file change"
+        "so every replica sees it without a key-file change; 'env' reads the URL from "
+        "HEML_STATE_URL"
     )
     ki.add_argument("--state", metavar="URL", help=state_help)
     ki.set_defaults(func=cmd_keys_issue)

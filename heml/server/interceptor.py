@@ -143,18 +143,24 @@ class Guard:
                     f"API key {key.key_id!r} has {busy} call(s) in flight, its limit is "
                     f"{key.max_concurrent}; retry when one finishes",
                 )
-            self._acquired = True
+            with self._lock:  # exit() may have run meanwhile (deadline passed, cancelled)
+                ended = self._done
+                self._acquired = not ended
+            if ended:  # nothing else will release the slot: release it now
+                quotas.release(key.key_id, self.call_id)
+                context.abort(grpc.StatusCode.CANCELLED, "the call ended while it was admitted")
         return CallContext(context, self)
 
     def exit(self, outcome: str) -> None:
         """Release the slot, log and count (once, from the handler or the RPC callback)."""
-        with self._lock:
+        with self._lock:  # enter() reads _done under the same lock after its acquire
             if self._done:
                 return
             self._done = True
+            acquired = self._acquired
         status = self._status(outcome)
         try:
-            if self._acquired:
+            if acquired:
                 self.policy.quotas.release(self.key.key_id, self.call_id)
             if status == "UNAVAILABLE" and self.charges:
                 # the shared state failed during the call: what it charged is undone (now or

@@ -11,7 +11,7 @@ import hmac
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tenseal
@@ -59,6 +59,18 @@ class ServedModel:
     info: pb.ModelInfo
     path: Path
     private: PrivateEvaluator | None = None  # model-privacy mode
+    # called once when this (name, version) stops being served here (the shared state frees
+    # the version's key registry): {owner id: callable}
+    retire_hooks: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def retire(self) -> None:
+        """Run the retire hooks (each at most once; a failing hook is logged, not raised)."""
+        while self.retire_hooks:
+            _owner, hook = self.retire_hooks.popitem()
+            try:
+                hook()
+            except Exception:
+                log.exception("retiring %s v%d", self.model.name, self.model.version)
 
 
 def load_model_file(path: Path) -> ServedModel:
@@ -204,8 +216,13 @@ class Registry:
             # pragma: no mutate end
         if changed:
             with self._lock:
+                before = [m for _s, m in self._files.values()]
                 self._files = files
                 self._rebuild()
+                served = {(m.model.name, m.model.version) for _s, m in files.values()}
+            for m in before:  # versions no longer served (a call in flight keeps its object)
+                if (m.model.name, m.model.version) not in served:
+                    m.retire()
         return errors
 
     def watch(self, stop: threading.Event, interval: float = 2.0) -> threading.Thread:

@@ -10,7 +10,7 @@ import grpc
 
 from ..errors import InputError, InvalidCiphertext, ModelError, ParameterError
 from .registry import ModelNotServed
-from .state import StateUnavailable
+from .state import StateDataLost, StateUnavailable
 
 log = logging.getLogger("heml.server")
 
@@ -25,6 +25,7 @@ class RequestError(Exception):
 
 STATUS_OF = (
     (StateUnavailable, grpc.StatusCode.UNAVAILABLE),  # shared state unreachable: fail closed
+    (StateDataLost, grpc.StatusCode.FAILED_PRECONDITION),  # counts lost: an operator acts
     (ModelNotServed, grpc.StatusCode.NOT_FOUND),
     (InvalidCiphertext, grpc.StatusCode.INVALID_ARGUMENT),
     (ParameterError, grpc.StatusCode.INVALID_ARGUMENT),

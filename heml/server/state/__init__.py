@@ -35,8 +35,10 @@ from ..quota import QuotaTable, QuotaTableFull
 
 __all__ = [
     "EMBEDDED",
+    "STATE_URL_ENV",
     "EmbeddedQuotas",
     "EmbeddedState",
+    "StateDataLost",
     "StateUnavailable",
     "check_state_url",
     "open_state",
@@ -49,13 +51,30 @@ class StateUnavailable(HemlError, RuntimeError):
     """The shared state cannot be reached or holds malformed data (answered UNAVAILABLE)."""
 
 
+class StateDataLost(HemlError, RuntimeError):
+    """The shared state lost counts that cannot be rebuilt (model-privacy allowances after
+    Redis lost its data): answered FAILED_PRECONDITION until an operator acts."""
+
+
 class QuotaFull(RuntimeError):
     """No room for another key's record (answered RESOURCE_EXHAUSTED)."""
 
 
+STATE_URL_ENV = "HEML_STATE_URL"
+
+
 def check_state_url(url: str | None) -> str | None:
-    """Normalize ``--state``: None/'embedded' -> None, a redis:// or rediss:// URL as given.
-    Raises ValueError with the remedy for anything else."""
+    """Normalize ``--state``: None/'embedded' -> None, a redis:// or rediss:// URL as given,
+    'env' -> the URL in the environment variable HEML_STATE_URL (so a password in it is not
+    shown by ``ps``, as a command-line argument would be). Raises ValueError with the remedy
+    for anything else."""
+    if url == "env":
+        url = os.environ.get(STATE_URL_ENV, "")
+        if not url:
+            raise ValueError(
+                f"--state env reads the URL from {STATE_URL_ENV}, which is not set; "
+                f"export {STATE_URL_ENV}=redis://host:6379/0"
+            )
     if url is None or url == EMBEDDED:
         return None
     if not url.startswith(("redis://", "rediss://", "unix://")):

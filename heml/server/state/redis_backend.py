@@ -33,7 +33,6 @@ when it goes and one when it comes back; nothing needs a restart. Values read ba
 from __future__ import annotations
 
 import collections
-import contextlib
 import hmac
 import logging
 import threading
@@ -67,6 +66,14 @@ APIKEYS = PREFIX + "apikeys"
 REVOKED = APIKEYS + ":revoked"
 APIKEYS_VERSION = APIKEYS + ":version"
 MAX_PENDING = 100_000  # voids and releases waiting for Redis (bounded memory)
+FLUSH_BATCH = 500  # voids/releases sent per round trip when Redis answers again
+# a member of an in-flight set whose lease is missing is dropped once the lease has been seen
+# missing this long (a live worker renews its lease within SYNC_SECONDS of Redis' return)
+LEASE_GRACE_SECONDS = 2.0
+REGISTRY_TTL = 7 * 86400  # a model's key registry expires this long after its last use
+MAX_ENTRY_CHARS = 4096  # an API key entry in Redis longer than this is refused unparsed
+EPOCH = PREFIX + "epoch"  # data marker: gone or changed = Redis lost its data
+LOST = PREFIX + "lost"  # set when a loss was seen: model-privacy allowances refused
 
 # Charge record formats: "b|<capacity>|<cost>|<bucket key>" (token bucket) and
 # "h|<cost>|<hash key>|<field>" (a counter); "void" once undone.
@@ -111,11 +118,13 @@ return {granted, string.format('%.17g', tokens)}
 """
 )
 
-# KEYS[1] hash, KEYS[2] charge record; ARGV field, cost, limit, ttl, and (optional) a key
-# that must exist first (the registered public key whose allowance this is)
+# KEYS[1] hash, KEYS[2] charge record; ARGV field, cost, limit, ttl, (optional) a key
+# that must exist first (the registered public key whose allowance this is), and the data-loss
+# marker: while it exists the counts may have restarted from zero, so nothing is granted (-4)
 TAKE_TOTAL = (
     _CHECK_RECORD
     + """
+if redis.call('EXISTS', ARGV[6]) == 1 then return {-4, '0'} end
 if ARGV[5] and ARGV[5] ~= '' and redis.call('HEXISTS', ARGV[5], ARGV[1]) == 0 then
   return {-3, '0'}
 end
@@ -161,14 +170,33 @@ end
 return 0
 """
 
-# KEYS[1] in-flight set; ARGV limit, member, lease key prefix
+# KEYS[1] in-flight set; ARGV limit, member, lease key prefix, "gone" marker prefix, grace
+# seconds. A member whose lease is missing is dropped only once the lease has been seen
+# missing for the grace period (marker heml:gone:<lease>, timed by Redis' clock): a live worker
+# whose lease expired while Redis was down renews it within SYNC_SECONDS of Redis' return, so
+# its calls keep counting; a dead worker's calls stop counting LEASE_SECONDS + grace after it died.
 ACQUIRE = """
 if redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 1 then return -1 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local grace = tonumber(ARGV[5])
 local live = 0
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local lease = string.match(m, '^([0-9a-f]+)|')
   if lease and redis.call('EXISTS', ARGV[3] .. lease) == 1 then
     live = live + 1
+  elseif lease then
+    local raw = redis.call('GET', ARGV[4] .. lease)
+    local since = raw and tonumber(raw)
+    if not since then
+      redis.call('SET', ARGV[4] .. lease, string.format('%.6f', now), 'EX',
+        math.ceil(grace) * 10 + 60)
+      live = live + 1
+    elseif now - since >= grace then
+      redis.call('SREM', KEYS[1], m)
+    else
+      live = live + 1
+    end
   else
     redis.call('SREM', KEYS[1], m)
   end
@@ -181,46 +209,66 @@ return -1
 # Model-privacy key registry of one model (ARGV[1] = its key prefix P):
 #   P..'blob' key id -> nonce ‖ p0, P..'owner' key id -> identity, P..'used' key id -> slots,
 #   P..'own:'..identity zset key id -> tick of last use, P..'idents' zset identity -> tick.
+# Every loop is bounded, and every step of an eviction loop removes one zset member whatever
+# the other keys hold: a registry made inconsistent (a key deleted or evicted by hand) is
+# repaired by dropping what does not match, never loops (a looping script makes Redis answer
+# BUSY to every replica and cannot be killed once it wrote). The registry's keys expire
+# REGISTRY_TTL seconds after the model was last used (ARGV[2] of the common part).
 _REGISTRY_COMMON = """
 local P = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local bad = 0
 local function touch(key, ident, tick)
   redis.call('ZADD', P .. 'own:' .. ident, tick, key)
   redis.call('ZADD', P .. 'idents', tick, ident)
+  for _, name in ipairs({'blob', 'owner', 'used', 'idents', 'tick', 'own:' .. ident}) do
+    redis.call('EXPIRE', P .. name, ttl)
+  end
 end
-local function drop(key)
-  local ident = redis.call('HGET', P .. 'owner', key)
+-- drop a key id listed in ident's zset; counts an entry the owner hash does not match
+local function drop(key, ident)
+  local owner = redis.call('HGET', P .. 'owner', key)
+  if owner ~= ident then bad = bad + 1 end
   redis.call('HDEL', P .. 'blob', key)
   redis.call('HDEL', P .. 'owner', key)
   redis.call('HDEL', P .. 'used', key)
-  if ident then
-    redis.call('ZREM', P .. 'own:' .. ident, key)
-    if redis.call('ZCARD', P .. 'own:' .. ident) == 0 then
-      redis.call('DEL', P .. 'own:' .. ident)
-      redis.call('ZREM', P .. 'idents', ident)
+  for _, who in ipairs({ident, owner}) do
+    if who then
+      redis.call('ZREM', P .. 'own:' .. who, key)
+      if redis.call('ZCARD', P .. 'own:' .. who) == 0 then
+        redis.call('DEL', P .. 'own:' .. who)
+        redis.call('ZREM', P .. 'idents', who)
+      end
     end
   end
 end
 """
 
-# ARGV prefix, key id, identity, blob, per identity, capacity
+# ARGV prefix, ttl, key id, identity, blob, per identity, capacity -> {1 new | 0 known, bad}
 REGISTER = (
     _REGISTRY_COMMON
     + """
-local k, who = ARGV[2], ARGV[3]
+local k, who = ARGV[3], ARGV[4]
 local tick = redis.call('INCR', P .. 'tick')
 local owner = redis.call('HGET', P .. 'owner', k)
 if owner then
   touch(k, owner, tick)
-  return 0
+  return {0, 0}
 end
-redis.call('HSET', P .. 'blob', k, ARGV[4])
+redis.call('HSET', P .. 'blob', k, ARGV[5])
 redis.call('HSET', P .. 'owner', k, who)
 touch(k, who, tick)
-local per, cap = tonumber(ARGV[5]), tonumber(ARGV[6])
-while redis.call('ZCARD', P .. 'own:' .. who) > per do
-  drop(redis.call('ZRANGE', P .. 'own:' .. who, 0, 0)[1])
+local per, cap = tonumber(ARGV[6]), tonumber(ARGV[7])
+local excess = redis.call('ZCARD', P .. 'own:' .. who) - per
+for _ = 1, excess do
+  local oldest = redis.call('ZRANGE', P .. 'own:' .. who, 0, 0)[1]
+  if not oldest then break end
+  drop(oldest, who)
 end
-while redis.call('HLEN', P .. 'owner') > cap do
+-- each round removes one zset member or one identity: at most (members + identities) rounds
+local rounds = redis.call('ZCARD', P .. 'idents') + redis.call('HLEN', P .. 'owner') + 1
+for _ = 1, rounds do
+  if redis.call('HLEN', P .. 'owner') <= cap then break end
   -- the identity holding the most keys; ties: the least recently active one
   local best, bestn = nil, -1
   for _, ident in ipairs(redis.call('ZRANGE', P .. 'idents', 0, -1)) do
@@ -229,21 +277,21 @@ while redis.call('HLEN', P .. 'owner') > cap do
   end
   if best == nil then break end
   local victim = redis.call('ZRANGE', P .. 'own:' .. best, 0, 0)[1]
-  if victim then drop(victim) else redis.call('ZREM', P .. 'idents', best) end
+  if victim then drop(victim, best) else redis.call('ZREM', P .. 'idents', best) end
 end
-return 1
+return {1, bad}
 """
 )
 
-# ARGV prefix, key id, '1' to return the key bytes too -> {0} or {1, owner[, blob]}
+# ARGV prefix, ttl, key id, '1' to return the key bytes too -> {0} or {1, owner[, blob]}
 TOUCH = (
     _REGISTRY_COMMON
     + """
-local k = ARGV[2]
+local k = ARGV[3]
 local owner = redis.call('HGET', P .. 'owner', k)
 if not owner then return {0} end
 touch(k, owner, redis.call('INCR', P .. 'tick'))
-if ARGV[3] == '1' then return {1, owner, redis.call('HGET', P .. 'blob', k) or ''} end
+if ARGV[4] == '1' then return {1, owner, redis.call('HGET', P .. 'blob', k) or ''} end
 return {1, owner}
 """
 )
@@ -324,9 +372,16 @@ class RedisState:
                 ("touch", TOUCH),
             )
         }
-        self._pending: collections.deque = collections.deque(maxlen=MAX_PENDING)
+        self._pending: collections.deque = collections.deque()
+        self._dropped = 0  # voids and releases not kept (queue full) since the last flush
+        self._rotate = False  # a release was dropped: move this worker's calls to a new lease
+        self._reassert = False  # Redis was unreachable: put this worker's calls back first
+        self._epoch: str | None = None  # the data marker this worker saw (None: not yet)
         self._down_since: float | None = None
+        self._down_why = ""
         self._state_lock = threading.Lock()
+        self._last_refresh = -1e18
+        self._errors_logged: set[str] = set()
         self.quotas = RedisQuotas(self)
         self.keys = RedisKeyStore(self, api_keys) if api_keys else None
         self._stop = threading.Event()
@@ -351,7 +406,14 @@ class RedisState:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 last = exc
                 continue
-            except redis.RedisError as exc:  # a script error: malformed data, wrong type
+            except redis.RedisError as exc:
+                if _refusing(exc):  # OOM, READONLY, BUSY...: an outage, logged once
+                    self._mark_down(exc, refusing=True)
+                    raise StateUnavailable(
+                        f"shared state at {self.where} refuses writes ({_first_word(exc)}); "
+                        "try again shortly"
+                    ) from exc
+                # a script error: malformed data, wrong type
                 log.error("shared state at %s refused a %s script: %s", self.where, script, exc)
                 raise StateUnavailable(
                     f"shared state at {self.where} holds data heml cannot use ({script}); "
@@ -364,17 +426,28 @@ class RedisState:
             f"shared state at {self.where} is unreachable; try again shortly"
         ) from last
 
-    def _mark_down(self, exc: BaseException | None) -> None:
+    def _mark_down(self, exc: BaseException | None, *, refusing: bool = False) -> None:
+        """Record an outage; one ERROR line when it starts, not one per call."""
         with self._state_lock:
+            self._reassert = True
             if self._down_since is not None:
                 return
             self._down_since = time.monotonic()
-        log.error(
-            "shared state at %s is unreachable (%s): calls that need it fail with UNAVAILABLE "
-            "until it answers again",
-            self.where,
-            exc,
-        )
+        if refusing:
+            log.error(
+                "shared state at %s refuses commands (%s): calls that need it fail with "
+                "UNAVAILABLE until it accepts them again (check its memory: maxmemory, "
+                "maxmemory-policy noeviction; and that it is the primary)",
+                self.where,
+                exc,
+            )
+        else:
+            log.error(
+                "shared state at %s is unreachable (%s): calls that need it fail with "
+                "UNAVAILABLE until it answers again",
+                self.where,
+                exc,
+            )
 
     def _mark_up(self) -> None:
         with self._state_lock:
@@ -391,47 +464,157 @@ class RedisState:
         return self._down_since is None
 
     def defer(self, kind: str, *args) -> None:
-        """Queue a void or a release to send when Redis answers again (both idempotent)."""
+        """Queue a void or a release to send when Redis answers again (both idempotent). The
+        queue holds MAX_PENDING; beyond, the entry is counted and dropped (logged when Redis
+        answers): a dropped void leaves its call charged (fail closed), a dropped release is
+        made harmless by moving this worker's live calls to a new lease (_rotate_lease)."""
+        if len(self._pending) >= MAX_PENDING:
+            self._dropped += 1
+            if kind == "release":
+                self._rotate = True
+            return
         self._pending.append((kind, args))
 
     def sync(self) -> bool:
-        """Renew the lease, refresh API keys and send what is pending; False if Redis did
-        not answer (the background thread calls this every SYNC_SECONDS)."""
+        """Renew the lease, put this worker's calls back after an outage, refresh API keys,
+        then send what is pending; False if Redis did not answer. The background thread calls
+        this every SYNC_SECONDS; it never raises (the thread must not die)."""
+        try:
+            if not self._refresh():
+                return False
+            return self._flush()
+        except Exception as exc:  # never let the state thread die: log, try again next round
+            self._log_once(f"{type(exc).__name__}: {exc}"[:300])
+            return False
+
+    def _log_once(self, message: str) -> None:
+        if message not in self._errors_logged:
+            if len(self._errors_logged) < 100:
+                self._errors_logged.add(message)
+            log.error("shared state at %s: sync failed (%s); retrying", self.where, message)
+
+    def _refresh(self) -> bool:
+        """The part of a sync that must not wait behind a backlog: lease, data marker, this
+        worker's calls after an outage, API keys."""
         import redis
 
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.set(PREFIX + "lease:" + self.lease, "1", ex=LEASE_SECONDS)
+            pipe.delete(PREFIX + "gone:" + self.lease)
+            pipe.get(EPOCH)
             pipe.get(APIKEYS_VERSION)
-            _ok, version = pipe.execute()
+            pipe.scard(REVOKED)
+            _ok, _gone, epoch, version, revoked = pipe.execute()
+            lost = self._check_epoch(epoch)
+            with self._state_lock:
+                reassert, self._reassert = self._reassert or lost, False
+            if reassert:
+                try:
+                    self.quotas.reassert()
+                except BaseException:
+                    self._reassert = True
+                    raise
             if self.keys is not None:
-                self.keys.refresh(version)
+                self.keys.refresh(version, int(revoked or 0), force=lost)
+            self._last_refresh = time.monotonic()
             self._mark_up()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._mark_down(exc)
             return False
         except redis.RedisError as exc:
-            log.error("shared state at %s: %s", self.where, exc)
+            if _refusing(exc):
+                self._mark_down(exc, refusing=True)
+            else:
+                self._log_once(str(exc)[:300])
             return False
-        self._flush()
         return True
 
-    def _flush(self) -> None:
-        from . import StateUnavailable
+    def _check_epoch(self, raw) -> bool:
+        """Compare Redis' data marker with the one this worker saw; True if Redis lost its
+        data since (the marker is gone or changed: restarted without persistence, failed over
+        to a copy that lacks it, flushed). Then: one ERROR line, the marker LOST is set (model-
+        privacy allowances are refused until an operator removes it), a new data marker is
+        agreed on, and the caller puts back this worker's revocations and calls."""
+        epoch = _text(raw) if raw is not None else None
+        if epoch is not None and epoch == self._epoch:
+            return False
+        seen = self._epoch
+        pipe = self.client.pipeline(transaction=True)
+        if seen is not None:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            pipe.set(LOST, f"data marker {seen[:12]} gone at {when}, seen by lease {self.lease}",
+                     nx=True)  # fmt: skip
+        pipe.set(EPOCH, uuid.uuid4().hex, nx=True)
+        pipe.get(EPOCH)
+        self._epoch = _text(pipe.execute()[-1])
+        if seen is None:
+            return False  # first contact: nothing to compare with
+        log.error(
+            "shared state at %s lost its data (its data marker %s is %s): revocations this "
+            "replica knows are written back and its calls in flight put back; model-privacy "
+            "allowances cannot be recounted, so model-privacy scoring fails with "
+            "FAILED_PRECONDITION until an operator restores Redis or deletes the key %s "
+            "(docs/deploy.md, 'When Redis loses its data')",
+            self.where,
+            seen[:12],
+            "gone" if epoch is None else "changed",
+            LOST,
+        )
+        return True
 
+    def _flush(self) -> bool:
+        """Send pending voids and releases, FLUSH_BATCH per round trip; between batches the
+        lease and API keys are refreshed every SYNC_SECONDS, so a long backlog never makes
+        keys stale while Redis answers."""
+        import redis
+
+        dropped, self._dropped = self._dropped, 0
+        if dropped:
+            log.error(
+                "shared state at %s: %d voids/releases were dropped while it was unreachable "
+                "(more than %d waiting): those calls stay charged%s",
+                self.where,
+                dropped,
+                MAX_PENDING,
+                "; this worker's calls in flight move to a new lease" if self._rotate else "",
+            )
+        if self._rotate:
+            self._rotate = False
+            self._rotate_lease()
         while self._pending:
-            kind, args = self._pending[0]
-            try:
+            if time.monotonic() - self._last_refresh > SYNC_SECONDS and not self._refresh():
+                return False
+            batch = [self._pending[i] for i in range(min(FLUSH_BATCH, len(self._pending)))]
+            pipe = self.client.pipeline(transaction=False)
+            for kind, args in batch:
                 if kind == "void":
-                    self.run("void", [args[0], args[0]], [CHARGE_TTL], attempts=1)
+                    self._scripts["void"](keys=[args[0], args[0]], args=[CHARGE_TTL], client=pipe)
                 else:  # release
-                    self.client.srem(*args)
-            except StateUnavailable:
-                return
-            except Exception as exc:
+                    pipe.srem(*args)
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self._mark_down(exc)
-                return
-            self._pending.popleft()
+                return False
+            failed = [r for r in replies if isinstance(r, Exception)]
+            if failed and _refusing(failed[0]):
+                self._mark_down(failed[0], refusing=True)
+                return False
+            if failed:  # malformed data for those entries: sending again would not help
+                self._log_once(f"{len(failed)} voids/releases refused: {failed[0]}"[:300])
+            for _ in batch:
+                self._pending.popleft()
+        return True
+
+    def _rotate_lease(self) -> None:
+        """Move this worker's calls in flight to a new lease and delete the old one, so every
+        member under the old lease (releases that were dropped) stops counting within
+        LEASE_GRACE_SECONDS."""
+        old, self.lease = self.lease, uuid.uuid4().hex
+        self.client.set(PREFIX + "lease:" + self.lease, "1", ex=LEASE_SECONDS)
+        self.quotas.reassert()
+        self.client.delete(PREFIX + "lease:" + old)
 
     def _loop(self) -> None:
         while not self._stop.wait(SYNC_SECONDS):
@@ -440,11 +623,54 @@ class RedisState:
     def private_keys(self, served):
         return RedisPrivateKeys(self, served)
 
+    def forget_registry(self, name: str, version: int) -> None:
+        """Delete a model version's key registry from Redis (the version is no longer served
+        by this replica; heml:t: allowances are kept, so a rollback does not reset them).
+        Redis unreachable: left to REGISTRY_TTL."""
+        import redis
+
+        prefix = f"{PREFIX}pk:{name}:{version}:"
+        try:
+            idents = self.client.zrange(prefix + "idents", 0, -1)
+            names = [prefix + n for n in ("blob", "owner", "used", "idents", "tick")]
+            names += [prefix + "own:" + _text(i) for i in idents]
+            for i in range(0, len(names), 500):
+                self.client.delete(*names[i : i + 500])
+        except redis.RedisError as exc:
+            log.warning(
+                "shared state at %s: the key registry of %s v%d was not deleted (%s); it "
+                "expires %d days after its last use",
+                self.where,
+                name,
+                version,
+                exc,
+                REGISTRY_TTL // 86400,
+            )
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
         self.client.close()
+
+
+_REFUSING = ("OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "MISCONF")
+
+
+def _first_word(exc: BaseException) -> str:
+    return (str(exc).split() or [type(exc).__name__])[0]
+
+
+def _refusing(exc: BaseException) -> bool:
+    """Redis answers but refuses every command for now (out of memory, a read-only replica,
+    a script running, loading its file): an outage, not malformed data."""
+    import redis
+
+    return (
+        isinstance(exc, redis.BusyLoadingError | redis.ReadOnlyError)
+        or _first_word(exc) in _REFUSING
+        or type(exc).__name__ == "OutOfMemoryError"
+    )
 
 
 def _charge_key(charge_id: str) -> str:
@@ -456,6 +682,8 @@ class RedisQuotas:
 
     def __init__(self, state: RedisState) -> None:
         self.state = state
+        self._live: dict[str, tuple[str, str]] = {}  # call id -> (set, member) acquired here
+        self._live_lock = threading.Lock()
 
     def _check(self, reply, what: str) -> tuple[int, float]:
         from . import StateUnavailable
@@ -497,10 +725,19 @@ class RedisQuotas:
         reply = self.state.run(
             "total",
             [hash_key or PREFIX + "t:" + name, _charge_key(charge_id)],
-            [field, int(cost), int(limit), CHARGE_TTL, must_exist],
+            [field, int(cost), int(limit), CHARGE_TTL, must_exist, LOST],
         )
         if int(reply[0]) == -3:
             raise KeyError(field)
+        if int(reply[0]) == -4:
+            from . import StateDataLost
+
+            raise StateDataLost(
+                f"shared state at {self.state.where} lost its data, so model-privacy "
+                "allowances may have restarted from zero: model-privacy scoring is refused "
+                f"until the operator restores Redis from its backup or deletes the key {LOST} "
+                "to accept the reset (docs/deploy.md, 'When Redis loses its data')"
+            )
         granted, used = self._check(reply, "allowance")
         return None if granted == 1 else int(used)
 
@@ -510,21 +747,56 @@ class RedisQuotas:
         member = f"{self.state.lease}|{call_id}"
         key = PREFIX + "c:" + key_id
         try:
-            live = int(self.state.run("acquire", [key], [int(limit), member, PREFIX + "lease:"]))
+            live = int(
+                self.state.run(
+                    "acquire",
+                    [key],
+                    [int(limit), member, PREFIX + "lease:", PREFIX + "gone:", LEASE_GRACE_SECONDS],
+                )
+            )
         except StateUnavailable:
             self.state.defer("release", key, member)  # in case it ran and the reply was lost
             raise
-        return None if live < 0 else live
+        if live >= 0:
+            return live
+        with self._live_lock:
+            self._live[call_id] = (key, member)
+        return None
 
     def release(self, key_id: str, call_id: str) -> None:
         import redis
 
-        key, member = PREFIX + "c:" + key_id, f"{self.state.lease}|{call_id}"
+        with self._live_lock:
+            entry = self._live.pop(call_id, None)
+        key, member = entry or (PREFIX + "c:" + key_id, f"{self.state.lease}|{call_id}")
         try:
             self.state.client.srem(key, member)
         except redis.RedisError as exc:
-            self.state._mark_down(exc)
+            self.state._mark_down(exc, refusing=_refusing(exc))
             self.state.defer("release", key, member)
+
+    def reassert(self) -> None:
+        """Put this worker's calls in flight back into Redis under its current lease (after an
+        outage, a data loss or a new lease): they still run, so they still count. A call
+        released meanwhile is taken out again, so a release is never undone."""
+        with self._live_lock:
+            snapshot = list(self._live.items())
+        if not snapshot:
+            return
+        lease = self.state.lease
+        pipe = self.state.client.pipeline(transaction=False)
+        for call_id, (key, _member) in snapshot:
+            pipe.sadd(key, f"{lease}|{call_id}")
+        pipe.execute()
+        ended = []
+        with self._live_lock:
+            for call_id, (key, _member) in snapshot:
+                if call_id in self._live:
+                    self._live[call_id] = (key, f"{lease}|{call_id}")
+                else:
+                    ended.append((key, f"{lease}|{call_id}"))
+        for key, member in ended:
+            self.state.client.srem(key, member)
 
     def void(self, charge_ids: list[str]) -> None:
         """Undo these charges (a call that failed because Redis could not be reached); sent
@@ -554,6 +826,9 @@ class RedisPrivateKeys:
         self.local = served.private.keys
         model = served.model
         self.prefix = f"{PREFIX}pk:{model.name}:{model.version}:"
+        hooks = getattr(served, "retire_hooks", None)
+        if hooks is not None and id(state) not in hooks:  # freed when no longer served
+            hooks[id(state)] = lambda: state.forget_registry(model.name, model.version)
 
     def register(self, nonce: bytes, p0: bytes, identity: str) -> str:
         from ...he.private import key_id_of, validate_public_key
@@ -562,11 +837,12 @@ class RedisPrivateKeys:
         checked = None
         if key_id not in self.local:  # validated already if cached (same bytes, same id)
             checked = validate_public_key(nonce, p0, self.local.params)  # before Redis
-        self.state.run(
+        reply = self.state.run(
             "register",
             [self.prefix + "owner"],
             [
                 self.prefix,
+                REGISTRY_TTL,
                 key_id,
                 identity,
                 nonce + p0,
@@ -574,6 +850,16 @@ class RedisPrivateKeys:
                 self.local.capacity,
             ],
         )
+        if int(reply[1]) > 0:
+            from . import StateUnavailable
+
+            log.error(
+                "shared state: the key registry %s* was inconsistent (%d entries named keys "
+                "it did not hold); they were dropped",
+                self.prefix,
+                int(reply[1]),
+            )
+            raise StateUnavailable("the shared key registry was inconsistent; try again")
         if checked is not None:
             self.local.install_checked(*checked, identity)
         return key_id
@@ -585,7 +871,9 @@ class RedisPrivateKeys:
             return False
         cached = key_id in self.local
         reply = self.state.run(
-            "touch", [self.prefix + "owner"], [self.prefix, key_id, "0" if cached else "1"]
+            "touch",
+            [self.prefix + "owner"],
+            [self.prefix, REGISTRY_TTL, key_id, "0" if cached else "1"],
         )
         if int(reply[0]) != 1:
             return False
@@ -626,25 +914,45 @@ class RedisPrivateKeys:
 class RedisKeyStore:
     """API keys: the key file (reloaded as today) plus keys issued into Redis, minus keys
     revoked in Redis. Refreshed by the state's background thread every SYNC_SECONDS; when
-    Redis has not answered for MAX_STALE_SECONDS, calls fail closed (UNAVAILABLE)."""
+    Redis has not answered for MAX_STALE_SECONDS, calls fail closed (UNAVAILABLE).
+
+    Revocations are monotonic: the worker keeps every revocation it has seen, whatever Redis
+    holds later, and writes back those Redis lacks (a Redis that lost its data, an entry
+    deleted by hand), so a revoked key is never accepted again while any replica that saw the
+    revocation runs."""
 
     def __init__(self, state: RedisState, path: str) -> None:
         self.state = state
         self.file = KeyStore(path)
         self._shared: tuple[ApiKey, ...] = ()
-        self._revoked: frozenset[bytes] = frozenset()
+        self._revoked: frozenset[bytes] = frozenset()  # every revocation seen, never shrinks
         self._version = object()  # never equal to a version read
         self._synced = -1e18
+        self._logged: set[str] = set()  # malformed entries already logged
 
-    def refresh(self, version) -> None:
-        """Reload the Redis entries when their version changed (called by RedisState.sync)."""
-        if version != self._version:
+    def refresh(self, version, revoked_count: int = -1, *, force: bool = False) -> None:
+        """Reload the Redis entries when their version changed, or Redis holds fewer
+        revocations than this worker has seen (called by RedisState.sync)."""
+        if force or version != self._version or 0 <= revoked_count < len(self._revoked):
             pipe = self.state.client.pipeline(transaction=True)
             pipe.hgetall(APIKEYS)
             pipe.smembers(REVOKED)
             entries, revoked = pipe.execute()
-            self._shared = tuple(_parse_shared(entries))
-            self._revoked = frozenset(_parse_revoked(revoked))
+            self._shared = tuple(_parse_shared(entries, self._logged))
+            in_redis = frozenset(_parse_revoked(revoked))
+            missing = self._revoked - in_redis
+            if missing:  # Redis lost them: write them back for every replica
+                log.error(
+                    "shared state at %s lacks %d revocation(s) this replica has seen; "
+                    "writing them back",
+                    self.state.where,
+                    len(missing),
+                )
+                pipe = self.state.client.pipeline(transaction=True)
+                pipe.sadd(REVOKED, *sorted(d.hex() for d in missing))
+                pipe.incr(APIKEYS_VERSION)
+                version = pipe.execute()[-1]
+            self._revoked = self._revoked | in_redis
             self._version = version
         self._synced = time.monotonic()
 
@@ -675,17 +983,26 @@ def _text(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _parse_shared(entries: dict) -> list[ApiKey]:
-    """Key entries read back from Redis, each checked like a key-file line (a malformed one
-    is left out and logged: fail closed for it)."""
+def _parse_shared(entries: dict, logged: set[str] | None = None) -> list[ApiKey]:
+    """Key entries read back from Redis, each checked like a key-file line. A malformed one
+    (too long, nested too deep, anything the parser raises) is left out and logged once:
+    fail closed for that entry, never for the worker."""
     keys: list[ApiKey] = []
+    logged = set() if logged is None else logged
     for field, line in sorted(entries.items()):
+        name = _text(field)[:64]
         try:
-            (entry,) = parse_key_file(_text(line), "shared state")
+            text = _text(line)
+            if len(text) > MAX_ENTRY_CHARS:
+                raise ApiKeyFileError(f"entry is {len(text)} characters, above {MAX_ENTRY_CHARS}")
+            (entry,) = parse_key_file(text, "shared state")
             if entry.key_id != _text(field):
                 raise ApiKeyFileError("its id differs from its field")
-        except (ApiKeyFileError, ValueError) as exc:
-            log.error("ignoring API key %r in shared state: %s", _text(field)[:64], exc)
+        except Exception as exc:  # RecursionError, MemoryError...: only this entry is refused
+            if name not in logged:
+                if len(logged) < 1000:
+                    logged.add(name)
+                log.error("ignoring API key %r in shared state: %s", name, str(exc)[:200])
             continue
         keys.append(entry)
         if len(keys) >= MAX_KEYS:
@@ -728,9 +1045,8 @@ def publish_revocation(url: str, key_id: str, digests: list[bytes]) -> bool:
     try:
         line = client.hget(APIKEYS, key_id)
         found = list(digests)
-        if line is not None:
-            with contextlib.suppress(ApiKeyFileError):
-                found.extend(k.digest for k in parse_key_file(_text(line), "shared state"))
+        if line is not None:  # parsed defensively, like the replicas do
+            found.extend(k.digest for k in _parse_shared({key_id: line}))
         if not found and line is None:
             return False
         pipe = client.pipeline(transaction=True)
