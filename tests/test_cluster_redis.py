@@ -353,11 +353,17 @@ def test_redis_stopped_and_restarted_under_load(setup, shared):
 def test_a_killed_replicas_calls_in_flight_stop_counting_when_its_lease_expires(shared):
     """A key allowed one call at a time holds a call open on replica 0, which is SIGKILLed:
     replica 1 still counts that call (the limit is shared), and admits the key again once
-    the dead replica's lease has expired (LEASE_SECONDS), without anyone cleaning up."""
+    the dead replica's lease has expired and been seen missing for the grace period
+    (LEASE_SECONDS + LEASE_GRACE_SECONDS), without anyone cleaning up."""
     import grpc
 
     from heml.server.auth import read_key_file
-    from heml.server.state.redis_backend import LEASE_SECONDS, SYNC_SECONDS, publish_key
+    from heml.server.state.redis_backend import (
+        LEASE_GRACE_SECONDS,
+        LEASE_SECONDS,
+        SYNC_SECONDS,
+        publish_key,
+    )
     from heml.v1 import heml_pb2_grpc
 
     redis, replicas, _nginx = shared
@@ -396,7 +402,8 @@ def test_a_killed_replicas_calls_in_flight_stop_counting_when_its_lease_expires(
     try:
         assert not admitted(), "the dead replica's call should still count for a while"
         while not admitted():
-            assert time.monotonic() - killed < LEASE_SECONDS + 5, "in-flight count leaked"
+            limit = LEASE_SECONDS + LEASE_GRACE_SECONDS + 5
+            assert time.monotonic() - killed < limit, "in-flight count leaked"
             time.sleep(0.25)
         assert time.monotonic() - killed >= 1.0
     finally:

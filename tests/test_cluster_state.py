@@ -141,11 +141,18 @@ def test_take_total_never_refills_and_is_shared(states):
     assert a.take_total("private/m/1/dan", 1, 12, "4") == 12
 
 
-def test_in_flight_calls_of_a_dead_replica_stop_counting_when_its_lease_expires(states):
+def test_in_flight_calls_of_a_dead_replica_stop_counting_when_its_lease_expires(
+    states, monkeypatch
+):
+    """A missing lease is first noted, then its calls are dropped LEASE_GRACE_SECONDS later
+    (time for a live worker whose lease expired during an outage to renew it)."""
+    monkeypatch.setattr(rb, "LEASE_GRACE_SECONDS", 0.3)
     a, b = states(), states()
     assert a.quotas.acquire("erin", 1, "call-a") is None
     assert b.quotas.acquire("erin", 1, "call-b") == 1  # a's call is in flight
     a.client.delete(f"heml:lease:{a.lease}")  # what LEASE_SECONDS without renewal does
+    assert b.quotas.acquire("erin", 1, "call-b") == 1  # noted missing: still counts
+    time.sleep(0.4)
     assert b.quotas.acquire("erin", 1, "call-b") is None
     b.quotas.release("erin", "call-b")
     b.quotas.release("erin", "call-b")  # idempotent
@@ -161,6 +168,8 @@ def test_leases_expire_by_themselves(redis_url, monkeypatch):
         assert b.quotas.acquire("fay", 1, "2") == 1
         time.sleep(1.3)  # a stops renewing (a killed replica)
         b.sync()
+        assert b.quotas.acquire("fay", 1, "2") == 1  # seen missing: the grace starts
+        time.sleep(rb.LEASE_GRACE_SECONDS + 0.2)
         assert b.quotas.acquire("fay", 1, "2") is None
     finally:
         a.close()
