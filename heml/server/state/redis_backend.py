@@ -265,6 +265,14 @@ for _ = 1, excess do
   if not oldest then break end
   drop(oldest, who)
 end
+if bad > 0 then  -- the identity's zset named keys it does not own: drop every such entry
+  for _, m in ipairs(redis.call('ZRANGE', P .. 'own:' .. who, 0, -1)) do
+    if redis.call('HGET', P .. 'owner', m) ~= who then
+      redis.call('ZREM', P .. 'own:' .. who, m)
+      bad = bad + 1
+    end
+  end
+end
 -- each round removes one zset member or one identity: at most (members + identities) rounds
 local rounds = redis.call('ZCARD', P .. 'idents') + redis.call('HLEN', P .. 'owner') + 1
 for _ = 1, rounds do
@@ -435,10 +443,11 @@ class RedisState:
             self._down_since = time.monotonic()
         if refusing:
             log.error(
-                "shared state at %s refuses commands (%s): calls that need it fail with "
+                "shared state at %s refuses commands (%s: %s): calls that need it fail with "
                 "UNAVAILABLE until it accepts them again (check its memory: maxmemory, "
                 "maxmemory-policy noeviction; and that it is the primary)",
                 self.where,
+                type(exc).__name__,
                 exc,
             )
         else:
@@ -785,8 +794,10 @@ class RedisQuotas:
             return
         lease = self.state.lease
         pipe = self.state.client.pipeline(transaction=False)
-        for call_id, (key, _member) in snapshot:
+        for call_id, (key, member) in snapshot:
             pipe.sadd(key, f"{lease}|{call_id}")
+            if member != f"{lease}|{call_id}":  # a new lease: the old name would count twice
+                pipe.srem(key, member)
         pipe.execute()
         ended = []
         with self._live_lock:
