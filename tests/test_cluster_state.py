@@ -1012,3 +1012,53 @@ def test_a_call_that_ends_while_its_slot_is_acquired_releases_it_embedded(tmp_pa
     guard.exit("raised")
     assert quotas.acquire("sam", 1, "next") is None, "the slot leaked"
     table.close()
+
+
+def test_api_key_entries_are_bounded_and_any_parse_error_refuses_only_that_entry(
+    tmp_path, states, caplog
+):
+    """Entries longer than MAX_ENTRY_CHARS are refused unparsed; a shorter one nested deep
+    enough for json to raise RecursionError is refused too; the valid keys still work and
+    each bad entry is logged once, not at every reload."""
+    keys = tmp_path / "keys"
+    alice = issue_key(keys, "alice")
+    a = states(api_keys=str(keys))
+    client = a.client
+    client.hset(rb.APIKEYS, "long", " " * (rb.MAX_ENTRY_CHARS + 1))
+    client.hset(rb.APIKEYS, "deep", "[" * 2000 + "]" * 2000)  # 4,000 characters
+    with caplog.at_level(logging.ERROR, "heml.server"):
+        for _ in range(2):
+            client.incr(rb.APIKEYS_VERSION)
+            assert a.sync()
+    assert a.keys.authenticate(_auth(alice)).key_id == "alice"
+    logged = [r.getMessage() for r in caplog.records if "ignoring API key" in r.getMessage()]
+    assert len(logged) == 2, logged
+    assert any("'long'" in m and "above" in m for m in logged)
+
+
+def test_the_state_thread_survives_any_exception(tmp_path, make_redis, monkeypatch, caplog):
+    """Whatever a sync raises, the thread logs it and keeps renewing (a dead thread would
+    leave API keys stale for good: every call UNAVAILABLE until a restart)."""
+    keys = tmp_path / "keys"
+    alice = issue_key(keys, "alice")
+    server = make_redis()
+    state = rb.RedisState(server.url, api_keys=str(keys))
+    try:
+        refresh = state.keys.refresh
+        calls = []
+
+        def failing(*args, **kw):
+            calls.append(1)
+            if len(calls) <= 2:
+                raise RuntimeError("injected")
+            return refresh(*args, **kw)
+
+        monkeypatch.setattr(state.keys, "refresh", failing)
+        with caplog.at_level(logging.ERROR, "heml.server"):
+            time.sleep(4 * rb.SYNC_SECONDS)
+        assert state._thread.is_alive()
+        assert len(calls) > 2
+        assert state.keys.authenticate(_auth(alice)).key_id == "alice"
+        assert sum("injected" in r.getMessage() for r in caplog.records) == 1  # logged once
+    finally:
+        state.close()
