@@ -10,13 +10,23 @@ Every change is one Lua script, so Redis runs it atomically whatever the number 
 * **calls in flight** ``heml:c:<key id>``: a set of ``<lease>|<call id>`` members. Each worker
   process holds a lease ``heml:lease:<lease>`` that it renews every SYNC_SECONDS with a TTL of
   LEASE_SECONDS; members of a lease that expired (a killed replica) are dropped by the next
-  ``acquire``, so a dead replica's calls stop counting within LEASE_SECONDS.
+  ``acquire`` once Redis has seen the lease missing for LEASE_GRACE_SECONDS (marker
+  ``heml:gone:<lease>``), so a dead replica's calls stop counting within LEASE_SECONDS +
+  LEASE_GRACE_SECONDS, while a live worker whose lease expired during an outage renews it (and
+  puts its running calls back) first thing when Redis answers again.
 * **model-privacy public keys** ``heml:pk:<model>:<version>:*``: validated key bytes (nonce ‖
   p0) with the same per-identity cap, overall capacity and eviction order as the in-process
   store (heml.he.private.PublicKeyStore); each replica keeps a validated local copy as a cache.
+  Deleted when a replica stops serving the version; each key expires REGISTRY_TTL after the
+  model's last use.
 * **API keys** ``heml:apikeys`` (id -> key-file JSON line, from ``heml keys issue --state``) and
   **revocations** ``heml:apikeys:revoked`` (SHA-256 hex of revoked keys), with a version
-  counter that each worker polls every SYNC_SECONDS.
+  counter that each worker polls every SYNC_SECONDS. Revocations are monotonic: a worker
+  keeps every one it has seen and writes back those Redis lacks.
+* **data marker** ``heml:epoch``: a random id written when Redis is found empty. A worker that
+  finds it gone or changed knows Redis lost its data: it writes back revocations and its
+  running calls, and sets ``heml:lost``, which refuses model-privacy allowances (they cannot be
+  rebuilt) until an operator deletes it.
 
 Charges carry an id unique to the charge (``<call id>.<n>``); the script records it
 (``heml:charge:<id>``, kept CHARGE_TTL = 5 minutes), so running it again after a lost reply returns
@@ -25,8 +35,9 @@ be reached has its charges voided (refunded once, by the same records) as soon a
 again, so a failed call costs nothing, a served one exactly once. Releases of in-flight slots
 that could not be sent are retried the same way.
 
-Redis unreachable: every call that needs it fails with UNAVAILABLE (fail closed), one log line
-when it goes and one when it comes back; nothing needs a restart. Values read back are checked
+Redis unreachable (or refusing commands: OOM, READONLY, BUSY...): every call that needs it
+fails with UNAVAILABLE (fail closed), one log line when it goes and one when it comes back;
+nothing needs a restart. Values read back are checked
 (numbers in range, key bytes validated again); a malformed value fails closed too.
 """
 
