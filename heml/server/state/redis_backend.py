@@ -397,7 +397,6 @@ class RedisState:
         self._reassert = False  # Redis was unreachable: put this worker's calls back first
         self._epoch: str | None = None  # the data marker this worker saw (None: not yet)
         self._down_since: float | None = None
-        self._down_why = ""
         self._state_lock = threading.Lock()
         self._last_refresh = -1e18
         self._errors_logged: set[str] = set()
@@ -429,7 +428,7 @@ class RedisState:
                 if _refusing(exc):  # OOM, READONLY, BUSY...: an outage, logged once
                     self._mark_down(exc, refusing=True)
                     raise StateUnavailable(
-                        f"shared state at {self.where} refuses writes ({_first_word(exc)}); "
+                        f"shared state at {self.where} refuses commands ({_code(exc)}); "
                         "try again shortly"
                     ) from exc
                 # a script error: malformed data, wrong type
@@ -674,23 +673,22 @@ class RedisState:
         self.client.close()
 
 
-_REFUSING = ("OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "MISCONF")
+_REFUSING = frozenset(
+    ("OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "MISCONF", "TRYAGAIN")
+)
 
 
-def _first_word(exc: BaseException) -> str:
-    return (str(exc).split() or [type(exc).__name__])[0]
+def _code(exc: BaseException) -> str:
+    """Redis' error code (OOM, READONLY...): redis-py keeps it as ``status_code`` when it
+    strips it from the message, else it is the message's first word."""
+    code = getattr(exc, "status_code", None)
+    return str(code) if code else (str(exc).split() or [type(exc).__name__])[0]
 
 
 def _refusing(exc: BaseException) -> bool:
     """Redis answers but refuses every command for now (out of memory, a read-only replica,
     a script running, loading its file): an outage, not malformed data."""
-    import redis
-
-    return (
-        isinstance(exc, redis.BusyLoadingError | redis.ReadOnlyError)
-        or _first_word(exc) in _REFUSING
-        or type(exc).__name__ == "OutOfMemoryError"
-    )
+    return _code(exc) in _REFUSING
 
 
 def _charge_key(charge_id: str) -> str:
