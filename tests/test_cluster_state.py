@@ -825,6 +825,8 @@ def test_model_privacy_scoring_is_refused_after_redis_lost_its_data(make_redis):
         assert a.quotas.take_total("private/m/1/kay", 2, 10, "1") is None  # control
         server.halt()
         server.start()  # back without its data (no append-only file)
+        with pytest.raises(StateUnavailable, match="changed"):  # before a's next sync
+            a.quotas.take_total("private/m/1/kay", 2, 10, "2")
         assert a.sync()  # detects the loss
         assert server.client().exists(rb.LOST)
         with pytest.raises(StateDataLost, match="heml:lost") as info:

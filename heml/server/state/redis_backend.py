@@ -131,11 +131,14 @@ return {granted, string.format('%.17g', tokens)}
 
 # KEYS[1] hash, KEYS[2] charge record; ARGV field, cost, limit, ttl, (optional) a key
 # that must exist first (the registered public key whose allowance this is), and the data-loss
-# marker: while it exists the counts may have restarted from zero, so nothing is granted (-4)
+# marker: while it exists the counts may have restarted from zero, so nothing is granted (-4);
+# then the data marker key and the value this worker last saw: if they differ, Redis lost its
+# data since the worker's last sync, which has not noticed yet: nothing is granted (-5)
 TAKE_TOTAL = (
     _CHECK_RECORD
     + """
 if redis.call('EXISTS', ARGV[6]) == 1 then return {-4, '0'} end
+if ARGV[8] == '' or redis.call('GET', ARGV[7]) ~= ARGV[8] then return {-5, '0'} end
 if ARGV[5] and ARGV[5] ~= '' and redis.call('HEXISTS', ARGV[5], ARGV[1]) == 0 then
   return {-3, '0'}
 end
@@ -743,8 +746,24 @@ class RedisQuotas:
         reply = self.state.run(
             "total",
             [hash_key or PREFIX + "t:" + name, _charge_key(charge_id)],
-            [field, int(cost), int(limit), CHARGE_TTL, must_exist, LOST],
+            [
+                field,
+                int(cost),
+                int(limit),
+                CHARGE_TTL,
+                must_exist,
+                LOST,
+                EPOCH,
+                self.state._epoch or "",
+            ],
         )
+        if int(reply[0]) == -5:
+            from . import StateUnavailable
+
+            raise StateUnavailable(
+                f"shared state at {self.state.where} changed since this replica last checked "
+                "it; try again shortly"
+            )
         if int(reply[0]) == -3:
             raise KeyError(field)
         if int(reply[0]) == -4:
