@@ -990,7 +990,7 @@ class RedisKeyStore:
                 pipe = self.state.client.pipeline(transaction=True)
                 pipe.sadd(REVOKED, *sorted(d.hex() for d in missing))
                 pipe.incr(APIKEYS_VERSION)
-                version = pipe.execute()[-1]
+                version = str(pipe.execute()[-1]).encode()  # as GET returns it
             self._revoked = self._revoked | in_redis
             self._version = version
         self._synced = time.monotonic()
