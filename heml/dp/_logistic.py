@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _calibration as cal
 from ._base import DPEstimatorMixin
 from ._noise import NoiseSource, rounding_slack
-from ._private_bounds import fit_with_estimated_bounds
+from ._private_bounds import estimates_bounds, fit_with_estimated_bounds
 from ._validation import check_delta_vs_n, clip_rows, resolve_feature_bounds, validate_data
 
 METHODS = ("auto", "objpert", "dpgd")
@@ -230,7 +230,10 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         k = classes.size
         method = self.method
         if method == "auto":
-            method = "objpert" if k == 2 else "dpgd"
+            # objective perturbation for two classes, except when the bounds are estimated with
+            # DP: DP-GD's Gaussian noise then composes with them in zCDP (docs/dp.md); both
+            # conditions are public (declared classes and bounds parameters)
+            method = "objpert" if k == 2 and not estimates_bounds(self, eps) else "dpgd"
         if method == "objpert" and k > 2:
             raise ValueError(
                 "objective perturbation handles two classes; use method='dpgd' (or 'auto') "

@@ -35,12 +35,24 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
-from ._noise import NoiseSource, _secure_uniform
+from ._noise import NoiseSource, _secure_uniform, rounding_slack
 
 # Public, fixed a priori: none depends on the data being fitted. They were chosen by measuring
 # a few alternatives on the benchmark sets (docs/dp.md, "Bounds estimated with DP").
 EPSILON_SHARE = 0.3
 DELTA_SHARE = 0.1
+# With a Gaussian model (AdaSSP, DP-GD) the fit is accounted in zCDP and the bounds take this
+# share of its ρ (see split_budget).
+BOUNDS_RHO_SHARE = 0.3
+# zCDP path with per-feature boxes: this share of the features' ρ first releases one pooled box
+# (its magnitude c, sensitivity d); the per-feature candidates are then SCALE_HEADROOM·c·2^(-j/2)
+# over SCALE_OCTAVES octaves instead of the whole public search range.
+SCALE_SHARE = 0.1
+SCALE_HEADROOM = 4.0
+SCALE_OCTAVES = 20
+# zCDP path: this share of ρ releases the mean of the box-mapped features (Gaussian, L2
+# sensitivity 2√d), the point rows are centred and clipped around (see ``private_center``).
+CENTER_RHO_SHARE = 0.15
 DEFAULT_SEARCH_RANGE = 1e6
 POINTS_PER_OCTAVE = 2
 OCTAVES = 40
@@ -227,9 +239,28 @@ def per_release_epsilon(releases: int, epsilon: float, delta: float) -> tuple[fl
     return basic, 0.0
 
 
+def zcdp_rho(epsilon: float, delta: float) -> float:
+    """The largest ρ whose zCDP guarantee converts (``zcdp_delta``) to (ε, δ), less 1e-9."""
+    f = lambda rho: math.log(max(zcdp_delta(rho, epsilon), 1e-320)) - math.log(delta)  # noqa: E731
+    if f(epsilon) <= 0:
+        return epsilon
+    return brentq(f, 1e-15, epsilon, xtol=1e-18, rtol=1e-12) * (1.0 - 1e-9)
+
+
+def gaussian_rho(multiplier: float) -> float:
+    """zCDP of a Gaussian release with noise multiplier σ/Δ: 1/(2m²) (Bun & Steinke 2016)."""
+    return 0.5 / (multiplier * multiplier)
+
+
 @dataclass(frozen=True)
 class BoundsBudget:
-    """How a fit's (ε, δ) splits between the bounds and the model (basic composition)."""
+    """How a fit's (ε, δ) splits between the bounds and the model.
+
+    ``composition`` is "basic" (the parts' (ε, δ) add up; objective perturbation) or "zcdp"
+    (Gaussian models: the bounds' releases and the model's Gaussian noise are all measured in
+    zCDP, ρ_bounds + ρ_model = ρ, and ρ converts to (ε, δ); ``rho``/``rho_model`` are set and
+    the model must add noise with multiplier at least ``model_multiplier``).
+    """
 
     epsilon: float
     delta: float
@@ -238,31 +269,110 @@ class BoundsBudget:
     epsilon_target: float  # ε of the target's one release (0: none)
     epsilon_model: float
     delta_model: float
+    composition: str = "basic"
+    rho: float = 0.0  # zCDP of the bounds' releases (composition "zcdp")
+    rho_model: float = 0.0
+    model_multiplier: float = 0.0
+    epsilon_scale: float = 0.0  # ε of the pooled scale release before per-feature boxes (0: none)
+    rho_center: float = 0.0  # zCDP of the features' mean release (0: none)
 
     def describe(self) -> dict:
-        return {
+        out = {
             "epsilon": self.epsilon,
             "delta": self.delta,
-            "share_of_epsilon": EPSILON_SHARE,
             "feature_releases": self.releases,
             "epsilon_per_feature_release": self.epsilon_release,
             "epsilon_target_release": self.epsilon_target,
             "mechanism": MECHANISM,
-            "composition": "features: zCDP (Canonne-Kamath-Steinke 2020 conversion)"
-            if self.delta > 0
-            else "basic (pure epsilon)",
         }
+        if self.composition == "zcdp":
+            out["share_of_rho"] = BOUNDS_RHO_SHARE
+            out["epsilon_scale_release"] = self.epsilon_scale
+            out["rho_center_release"] = self.rho_center
+            out["center_noise_multiplier"] = (
+                1.0 / math.sqrt(2.0 * self.rho_center) if self.rho_center else None
+            )
+            out["rho"] = self.rho
+            out["composition"] = (
+                "zCDP: each epsilon_r-DP exponential mechanism is epsilon_r^2/8-zCDP; with the "
+                "model's Gaussian noise (1/(2 m^2)) the fit is rho-zCDP, converted to "
+                "(epsilon, delta) by Canonne-Kamath-Steinke 2020 Prop. 12; epsilon and delta "
+                "here are what these releases alone would be"
+            )
+        else:
+            out["share_of_epsilon"] = EPSILON_SHARE
+            out["composition"] = (
+                "features: zCDP (Canonne-Kamath-Steinke 2020 conversion)"
+                if self.delta > 0
+                else "basic (pure epsilon)"
+            )
+        return out
+
+    def describe_model(self) -> dict:
+        out = {"epsilon": self.epsilon_model, "delta": self.delta_model}
+        if self.composition == "zcdp":
+            out["rho"] = self.rho_model
+            out["noise_multiplier"] = self.model_multiplier
+        return out
 
 
-def split_budget(epsilon: float, delta: float, releases: int, target: bool = False) -> BoundsBudget:
-    """The public split of (ε, δ): ε_b = EPSILON_SHARE·ε to the bounds, the rest to the model.
+def split_budget(
+    epsilon: float, delta: float, releases: int, target: bool = False, gaussian: bool = False
+) -> BoundsBudget:
+    """The public split of (ε, δ) between the bounds and the model.
 
-    With a target to bound, half of ε_b is its one release (the box that scales every residual,
-    so worth the most), the other half the features'; ``releases`` feature releases compose in
-    zCDP (δ_b ≤ DELTA_SHARE·δ) or basically, whichever gives the larger ε_r.
+    Basic composition (``gaussian`` False: objective perturbation): ε_b = EPSILON_SHARE·ε to the
+    bounds, the rest to the model. With a target to bound, half of ε_b is its one release (the
+    box that scales every residual, so worth the most), the other half the features';
+    ``releases`` feature releases compose in zCDP (δ_b ≤ DELTA_SHARE·δ) or basically, whichever
+    gives the larger ε_r.
+
+    zCDP (``gaussian`` True: AdaSSP and DP gradient descent, whose noise is Gaussian): the
+    whole fit is ρ-zCDP with ρ = ``zcdp_rho(ε, δ)``; the bounds take ρ_b = BOUNDS_RHO_SHARE·ρ
+    (half to the target's release when there is one; ε_r = √(8ρ/releases) per release), the
+    model's Gaussian noise the rest: multiplier m = 1/√(2(ρ - ρ_b)). The model is handed
+    (ε_model, δ): the exact Gaussian's ε at δ for a multiplier just above m, so its own
+    calibration adds at least that noise (``fit_with_estimated_bounds`` checks it).
     """
     if releases == 0 and not target:
         return BoundsBudget(0.0, 0.0, 0, 0.0, 0.0, epsilon, delta)
+    if gaussian and delta > 0:
+        import dp_accounting
+
+        rho = zcdp_rho(epsilon, delta)
+        rho_b = BOUNDS_RHO_SHARE * rho
+        rho_y = (rho_b / 2.0 if releases else rho_b) if target else 0.0
+        rho_x = rho_b - rho_y
+        rho_s = SCALE_SHARE * rho_x if releases > 1 else 0.0
+        eps_s = math.sqrt(8.0 * rho_s)
+        eps_r = math.sqrt(8.0 * (rho_x - rho_s) / releases) if releases else 0.0
+        eps_y = math.sqrt(8.0 * rho_y)
+        rho_c = CENTER_RHO_SHARE * rho if releases else 0.0
+        rho_m = rho - rho_b - rho_c
+        m = 1.0 / math.sqrt(2.0 * rho_m)
+        eps_m = dp_accounting.get_epsilon_gaussian(m * (1.0 + 1e-7), delta)
+        # what the bounds' releases alone would be, for the record (not used to compose)
+        eps_b = releases * eps_r + eps_y + eps_s
+        delta_b = 0.0
+        if rho_b > 0:
+            alone = zcdp_epsilon(rho_b, delta)
+            if alone < eps_b:
+                eps_b, delta_b = alone, delta
+        return BoundsBudget(
+            eps_b,
+            delta_b,
+            releases,
+            eps_r,
+            eps_y,
+            eps_m,
+            delta,
+            "zcdp",
+            rho_b,
+            rho_m,
+            m,
+            eps_s,
+            rho_c,
+        )
     eps_b = EPSILON_SHARE * epsilon
     eps_y = (eps_b / 2.0 if releases else eps_b) if target else 0.0
     eps_r, delta_b = 0.0, 0.0
@@ -271,12 +381,35 @@ def split_budget(epsilon: float, delta: float, releases: int, target: bool = Fal
     return BoundsBudget(eps_b, delta_b, releases, eps_r, eps_y, epsilon - eps_b, delta - delta_b)
 
 
+def zcdp_epsilon(rho: float, delta: float) -> float:
+    """ε at δ of a ρ-zCDP mechanism (inverse of ``zcdp_delta``)."""
+    f = lambda eps: math.log(max(zcdp_delta(rho, eps), 1e-320)) - math.log(delta)  # noqa: E731
+    hi = rho + 2.0 * math.sqrt(rho * math.log(1.0 / delta)) + 1.0
+    if f(0.0) <= 0:
+        return 0.0
+    return brentq(f, 0.0, hi, xtol=1e-14, rtol=1e-12) * (1.0 + 1e-9)
+
+
+def model_multiplier(model) -> float | None:
+    """The single-Gaussian noise multiplier equivalent to a fitted Gaussian model's releases:
+    AdaSSP's three (σ_i/Δ_i) or DP-GD's T steps (m/√T); None for other mechanisms."""
+    details = getattr(model, "noise_", None) or {}
+    if "sigmas" in details and details.get("sensitivities"):
+        ms = [s / d for s, d in zip(details["sigmas"], details["sensitivities"], strict=True)]
+        return sum(m**-2 for m in ms) ** -0.5
+    if "noise_multiplier" in details and "steps" in details:
+        return details["noise_multiplier"] / math.sqrt(details["steps"])
+    return None
+
+
 # ---------------------------------------------------------------------- bounds
-def per_feature(n: int, d: int, epsilon: float, delta: float, target: bool) -> bool:
+def per_feature(
+    n: int, d: int, epsilon: float, delta: float, target: bool, gaussian: bool = False
+) -> bool:
     """The public rule: per-feature boxes when they are precise enough, else one pooled box."""
     if d == 1:
         return True
-    eps_r = split_budget(epsilon, delta, d, target).epsilon_release
+    eps_r = split_budget(epsilon, delta, d, target, gaussian).epsilon_release
     return n * eps_r >= PER_FEATURE_MIN_N_EPSILON
 
 
@@ -287,6 +420,7 @@ def private_bounds(
     noise: NoiseSource,
     pooled: bool = False,
     both_sides: bool = False,
+    epsilon_scale: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-column (lower, upper) of a 2-D array: one box per column (``private_box``), or
     with ``pooled`` one box for all columns from all n·d values (sensitivity d). One release
@@ -298,10 +432,31 @@ def private_bounds(
     if pooled:
         a, b = private_box(values, epsilon_release, mags, noise, both_sides, sensitivity=d)
         return np.full(d, a), np.full(d, b)
+    if epsilon_scale > 0 and d > 1:
+        # adaptive: one pooled release fixes the scale, the per-feature candidates then lie
+        # within SCALE_HEADROOM times it, over SCALE_OCTAVES octaves (a public rule)
+        a, b = private_box(values, epsilon_scale, mags, noise, both_sides, sensitivity=d)
+        top = SCALE_HEADROOM * max(abs(a), abs(b))
+        mags = top * np.exp2(-np.arange(SCALE_OCTAVES * POINTS_PER_OCTAVE + 1) / POINTS_PER_OCTAVE)
     lo, hi = np.empty(d), np.empty(d)
     for j in range(d):
         lo[j], hi[j] = private_box(values[:, j], epsilon_release, mags, noise, both_sides)
     return lo, hi
+
+
+def private_center(Z: np.ndarray, rho: float, noise: NoiseSource) -> np.ndarray:
+    """ρ-zCDP mean of each column of Z clipped to [-1, 1], itself clipped to [-1, 1].
+
+    Replacing one row moves each column sum by at most 2: L2 sensitivity 2√d (plus the
+    lattice rounding, ``rounding_slack``); Gaussian noise with multiplier 1/√(2ρ) makes the
+    release ρ-zCDP (Bun & Steinke 2016). n is public.
+    """
+    n, d = Z.shape
+    Zc = np.clip(Z, -1.0, 1.0)
+    sensitivity = 2.0 * math.sqrt(d) + rounding_slack(float(n), d)
+    sigma = sensitivity / math.sqrt(2.0 * rho)
+    total = noise.release(Zc.sum(axis=0), sigma, float(n))
+    return np.clip(np.asarray(total, dtype=np.float64) / n, -1.0, 1.0)
 
 
 def data_bounds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -312,6 +467,41 @@ def data_bounds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------- estimators
+def estimates_bounds(est, epsilon: float) -> bool:
+    """Whether ``fit`` estimates some bound with DP (public: from the bounds parameters)."""
+    x_kind, y_kind = _kinds(est, epsilon)
+    return math.isfinite(epsilon) and "dp" in (x_kind, y_kind)
+
+
+def gaussian_model(est) -> bool:
+    """Whether the estimator's mechanism with estimated bounds adds only Gaussian noise
+    (AdaSSP; DP-GD, which ``method="auto"`` picks when bounds are estimated): decided by its
+    public parameters, never by the data."""
+    if hasattr(est, "bounds_y"):
+        return True  # DPLinearRegression: AdaSSP
+    return getattr(est, "method", "auto") in ("auto", "dpgd")
+
+
+def check_zcdp_total(budget: BoundsBudget, multiplier: float | None, epsilon, delta) -> None:
+    """Refuse to release a model whose actual Gaussian noise does not fit the zCDP split.
+
+    The model was handed (ε_model, δ) so that its own calibration gives a multiplier of at
+    least ``budget.model_multiplier``; this re-derives ρ of the whole fit from the released
+    bounds' ε's and the model's actual noise and checks that it converts to (ε, δ).
+    """
+    rho_b = (
+        (budget.releases * budget.epsilon_release**2 + budget.epsilon_target**2) / 8.0
+        + budget.epsilon_scale**2 / 8.0
+        + budget.rho_center
+    )
+    if multiplier is None or not multiplier > 0:
+        raise RuntimeError("internal error: the model's Gaussian noise multiplier is unknown")
+    if zcdp_delta(rho_b + gaussian_rho(multiplier), epsilon) > delta * (1.0 + 1e-9):
+        raise RuntimeError(
+            "internal error: the model's noise is below what the zCDP budget split requires"
+        )
+
+
 def _kind(bounds) -> str:
     if bounds is None or isinstance(bounds, PrivateBounds):
         return "dp"
@@ -368,9 +558,10 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
         )
     n, d = X.shape
     target = y_kind == "dp"
-    pooled = x_kind == "dp" and not per_feature(n, d, epsilon, delta, target)
+    gaussian = gaussian_model(est)
+    pooled = x_kind == "dp" and not per_feature(n, d, epsilon, delta, target, gaussian)
     releases = (1 if pooled else d) if x_kind == "dp" else 0
-    budget = split_budget(epsilon, delta, releases, target)
+    budget = split_budget(epsilon, delta, releases, target, gaussian)
     private = "data" not in (x_kind, y_kind)
     if not private:
         which = " and ".join(
@@ -386,6 +577,7 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
         )
 
     params = {
+        **({"method": "dpgd"} if gaussian and not hasattr(est, "bounds_y") else {}),
         "epsilon": budget.epsilon_model,
         "delta": budget.delta_model,
         "accountant": BudgetAccountant(),  # the caller reserved the whole fit already
@@ -399,15 +591,26 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
     else:
         if x_kind == "dp":
             lo, hi = private_bounds(
-                X, budget.epsilon_release, _search_range(est.bounds_X), noise, pooled
+                X,
+                budget.epsilon_release,
+                _search_range(est.bounds_X),
+                noise,
+                pooled,
+                epsilon_scale=budget.epsilon_scale,
             )
             source = "estimated with DP (exponential mechanism, see budget_split)"
         else:
             lo, hi = data_bounds(X)
             source = "read from the training data (NOT private: bounds_X='data')"
         center, half = bounds_map(lo, hi)
-        Z = normalize(X, center, half)
         params["bounds_X"] = (-1.0, 1.0)
+        if budget.rho_center > 0:
+            # rows are centred on the features' DP mean (in the box's [-1, 1] units): the
+            # model then clips rows around where the data are, not around the box's middle
+            mu = private_center(normalize(X, center, half), budget.rho_center, noise)
+            center = center + half * mu
+            params["bounds_X"] = (-1.0 - mu, 1.0 - mu)
+        Z = normalize(X, center, half)
         bounds["X"] = {
             "lower": lo,
             "upper": hi,
@@ -448,6 +651,8 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
         and name not in ("n_features_in_", "feature_names_in_")
     }
     fitted["feature_map_"] = None
+    if budget.composition == "zcdp":
+        check_zcdp_total(budget, model_multiplier(inner), epsilon, delta)
     g = inner.dp_guarantee_
     inner_bounds = dict(g["bounds"])
     if center is not None:
@@ -474,9 +679,12 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
         n_samples=n,
     )
     guarantee["budget_split"] = {
-        "bounds": budget.describe() if budget.epsilon else None,
-        "model": {"epsilon": budget.epsilon_model, "delta": budget.delta_model},
-        "composition": "basic: the bounds' and the model's (epsilon, delta) add up",
+        "bounds": budget.describe() if budget.releases or budget.epsilon_target else None,
+        "model": budget.describe_model(),
+        "composition": "basic: the bounds' and the model's (epsilon, delta) add up"
+        if budget.composition == "basic"
+        else "zCDP: rho(bounds) + rho(model) = rho, and the fit is (epsilon, delta)-DP by "
+        "the Canonne-Kamath-Steinke 2020 (Prop. 12) conversion of rho",
     }
     if not private:
         guarantee.update(private=False, epsilon=None, delta=None)
