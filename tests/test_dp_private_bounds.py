@@ -190,10 +190,16 @@ def test_default_bounds_are_private_charged_once_and_exported(tmp_path):
     assert hp["method"] == "dpgd"
     b = split["bounds"]
     rho = (
-        b["feature_releases"] * b["epsilon_per_feature_release"] ** 2
-        + b["epsilon_scale_release"] ** 2
-        + b["epsilon_target_release"] ** 2
-    ) / 8 + b["rho_center_release"]
+        (
+            b["feature_releases"] * b["epsilon_per_feature_release"] ** 2
+            + b["epsilon_scale_release"] ** 2
+            + b["epsilon_target_release"] ** 2
+        )
+        / 8
+        + b["rho_center_release"]
+        + b["rho_spread_release"]
+    )
+    assert b["rho_spread_release"] > 0  # n = 2000, d = 4: the spread is released too
     rho += 1 / (2 * (hp["noise_multiplier"] / np.sqrt(hp["steps"])) ** 2)
     assert pb.zcdp_delta(rho, 2.0) <= 1e-5 * (1 + 1e-6)
     assert pb.zcdp_delta(rho * 1.01, 2.0) > 1e-5  # and the split uses the whole budget
@@ -296,11 +302,13 @@ def test_zcdp_split_composes_to_the_budget_by_an_independent_accountant(
     import dp_accounting
     from dp_accounting import rdp
 
-    b = pb.split_budget(eps, delta, releases, target, gaussian=True)
+    b = pb.split_budget(eps, delta, releases, target, gaussian=True, spread=releases > 1)
     assert b.composition == "zcdp"
     rho_bounds = (
-        releases * b.epsilon_release**2 + b.epsilon_target**2 + b.epsilon_scale**2
-    ) / 8 + b.rho_center
+        (releases * b.epsilon_release**2 + b.epsilon_target**2 + b.epsilon_scale**2) / 8
+        + b.rho_center
+        + b.rho_spread
+    )
 
     # dp-accounting's RDP accountant: the releases as zCDP events, the model as its Gaussian
     # (its conversion uses a fixed grid of Renyi orders, ours the optimal order: they agree to
@@ -318,10 +326,12 @@ def test_zcdp_split_composes_to_the_budget_by_an_independent_accountant(
     assert m >= b.model_multiplier
     # the shares are as stated, and nothing is left over
     total = pb.zcdp_rho(eps, delta)
-    assert rho_bounds - b.rho_center == pytest.approx(pb.BOUNDS_RHO_SHARE * total, rel=1e-9)
+    boxes = rho_bounds - b.rho_center - b.rho_spread
+    assert boxes == pytest.approx(pb.BOUNDS_RHO_SHARE * total, rel=1e-9)
     assert rho_bounds + pb.gaussian_rho(b.model_multiplier) == pytest.approx(total, rel=1e-9)
     if releases > 1:
         assert b.rho_center == pytest.approx(pb.CENTER_RHO_SHARE * total)
+        assert b.rho_spread == pytest.approx(pb.SPREAD_RHO_SHARE * total)
         assert b.epsilon_scale > 0
 
 
@@ -384,3 +394,71 @@ def test_estimated_bounds_with_dpgd_are_exported_with_the_same_predictions(tmp_p
     loaded = heml.LinearModel.load(model.save(tmp_path / "wine.json"))
     np.testing.assert_allclose(loaded.decision_function(X), clf.decision_function(X), atol=1e-8)
     assert clf.score(X, y) > 0.85
+
+
+def _median_box_log_ratio(monkeypatch, y, eps, search_range):
+    """max over replace-one neighbours y' of |log P[out | y] - log P[out | y']| for each of
+    the two releases ``private_median_box`` makes: the probabilities are captured from the
+    implementation's own draws (the median forced to one candidate so that the MAD release
+    is compared given the same median)."""
+    captured = []
+
+    def spy(p, candidates, noise):
+        captured.append(np.asarray(p, dtype=float))
+        return float(candidates[len(candidates) // 2 + 3])  # a fixed output, same for all
+
+    monkeypatch.setattr(pb, "_draw", spy)
+
+    def probabilities(v):
+        captured.clear()
+        pb.private_median_box(v, eps, search_range, None)
+        return [np.log(c) for c in captured]
+
+    base = probabilities(y)
+    cand = pb.grid(search_range)
+    values = _neighbour_values(y, np.unique(np.concatenate([cand, cand + 0.3, cand - 0.3])))
+    worst = [0.0, 0.0]
+    for i in range(y.size):
+        for v in values[:: max(1, values.size // 80)]:
+            y2 = y.copy()
+            y2[i] = v
+            for k, (a, b) in enumerate(zip(base, probabilities(y2), strict=True)):
+                worst[k] = max(worst[k], float(np.max(np.abs(a - b))))
+    return worst
+
+
+def test_target_median_and_mad_releases_are_calibrated_exactly(monkeypatch):
+    y = np.array([-3.0, 0.5, 1.0, 2.0, 2.5, 7.0, 11.0])
+    eps = 0.8
+    med, mad = _median_box_log_ratio(monkeypatch, y, eps, 16.0)
+    e_med = eps * math.sqrt(pb.TARGET_MEDIAN_SHARE)
+    e_mad = eps * math.sqrt(1 - pb.TARGET_MEDIAN_SHARE)
+    assert 0.5 * e_med < med <= e_med + 1e-12
+    assert 0.5 * e_mad < mad <= e_mad + 1e-12
+    # in zCDP terms the two releases add up to the target's epsilon
+    assert (e_med**2 + e_mad**2) / 8 == pytest.approx(eps**2 / 8)
+    # positive control: a median given the target's whole epsilon exceeds its stated share
+    monkeypatch.setattr(pb, "TARGET_MEDIAN_SHARE", 1.0)
+    med2, _ = _median_box_log_ratio(monkeypatch, y, eps, 16.0)
+    assert med2 > 1.15 * e_med
+
+
+def test_target_box_is_sane_where_the_box_utility_was_wild():
+    # at eps = 1 on diabetes the old target release (box utility, 0.19 of epsilon) returned
+    # e.g. (-11 048, 11 048) for values 25..346 now and then: its "too wide" penalty saturates
+    _, y = load_diabetes(return_X_y=True, scaled=False)
+    from heml.dp._noise import NoiseSource
+
+    noise = NoiseSource(0)
+    boxes = [pb.private_median_box(y[:309], 0.19, 1e6, noise) for _ in range(200)]
+    lo = np.array([b[0][0] for b in boxes])
+    hi = np.array([b[1][0] for b in boxes])
+
+    def wild(lo, hi):  # far too wide, or missing the bulk of the values (median 140)
+        return (hi - lo > 1000) | (lo > 140) | (hi < 140)
+
+    assert wild(lo, hi).mean() <= 0.01
+    mags = pb.grid()[pb.grid() > 0]
+    old = [pb.private_box(y[:309, None], 0.19, mags, noise, both_sides=True) for _ in range(200)]
+    old_lo, old_hi = np.array(old).T
+    assert wild(old_lo, old_hi).mean() > 0.03  # the old release's wild picks

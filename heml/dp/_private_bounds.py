@@ -53,6 +53,12 @@ SCALE_OCTAVES = 20
 # zCDP path: this share of ρ releases the mean of the box-mapped features (Gaussian, L2
 # sensitivity 2√d), the point rows are centred and clipped around (see ``private_center``).
 CENTER_RHO_SHARE = 0.15
+SPREAD_RHO_SHARE = 0.1
+# the spread is released only when its noise (sd 2·sqrt(d)·m/n in the box's units, m the noise
+# multiplier of its share) is at most this: a public rule on n, d, epsilon, delta
+SPREAD_MAX_NOISE = 0.1
+SPREAD_CLIP = 3.0  # features are clipped at this many (DP) spreads around their centre
+SPREAD_FLOOR = 0.05  # in the box's [-1, 1] units
 DEFAULT_SEARCH_RANGE = 1e6
 POINTS_PER_OCTAVE = 2
 OCTAVES = 40
@@ -275,6 +281,7 @@ class BoundsBudget:
     model_multiplier: float = 0.0
     epsilon_scale: float = 0.0  # ε of the pooled scale release before per-feature boxes (0: none)
     rho_center: float = 0.0  # zCDP of the features' mean release (0: none)
+    rho_spread: float = 0.0  # zCDP of the features' mean absolute deviation release (0: none)
 
     def describe(self) -> dict:
         out = {
@@ -292,6 +299,7 @@ class BoundsBudget:
             out["center_noise_multiplier"] = (
                 1.0 / math.sqrt(2.0 * self.rho_center) if self.rho_center else None
             )
+            out["rho_spread_release"] = self.rho_spread
             out["rho"] = self.rho
             out["composition"] = (
                 "zCDP: each epsilon_r-DP exponential mechanism is epsilon_r^2/8-zCDP; with the "
@@ -317,7 +325,13 @@ class BoundsBudget:
 
 
 def split_budget(
-    epsilon: float, delta: float, releases: int, target: bool = False, gaussian: bool = False
+    epsilon: float,
+    delta: float,
+    releases: int,
+    target: bool = False,
+    gaussian: bool = False,
+    center: bool = True,
+    spread: bool = False,
 ) -> BoundsBudget:
     """The public split of (ε, δ) between the bounds and the model.
 
@@ -347,8 +361,9 @@ def split_budget(
         eps_s = math.sqrt(8.0 * rho_s)
         eps_r = math.sqrt(8.0 * (rho_x - rho_s) / releases) if releases else 0.0
         eps_y = math.sqrt(8.0 * rho_y)
-        rho_c = CENTER_RHO_SHARE * rho if releases else 0.0
-        rho_m = rho - rho_b - rho_c
+        rho_c = CENTER_RHO_SHARE * rho if releases and center else 0.0
+        rho_sp = SPREAD_RHO_SHARE * rho if releases and spread else 0.0
+        rho_m = rho - rho_b - rho_c - rho_sp
         m = 1.0 / math.sqrt(2.0 * rho_m)
         eps_m = dp_accounting.get_epsilon_gaussian(m * (1.0 + 1e-7), delta)
         # what the bounds' releases alone would be, for the record (not used to compose)
@@ -372,6 +387,7 @@ def split_budget(
             m,
             eps_s,
             rho_c,
+            rho_sp,
         )
     eps_b = EPSILON_SHARE * epsilon
     eps_y = (eps_b / 2.0 if releases else eps_b) if target else 0.0
@@ -404,12 +420,18 @@ def model_multiplier(model) -> float | None:
 
 # ---------------------------------------------------------------------- bounds
 def per_feature(
-    n: int, d: int, epsilon: float, delta: float, target: bool, gaussian: bool = False
+    n: int,
+    d: int,
+    epsilon: float,
+    delta: float,
+    target: bool,
+    gaussian: bool = False,
+    center: bool = True,
 ) -> bool:
     """The public rule: per-feature boxes when they are precise enough, else one pooled box."""
     if d == 1:
         return True
-    eps_r = split_budget(epsilon, delta, d, target, gaussian).epsilon_release
+    eps_r = split_budget(epsilon, delta, d, target, gaussian, center).epsilon_release
     return n * eps_r >= PER_FEATURE_MIN_N_EPSILON
 
 
@@ -444,6 +466,21 @@ def private_bounds(
     return lo, hi
 
 
+QUANTILE_POINTS_PER_OCTAVE = 4
+
+
+def private_quantile(
+    x: np.ndarray, q: float, epsilon: float, candidates: np.ndarray, noise: NoiseSource
+) -> float:
+    """ε-DP q-quantile of x among public ``candidates`` (ascending): the exponential mechanism
+    with utility -|#{x < t} - q·n| (sensitivity 1 under replace-one)."""
+    x = np.sort(np.ravel(x))
+    below = np.searchsorted(x, candidates, side="left")
+    u = -np.abs(below - q * x.size)
+    p = em_probabilities(u, epsilon)
+    return float(_draw(p, candidates, noise))
+
+
 def private_center(Z: np.ndarray, rho: float, noise: NoiseSource) -> np.ndarray:
     """ρ-zCDP mean of each column of Z clipped to [-1, 1], itself clipped to [-1, 1].
 
@@ -459,6 +496,37 @@ def private_center(Z: np.ndarray, rho: float, noise: NoiseSource) -> np.ndarray:
     return np.clip(np.asarray(total, dtype=np.float64) / n, -1.0, 1.0)
 
 
+TARGET_MADS = 3.0
+TARGET_OCTAVES = 20  # candidates: search_range·2^(-j/4), j = 0 … 80, their negatives and 0
+TARGET_MEDIAN_SHARE = 0.6  # of the target's ρ: the median (a wrong median moves the box)
+
+
+def private_median_box(
+    y: np.ndarray, epsilon: float, search_range: float, noise: NoiseSource
+) -> tuple[np.ndarray, np.ndarray]:
+    """A box for the target from two releases, ε·√0.6 and ε·√0.4 (ε in zCDP terms: the two
+    ρ's, ε²·0.6/8 + ε²·0.4/8, add up to ε²/8): the median m among public candidates (utility
+    -|#{y < t} - n/2|), then the median absolute deviation r around m (utility
+    -|#{|y - m| < r} - n/2|); the box is m ± TARGET_MADS·r. Both utilities have sensitivity
+    1 and penalize a candidate on either side of the data by n/2 (the box utility's "too wide"
+    count saturates at n/6, so at small n·ε its many too-wide candidates won: a target box of
+    ±11 000 for values 25…346).
+    Candidates: 0 and ±search_range·2^(-j/4), j = 0 … 80; r among the positive ones.
+    """
+    y = np.sort(np.ravel(y))
+    n = y.size
+    j = np.arange(TARGET_OCTAVES * QUANTILE_POINTS_PER_OCTAVE + 1)
+    mags = float(search_range) * np.exp2(-j / QUANTILE_POINTS_PER_OCTAVE)
+    cand = np.concatenate([-mags, [0.0], mags[::-1]])
+    m = private_quantile(y, 0.5, epsilon * math.sqrt(TARGET_MEDIAN_SHARE), cand, noise)
+    dev = np.sort(np.abs(y - m))
+    r_cand = mags[::-1]
+    u = -np.abs(np.searchsorted(dev, r_cand, side="left") - n / 2.0)
+    eps_r = epsilon * math.sqrt(1.0 - TARGET_MEDIAN_SHARE)
+    r = float(_draw(em_probabilities(u, eps_r), r_cand, noise))
+    return np.array([m - TARGET_MADS * r]), np.array([m + TARGET_MADS * r])
+
+
 def data_bounds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column min and max (NOT private: only behind an explicit ``"data"`` opt-in)."""
     lo, hi = values.min(axis=0), values.max(axis=0)
@@ -467,6 +535,12 @@ def data_bounds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------- estimators
+def spread_rule(n: int, d: int, epsilon: float, delta: float) -> bool:
+    """Public rule: release the features' spread when its noise sd is at most SPREAD_MAX_NOISE."""
+    m = 1.0 / math.sqrt(2.0 * SPREAD_RHO_SHARE * zcdp_rho(epsilon, delta))
+    return 2.0 * math.sqrt(d) * m / n <= SPREAD_MAX_NOISE
+
+
 def estimates_bounds(est, epsilon: float) -> bool:
     """Whether ``fit`` estimates some bound with DP (public: from the bounds parameters)."""
     x_kind, y_kind = _kinds(est, epsilon)
@@ -493,6 +567,7 @@ def check_zcdp_total(budget: BoundsBudget, multiplier: float | None, epsilon, de
         (budget.releases * budget.epsilon_release**2 + budget.epsilon_target**2) / 8.0
         + budget.epsilon_scale**2 / 8.0
         + budget.rho_center
+        + budget.rho_spread
     )
     if multiplier is None or not multiplier > 0:
         raise RuntimeError("internal error: the model's Gaussian noise multiplier is unknown")
@@ -559,9 +634,11 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
     n, d = X.shape
     target = y_kind == "dp"
     gaussian = gaussian_model(est)
-    pooled = x_kind == "dp" and not per_feature(n, d, epsilon, delta, target, gaussian)
+    spread = x_kind == "dp" and gaussian and spread_rule(n, d, epsilon, delta)
+    center = not hasattr(est, "bounds_y") or spread  # see docs/dp.md
+    pooled = x_kind == "dp" and not per_feature(n, d, epsilon, delta, target, gaussian, center)
     releases = (1 if pooled else d) if x_kind == "dp" else 0
-    budget = split_budget(epsilon, delta, releases, target, gaussian)
+    budget = split_budget(epsilon, delta, releases, target, gaussian, center, spread)
     private = "data" not in (x_kind, y_kind)
     if not private:
         which = " and ".join(
@@ -610,6 +687,17 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
             mu = private_center(normalize(X, center, half), budget.rho_center, noise)
             center = center + half * mu
             params["bounds_X"] = (-1.0 - mu, 1.0 - mu)
+            if budget.rho_spread > 0:
+                # and scaled by their DP spread (mean absolute deviation around the released
+                # centre, x 1.25 ~ a standard deviation): a DP standardization, clipped at
+                # SPREAD_CLIP spreads inside the released box
+                dev = np.abs(np.clip(normalize(X, center, half), -1.0 - mu, 1.0 - mu))
+                sd = 1.25 * private_center(dev, budget.rho_spread, noise)
+                sd = np.maximum(sd, SPREAD_FLOOR)
+                lo = np.maximum(lo, center - SPREAD_CLIP * sd * half)
+                hi = np.minimum(hi, center + SPREAD_CLIP * sd * half)
+                half = SPREAD_CLIP * sd * half
+                params["bounds_X"] = ((lo - center) / half, (hi - center) / half)
         Z = normalize(X, center, half)
         bounds["X"] = {
             "lower": lo,
@@ -620,7 +708,12 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
         }
     if y_kind in ("dp", "data"):
         yv = np.asarray(y, dtype=np.float64)[:, None]
-        if y_kind == "dp":
+        if y_kind == "dp" and budget.composition == "zcdp":
+            ylo, yhi = private_median_box(
+                yv[:, 0], budget.epsilon_target, _search_range(est.bounds_y), noise
+            )
+            ysource = "estimated with DP (exponential-mechanism median and MAD, see budget_split)"
+        elif y_kind == "dp":
             ylo, yhi = private_bounds(
                 yv, budget.epsilon_target, _search_range(est.bounds_y), noise, both_sides=True
             )
