@@ -376,6 +376,11 @@ def test_private_center_sensitivity_and_noise_scale():
     sigma = (2 * math.sqrt(d)) / math.sqrt(2 * rho) / n
     assert np.std(draws) == pytest.approx(sigma, rel=0.06)
     assert np.all(np.abs(draws) <= 1.0)
+    # the release reads the values clipped to [-1, 1] (what the sensitivity assumes)
+    W = np.zeros((n, d))
+    W[0] = 1e6  # one extreme row: clipped, it moves each mean by 1/n only
+    almost_exact = pb.private_center(W, 1e12, noise)
+    np.testing.assert_allclose(almost_exact, 1.0 / n, atol=1e-4)
 
 
 def test_estimated_bounds_with_dpgd_are_exported_with_the_same_predictions(tmp_path):

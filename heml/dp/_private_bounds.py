@@ -16,15 +16,22 @@ and paid for from the fit's own (ε, δ):
 * When n·ε_r is too small for d such releases to find the data (``per_feature``: a public rule
   on n, d, ε, δ), all features share one box instead: the same release over all n·d values,
   with sensitivity d (a record holds d values).
-* The feature releases compose in zCDP (an ε_r-DP exponential mechanism is ε_r²/8-zCDP, Cesar
-  & Rogers 2021), converted to (ε, δ) by Canonne, Kamath & Steinke (2020, Prop. 12), or basically
-  when that gives a larger ε_r. The target's release is pure ε.
-* The fit's budget splits by basic composition: the bounds take ε_b = EPSILON_SHARE·ε (half of
-  it for the target's release when there is one) and δ_b ≤ DELTA_SHARE·δ; the model's mechanism
-  gets the rest, so the whole fit is (ε, δ)-DP. ``dp_guarantee_["budget_split"]`` states it.
+* Gaussian models (AdaSSP, DP-GD; ``split_budget(gaussian=True)``): the whole fit is accounted
+  in zCDP (an ε_r-DP exponential mechanism is ε_r²/8-zCDP, Cesar & Rogers 2021; a Gaussian with
+  multiplier m is 1/(2m²)-zCDP), converted to (ε, δ) by Canonne, Kamath & Steinke (2020, Prop.
+  12). The boxes take BOUNDS_RHO_SHARE of ρ (a pooled scale release first narrows the
+  per-feature candidates; the target's box comes from a DP median and MAD), the features' DP
+  centre CENTER_RHO_SHARE and, when a public rule says its noise is small, their DP spread
+  SPREAD_RHO_SHARE (``private_center``); the model's noise gets the rest, and
+  ``check_zcdp_total`` re-derives ρ from the model's actual noise before anything is released.
+* Objective perturbation: the fit's budget splits by basic composition: the bounds take
+  ε_b = EPSILON_SHARE·ε (half of it for the target's release when there is one) and
+  δ_b ≤ DELTA_SHARE·δ, the feature releases composing in zCDP or basically; the model's
+  mechanism gets the rest. ``dp_guarantee_["budget_split"]`` states the split either way.
 
-The estimator then maps every feature to [-1, 1] with its released box (post-processing of the
-release, so free), clips rows there, and fits; the exported model folds the map back.
+The estimator then maps every feature to [-1, 1] with its released box, centre and spread
+(post-processing of the releases, so free), clips rows there, and fits; the exported model
+folds the map back.
 """
 
 from __future__ import annotations
@@ -73,6 +80,16 @@ MECHANISM = (
     "sensitivity 1, one release per feature and one for the target (whose [-c, c] must reach "
     "both outer halves); or one pooled box over all n*d values (sensitivity d); feature "
     "releases composed in zCDP (epsilon_r^2/8 each)"
+)
+MECHANISM_ZCDP = (
+    "exponential mechanism over public boxes [-c, c], [f c, c], [-c, -f c] (c on a log grid, "
+    "f in {0, 1/2, 3/4}, prior 1:2:4:8), utility -max(#clipped, max(0, n/3 - #in outer half)), "
+    "sensitivity 1: one pooled box over all n*d values (sensitivity d) fixing the scale, then "
+    "one box per feature among candidates below 4x that scale (or the pooled box alone when "
+    "n*epsilon_r < 16); the target's box median +- 3 MAD from two exponential mechanisms "
+    "(utility -|#{y < t} - n/2| and -|#{|y - m| < r} - n/2|); Gaussian releases of the "
+    "features' mean (and mean absolute deviation) in the box's [-1, 1] units, L2 "
+    "sensitivity 2 sqrt(d); all composed with the model's Gaussian noise in zCDP"
 )
 
 
@@ -290,7 +307,7 @@ class BoundsBudget:
             "feature_releases": self.releases,
             "epsilon_per_feature_release": self.epsilon_release,
             "epsilon_target_release": self.epsilon_target,
-            "mechanism": MECHANISM,
+            "mechanism": MECHANISM_ZCDP if self.composition == "zcdp" else MECHANISM,
         }
         if self.composition == "zcdp":
             out["share_of_rho"] = BOUNDS_RHO_SHARE
