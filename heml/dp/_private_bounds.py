@@ -61,11 +61,12 @@ SCALE_OCTAVES = 20
 # sensitivity 2√d), the point rows are centred and clipped around (see ``private_center``).
 CENTER_RHO_SHARE = 0.15
 SPREAD_RHO_SHARE = 0.1
-# the spread is released only when its noise (sd 2·sqrt(d)·m/n in the box's units, m the noise
-# multiplier of its share) is at most this: a public rule on n, d, epsilon, delta
-SPREAD_MAX_NOISE = 0.1
+# the spread is released only when its noise (sd sqrt(d)·m/n in the box's units, m the noise
+# multiplier of its share; ``spread_noise``) is at most this: a public rule on n, d, ε, δ
+SPREAD_MAX_NOISE = 0.05
 SPREAD_CLIP = 3.0  # features are clipped at this many (DP) spreads around their centre
 SPREAD_FLOOR = 0.05  # in the box's [-1, 1] units
+SPREAD_FLOOR_NOISES = 2.0
 DEFAULT_SEARCH_RANGE = 1e6
 POINTS_PER_OCTAVE = 2
 OCTAVES = 40
@@ -552,10 +553,16 @@ def data_bounds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------- estimators
+def spread_noise(n: int, d: int, epsilon: float, delta: float) -> float:
+    """Noise sd of each released mean absolute deviation, in the box's [-1, 1] units: √d·m/n,
+    m the noise multiplier of the spread's ρ share (public)."""
+    m = 1.0 / math.sqrt(2.0 * SPREAD_RHO_SHARE * zcdp_rho(epsilon, delta))
+    return math.sqrt(d) * m / n
+
+
 def spread_rule(n: int, d: int, epsilon: float, delta: float) -> bool:
     """Public rule: release the features' spread when its noise sd is at most SPREAD_MAX_NOISE."""
-    m = 1.0 / math.sqrt(2.0 * SPREAD_RHO_SHARE * zcdp_rho(epsilon, delta))
-    return 2.0 * math.sqrt(d) * m / n <= SPREAD_MAX_NOISE
+    return spread_noise(n, d, epsilon, delta) <= SPREAD_MAX_NOISE
 
 
 def estimates_bounds(est, epsilon: float) -> bool:
@@ -708,9 +715,16 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
                 # and scaled by their DP spread (mean absolute deviation around the released
                 # centre, x 1.25 ~ a standard deviation): a DP standardization, clipped at
                 # SPREAD_CLIP spreads inside the released box
-                dev = np.abs(np.clip(normalize(X, center, half), -1.0 - mu, 1.0 - mu))
-                sd = 1.25 * private_center(dev, budget.rho_spread, noise)
-                sd = np.maximum(sd, SPREAD_FLOOR)
+                # |z - mu| clipped to [0, 1], mapped to [-1, 1] for the release (whose
+                # sensitivity, 2 per coordinate there, is 1 per coordinate in these units)
+                dev = np.minimum(
+                    np.abs(np.clip(normalize(X, center, half), -1.0 - mu, 1.0 - mu)), 1.0
+                )
+                mad = (1.0 + private_center(2.0 * dev - 1.0, budget.rho_spread, noise)) / 2.0
+                # floored at SPREAD_FLOOR_NOISES noise sd's: a spread the noise could have
+                # made up does not magnify its feature (public: n, d and the share's noise)
+                floor = SPREAD_FLOOR_NOISES * spread_noise(n, d, epsilon, delta)
+                sd = 1.25 * np.maximum(mad, max(SPREAD_FLOOR, floor))
                 lo = np.maximum(lo, center - SPREAD_CLIP * sd * half)
                 hi = np.minimum(hi, center + SPREAD_CLIP * sd * half)
                 half = SPREAD_CLIP * sd * half
