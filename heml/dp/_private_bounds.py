@@ -515,7 +515,7 @@ def private_center(Z: np.ndarray, rho: float, noise: NoiseSource) -> np.ndarray:
 
 
 TARGET_MADS = 3.0
-TARGET_OCTAVES = 20  # candidates: search_range·2^(-j/4), j = 0 … 80, their negatives and 0
+TARGET_OCTAVES = 40  # candidates: search_range·2^(-j/4), j = 0 … 160, their negatives and 0
 TARGET_MEDIAN_SHARE = 0.6  # of the target's ρ: the median (a wrong median moves the box)
 
 
@@ -529,7 +529,7 @@ def private_median_box(
     1 and penalize a candidate on either side of the data by n/2 (the box utility's "too wide"
     count saturates at n/6, so at small n·ε its many too-wide candidates won: a target box of
     ±11 000 for values 25…346).
-    Candidates: 0 and ±search_range·2^(-j/4), j = 0 … 80; r among the positive ones.
+    Candidates: 0 and ±search_range·2^(-j/4), j = 0 … 160; r among the positive ones.
     """
     y = np.sort(np.ravel(y))
     n = y.size
