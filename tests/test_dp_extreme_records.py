@@ -1,6 +1,6 @@
-"""Adversarial review of bounds estimated with DP (branch dpacc): replace-one attacks.
+"""One huge but finite record must not change what a fit with DP-estimated bounds visibly does.
 
-Each test here is a confirmed break of the promise that the whole fit is (epsilon, delta)-DP
+Found by an adversarial review (replace-one attacks). Each test was a confirmed break of the promise that the whole fit is (epsilon, delta)-DP
 and that no observable outcome (model, exception, warning) depends on the data except through
 DP releases.
 """
