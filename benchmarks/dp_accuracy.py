@@ -19,6 +19,7 @@ LinearRegression: non-private). Table 2 is the public-bounds protocol above.
     python benchmarks/dp_accuracy.py            # both tables (several minutes on 2 cores)
     python benchmarks/dp_accuracy.py --quick    # fewer seeds and splits
     python benchmarks/dp_accuracy.py --raw-only # table 1 only
+    python benchmarks/dp_accuracy.py --raw-only --baseline /tmp/heml-main  # beside old code
 """
 
 from __future__ import annotations
@@ -145,23 +146,13 @@ def _raw_datasets():
     ]
 
 
-def run_raw(quick: bool) -> list[str]:
-    """Table 1: raw units, no bounds given; returns the goals missed."""
+def raw_scores(quick: bool) -> dict:
+    """Scores of table 1 per data set: non-private sklearn and heml.dp at eps = 1 and 5."""
     from sklearn.pipeline import make_pipeline
 
     splits = range(3 if quick else 10)
     has_classes = "classes" in DPLogisticRegression().get_params()
-    print(
-        f"Table 1: raw data, NO user-supplied bounds (bounds estimated with DP inside epsilon), "
-        f"delta={DELTA}, mean over {len(splits)} splits (one noise seed each)"
-    )
-    if not has_classes:
-        print("(DPLogisticRegression has no classes= on this branch: labels come from y)")
-    print(
-        f"{'dataset':16s} {'non-private':>11s} {'eps=1':>14s} {'goal':>9s} "
-        f"{'eps=5':>14s} {'goal':>9s}"
-    )
-    misses = []
+    out = {}
     for name, X, y, regression in _raw_datasets():
         base, dp = [], {1.0: [], 5.0: []}
         for s in splits:
@@ -181,24 +172,57 @@ def run_raw(quick: bool) -> list[str]:
                     kw = {"classes": np.unique(y)} if has_classes else {}
                     m = DPLogisticRegression(epsilon=eps, delta=DELTA, random_state=s, **kw)
                     dp[eps].append(accuracy_score(yte, m.fit(Xtr, ytr).predict(Xte)))
-        cells = []
-        for eps, goal in zip(dp, RAW_GOALS[name], strict=True):
-            mean = statistics.mean(dp[eps])
-            cells.append(f"{mean:7.3f} ±{statistics.pstdev(dp[eps]):5.3f}")
+        out[name] = {"non-private": base, "1": dp[1.0], "5": dp[5.0]}
+    return out
+
+
+def _cell(values: list[float]) -> str:
+    return (
+        f"{statistics.mean(values):.3f} ±{statistics.pstdev(values):.3f} "
+        f"(med {statistics.median(values):.3f})"
+    )
+
+
+def run_raw(quick: bool, baseline: str | None = None) -> list[str]:
+    """Table 1: raw units, no bounds given; returns the goals missed.
+
+    ``baseline``: a directory holding another heml checkout (e.g. ``git worktree add
+    /tmp/heml-main main``); its scores, from the same splits and seeds, are shown beside.
+    """
+    splits = 3 if quick else 10
+    print(
+        f"Table 1: raw data, NO user-supplied bounds (bounds estimated with DP inside epsilon), "
+        f"delta={DELTA}, mean ± std (median) over {splits} splits (one noise seed each)"
+    )
+    scores = raw_scores(quick)
+    before = _baseline_scores(baseline, quick) if baseline else None
+    misses = []
+    for name, cells in scores.items():
+        print(f"{name}: non-private {statistics.mean(cells['non-private']):.3f}")
+        for eps, goal in zip(("1", "5"), RAW_GOALS[name], strict=True):
+            mean = statistics.mean(cells[eps])
             mark = "" if mean >= goal else " MISS"
-            cells.append(f"{goal:.2f}{mark}")
             if mark:
-                misses.append(f"raw {name} eps={eps:g}: {mean:.3f} < {goal}")
-        print(
-            f"{name:16s} {statistics.mean(base):11.3f} "
-            + " ".join(f"{c:>14s}" if i % 2 == 0 else f"{c:>9s}" for i, c in enumerate(cells)),
-            flush=True,
-        )
-        if regression:  # a few failed bound releases dominate a mean R²: show the median too
-            medians = " / ".join(f"{statistics.median(v):.3f}" for v in dp.values())
-            print(f"{'':16s} {'':11s} median R² at eps=1 / eps=5: {medians}")
+                misses.append(f"raw {name} eps={eps}: {mean:.3f} < {goal}")
+            line = f"  eps={eps}: {_cell(cells[eps])}  goal {goal:.2f}{mark}"
+            if before is not None:
+                line += f"   | baseline {_cell(before[name][eps])}"
+            print(line, flush=True)
     print()
     return misses
+
+
+def _baseline_scores(path: str, quick: bool) -> dict:
+    import json
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(path))
+    args = [sys.executable, os.path.abspath(__file__), "--raw-json"] + (
+        ["--quick"] if quick else []
+    )
+    done = subprocess.run(args, env=env, capture_output=True, text=True, check=True, cwd=path)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run(quick: bool) -> int:
@@ -292,8 +316,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer seeds and splits")
     parser.add_argument("--raw-only", action="store_true", help="only table 1 (raw data)")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="another heml checkout: table 1 also shows its scores on the same splits",
+    )
+    parser.add_argument("--raw-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    misses = run_raw(args.quick)
+    if args.raw_json:  # used by --baseline: table 1's scores as one JSON line
+        import json
+
+        warnings.simplefilter("ignore")
+        print(json.dumps(raw_scores(args.quick)))
+        return 0
+    misses = run_raw(args.quick, args.baseline)
     if misses:
         print("raw data below goal: " + "; ".join(misses) + "\n")
     return 0 if args.raw_only else run(args.quick)

@@ -257,9 +257,6 @@ DP_CLASSIFIER_EXPECTED_FAILURES = {
     "check_classifiers_regression_target": _OUTSIDE + " (fixed message, not the label type)",
     "check_classifiers_train": _SHAPE,
     "check_decision_proba_consistency": _SHAPE,
-    # one label in the data, three declared: the released model must not reveal that only one
-    # was seen, and with bounds estimated with DP from 30% of ε it predicts another class
-    "check_classifiers_one_label": "one label seen, three declared: DP hides which one",
 }
 
 

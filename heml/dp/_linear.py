@@ -52,8 +52,9 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         ``"data"``: the training data's min and max, and the model is NOT private
         (``dp_guarantee_["private"]`` is False; ``PrivacyLeakWarning``).
     bounds_y : (lower, upper), None, PrivateBounds or "data", default=None
-        Bounds of the target; ``y`` is clipped to them. ``None``: estimated with DP (one
-        release from half of the bounds' share). ``"data"``: min and max, NOT private.
+        Bounds of the target; ``y`` is clipped to them. ``None``: estimated with DP (the
+        median ± 3 median absolute deviations, from half of the bounds' share). ``"data"``:
+        min and max, NOT private.
     accountant : BudgetAccountant, default=None
         Where the budget is checked and spent; ``None`` uses the default accountant.
     random_state : int, numpy Generator or None, default=None
@@ -99,7 +100,8 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
     by B in L2 and |y - c_y| ≤ B_y, the replace-one L2 sensitivities are B² (λ_min, by Weyl),
     √2·B² (AᵀA: ‖xxᵀ - x'x'ᵀ‖_F² = ‖x‖⁴ + ‖x'‖⁴ - 2(xᵀx')² ≤ 2B⁴) and 2·B·B_y (Aᵀy). The three
     Gaussian releases are composed and calibrated exactly with dp-accounting. Estimated bounds
-    take 30% of epsilon first (basic composition). Not covered by ε: preprocessing fitted on
+    (and, at larger n·ε, the features' DP centre and spread) compose with them in zCDP and take
+    30-55 % of the fit's ρ (docs/dp.md). Not covered by ε: preprocessing fitted on
     the private data, ``"data"`` bounds, and model extraction by queries (see
     ``dp_guarantee_["not_covered"]``).
 

@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _calibration as cal
 from ._base import DPEstimatorMixin
 from ._noise import NoiseSource, rounding_slack
-from ._private_bounds import fit_with_estimated_bounds
+from ._private_bounds import estimates_bounds, fit_with_estimated_bounds
 from ._validation import check_delta_vs_n, clip_rows, resolve_feature_bounds, validate_data
 
 METHODS = ("auto", "objpert", "dpgd")
@@ -101,22 +101,26 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         fixed message before any budget is spent (the data universe is records whose label is
         declared, and neighbouring datasets replace one such record by another). ``None`` at
         ``epsilon=inf`` reads the labels from ``y``.
-    bounds_X : (lower, upper), default=None
+    bounds_X : (lower, upper), None, PrivateBounds or "data", default=None
         Public per-feature bounds: scalars or arrays of length n_features. Values are clipped
-        to them in ``fit``; ``heml.export`` makes clients clip the same way.
+        to them in ``fit``; ``heml.export`` makes clients clip the same way. ``None`` (with no
+        finite ``data_norm``) or ``PrivateBounds(search_range=...)``: bounds, the features'
+        centre and (at larger n·ε) their spread are estimated with DP inside (epsilon, delta),
+        see ``dp_guarantee_["budget_split"]`` and docs/dp.md. ``"data"``: the training data's
+        min and max, and the model is NOT private (``PrivacyLeakWarning``).
     data_norm : float, default=None
         Public bound on a row's L2 norm; longer rows (after the per-feature clip) are scaled onto
         it. ``None``: one third of the L2 radius of the ``bounds_X`` box (√d for features
-        standardized and clipped at ±3). ``inf``: no row clipping. With neither ``bounds_X`` nor
-        a finite ``data_norm``, bounds are read from the data (``PrivacyLeakWarning``).
+        standardized and clipped at ±3). ``inf``: no row clipping.
     accountant : BudgetAccountant, default=None
         Where the budget is checked and spent; ``None`` uses the default accountant.
     random_state : int, numpy Generator or None, default=None
         ``None`` draws noise from the operating system's CSPRNG. A seed makes fits reproducible
         **for tests only**: anyone who knows the seed can remove the noise.
     method : {"auto", "objpert", "dpgd"}, default="auto"
-        "auto": (approximate) objective perturbation for two classes, DP gradient descent for
-        more.
+        "auto": (approximate) objective perturbation for two classes with declared bounds, DP
+        gradient descent otherwise (with estimated bounds its Gaussian noise composes with
+        theirs in zCDP: docs/dp.md).
 
     Attributes
     ----------
@@ -230,7 +234,10 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         k = classes.size
         method = self.method
         if method == "auto":
-            method = "objpert" if k == 2 else "dpgd"
+            # objective perturbation for two classes, except when the bounds are estimated with
+            # DP: DP-GD's Gaussian noise then composes with them in zCDP (docs/dp.md); both
+            # conditions are public (declared classes and bounds parameters)
+            method = "objpert" if k == 2 and not estimates_bounds(self, eps) else "dpgd"
         if method == "objpert" and k > 2:
             raise ValueError(
                 "objective perturbation handles two classes; use method='dpgd' (or 'auto') "

@@ -16,15 +16,22 @@ and paid for from the fit's own (ε, δ):
 * When n·ε_r is too small for d such releases to find the data (``per_feature``: a public rule
   on n, d, ε, δ), all features share one box instead: the same release over all n·d values,
   with sensitivity d (a record holds d values).
-* The feature releases compose in zCDP (an ε_r-DP exponential mechanism is ε_r²/8-zCDP, Cesar
-  & Rogers 2021), converted to (ε, δ) by Canonne, Kamath & Steinke (2020, Prop. 12), or basically
-  when that gives a larger ε_r. The target's release is pure ε.
-* The fit's budget splits by basic composition: the bounds take ε_b = EPSILON_SHARE·ε (half of
-  it for the target's release when there is one) and δ_b ≤ DELTA_SHARE·δ; the model's mechanism
-  gets the rest, so the whole fit is (ε, δ)-DP. ``dp_guarantee_["budget_split"]`` states it.
+* Gaussian models (AdaSSP, DP-GD; ``split_budget(gaussian=True)``): the whole fit is accounted
+  in zCDP (an ε_r-DP exponential mechanism is ε_r²/8-zCDP, Cesar & Rogers 2021; a Gaussian with
+  multiplier m is 1/(2m²)-zCDP), converted to (ε, δ) by Canonne, Kamath & Steinke (2020, Prop.
+  12). The boxes take BOUNDS_RHO_SHARE of ρ (a pooled scale release first narrows the
+  per-feature candidates; the target's box comes from a DP median and MAD), the features' DP
+  centre CENTER_RHO_SHARE and, when a public rule says its noise is small, their DP spread
+  SPREAD_RHO_SHARE (``private_center``); the model's noise gets the rest, and
+  ``check_zcdp_total`` re-derives ρ from the model's actual noise before anything is released.
+* Objective perturbation: the fit's budget splits by basic composition: the bounds take
+  ε_b = EPSILON_SHARE·ε (half of it for the target's release when there is one) and
+  δ_b ≤ DELTA_SHARE·δ, the feature releases composing in zCDP or basically; the model's
+  mechanism gets the rest. ``dp_guarantee_["budget_split"]`` states the split either way.
 
-The estimator then maps every feature to [-1, 1] with its released box (post-processing of the
-release, so free), clips rows there, and fits; the exported model folds the map back.
+The estimator then maps every feature to [-1, 1] with its released box, centre and spread
+(post-processing of the releases, so free), clips rows there, and fits; the exported model
+folds the map back.
 """
 
 from __future__ import annotations
@@ -35,12 +42,31 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
-from ._noise import NoiseSource, _secure_uniform
+from ._noise import NoiseSource, _secure_uniform, rounding_slack
 
 # Public, fixed a priori: none depends on the data being fitted. They were chosen by measuring
 # a few alternatives on the benchmark sets (docs/dp.md, "Bounds estimated with DP").
 EPSILON_SHARE = 0.3
 DELTA_SHARE = 0.1
+# With a Gaussian model (AdaSSP, DP-GD) the fit is accounted in zCDP and the bounds take this
+# share of its ρ (see split_budget).
+BOUNDS_RHO_SHARE = 0.3
+# zCDP path with per-feature boxes: this share of the features' ρ first releases one pooled box
+# (its magnitude c, sensitivity d); the per-feature candidates are then SCALE_HEADROOM·c·2^(-j/2)
+# over SCALE_OCTAVES octaves instead of the whole public search range.
+SCALE_SHARE = 0.1
+SCALE_HEADROOM = 4.0
+SCALE_OCTAVES = 20
+# zCDP path: this share of ρ releases the mean of the box-mapped features (Gaussian, L2
+# sensitivity 2√d), the point rows are centred and clipped around (see ``private_center``).
+CENTER_RHO_SHARE = 0.15
+SPREAD_RHO_SHARE = 0.1
+# the spread is released only when its noise (sd sqrt(d)·m/n in the box's units, m the noise
+# multiplier of its share; ``spread_noise``) is at most this: a public rule on n, d, ε, δ
+SPREAD_MAX_NOISE = 0.05
+SPREAD_CLIP = 3.0  # features are clipped at this many (DP) spreads around their centre
+SPREAD_FLOOR = 0.05  # in the box's [-1, 1] units
+SPREAD_FLOOR_NOISES = 2.0
 DEFAULT_SEARCH_RANGE = 1e6
 POINTS_PER_OCTAVE = 2
 OCTAVES = 40
@@ -55,6 +81,16 @@ MECHANISM = (
     "sensitivity 1, one release per feature and one for the target (whose [-c, c] must reach "
     "both outer halves); or one pooled box over all n*d values (sensitivity d); feature "
     "releases composed in zCDP (epsilon_r^2/8 each)"
+)
+MECHANISM_ZCDP = (
+    "exponential mechanism over public boxes [-c, c], [f c, c], [-c, -f c] (c on a log grid, "
+    "f in {0, 1/2, 3/4}, prior 1:2:4:8), utility -max(#clipped, max(0, n/3 - #in outer half)), "
+    "sensitivity 1: one pooled box over all n*d values (sensitivity d) fixing the scale, then "
+    "one box per feature among candidates below 4x that scale (or the pooled box alone when "
+    "n*epsilon_r < 16); the target's box median +- 3 MAD from two exponential mechanisms "
+    "(utility -|#{y < t} - n/2| and -|#{|y - m| < r} - n/2|); Gaussian releases of the "
+    "features' mean (and mean absolute deviation) in the box's [-1, 1] units, L2 "
+    "sensitivity 2 sqrt(d); all composed with the model's Gaussian noise in zCDP"
 )
 
 
@@ -227,9 +263,28 @@ def per_release_epsilon(releases: int, epsilon: float, delta: float) -> tuple[fl
     return basic, 0.0
 
 
+def zcdp_rho(epsilon: float, delta: float) -> float:
+    """The largest ρ whose zCDP guarantee converts (``zcdp_delta``) to (ε, δ), less 1e-9."""
+    f = lambda rho: math.log(max(zcdp_delta(rho, epsilon), 1e-320)) - math.log(delta)  # noqa: E731
+    if f(epsilon) <= 0:
+        return epsilon
+    return brentq(f, 1e-15, epsilon, xtol=1e-18, rtol=1e-12) * (1.0 - 1e-9)
+
+
+def gaussian_rho(multiplier: float) -> float:
+    """zCDP of a Gaussian release with noise multiplier σ/Δ: 1/(2m²) (Bun & Steinke 2016)."""
+    return 0.5 / (multiplier * multiplier)
+
+
 @dataclass(frozen=True)
 class BoundsBudget:
-    """How a fit's (ε, δ) splits between the bounds and the model (basic composition)."""
+    """How a fit's (ε, δ) splits between the bounds and the model.
+
+    ``composition`` is "basic" (the parts' (ε, δ) add up; objective perturbation) or "zcdp"
+    (Gaussian models: the bounds' releases and the model's Gaussian noise are all measured in
+    zCDP, ρ_bounds + ρ_model = ρ, and ρ converts to (ε, δ); ``rho``/``rho_model`` are set and
+    the model must add noise with multiplier at least ``model_multiplier``).
+    """
 
     epsilon: float
     delta: float
@@ -238,31 +293,120 @@ class BoundsBudget:
     epsilon_target: float  # ε of the target's one release (0: none)
     epsilon_model: float
     delta_model: float
+    composition: str = "basic"
+    rho: float = 0.0  # zCDP of the bounds' releases (composition "zcdp")
+    rho_model: float = 0.0
+    model_multiplier: float = 0.0
+    epsilon_scale: float = 0.0  # ε of the pooled scale release before per-feature boxes (0: none)
+    rho_center: float = 0.0  # zCDP of the features' mean release (0: none)
+    rho_spread: float = 0.0  # zCDP of the features' mean absolute deviation release (0: none)
 
     def describe(self) -> dict:
-        return {
+        out = {
             "epsilon": self.epsilon,
             "delta": self.delta,
-            "share_of_epsilon": EPSILON_SHARE,
             "feature_releases": self.releases,
             "epsilon_per_feature_release": self.epsilon_release,
             "epsilon_target_release": self.epsilon_target,
-            "mechanism": MECHANISM,
-            "composition": "features: zCDP (Canonne-Kamath-Steinke 2020 conversion)"
-            if self.delta > 0
-            else "basic (pure epsilon)",
+            "mechanism": MECHANISM_ZCDP if self.composition == "zcdp" else MECHANISM,
         }
+        if self.composition == "zcdp":
+            out["share_of_rho"] = BOUNDS_RHO_SHARE
+            out["epsilon_scale_release"] = self.epsilon_scale
+            out["rho_center_release"] = self.rho_center
+            out["center_noise_multiplier"] = (
+                1.0 / math.sqrt(2.0 * self.rho_center) if self.rho_center else None
+            )
+            out["rho_spread_release"] = self.rho_spread
+            out["rho"] = self.rho
+            out["composition"] = (
+                "zCDP: each epsilon_r-DP exponential mechanism is epsilon_r^2/8-zCDP; with the "
+                "model's Gaussian noise (1/(2 m^2)) the fit is rho-zCDP, converted to "
+                "(epsilon, delta) by Canonne-Kamath-Steinke 2020 Prop. 12; epsilon and delta "
+                "here are what these releases alone would be"
+            )
+        else:
+            out["share_of_epsilon"] = EPSILON_SHARE
+            out["composition"] = (
+                "features: zCDP (Canonne-Kamath-Steinke 2020 conversion)"
+                if self.delta > 0
+                else "basic (pure epsilon)"
+            )
+        return out
+
+    def describe_model(self) -> dict:
+        out = {"epsilon": self.epsilon_model, "delta": self.delta_model}
+        if self.composition == "zcdp":
+            out["rho"] = self.rho_model
+            out["noise_multiplier"] = self.model_multiplier
+        return out
 
 
-def split_budget(epsilon: float, delta: float, releases: int, target: bool = False) -> BoundsBudget:
-    """The public split of (ε, δ): ε_b = EPSILON_SHARE·ε to the bounds, the rest to the model.
+def split_budget(
+    epsilon: float,
+    delta: float,
+    releases: int,
+    target: bool = False,
+    gaussian: bool = False,
+    center: bool = True,
+    spread: bool = False,
+) -> BoundsBudget:
+    """The public split of (ε, δ) between the bounds and the model.
 
-    With a target to bound, half of ε_b is its one release (the box that scales every residual,
-    so worth the most), the other half the features'; ``releases`` feature releases compose in
-    zCDP (δ_b ≤ DELTA_SHARE·δ) or basically, whichever gives the larger ε_r.
+    Basic composition (``gaussian`` False: objective perturbation): ε_b = EPSILON_SHARE·ε to the
+    bounds, the rest to the model. With a target to bound, half of ε_b is its one release (the
+    box that scales every residual, so worth the most), the other half the features';
+    ``releases`` feature releases compose in zCDP (δ_b ≤ DELTA_SHARE·δ) or basically, whichever
+    gives the larger ε_r.
+
+    zCDP (``gaussian`` True: AdaSSP and DP gradient descent, whose noise is Gaussian): the
+    whole fit is ρ-zCDP with ρ = ``zcdp_rho(ε, δ)``; the bounds take ρ_b = BOUNDS_RHO_SHARE·ρ
+    (half to the target's release when there is one; ε_r = √(8ρ/releases) per release), the
+    model's Gaussian noise the rest: multiplier m = 1/√(2(ρ - ρ_b)). The model is handed
+    (ε_model, δ): the exact Gaussian's ε at δ for a multiplier just above m, so its own
+    calibration adds at least that noise (``fit_with_estimated_bounds`` checks it).
     """
     if releases == 0 and not target:
         return BoundsBudget(0.0, 0.0, 0, 0.0, 0.0, epsilon, delta)
+    if gaussian and delta > 0:
+        import dp_accounting
+
+        rho = zcdp_rho(epsilon, delta)
+        rho_b = BOUNDS_RHO_SHARE * rho
+        rho_y = (rho_b / 2.0 if releases else rho_b) if target else 0.0
+        rho_x = rho_b - rho_y
+        rho_s = SCALE_SHARE * rho_x if releases > 1 else 0.0
+        eps_s = math.sqrt(8.0 * rho_s)
+        eps_r = math.sqrt(8.0 * (rho_x - rho_s) / releases) if releases else 0.0
+        eps_y = math.sqrt(8.0 * rho_y)
+        rho_c = CENTER_RHO_SHARE * rho if releases and center else 0.0
+        rho_sp = SPREAD_RHO_SHARE * rho if releases and spread else 0.0
+        rho_m = rho - rho_b - rho_c - rho_sp
+        m = 1.0 / math.sqrt(2.0 * rho_m)
+        eps_m = dp_accounting.get_epsilon_gaussian(m * (1.0 + 1e-7), delta)
+        # what the bounds' releases alone would be, for the record (not used to compose)
+        eps_b = releases * eps_r + eps_y + eps_s
+        delta_b = 0.0
+        if rho_b > 0:
+            alone = zcdp_epsilon(rho_b, delta)
+            if alone < eps_b:
+                eps_b, delta_b = alone, delta
+        return BoundsBudget(
+            eps_b,
+            delta_b,
+            releases,
+            eps_r,
+            eps_y,
+            eps_m,
+            delta,
+            "zcdp",
+            rho_b,
+            rho_m,
+            m,
+            eps_s,
+            rho_c,
+            rho_sp,
+        )
     eps_b = EPSILON_SHARE * epsilon
     eps_y = (eps_b / 2.0 if releases else eps_b) if target else 0.0
     eps_r, delta_b = 0.0, 0.0
@@ -271,12 +415,41 @@ def split_budget(epsilon: float, delta: float, releases: int, target: bool = Fal
     return BoundsBudget(eps_b, delta_b, releases, eps_r, eps_y, epsilon - eps_b, delta - delta_b)
 
 
+def zcdp_epsilon(rho: float, delta: float) -> float:
+    """ε at δ of a ρ-zCDP mechanism (inverse of ``zcdp_delta``)."""
+    f = lambda eps: math.log(max(zcdp_delta(rho, eps), 1e-320)) - math.log(delta)  # noqa: E731
+    hi = rho + 2.0 * math.sqrt(rho * math.log(1.0 / delta)) + 1.0
+    if f(0.0) <= 0:
+        return 0.0
+    return brentq(f, 0.0, hi, xtol=1e-14, rtol=1e-12) * (1.0 + 1e-9)
+
+
+def model_multiplier(model) -> float | None:
+    """The single-Gaussian noise multiplier equivalent to a fitted Gaussian model's releases:
+    AdaSSP's three (σ_i/Δ_i) or DP-GD's T steps (m/√T); None for other mechanisms."""
+    details = getattr(model, "noise_", None) or {}
+    if "sigmas" in details and details.get("sensitivities"):
+        ms = [s / d for s, d in zip(details["sigmas"], details["sensitivities"], strict=True)]
+        return sum(m**-2 for m in ms) ** -0.5
+    if "noise_multiplier" in details and "steps" in details:
+        return details["noise_multiplier"] / math.sqrt(details["steps"])
+    return None
+
+
 # ---------------------------------------------------------------------- bounds
-def per_feature(n: int, d: int, epsilon: float, delta: float, target: bool) -> bool:
+def per_feature(
+    n: int,
+    d: int,
+    epsilon: float,
+    delta: float,
+    target: bool,
+    gaussian: bool = False,
+    center: bool = True,
+) -> bool:
     """The public rule: per-feature boxes when they are precise enough, else one pooled box."""
     if d == 1:
         return True
-    eps_r = split_budget(epsilon, delta, d, target).epsilon_release
+    eps_r = split_budget(epsilon, delta, d, target, gaussian, center).epsilon_release
     return n * eps_r >= PER_FEATURE_MIN_N_EPSILON
 
 
@@ -287,6 +460,7 @@ def private_bounds(
     noise: NoiseSource,
     pooled: bool = False,
     both_sides: bool = False,
+    epsilon_scale: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-column (lower, upper) of a 2-D array: one box per column (``private_box``), or
     with ``pooled`` one box for all columns from all n·d values (sensitivity d). One release
@@ -298,10 +472,77 @@ def private_bounds(
     if pooled:
         a, b = private_box(values, epsilon_release, mags, noise, both_sides, sensitivity=d)
         return np.full(d, a), np.full(d, b)
+    if epsilon_scale > 0 and d > 1:
+        # adaptive: one pooled release fixes the scale, the per-feature candidates then lie
+        # within SCALE_HEADROOM times it, over SCALE_OCTAVES octaves (a public rule)
+        a, b = private_box(values, epsilon_scale, mags, noise, both_sides, sensitivity=d)
+        top = SCALE_HEADROOM * max(abs(a), abs(b))
+        mags = top * np.exp2(-np.arange(SCALE_OCTAVES * POINTS_PER_OCTAVE + 1) / POINTS_PER_OCTAVE)
     lo, hi = np.empty(d), np.empty(d)
     for j in range(d):
         lo[j], hi[j] = private_box(values[:, j], epsilon_release, mags, noise, both_sides)
     return lo, hi
+
+
+QUANTILE_POINTS_PER_OCTAVE = 4
+
+
+def private_quantile(
+    x: np.ndarray, q: float, epsilon: float, candidates: np.ndarray, noise: NoiseSource
+) -> float:
+    """ε-DP q-quantile of x among public ``candidates`` (ascending): the exponential mechanism
+    with utility -|#{x < t} - q·n| (sensitivity 1 under replace-one)."""
+    x = np.sort(np.ravel(x))
+    below = np.searchsorted(x, candidates, side="left")
+    u = -np.abs(below - q * x.size)
+    p = em_probabilities(u, epsilon)
+    return float(_draw(p, candidates, noise))
+
+
+def private_center(Z: np.ndarray, rho: float, noise: NoiseSource) -> np.ndarray:
+    """ρ-zCDP mean of each column of Z clipped to [-1, 1], itself clipped to [-1, 1].
+
+    Replacing one row moves each column sum by at most 2: L2 sensitivity 2√d (plus the
+    lattice rounding, ``rounding_slack``); Gaussian noise with multiplier 1/√(2ρ) makes the
+    release ρ-zCDP (Bun & Steinke 2016). n is public.
+    """
+    n, d = Z.shape
+    Zc = np.clip(Z, -1.0, 1.0)
+    sensitivity = 2.0 * math.sqrt(d) + rounding_slack(float(n), d)
+    sigma = sensitivity / math.sqrt(2.0 * rho)
+    total = noise.release(Zc.sum(axis=0), sigma, float(n))
+    return np.clip(np.asarray(total, dtype=np.float64) / n, -1.0, 1.0)
+
+
+TARGET_MADS = 3.0
+TARGET_OCTAVES = 40  # candidates: search_range·2^(-j/4), j = 0 … 160, their negatives and 0
+TARGET_MEDIAN_SHARE = 0.6  # of the target's ρ: the median (a wrong median moves the box)
+
+
+def private_median_box(
+    y: np.ndarray, epsilon: float, search_range: float, noise: NoiseSource
+) -> tuple[np.ndarray, np.ndarray]:
+    """A box for the target from two releases, ε·√0.6 and ε·√0.4 (ε in zCDP terms: the two
+    ρ's, ε²·0.6/8 + ε²·0.4/8, add up to ε²/8): the median m among public candidates (utility
+    -|#{y < t} - n/2|), then the median absolute deviation r around m (utility
+    -|#{|y - m| < r} - n/2|); the box is m ± TARGET_MADS·r. Both utilities have sensitivity
+    1 and penalize a candidate on either side of the data by n/2 (the box utility's "too wide"
+    count saturates at n/6, so at small n·ε its many too-wide candidates won: a target box of
+    ±11 000 for values 25…346).
+    Candidates: 0 and ±search_range·2^(-j/4), j = 0 … 160; r among the positive ones.
+    """
+    y = np.sort(np.ravel(y))
+    n = y.size
+    j = np.arange(TARGET_OCTAVES * QUANTILE_POINTS_PER_OCTAVE + 1)
+    mags = float(search_range) * np.exp2(-j / QUANTILE_POINTS_PER_OCTAVE)
+    cand = np.concatenate([-mags, [0.0], mags[::-1]])
+    m = private_quantile(y, 0.5, epsilon * math.sqrt(TARGET_MEDIAN_SHARE), cand, noise)
+    dev = np.sort(np.abs(y - m))
+    r_cand = mags[::-1]
+    u = -np.abs(np.searchsorted(dev, r_cand, side="left") - n / 2.0)
+    eps_r = epsilon * math.sqrt(1.0 - TARGET_MEDIAN_SHARE)
+    r = float(_draw(em_probabilities(u, eps_r), r_cand, noise))
+    return np.array([m - TARGET_MADS * r]), np.array([m + TARGET_MADS * r])
 
 
 def data_bounds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -312,6 +553,54 @@ def data_bounds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------- estimators
+def spread_noise(n: int, d: int, epsilon: float, delta: float) -> float:
+    """Noise sd of each released mean absolute deviation, in the box's [-1, 1] units: √d·m/n,
+    m the noise multiplier of the spread's ρ share (public)."""
+    m = 1.0 / math.sqrt(2.0 * SPREAD_RHO_SHARE * zcdp_rho(epsilon, delta))
+    return math.sqrt(d) * m / n
+
+
+def spread_rule(n: int, d: int, epsilon: float, delta: float) -> bool:
+    """Public rule: release the features' spread when its noise sd is at most SPREAD_MAX_NOISE."""
+    return spread_noise(n, d, epsilon, delta) <= SPREAD_MAX_NOISE
+
+
+def estimates_bounds(est, epsilon: float) -> bool:
+    """Whether ``fit`` estimates some bound with DP (public: from the bounds parameters)."""
+    x_kind, y_kind = _kinds(est, epsilon)
+    return math.isfinite(epsilon) and "dp" in (x_kind, y_kind)
+
+
+def gaussian_model(est) -> bool:
+    """Whether the estimator's mechanism with estimated bounds adds only Gaussian noise
+    (AdaSSP; DP-GD, which ``method="auto"`` picks when bounds are estimated): decided by its
+    public parameters, never by the data."""
+    if hasattr(est, "bounds_y"):
+        return True  # DPLinearRegression: AdaSSP
+    return getattr(est, "method", "auto") in ("auto", "dpgd")
+
+
+def check_zcdp_total(budget: BoundsBudget, multiplier: float | None, epsilon, delta) -> None:
+    """Refuse to release a model whose actual Gaussian noise does not fit the zCDP split.
+
+    The model was handed (ε_model, δ) so that its own calibration gives a multiplier of at
+    least ``budget.model_multiplier``; this re-derives ρ of the whole fit from the released
+    bounds' ε's and the model's actual noise and checks that it converts to (ε, δ).
+    """
+    rho_b = (
+        (budget.releases * budget.epsilon_release**2 + budget.epsilon_target**2) / 8.0
+        + budget.epsilon_scale**2 / 8.0
+        + budget.rho_center
+        + budget.rho_spread
+    )
+    if multiplier is None or not multiplier > 0:
+        raise RuntimeError("internal error: the model's Gaussian noise multiplier is unknown")
+    if zcdp_delta(rho_b + gaussian_rho(multiplier), epsilon) > delta * (1.0 + 1e-9):
+        raise RuntimeError(
+            "internal error: the model's noise is below what the zCDP budget split requires"
+        )
+
+
 def _kind(bounds) -> str:
     if bounds is None or isinstance(bounds, PrivateBounds):
         return "dp"
@@ -368,9 +657,12 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
         )
     n, d = X.shape
     target = y_kind == "dp"
-    pooled = x_kind == "dp" and not per_feature(n, d, epsilon, delta, target)
+    gaussian = gaussian_model(est)
+    spread = x_kind == "dp" and gaussian and spread_rule(n, d, epsilon, delta)
+    center = not hasattr(est, "bounds_y") or spread  # see docs/dp.md
+    pooled = x_kind == "dp" and not per_feature(n, d, epsilon, delta, target, gaussian, center)
     releases = (1 if pooled else d) if x_kind == "dp" else 0
-    budget = split_budget(epsilon, delta, releases, target)
+    budget = split_budget(epsilon, delta, releases, target, gaussian, center, spread)
     private = "data" not in (x_kind, y_kind)
     if not private:
         which = " and ".join(
@@ -386,6 +678,7 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
         )
 
     params = {
+        **({"method": "dpgd"} if gaussian and not hasattr(est, "bounds_y") else {}),
         "epsilon": budget.epsilon_model,
         "delta": budget.delta_model,
         "accountant": BudgetAccountant(),  # the caller reserved the whole fit already
@@ -399,15 +692,48 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
     else:
         if x_kind == "dp":
             lo, hi = private_bounds(
-                X, budget.epsilon_release, _search_range(est.bounds_X), noise, pooled
+                X,
+                budget.epsilon_release,
+                _search_range(est.bounds_X),
+                noise,
+                pooled,
+                epsilon_scale=budget.epsilon_scale,
             )
             source = "estimated with DP (exponential mechanism, see budget_split)"
         else:
             lo, hi = data_bounds(X)
             source = "read from the training data (NOT private: bounds_X='data')"
+        # every value inside the released box before any arithmetic: a huge finite value
+        # would otherwise overflow in the maps below, and whether the fit raises or warns
+        # would depend on that one record (found by review; tests/test_dp_review.py)
+        X = np.clip(X, lo, hi)
         center, half = bounds_map(lo, hi)
-        Z = normalize(X, center, half)
         params["bounds_X"] = (-1.0, 1.0)
+        if budget.rho_center > 0:
+            # rows are centred on the features' DP mean (in the box's [-1, 1] units): the
+            # model then clips rows around where the data are, not around the box's middle
+            mu = private_center(normalize(X, center, half), budget.rho_center, noise)
+            center = center + half * mu
+            params["bounds_X"] = (-1.0 - mu, 1.0 - mu)
+            if budget.rho_spread > 0:
+                # and scaled by their DP spread (mean absolute deviation around the released
+                # centre, x 1.25 ~ a standard deviation): a DP standardization, clipped at
+                # SPREAD_CLIP spreads inside the released box
+                # |z - mu| clipped to [0, 1], mapped to [-1, 1] for the release (whose
+                # sensitivity, 2 per coordinate there, is 1 per coordinate in these units)
+                dev = np.minimum(
+                    np.abs(np.clip(normalize(X, center, half), -1.0 - mu, 1.0 - mu)), 1.0
+                )
+                mad = (1.0 + private_center(2.0 * dev - 1.0, budget.rho_spread, noise)) / 2.0
+                # floored at SPREAD_FLOOR_NOISES noise sd's: a spread the noise could have
+                # made up does not magnify its feature (public: n, d and the share's noise)
+                floor = SPREAD_FLOOR_NOISES * spread_noise(n, d, epsilon, delta)
+                sd = 1.25 * np.maximum(mad, max(SPREAD_FLOOR, floor))
+                lo = np.maximum(lo, center - SPREAD_CLIP * sd * half)
+                hi = np.minimum(hi, center + SPREAD_CLIP * sd * half)
+                half = SPREAD_CLIP * sd * half
+                params["bounds_X"] = ((lo - center) / half, (hi - center) / half)
+        Z = normalize(X, center, half)
         bounds["X"] = {
             "lower": lo,
             "upper": hi,
@@ -417,7 +743,12 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
         }
     if y_kind in ("dp", "data"):
         yv = np.asarray(y, dtype=np.float64)[:, None]
-        if y_kind == "dp":
+        if y_kind == "dp" and budget.composition == "zcdp":
+            ylo, yhi = private_median_box(
+                yv[:, 0], budget.epsilon_target, _search_range(est.bounds_y), noise
+            )
+            ysource = "estimated with DP (exponential-mechanism median and MAD, see budget_split)"
+        elif y_kind == "dp":
             ylo, yhi = private_bounds(
                 yv, budget.epsilon_target, _search_range(est.bounds_y), noise, both_sides=True
             )
@@ -448,6 +779,8 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
         and name not in ("n_features_in_", "feature_names_in_")
     }
     fitted["feature_map_"] = None
+    if budget.composition == "zcdp":
+        check_zcdp_total(budget, model_multiplier(inner), epsilon, delta)
     g = inner.dp_guarantee_
     inner_bounds = dict(g["bounds"])
     if center is not None:
@@ -474,9 +807,12 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
         n_samples=n,
     )
     guarantee["budget_split"] = {
-        "bounds": budget.describe() if budget.epsilon else None,
-        "model": {"epsilon": budget.epsilon_model, "delta": budget.delta_model},
-        "composition": "basic: the bounds' and the model's (epsilon, delta) add up",
+        "bounds": budget.describe() if budget.releases or budget.epsilon_target else None,
+        "model": budget.describe_model(),
+        "composition": "basic: the bounds' and the model's (epsilon, delta) add up"
+        if budget.composition == "basic"
+        else "zCDP: rho(bounds) + rho(model) = rho, and the fit is (epsilon, delta)-DP by "
+        "the Canonne-Kamath-Steinke 2020 (Prop. 12) conversion of rho",
     }
     if not private:
         guarantee.update(private=False, epsilon=None, delta=None)
