@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 import heml
+from heml.he.encrypt import public_key_p0
+from heml.he.keys import KeySet
+from heml.he.private import KEY_NONCE_BYTES, PublicKeyStore, default_privacy_params
 from heml.server.state import StateDataLost, StateUnavailable
 from heml.server.state import redis_backend as rb
 
@@ -149,3 +153,71 @@ def test_state_env_keeps_the_redis_password_out_of_ps_with_heml_serve(
         cmdline = _cmdline(handle.pid)
         assert str(models.resolve()) in cmdline  # control: we read the supervisor's argv
         assert secret not in cmdline, "the Redis password is in the supervisor's argv (ps)"
+
+
+# ---------------------------------------------------------------------- registry TTL
+PARAMS = default_privacy_params()
+
+
+@pytest.fixture(scope="module")
+def public_keys():
+    sk = KeySet().get(PARAMS)
+    out = []
+    for i in range(6):
+        nonce = bytes([i]) * KEY_NONCE_BYTES
+        out.append((nonce, public_key_p0(sk, nonce)))
+    return out
+
+
+def _served(budget_keys: int, per: int):
+    per_key = 2 * 8 * PARAMS.n * len(PARAMS.primes) * 3
+    store = PublicKeyStore(PARAMS, budget_bytes=budget_keys * per_key, per_identity=per)
+    return SimpleNamespace(
+        private=SimpleNamespace(keys=store), model=SimpleNamespace(name="m", version=1)
+    )
+
+
+def test_an_idle_identitys_keys_escape_the_per_identity_cap_and_eviction(
+    make_redis, public_keys, monkeypatch
+):
+    """REGISTER/TOUCH refresh the TTL of the *caller's* zset ``own:<identity>`` but refresh
+    ``owner``/``blob``/``used``/``idents`` for every caller. An identity idle for REGISTRY_TTL
+    (7 days; 1 s here) while others keep the model in use loses its zset and keeps its keys in
+    ``owner``: those keys no longer count towards its per-identity cap and are never chosen
+    for eviction (eviction walks the zsets). The identity registers again and holds more than
+    its cap; repeated, idle identities' keys fill the capacity for good, and every new key is
+    evicted at once.
+
+    Control: the in-process store (the documented 'same limits as in one process') given the
+    same operations keeps the identity at its cap."""
+    monkeypatch.setattr(rb, "REGISTRY_TTL", 1)
+    ids = {}
+
+    def run(registry, pause: bool):
+        for i in (0, 1):
+            ids[i] = registry.register(*public_keys[i], "peer:x")
+        ids[2] = registry.register(*public_keys[2], "peer:y")
+        if pause:  # y keeps the model in use while x is idle longer than the TTL
+            end = time.monotonic() + 1.8
+            while time.monotonic() < end:
+                assert ids[2] in registry
+                time.sleep(0.2)
+        for i in (3, 4):
+            ids[i] = registry.register(*public_keys[i], "peer:x")
+        return {i for i, key_id in ids.items() if key_id in registry}
+
+    embedded = run(_served(budget_keys=4, per=2).private.keys, pause=False)
+    assert embedded == {2, 3, 4}  # control: x holds its cap (2), its oldest keys went
+
+    server = make_redis()
+    state = rb.RedisState(server.url, start=False)
+    try:
+        shared = run(state.private_keys(_served(budget_keys=4, per=2)), pause=True)
+        owners = state.client.hgetall("heml:pk:m:1:owner")
+        held_by_x = sum(1 for v in owners.values() if v == b"peer:x")
+        assert shared == embedded, (
+            f"Redis registry holds {sorted(shared)}; peer:x owns {held_by_x} keys with a "
+            "per-identity cap of 2"
+        )
+    finally:
+        state.close()
