@@ -221,3 +221,21 @@ def test_an_idle_identitys_keys_escape_the_per_identity_cap_and_eviction(
         )
     finally:
         state.close()
+
+
+def test_a_bad_state_url_error_does_not_show_part_of_the_password(monkeypatch):
+    """A generated password (base64) often holds '/', which ends the netloc unless encoded:
+    ``redis://default:Zm9vYmFy/cXV4@redis:6379/0`` parses as host 'default', port 'Zm9vYmFy'.
+    The error then prints that port, the first part of the password, to the terminal and the
+    orchestrator's log, for a URL that --state env was meant to keep secret.
+
+    Control: the same error for a harmless URL names the bad port (the message is produced)."""
+    from heml.server.state import check_state_url
+
+    monkeypatch.setenv("HEML_STATE_URL", "redis://127.0.0.1:notaport/0")
+    with pytest.raises(ValueError, match="notaport"):
+        check_state_url("env")  # control
+    monkeypatch.setenv("HEML_STATE_URL", "redis://default:Zm9vYmFy/cXV4@redis:6379/0")
+    with pytest.raises(ValueError) as info:
+        check_state_url("env")
+    assert "Zm9vYmFy" not in str(info.value), f"password shown: {info.value}"
