@@ -239,3 +239,30 @@ def test_a_bad_state_url_error_does_not_show_part_of_the_password(monkeypatch):
     with pytest.raises(ValueError) as info:
         check_state_url("env")
     assert "Zm9vYmFy" not in str(info.value), f"password shown: {info.value}"
+
+
+def test_a_replica_started_right_after_a_loss_spends_zeroed_allowances(make_redis):
+    """docs/deploy.md: 'the script compares the marker with the one the worker last saw, so no
+    zeroed count is spent in the half second before detection'. A worker started in that half
+    second (a replica rescheduled with its Redis, a worker restarted by the supervisor) makes
+    first contact: it writes a new marker without raising heml:lost and adopts it, so its
+    allowance charges pass the marker check against the zeroed counts.
+
+    Control: the worker that ran before the loss is refused in the same window."""
+    server = make_redis()
+    old = rb.RedisState(server.url, start=False)
+    new = None
+    try:
+        assert old.quotas.take_total("private/m/1/kay", 8, 10, "a1") is None  # used 8 of 10
+        server.halt()
+        server.start()  # back empty; old has not synced yet
+        with pytest.raises(StateUnavailable):  # control: the old worker is refused
+            old.quotas.take_total("private/m/1/kay", 8, 10, "a2")
+        new = rb.RedisState(server.url, start=False)  # started before old's next sync
+        with pytest.raises((StateDataLost, StateUnavailable)):
+            granted = new.quotas.take_total("private/m/1/kay", 8, 10, "n1")
+            pytest.fail(f"zeroed allowance spent: 8 more granted ({granted}), 16 of 10")
+    finally:
+        old.close()
+        if new is not None:
+            new.close()
