@@ -371,20 +371,33 @@ return {had, lost, epoch, tostring(gen)}
 """
 
 
+_URL_SHAPE = (
+    "expected redis://[user:password@]host:port/db (rediss:// for TLS, unix:///path); "
+    "percent-encode '/', '@', ':', '?' and '#' in the password (e.g. '/' as %2F)"
+)
+
+
 def parse_url(url: str) -> urllib.parse.SplitResult:
-    """Check a --state URL's form (ValueError with the reason)."""
-    parts = urllib.parse.urlsplit(url)
+    """Check a --state URL's form (ValueError with the reason and the expected shape). The
+    message never quotes the URL: a password with an unencoded '/' or '@' shifts its parts, so
+    a "port" or "database" may be part of the password."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        raise ValueError(f"--state URL cannot be parsed: {_URL_SHAPE}") from None
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"unsupported --state scheme {parts.scheme!r}; use redis:// or rediss://")
+        raise ValueError(f"--state URL has an unsupported scheme: {_URL_SHAPE}")
     if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError("--state URL needs a host: redis://host:6379/0")
+        raise ValueError(f"--state URL needs a host: {_URL_SHAPE}")
     try:
         parts.port  # noqa: B018 (raises ValueError on a bad port)
-    except ValueError as exc:
-        raise ValueError(f"--state URL has a bad port: {exc}") from None
+    except ValueError:
+        raise ValueError(
+            f"--state URL has a bad port (not a number in 0-65535): {_URL_SHAPE}"
+        ) from None
     db = parts.path.strip("/")
-    if db and not db.isdigit():
-        raise ValueError(f"--state URL database must be a number, got {db!r}")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        raise ValueError(f"--state URL database must be a number: {_URL_SHAPE}")
     return parts
 
 
