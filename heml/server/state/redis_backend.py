@@ -17,8 +17,8 @@ Every change is one Lua script, so Redis runs it atomically whatever the number 
 * **model-privacy public keys** ``heml:pk:<model>:<version>:*``: validated key bytes (nonce ‖
   p0) with the same per-identity cap, overall capacity and eviction order as the in-process
   store (heml.he.private.PublicKeyStore); each replica keeps a validated local copy as a cache.
-  Deleted when a replica stops serving the version; each key expires REGISTRY_TTL after the
-  model's last use.
+  Deleted when a replica stops serving the version; the registry expires as one unit
+  REGISTRY_TTL after the model's last use.
 * **API keys** ``heml:apikeys`` (id -> key-file JSON line, from ``heml keys issue --state``) and
   **revocations** ``heml:apikeys:revoked`` (SHA-256 hex of revoked keys), with a version
   counter that each worker polls every SYNC_SECONDS. Revocations are monotonic: a worker
@@ -252,12 +252,31 @@ _REGISTRY_COMMON = """
 local P = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local bad = 0
+-- The registry expires as one unit: every structure, every identity's zset included, is given
+-- the same expiry, renewed together once a tenth of the TTL has passed (so an identity idle
+-- while others use the model keeps its zset as long as its keys: the cap and eviction see
+-- them); a structure created since (a new identity's zset, the allowance counts) joins the
+-- unit with the time it has left.
+local function renew(ident)
+  local ms = ttl * 1000
+  local left = redis.call('PTTL', P .. 'tick')
+  if left < ms * 0.9 then
+    left = ms
+    for _, name in ipairs({'blob', 'owner', 'used', 'idents', 'tick'}) do
+      redis.call('PEXPIRE', P .. name, ms)
+    end
+    for _, who in ipairs(redis.call('ZRANGE', P .. 'idents', 0, -1)) do
+      redis.call('PEXPIRE', P .. 'own:' .. who, ms)
+    end
+  end
+  for _, name in ipairs({'blob', 'owner', 'used', 'idents', 'tick', 'own:' .. ident}) do
+    if redis.call('PTTL', P .. name) == -1 then redis.call('PEXPIRE', P .. name, left) end
+  end
+end
 local function touch(key, ident, tick)
   redis.call('ZADD', P .. 'own:' .. ident, tick, key)
   redis.call('ZADD', P .. 'idents', tick, ident)
-  for _, name in ipairs({'blob', 'owner', 'used', 'idents', 'tick', 'own:' .. ident}) do
-    redis.call('EXPIRE', P .. name, ttl)
-  end
+  renew(ident)
 end
 -- drop a key id listed in ident's zset; counts an entry the owner hash does not match
 local function drop(key, ident)
