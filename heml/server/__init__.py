@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import HemlError
 from .options import ServerConfig
+from .state import STATE_URL_ENV
 
 __all__ = ["ServerConfig", "ServerHandle", "serve"]
 
@@ -108,17 +109,21 @@ def serve(
     config = ServerConfig(
         models_dir=str(Path(models_dir).resolve()), host=host, port=port, workers=workers, **options
     )
+    settings, env = config.to_dict(), None
+    if config.state not in (None, "env"):  # the URL (maybe a password) goes by environment:
+        env = {**os.environ, STATE_URL_ENV: config.state}  # a command line is shown by ps
+        settings["state"] = "env"
     r, w = os.pipe()
     cmd = [
         sys.executable,
         "-m",
         "heml.server.supervisor",
         "--config",
-        json.dumps(config.to_dict()),
+        json.dumps(settings),
         "--ready-fd",
         str(w),
     ]
-    proc = subprocess.Popen(cmd, pass_fds=(w,), close_fds=True)
+    proc = subprocess.Popen(cmd, pass_fds=(w,), close_fds=True, env=env)
     os.close(w)
     try:
         line = _read_line(r, timeout, proc)

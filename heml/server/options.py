@@ -32,7 +32,9 @@ class ServerConfig:
     # sample slots one call may compute (a stream: all its blocks); ≥ the SDK's 32 COLUMN blocks
     max_samples_per_request: int = 1 << 20
     # where quotas, the model-privacy key registry and API-key revocations live: None (or
-    # "embedded") = this host; "redis://host:6379/0" / "rediss://…" = shared by every replica
+    # "embedded") = this host; "redis://host:6379/0" / "rediss://…" = shared by every replica;
+    # "env" = the URL in HEML_STATE_URL, read by each process that connects (kept as "env"
+    # here, so the URL and its password never reach a command line or a log)
     state: str | None = None
 
     def __post_init__(self) -> None:
@@ -50,7 +52,15 @@ class ServerConfig:
             raise ValueError("max_samples_per_request must be at least 1")
         from .state import check_state_url
 
-        object.__setattr__(self, "state", check_state_url(self.state))
+        url = check_state_url(self.state)  # checks "env" too (ValueError with the remedy)
+        object.__setattr__(self, "state", "env" if url is not None and self.state == "env" else url)
+
+    @property
+    def state_url(self) -> str | None:
+        """The state URL, "env" resolved from HEML_STATE_URL now (None: embedded)."""
+        from .state import check_state_url
+
+        return check_state_url(self.state)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -36,7 +36,7 @@ class Runtime:
         self.directory: str | None = None  # private (0700), only when something is shared
         embedded_quotas = bool(config.api_keys) and config.state is None
         if config.state is not None:
-            self._check_state(config.state)
+            self._check_state(config.state_url)
         if embedded_quotas or config.metrics_port is not None:
             self.directory = tempfile.mkdtemp(prefix="heml-run-")
         self.quota_path: str | None = None

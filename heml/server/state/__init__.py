@@ -78,9 +78,9 @@ def check_state_url(url: str | None) -> str | None:
     if url is None or url == EMBEDDED:
         return None
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(
-            f"--state must be 'embedded' or a redis://host:port/db URL (rediss:// for TLS), "
-            f"got {url.split('@')[-1]!r}"
+        raise ValueError(  # the value is not quoted: it may hold a password
+            "--state must be 'embedded', 'env' or a redis://host:port/db URL (rediss:// for "
+            "TLS, unix:///path for a socket)"
         )
     from .redis_backend import parse_url
 

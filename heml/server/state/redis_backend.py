@@ -12,21 +12,23 @@ Every change is one Lua script, so Redis runs it atomically whatever the number 
   LEASE_SECONDS; members of a lease that expired (a killed replica) are dropped by the next
   ``acquire`` once Redis has seen the lease missing for LEASE_GRACE_SECONDS (marker
   ``heml:gone:<lease>``), so a dead replica's calls stop counting within LEASE_SECONDS +
-  LEASE_GRACE_SECONDS, while a live worker whose lease expired during an outage renews it (and
-  puts its running calls back) first thing when Redis answers again.
+  LEASE_GRACE_SECONDS, while a live worker whose lease expired (during an outage, or while its
+  process was paused) renews it and puts its running calls back at its next sync.
 * **model-privacy public keys** ``heml:pk:<model>:<version>:*``: validated key bytes (nonce ‖
   p0) with the same per-identity cap, overall capacity and eviction order as the in-process
   store (heml.he.private.PublicKeyStore); each replica keeps a validated local copy as a cache.
-  Deleted when a replica stops serving the version; each key expires REGISTRY_TTL after the
-  model's last use.
+  Deleted when a replica stops serving the version; the registry expires as one unit
+  REGISTRY_TTL after the model's last use.
 * **API keys** ``heml:apikeys`` (id -> key-file JSON line, from ``heml keys issue --state``) and
   **revocations** ``heml:apikeys:revoked`` (SHA-256 hex of revoked keys), with a version
   counter that each worker polls every SYNC_SECONDS. Revocations are monotonic: a worker
   keeps every one it has seen and writes back those Redis lacks.
-* **data marker** ``heml:epoch``: a random id written when Redis is found empty. A worker that
-  finds it gone or changed knows Redis lost its data: it writes back revocations and its
-  running calls, and sets ``heml:lost``, which refuses model-privacy allowances (they cannot be
-  rebuilt) until an operator deletes it.
+* **data marker** ``heml:epoch``: a random id written when Redis is found empty, and
+  **generation** ``heml:gen``, incremented by every allowance granted. A worker that finds the
+  marker gone or changed, or the generation below the highest it saw (an older copy: snapshot
+  reloaded, lagging replica promoted), knows Redis lost its data: it writes back revocations
+  and its running calls, and sets ``heml:lost``, which refuses model-privacy allowances (they
+  cannot be rebuilt) until an operator deletes it.
 
 Charges carry an id unique to the charge (``<call id>.<n>``); the script records it
 (``heml:charge:<id>``, kept CHARGE_TTL = 5 minutes), so running it again after a lost reply returns
@@ -85,6 +87,10 @@ REGISTRY_TTL = 7 * 86400  # a model's key registry expires this long after its l
 MAX_ENTRY_CHARS = 4096  # an API key entry in Redis longer than this is refused unparsed
 EPOCH = PREFIX + "epoch"  # data marker: gone or changed = Redis lost its data
 LOST = PREFIX + "lost"  # set when a loss was seen: model-privacy allowances refused
+# generation: +1 by every allowance charge granted; a Redis whose generation is below the
+# highest a live worker saw is an older copy of itself (snapshot reloaded, lagging replica
+# promoted, backup restored) even though its data marker is the same
+GEN = PREFIX + "gen"
 
 # Charge record formats: "b|<capacity>|<cost>|<bucket key>" (token bucket) and
 # "h|<cost>|<hash key>|<field>" (a counter); "void" once undone.
@@ -133,12 +139,26 @@ return {granted, string.format('%.17g', tokens)}
 # that must exist first (the registered public key whose allowance this is), and the data-loss
 # marker: while it exists the counts may have restarted from zero, so nothing is granted (-4);
 # then the data marker key and the value this worker last saw: if they differ, Redis lost its
-# data since the worker's last sync, which has not noticed yet: nothing is granted (-5)
+# data since the worker's last sync, which has not noticed yet: nothing is granted (-5) and the
+# loss marker is set (message ARGV[11]); then the generation key and the highest generation
+# this worker saw: a lower one is an older copy of Redis (loss marker set, -4). A grant bumps
+# the generation and returns it.
 TAKE_TOTAL = (
     _CHECK_RECORD
     + """
 if redis.call('EXISTS', ARGV[6]) == 1 then return {-4, '0'} end
-if ARGV[8] == '' or redis.call('GET', ARGV[7]) ~= ARGV[8] then return {-5, '0'} end
+if ARGV[8] == '' then return {-5, '0'} end
+if redis.call('GET', ARGV[7]) ~= ARGV[8] then
+  -- the marker this worker saw is gone or replaced: Redis lost its data; say so at once, so
+  -- a worker that makes first contact now (it has no marker to compare) is refused too
+  redis.call('SET', ARGV[6], ARGV[11], 'NX')
+  return {-5, '0'}
+end
+local gen = tonumber(redis.call('GET', ARGV[9]) or '0')
+if gen == nil or gen < tonumber(ARGV[10]) then  -- an older copy of Redis (or a malformed one)
+  redis.call('SET', ARGV[6], ARGV[11], 'NX')
+  return {-4, '0'}
+end
 if ARGV[5] and ARGV[5] ~= '' and redis.call('HEXISTS', ARGV[5], ARGV[1]) == 0 then
   return {-3, '0'}
 end
@@ -152,7 +172,7 @@ local cost, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
 if used + cost > limit then return {0, tostring(used)} end
 redis.call('HINCRBY', KEYS[1], ARGV[1], cost)
 redis.call('SET', KEYS[2], 'h|' .. ARGV[2] .. '|' .. KEYS[1] .. '|' .. ARGV[1], 'EX', ARGV[4])
-return {1, tostring(used)}
+return {1, tostring(used), tostring(redis.call('INCR', ARGV[9]))}
 """
 )
 
@@ -232,12 +252,31 @@ _REGISTRY_COMMON = """
 local P = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local bad = 0
+-- The registry expires as one unit: every structure, every identity's zset included, is given
+-- the same expiry, renewed together once a tenth of the TTL has passed (so an identity idle
+-- while others use the model keeps its zset as long as its keys: the cap and eviction see
+-- them); a structure created since (a new identity's zset, the allowance counts) joins the
+-- unit with the time it has left.
+local function renew(ident)
+  local ms = ttl * 1000
+  local left = redis.call('PTTL', P .. 'tick')
+  if left < ms * 0.9 then
+    left = ms
+    for _, name in ipairs({'blob', 'owner', 'used', 'idents', 'tick'}) do
+      redis.call('PEXPIRE', P .. name, ms)
+    end
+    for _, who in ipairs(redis.call('ZRANGE', P .. 'idents', 0, -1)) do
+      redis.call('PEXPIRE', P .. 'own:' .. who, ms)
+    end
+  end
+  for _, name in ipairs({'blob', 'owner', 'used', 'idents', 'tick', 'own:' .. ident}) do
+    if redis.call('PTTL', P .. name) == -1 then redis.call('PEXPIRE', P .. name, left) end
+  end
+end
 local function touch(key, ident, tick)
   redis.call('ZADD', P .. 'own:' .. ident, tick, key)
   redis.call('ZADD', P .. 'idents', tick, ident)
-  for _, name in ipairs({'blob', 'owner', 'used', 'idents', 'tick', 'own:' .. ident}) do
-    redis.call('EXPIRE', P .. name, ttl)
-  end
+  renew(ident)
 end
 -- drop a key id listed in ident's zset; counts an entry the owner hash does not match
 local function drop(key, ident)
@@ -319,20 +358,65 @@ return {1, owner}
 )
 
 
+# One sync of a worker: KEYS lease, gone marker, data marker, loss marker, generation; ARGV
+# lease seconds, the data marker this worker saw ('' at first contact), the highest generation
+# it saw, a new marker, the loss message. Renews the lease and says whether it had expired
+# (the worker's calls in flight may have been dropped by another's acquire: put them back),
+# compares marker and generation (gone, changed or lower: Redis lost its data or is an older
+# copy; the loss marker is set, and for an older copy a new data marker is written so every
+# replica puts back what it holds) -> {lease was missing, lost (0 no, 1 marker gone or
+# changed, 2 older copy), data marker, generation (-1 if malformed)}
+SYNC = """
+local had = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+redis.call('DEL', KEYS[2])
+local epoch = redis.call('GET', KEYS[3])
+local gen = tonumber(redis.call('GET', KEYS[5]) or '0') or -1
+local lost = 0
+if ARGV[2] ~= '' and (epoch ~= ARGV[2] or gen < tonumber(ARGV[3])) then
+  lost = 1
+  redis.call('SET', KEYS[4], ARGV[5], 'NX')
+  if epoch == ARGV[2] then  -- same marker, lower generation: an older copy
+    lost = 2
+    redis.call('SET', KEYS[3], ARGV[4])
+    epoch = ARGV[4]
+  end
+end
+if not epoch then
+  redis.call('SET', KEYS[3], ARGV[4])
+  epoch = ARGV[4]
+end
+return {had, lost, epoch, tostring(gen)}
+"""
+
+
+_URL_SHAPE = (
+    "expected redis://[user:password@]host:port/db (rediss:// for TLS, unix:///path); "
+    "percent-encode '/', '@', ':', '?' and '#' in the password (e.g. '/' as %2F)"
+)
+
+
 def parse_url(url: str) -> urllib.parse.SplitResult:
-    """Check a --state URL's form (ValueError with the reason)."""
-    parts = urllib.parse.urlsplit(url)
+    """Check a --state URL's form (ValueError with the reason and the expected shape). The
+    message never quotes the URL: a password with an unencoded '/' or '@' shifts its parts, so
+    a "port" or "database" may be part of the password."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        raise ValueError(f"--state URL cannot be parsed: {_URL_SHAPE}") from None
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"unsupported --state scheme {parts.scheme!r}; use redis:// or rediss://")
+        raise ValueError(f"--state URL has an unsupported scheme: {_URL_SHAPE}")
     if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError("--state URL needs a host: redis://host:6379/0")
+        raise ValueError(f"--state URL needs a host: {_URL_SHAPE}")
     try:
         parts.port  # noqa: B018 (raises ValueError on a bad port)
-    except ValueError as exc:
-        raise ValueError(f"--state URL has a bad port: {exc}") from None
+    except ValueError:
+        raise ValueError(
+            f"--state URL has a bad port (not a number in 0-65535): {_URL_SHAPE}"
+        ) from None
     db = parts.path.strip("/")
-    if db and not db.isdigit():
-        raise ValueError(f"--state URL database must be a number, got {db!r}")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        raise ValueError(f"--state URL database must be a number: {_URL_SHAPE}")
     return parts
 
 
@@ -392,6 +476,7 @@ class RedisState:
                 ("acquire", ACQUIRE),
                 ("register", REGISTER),
                 ("touch", TOUCH),
+                ("sync", SYNC),
             )
         }
         self._pending: collections.deque = collections.deque()
@@ -399,6 +484,7 @@ class RedisState:
         self._rotate = False  # a release was dropped: move this worker's calls to a new lease
         self._reassert = False  # Redis was unreachable: put this worker's calls back first
         self._epoch: str | None = None  # the data marker this worker saw (None: not yet)
+        self._gen = 0  # the highest generation this worker saw (GEN)
         self._down_since: float | None = None
         self._state_lock = threading.Lock()
         self._last_refresh = -1e18
@@ -522,13 +608,25 @@ class RedisState:
 
         try:
             pipe = self.client.pipeline(transaction=False)
-            pipe.set(PREFIX + "lease:" + self.lease, "1", ex=LEASE_SECONDS)
-            pipe.delete(PREFIX + "gone:" + self.lease)
-            pipe.get(EPOCH)
+            seen = self._epoch
+            self._scripts["sync"](
+                keys=[
+                    PREFIX + "lease:" + self.lease,
+                    PREFIX + "gone:" + self.lease,
+                    EPOCH,
+                    LOST,
+                    GEN,
+                ],
+                args=[LEASE_SECONDS, seen or "", self._gen, uuid.uuid4().hex, self.loss_note(seen)],
+                client=pipe,
+            )
             pipe.get(APIKEYS_VERSION)
             pipe.scard(REVOKED)
-            _ok, _gone, epoch, version, revoked = pipe.execute()
-            lost = self._check_epoch(epoch)
+            (had, lost, epoch, gen), version, revoked = pipe.execute()
+            lost = self._seen(seen, int(lost), _text(epoch), int(gen))
+            if not int(had) and seen is not None:  # expired: another's acquire may drop our calls
+                with self._state_lock:
+                    self._reassert = True
             with self._state_lock:
                 reassert, self._reassert = self._reassert or lost, False
             if reassert:
@@ -552,35 +650,40 @@ class RedisState:
             return False
         return True
 
-    def _check_epoch(self, raw) -> bool:
-        """Compare Redis' data marker with the one this worker saw; True if Redis lost its
-        data since (the marker is gone or changed: restarted without persistence, failed over
-        to a copy that lacks it, flushed). Then: one ERROR line, the marker LOST is set (model-
-        privacy allowances are refused until an operator removes it), a new data marker is
-        agreed on, and the caller puts back this worker's revocations and calls."""
-        epoch = _text(raw) if raw is not None else None
-        if epoch is not None and epoch == self._epoch:
+    def loss_note(self, seen: str | None) -> str:
+        """The value of LOST when this worker is the one that sees a loss (for the operator)."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return (
+            f"data marker {(seen or '')[:12]} lost or older at {when}, seen by lease {self.lease}"
+        )
+
+    def saw_generation(self, gen: int) -> None:
+        """Remember the highest generation seen (a grant's reply or a sync)."""
+        with self._state_lock:
+            self._gen = max(self._gen, gen)
+
+    def _seen(self, seen: str | None, lost: int, epoch: str, gen: int) -> bool:
+        """Take in a sync's reply: the data marker and generation Redis holds, and whether the
+        script found a loss (marker gone or changed, or a generation below the highest this
+        worker saw: an older copy). Then one ERROR line, and the caller puts back this
+        worker's revocations and calls; LOST was set by the script (model-privacy allowances
+        refused until an operator removes it)."""
+        self._epoch = epoch
+        if not lost:
+            self.saw_generation(gen)
             return False
-        seen = self._epoch
-        pipe = self.client.pipeline(transaction=True)
-        if seen is not None:
-            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            pipe.set(LOST, f"data marker {seen[:12]} gone at {when}, seen by lease {self.lease}",
-                     nx=True)  # fmt: skip
-        pipe.set(EPOCH, uuid.uuid4().hex, nx=True)
-        pipe.get(EPOCH)
-        self._epoch = _text(pipe.execute()[-1])
-        if seen is None:
-            return False  # first contact: nothing to compare with
+        with self._state_lock:
+            self._gen = max(gen, 0)  # from now on, compare with what this Redis holds
         log.error(
-            "shared state at %s lost its data (its data marker %s is %s): revocations this "
-            "replica knows are written back and its calls in flight put back; model-privacy "
-            "allowances cannot be recounted, so model-privacy scoring fails with "
-            "FAILED_PRECONDITION until an operator restores Redis or deletes the key %s "
-            "(docs/deploy.md, 'When Redis loses its data')",
+            "shared state at %s lost its data (%s): revocations this replica knows are "
+            "written back and its calls in flight put back; model-privacy allowances cannot "
+            "be recounted, so model-privacy scoring fails with FAILED_PRECONDITION until an "
+            "operator restores Redis or deletes the key %s (docs/deploy.md, 'When Redis "
+            "loses its data')",
             self.where,
-            seen[:12],
-            "gone" if epoch is None else "changed",
+            f"it is an older copy: generation {gen}, below the last this replica saw"
+            if lost == 2
+            else f"its data marker {(seen or '')[:12]} is gone or changed",
             LOST,
         )
         return True
@@ -755,8 +858,13 @@ class RedisQuotas:
                 LOST,
                 EPOCH,
                 self.state._epoch or "",
+                GEN,
+                self.state._gen,
+                self.state.loss_note(self.state._epoch),
             ],
         )
+        if int(reply[0]) == 1 and len(reply) > 2:
+            self.state.saw_generation(int(reply[2]))
         if int(reply[0]) == -5:
             from . import StateUnavailable
 
