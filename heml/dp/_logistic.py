@@ -579,12 +579,15 @@ def averaging_start(T: int) -> int:
     return max(1, min(T, math.floor(T * (1.0 - DPGD_AVERAGE_TAIL)) + 1))
 
 
-def clipped_gradient_sum(A, Y, W, clip: float) -> np.ndarray:
+def clipped_gradient_sum(A, Y, W, clip: float, row_norms=None) -> np.ndarray:
     """Σᵢ clip(∇ℓᵢ(W)) for the softmax loss: each example's gradient (pᵢ − yᵢ)aᵢᵀ scaled onto
     Frobenius norm ``clip`` if longer. Replacing one example moves the sum by at most 2·clip
-    (L2), the sensitivity each step's Gaussian is calibrated to."""
+    (L2), the sensitivity each step's Gaussian is calibrated to. ``row_norms``: ‖aᵢ‖, when the
+    caller has them (saves a pass over A per step)."""
     E = softmax(A @ W.T, axis=1) - Y
-    g_norm = np.linalg.norm(E, axis=1) * np.linalg.norm(A, axis=1)
+    if row_norms is None:
+        row_norms = np.linalg.norm(A, axis=1)
+    g_norm = np.linalg.norm(E, axis=1) * row_norms
     E *= np.minimum(1.0, clip / np.maximum(g_norm, 1e-300))[:, None]
     return E.T @ A
 
@@ -604,10 +607,11 @@ def _dp_gradient_descent(A, y_idx, k, eps, delta, noise: NoiseSource):
     )
     sigma = multiplier * sensitivity
     first = averaging_start(T)
+    row_norms = np.linalg.norm(A, axis=1)
     W = np.zeros((k, p))
     total = np.zeros((k, p))
     for t in range(1, T + 1):
-        G = noise.release(clipped_gradient_sum(A, Y, W, DPGD_CLIP), sigma, magnitude)
+        G = noise.release(clipped_gradient_sum(A, Y, W, DPGD_CLIP, row_norms), sigma, magnitude)
         W = W - (DPGD_LR / n) * G
         if t >= first:  # post-processing of the releases so far: no privacy cost
             total += W
