@@ -620,8 +620,9 @@ def _dp_gradient_descent(A, y_idx, k, eps, delta, noise: NoiseSource):
         "steps": T,
         "learning_rate": DPGD_LR,
         "averaged_iterates": [first, T],
-        "averaging": "the released W is the mean of the iterates W_t, t = first..T "
-        "(post-processing of the T noisy gradient releases)",
+        "averaging": "the released W is the mean of the iterates W_t for t in "
+        f"averaged_iterates (the last half when T >= {DPGD_AVERAGE_MIN_STEPS}, else the last "
+        "iterate alone): post-processing of the T noisy gradient releases",
         "clip": DPGD_CLIP,
         "sigma": sigma,
         "noise_multiplier": multiplier,
