@@ -48,7 +48,7 @@ from heml.dp import DPLinearRegression, DPLogisticRegression
 
 EPSILONS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
 DELTA = 1e-5
-GOALS = {  # (ε=1, ε=5) goals from issue 4
+GOALS = {  # (ε=1, ε=5) goals from issue 4 (table 2)
     "breast_cancer": (0.90, 0.92),
     "wine": (0.80, 0.95),
     "digits": (0.73, 0.84),
@@ -289,11 +289,11 @@ def run(quick: bool) -> int:
     yr = np.clip((yr - yr.mean()) / yr.std(), -3, 3)
     for label, make, Xf, yf in [
         ("DPLinearRegression (AdaSSP)", lambda: _dp_model(True, 1.0, None, 100_000), Xr, yr),
-        ("DPLogisticRegression (objpert)", lambda: _dp_model(False, 1.0, None, 100_000), Xc, yc),
+        ("DPLogisticRegression (auto: dpgd)", lambda: _dp_model(False, 1.0, None, 100_000), Xc, yc),
         (
-            "DPLogisticRegression (dpgd, binary)",
+            "DPLogisticRegression (objpert)",
             lambda: DPLogisticRegression(
-                epsilon=1.0, delta=1e-6, classes=(0, 1), bounds_X=(-3, 3), method="dpgd"
+                epsilon=1.0, delta=1e-6, classes=(0, 1), bounds_X=(-3, 3), method="objpert"
             ),
             Xc,
             yc,

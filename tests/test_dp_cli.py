@@ -415,13 +415,15 @@ def test_a_failed_fit_is_still_charged(houses, tmp_path, ledger_file, capsys, mo
     # the solver fails after the data were used: the docs say the budget is charged
     import heml.dp._logistic as lg
 
-    real = lg._objective_perturbation
+    # "auto" runs DP-GD for two classes (round 2 of issue 12): the real mechanism runs on
+    # the data, then a failure is forced (DP-GD has no convergence test of its own)
+    real = lg._dp_gradient_descent
 
-    def no_convergence(*a, **k):  # the real solver runs; only its verdict is forced
-        theta, details, _ = real(*a, **k)
-        return theta, details, "Newton stopped short of the exact minimizer"
+    def no_convergence(*a, **k):
+        real(*a, **k)
+        raise lg.ConvergenceError("forced after the data were used")
 
-    monkeypatch.setattr(lg, "_objective_perturbation", no_convergence)
+    monkeypatch.setattr(lg, "_dp_gradient_descent", no_convergence)
     _, _, df = houses
     df.assign(label=(df.price > 0).astype(int)).drop(columns="price").to_csv(
         tmp_path / "labels.csv", index=False
@@ -435,7 +437,7 @@ def test_a_failed_fit_is_still_charged(houses, tmp_path, ledger_file, capsys, mo
     assert entry["spent_epsilon"] == 1.0
     assert [s["status"] for s in entry["spends"]] == ["failed: ConvergenceError"]
     # and the charge counts: the next run does not fit the budget
-    monkeypatch.setattr(lg, "_objective_perturbation", real)
+    monkeypatch.setattr(lg, "_dp_gradient_descent", real)
     code, err = train_here(tmp_path / "labels.csv", *args, capsys=capsys)
     assert code == 3, err
 

@@ -86,7 +86,12 @@ def test_unconverged_objective_perturbation_raises_and_still_charges(monkeypatch
     X, y = make_classification(n_samples=400, n_features=5, random_state=0)
     acc = BudgetAccountant(epsilon=2.0, delta=1e-4)
     est = DPLogisticRegression(
-        epsilon=1.0, classes=[0, 1], bounds_X=(-3, 3), accountant=acc, random_state=0
+        epsilon=1.0,
+        classes=[0, 1],
+        bounds_X=(-3, 3),
+        accountant=acc,
+        random_state=0,
+        method="objpert",  # "auto" picks DP-GD for two classes since round 2 of issue 12
     )
     with pytest.raises(ConvergenceError, match="gradient tolerance"):
         est.fit(X, y)

@@ -52,12 +52,14 @@ def test_rare_label_cannot_change_the_models_structure():
     X, y, y2 = _rare_label_neighbours()
     kw = dict(epsilon=1.0, delta=1e-5, bounds_X=(-3, 3), random_state=0)
     # positive control: the label set read from y (what fit did before `classes`) tells the
-    # two neighbours apart with certainty: 3 vs 2 classes, DP-GD vs objective perturbation
+    # two neighbours apart with certainty: 3 vs 2 classes, a (3, d) vs a (1, d) model (and 3
+    # vs 2 classes in DP-GD's step rule; the method differed too while "auto" picked
+    # objective perturbation for two classes)
     leaky = [
         _structure(DPLogisticRegression(classes=np.unique(t), **kw).fit(X, t)) for t in (y, y2)
     ]
     assert leaky[0]["classes_"] != leaky[1]["classes_"]
-    assert leaky[0]["method"] != leaky[1]["method"]
+    assert leaky[0]["coef_shape"] != leaky[1]["coef_shape"]
     # declared classes: everything but the noisy coefficients is identical
     public = [_structure(DPLogisticRegression(classes=[0, 1, 2], **kw).fit(X, t)) for t in (y, y2)]
     assert public[0] == public[1]
@@ -107,7 +109,9 @@ def _cancer_neighbours():
 
 
 def test_guarantee_is_identical_on_neighbouring_datasets():
+    # objective perturbation (AMP), no longer "auto"'s choice for two classes, stays available
     kw = dict(epsilon=1.0, delta=1e-5, classes=[0, 1], bounds_X=(-3, 3), random_state=0)
+    kw["method"] = "objpert"
     fits = [DPLogisticRegression(**kw).fit(X, y) for X, y in _cancer_neighbours()]
     g = [f.dp_guarantee_ for f in fits]
     assert json.dumps(g[0], sort_keys=True) == json.dumps(g[1], sort_keys=True)
@@ -136,7 +140,9 @@ def test_convergence_failure_message_is_identical_on_neighbours(monkeypatch):
     messages = []
     for X, y in _cancer_neighbours():
         acc = BudgetAccountant(epsilon=1.0, delta=1e-5)
-        est = DPLogisticRegression(classes=[0, 1], bounds_X=(-3, 3), accountant=acc)
+        est = DPLogisticRegression(
+            classes=[0, 1], bounds_X=(-3, 3), accountant=acc, method="objpert"
+        )
         with pytest.raises(ConvergenceError) as info:
             est.fit(X, y)
         messages.append(str(info.value))
@@ -186,7 +192,12 @@ def test_white_box_recovered_noise_has_the_claimed_law():
     draws = []
     for seed in range(25):
         est = DPLogisticRegression(
-            epsilon=1.0, delta=1e-5, classes=[0, 1], bounds_X=(-3, 3), random_state=seed
+            epsilon=1.0,
+            delta=1e-5,
+            classes=[0, 1],
+            bounds_X=(-3, 3),
+            random_state=seed,
+            method="objpert",
         ).fit(X, y)
         draws.append(_recovered_b(est, X, y) / est.dp_guarantee_["hyperparameters"]["sigma"])
     z = np.concatenate(draws)
@@ -241,7 +252,7 @@ def test_amp_residual_covers_the_lattice_rounding_of_b():
     X, y = _standardized(load_breast_cancer)
     n, p = X.shape[0], X.shape[1] + 1
     est = DPLogisticRegression(
-        epsilon=0.1, delta=1e-5, classes=[0, 1], bounds_X=(-3, 3), random_state=0
+        epsilon=0.1, delta=1e-5, classes=[0, 1], bounds_X=(-3, 3), random_state=0, method="objpert"
     ).fit(X, y)
     h = est.dp_guarantee_["hyperparameters"]
     gamma, lam, sigma = h["gradient_tolerance"], h["lambda"], h["sigma"]
@@ -380,7 +391,9 @@ def test_a_failure_anywhere_in_the_mechanism_keeps_the_spend(monkeypatch, classe
     real_clip = _logistic.clip_rows
     monkeypatch.setattr(_logistic, "clip_rows", fault)
     acc = BudgetAccountant(epsilon=3.0, delta=1e-4)
-    est = DPLogisticRegression(classes=classes, bounds_X=(-3, 3), accountant=acc)
+    # two classes: objective perturbation, so that its Newton solver is covered too
+    method = "objpert" if len(classes) == 2 else "auto"
+    est = DPLogisticRegression(classes=classes, bounds_X=(-3, 3), accountant=acc, method=method)
     with pytest.raises(RuntimeError, match="fault injected"):
         est.fit(X, y)
     assert acc.spent == (1.0, 1e-5) and not hasattr(est, "coef_")
@@ -402,7 +415,12 @@ def test_amp_residual_noise_is_really_added_with_the_claimed_sigma():
     z, h = [], None
     for seed in range(25):
         est = DPLogisticRegression(
-            epsilon=1.0, delta=1e-5, classes=[0, 1], bounds_X=(-3, 3), random_state=seed
+            epsilon=1.0,
+            delta=1e-5,
+            classes=[0, 1],
+            bounds_X=(-3, 3),
+            random_state=seed,
+            method="objpert",
         ).fit(X, y)
         h = est.dp_guarantee_["hyperparameters"]
         Z = _rows(est, X) * (2.0 * y - 1.0)[:, None]
@@ -494,3 +512,123 @@ def test_input_errors_never_quote_a_training_value():
         DPLogisticRegression(classes=[0, 1], bounds_X=(-3, 3)).fit(X[:-1], y)
     with pytest.raises(ValueError, match="2-D array"):
         DPLogisticRegression(classes=[0, 1], bounds_X=(-3, 3)).fit(one_d, y)
+
+
+# ------------------------------------------------------------------ DP-GD: round 2 of issue 12
+def _worst_neighbours(rng, n, p, k):
+    """Rows with ‖a‖ ≤ 1 and labels, and a neighbour that replaces row 0 by a row of norm 1
+    with another label: the same row for two classes (its gradient then flips sign, the
+    replacement that moves the sum the most), the opposite row for more."""
+    A = rng.normal(size=(n, p))
+    A /= np.maximum(np.linalg.norm(A, axis=1, keepdims=True), 1.0)
+    A[0] /= np.linalg.norm(A[0])
+    y = rng.integers(k, size=n)
+    A2, y2 = A.copy(), y.copy()
+    A2[0], y2[0] = (A[0] if k == 2 else -A[0]), (y[0] + 1) % k
+    return (A, np.eye(k)[y]), (A2, np.eye(k)[y2])
+
+
+@pytest.mark.parametrize("k", [2, 3, 10])
+def test_dpgd_step_sensitivity_is_2C_under_replace_one(k):
+    # each step's Gaussian is calibrated to Δ = 2C: the clipped gradient sums of two
+    # replace-one neighbours, at any W, differ by at most 2C in Frobenius norm
+    rng = np.random.default_rng(k)
+    C = _logistic.DPGD_CLIP
+    worst, unclipped = 0.0, 0.0
+    for _ in range(200):
+        (A, Y), (A2, Y2) = _worst_neighbours(rng, 20, 6, k)
+        W = rng.normal(scale=rng.choice([0.0, 0.3, 3.0]), size=(k, 6))
+        diff = _logistic.clipped_gradient_sum(A, Y, W, C) - _logistic.clipped_gradient_sum(
+            A2, Y2, W, C
+        )
+        worst = max(worst, float(np.linalg.norm(diff)))
+        raw = _logistic.clipped_gradient_sum(A, Y, W, np.inf) - _logistic.clipped_gradient_sum(
+            A2, Y2, W, np.inf
+        )
+        unclipped = max(unclipped, float(np.linalg.norm(raw)))
+    assert worst <= 2 * C * (1 + 1e-12)
+    assert worst > (1.99 if k == 2 else 1.2) * C  # two classes: 2C is reached, not loose
+    # positive control: without the clip the same neighbours move the sum by more than 2C
+    assert unclipped > 2.5 * C
+
+
+def _binary_dpgd(n, eps, seed=0):
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=n, n_features=3, n_informative=2, n_redundant=0,
+                               flip_y=0.1, random_state=1)  # fmt: skip
+    X = np.clip(X, -3, 3)
+    est = DPLogisticRegression(
+        epsilon=eps, delta=1e-5, classes=[0, 1], bounds_X=(-3, 3), random_state=seed
+    )
+    return X, y, est.fit(X, y)
+
+
+@pytest.mark.parametrize("n, eps", [(150, 1.0), (3000, 2.0)])
+def test_auto_picks_dpgd_for_two_classes_and_its_noise_meets_the_claim(n, eps):
+    # "auto" now runs DP-GD for two declared classes with declared bounds; ε recomputed from
+    # the exported σ, T and clip C with dp-accounting's PLD accountant (Δ = 2C, replace-one)
+    import dp_accounting
+    from dp_accounting import pld
+
+    _, _, est = _binary_dpgd(n, eps)
+    h = est.dp_guarantee_["hyperparameters"]
+    assert h["method"] == "dpgd" and est.coef_.shape == (1, 3)
+    assert est.dp_guarantee_["epsilon"] == eps
+
+    def pld_epsilon(sigma):
+        acc = pld.PLDAccountant()
+        event = dp_accounting.GaussianDpEvent(sigma / (2.0 * h["clip"]))
+        acc.compose(dp_accounting.SelfComposedDpEvent(event, h["steps"]))
+        return acc.get_epsilon(1e-5)
+
+    assert 0.9 * eps < pld_epsilon(h["sigma"]) <= eps * 1.01
+    assert pld_epsilon(h["sigma"] / 2) > 1.5 * eps  # positive control: Δ = C is caught
+    if n == 3000:  # ν large: T at its cap, and the tail of the iterates is averaged
+        assert h["steps"] == _logistic.DPGD_MAX_STEPS == 200
+        assert h["averaged_iterates"] == [101, 200]
+    else:
+        assert h["steps"] < _logistic.DPGD_AVERAGE_MIN_STEPS
+        assert h["averaged_iterates"] == [h["steps"], h["steps"]]  # the last iterate
+
+
+def test_dpgd_release_is_the_documented_average_of_the_noisy_iterates():
+    # white box: replay the T releases from the seed, in the mechanism's coordinates, and check
+    # the model is the mean of W_t over the documented tail (post-processing only); positive
+    # control: the last iterate (what was released before) is far from it
+    X, y, est = _binary_dpgd(3000, 2.0, seed=5)
+    h = est.dp_guarantee_["hyperparameters"]
+    A = _rows(est, X)
+    n, p = A.shape
+    Y = np.eye(2)[y]
+    noise = NoiseSource(5)
+    W, iterates = np.zeros((2, p)), []
+    for _ in range(h["steps"]):
+        G = _logistic.clipped_gradient_sum(A, Y, W, h["clip"])
+        W = W - (h["learning_rate"] / n) * noise.release(G, h["sigma"], n * h["clip"])
+        iterates.append(W)
+    first, last = h["averaged_iterates"]
+    mean = np.mean(iterates[first - 1 : last], axis=0)
+    assert np.allclose(_theta(est, X), mean[1] - mean[0], rtol=1e-9, atol=1e-12)
+    final = iterates[-1][1] - iterates[-1][0]
+    assert np.linalg.norm(_theta(est, X) - final) > 1e3 * 1e-12 + 1e-6
+
+
+def test_dpgd_tail_average_rule_is_public():
+    # depends on T only; the last iterate below DPGD_AVERAGE_MIN_STEPS
+    assert _logistic.averaging_start(5) == 5
+    assert _logistic.averaging_start(99) == 99
+    assert _logistic.averaging_start(100) == 51
+    assert _logistic.averaging_start(200) == 101
+
+
+def test_binary_dpgd_guarantee_is_identical_on_neighbouring_datasets():
+    # "auto" (DP-GD) on two classes: T, σ, the averaged iterates and everything else the
+    # guarantee states come from public quantities only
+    kw = dict(epsilon=5.0, delta=1e-5, classes=[0, 1], bounds_X=(-3, 3), random_state=0)
+    fits = [DPLogisticRegression(**kw).fit(X, y) for X, y in _cancer_neighbours()]
+    g = [json.dumps(f.dp_guarantee_, sort_keys=True) for f in fits]
+    assert g[0] == g[1]
+    assert fits[0].dp_guarantee_["hyperparameters"]["averaged_iterates"] == [101, 200]
+    # positive control: the released models do differ (the data do reach them)
+    assert not np.array_equal(fits[0].coef_, fits[1].coef_)

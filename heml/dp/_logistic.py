@@ -1,4 +1,4 @@
-"""DPLogisticRegression: objective perturbation (binary) and DP gradient descent (softmax)."""
+"""DPLogisticRegression: DP gradient descent (softmax; the default) and objective perturbation."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _calibration as cal
 from ._base import DPEstimatorMixin
 from ._noise import NoiseSource, rounding_slack
-from ._private_bounds import estimates_bounds, fit_with_estimated_bounds
+from ._private_bounds import fit_with_estimated_bounds
 from ._validation import check_delta_vs_n, clip_rows, resolve_feature_bounds, validate_data
 
 METHODS = ("auto", "objpert", "dpgd")
@@ -28,8 +28,17 @@ NEWTON_MAX_ITER = 200
 # DP gradient descent on the softmax loss (public; chosen on synthetic make_classification data):
 DPGD_CLIP = 0.5  # per-example gradient L2 clip C (the unclipped bound is √2)
 DPGD_LR = 2.0  # step size 1/L for the average softmax loss on rows with ‖a‖ ≤ 1 (L ≤ 1/2)
-DPGD_MIN_STEPS, DPGD_MAX_STEPS = 5, 100
+DPGD_MIN_STEPS, DPGD_MAX_STEPS = 5, 200
 DPGD_STEP_RULE = 1.0 / 8.0  # T = ν²/8 with ν = n / (m · √(k(d+1))), m the ε,δ-Gaussian multiplier
+# With T ≥ DPGD_AVERAGE_MIN_STEPS the released model is the mean of the iterates W_t for
+# t > T·(1 - DPGD_AVERAGE_TAIL) (tail averaging, Polyak-Ruppert): post-processing of the T noisy
+# releases, so it costs no privacy. Near convergence it averages out noise the last iterate
+# carries (with T = 200: +0.8 points on digits, +0.2 on breast cancer, on top of +1.9 / +0.5
+# from T = 200 instead of 100). At smaller T the iterates are still on the way from W = 0,
+# where the last one has the best signal-to-noise ratio (measured: averaging at T = 5-60 lost
+# 0.5-3 points), so there the last iterate is released. Public: T only.
+DPGD_AVERAGE_TAIL = 0.5
+DPGD_AVERAGE_MIN_STEPS = 100
 
 # Intercept column, as a fraction of the row bound: a = [x, κ] / √(R² + κ²).
 INTERCEPT_FRACTION = 0.5
@@ -78,13 +87,14 @@ class ConvergenceError(RuntimeError):
 class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
     """Logistic regression with (ε, δ)-differential privacy.
 
-    Binary problems use approximate minima perturbation (Iyengar et al. 2019) around Gaussian
-    objective perturbation (Kifer et al. 2012, replace-one analysis in ``docs/dp.md``): a
-    minimizer of the logistic loss plus a ridge and a random linear term, found to a public
-    gradient tolerance, plus a small Gaussian that covers the distance to the exact minimizer.
-    Problems with three or more classes use full-batch DP gradient descent on the multinomial
-    (softmax) loss: one model, the whole budget, no one-vs-rest split. Which of the two runs,
-    and DP gradient descent's step count, depend only on ``classes`` (public), never on ``y``.
+    By default (``method="auto"``) every label set uses full-batch DP gradient descent on the
+    multinomial (softmax) loss: one model, the whole budget, no one-vs-rest split; its step
+    count T and its averaging of the last iterates depend only on n, d, ``classes``, ε and δ
+    (public), never on ``y``. ``method="objpert"`` (two classes) uses approximate minima
+    perturbation (Iyengar et al. 2019) around Gaussian objective perturbation (Kifer et al.
+    2012, replace-one analysis in ``docs/dp.md``): a minimizer of the logistic loss plus a ridge
+    and a random linear term, found to a public gradient tolerance, plus a small Gaussian that
+    covers the distance to the exact minimizer.
 
     Parameters
     ----------
@@ -118,9 +128,9 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         ``None`` draws noise from the operating system's CSPRNG. A seed makes fits reproducible
         **for tests only**: anyone who knows the seed can remove the noise.
     method : {"auto", "objpert", "dpgd"}, default="auto"
-        "auto": (approximate) objective perturbation for two classes with declared bounds, DP
-        gradient descent otherwise (with estimated bounds its Gaussian noise composes with
-        theirs in zCDP: docs/dp.md).
+        "auto": DP gradient descent for every label set (at ε = ∞ with two classes, the exact
+        Newton solve); "objpert" keeps (approximate) objective perturbation for two classes.
+        With estimated bounds DP-GD's Gaussian noise composes with theirs in zCDP (docs/dp.md).
 
     Attributes
     ----------
@@ -234,10 +244,11 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         k = classes.size
         method = self.method
         if method == "auto":
-            # objective perturbation for two classes, except when the bounds are estimated with
-            # DP: DP-GD's Gaussian noise then composes with them in zCDP (docs/dp.md); both
-            # conditions are public (declared classes and bounds parameters)
-            method = "objpert" if k == 2 and not estimates_bounds(self, eps) else "dpgd"
+            # DP gradient descent for every label set at finite ε: with declared bounds it beat
+            # objective perturbation on two classes at every ε measured (docs/dp.md), and with
+            # estimated bounds its Gaussian noise composes with theirs in zCDP. ε = ∞ with two
+            # classes: the exact Newton solve (no noise, no privacy). All public choices.
+            method = "objpert" if k == 2 and not private else "dpgd"
         if method == "objpert" and k > 2:
             raise ValueError(
                 "objective perturbation handles two classes; use method='dpgd' (or 'auto') "
@@ -561,6 +572,26 @@ def dpgd_steps(n: int, k: int, d_aug: int, eps: float, delta: float) -> int:
     return int(min(max(round(DPGD_STEP_RULE * nu * nu), DPGD_MIN_STEPS), DPGD_MAX_STEPS))
 
 
+def averaging_start(T: int) -> int:
+    """First iterate (1-based) of the tail average: public, from T only (T: last iterate)."""
+    if T < DPGD_AVERAGE_MIN_STEPS:
+        return T
+    return max(1, min(T, math.floor(T * (1.0 - DPGD_AVERAGE_TAIL)) + 1))
+
+
+def clipped_gradient_sum(A, Y, W, clip: float, row_norms=None) -> np.ndarray:
+    """Σᵢ clip(∇ℓᵢ(W)) for the softmax loss: each example's gradient (pᵢ − yᵢ)aᵢᵀ scaled onto
+    Frobenius norm ``clip`` if longer. Replacing one example moves the sum by at most 2·clip
+    (L2), the sensitivity each step's Gaussian is calibrated to. ``row_norms``: ‖aᵢ‖, when the
+    caller has them (saves a pass over A per step)."""
+    E = softmax(A @ W.T, axis=1) - Y
+    if row_norms is None:
+        row_norms = np.linalg.norm(A, axis=1)
+    g_norm = np.linalg.norm(E, axis=1) * row_norms
+    E *= np.minimum(1.0, clip / np.maximum(g_norm, 1e-300))[:, None]
+    return E.T @ A
+
+
 def _dp_gradient_descent(A, y_idx, k, eps, delta, noise: NoiseSource):
     n, p = A.shape
     Y = np.zeros((n, k))
@@ -575,17 +606,23 @@ def _dp_gradient_descent(A, y_idx, k, eps, delta, noise: NoiseSource):
         lambda s: cal.gaussian_event([s], count=T), eps, delta
     )
     sigma = multiplier * sensitivity
+    first = averaging_start(T)
     row_norms = np.linalg.norm(A, axis=1)
     W = np.zeros((k, p))
-    for _ in range(T):
-        E = softmax(A @ W.T, axis=1) - Y
-        g_norm = np.linalg.norm(E, axis=1) * row_norms
-        E *= np.minimum(1.0, DPGD_CLIP / np.maximum(g_norm, 1e-300))[:, None]
-        G = noise.release(E.T @ A, sigma, magnitude)
-        W -= (DPGD_LR / n) * G
+    total = np.zeros((k, p))
+    for t in range(1, T + 1):
+        G = noise.release(clipped_gradient_sum(A, Y, W, DPGD_CLIP, row_norms), sigma, magnitude)
+        W = W - (DPGD_LR / n) * G
+        if t >= first:  # post-processing of the releases so far: no privacy cost
+            total += W
+    W = total / (T - first + 1)
     details = {
         "steps": T,
         "learning_rate": DPGD_LR,
+        "averaged_iterates": [first, T],
+        "averaging": "the released W is the mean of the iterates W_t for t in "
+        f"averaged_iterates (the last half when T >= {DPGD_AVERAGE_MIN_STEPS}, else the last "
+        "iterate alone): post-processing of the T noisy gradient releases",
         "clip": DPGD_CLIP,
         "sigma": sigma,
         "noise_multiplier": multiplier,
