@@ -65,6 +65,11 @@ def check_delta_vs_n(epsilon: float, delta: float, n: int) -> None:
         )
 
 
+# Declared bounds above this magnitude are refused (public): the mechanisms square them and
+# sum n of them, which overflows float64 near 1e154.
+MAX_BOUND = 1e100
+
+
 def parse_bounds(bounds, d: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(lower, upper) as scalars or length-d arrays -> two finite float arrays of shape (d,)."""
     try:
@@ -82,6 +87,10 @@ def parse_bounds(bounds, d: int, name: str) -> tuple[np.ndarray, np.ndarray]:
         ) from None
     if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
         raise ValueError(f"{name} must be finite numbers, got {bounds!r}")
+    if max(float(np.max(np.abs(lo))), float(np.max(np.abs(hi)))) > MAX_BOUND:
+        # squares and n-fold sums of the bounds (sensitivities, row norms) must stay finite:
+        # wider bounds made the model NaN whatever the data (found by review)
+        raise ValueError(f"{name} must lie within ±{MAX_BOUND:g}, got {bounds!r}")
     if np.any(lo > hi):
         j = int(np.flatnonzero(lo > hi)[0])
         raise ValueError(
@@ -150,13 +159,22 @@ def resolve_feature_bounds(X: np.ndarray, bounds_X, data_norm, *, private: bool)
             raise RuntimeError("bounds_X must be declared or estimated with DP at finite epsilon")
         lo, hi = X.min(axis=0), X.max(axis=0)
         source = "read from the training data (epsilon=inf: no privacy claimed)"
-    box_radius = float(np.linalg.norm(np.maximum(np.abs(lo), np.abs(hi))))
+    box_radius = _robust_norms(np.maximum(np.abs(lo), np.abs(hi))[None, :])[0]
     if R is None:
         R = AUTO_NORM_FRACTION * box_radius
     if R <= 0:  # all-zero box: nothing to scale
         R = 1.0
     row_norm = R if box_radius > R else None
     return lo, hi, row_norm, source
+
+
+def _robust_norms(Z: np.ndarray) -> np.ndarray:
+    """Row L2 norms that do not overflow for finite values (each row scaled by its largest
+    magnitude first): a row above ~1e154 would otherwise give inf and a warning that one
+    record could switch on (found by review; tests/test_dp_extreme_records.py)."""
+    scale = np.max(np.abs(Z), axis=1)
+    safe = np.where(scale > 0, scale, 1.0)
+    return scale * np.linalg.norm(Z / safe[:, None], axis=1)
 
 
 def clip_rows(
@@ -180,7 +198,7 @@ def clip_rows(
     else:
         center, half = feature_map
     Z = (Xc - center) / half
-    norms = np.linalg.norm(Z, axis=1)
+    norms = _robust_norms(Z)
     over = norms > row_norm
     if np.any(over):
         Xc[over] = center + Z[over] * (row_norm / norms[over])[:, None] * half
