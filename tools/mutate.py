@@ -77,6 +77,32 @@ FOCUS = [
     "heml.he.plan.x_flood_bound*",
     "heml.he.plan.x_key_noise_bound*",
     "heml.he.plan.x__switch_error*",
+    # --- HE, SDK reply validation and DP accounting (issue 18, second round) ---
+    "heml.he.prng.*",
+    "heml.he.encrypt.*",
+    "heml.he.decrypt.*",
+    "heml.he.codec.xǁClientCodecǁdecrypt*",
+    "heml.he.codec.xǁClientCodecǁreply_count*",
+    "heml.he.codec.x__row_decrypt*",
+    "heml.he.codec.x__column_decrypt*",
+    "heml.he.codec.x_recombine*",
+    "heml.he.private.x_make_private_plan*",
+    "heml.he.private.x_key_p1*",
+    "heml.he.private.x_unpack_rns_ciphertexts*",
+    "heml.he.private.x__gaussian_residues*",
+    "heml.he.private.xǁPublicKeyStoreǁ*",
+    "heml.he.private.xǁPrivateEvaluatorǁ*",
+    "heml.he.keys.xǁKeySetǁfor_peer*",
+    "heml.he.keys.xǁKeySetǁretire*",
+    "heml.client.xǁRemoteModelǁscores*",
+    "heml.client.xǁRemoteModelǁ_key_retired*",
+    "heml.client.xǁRemoteModelǁ_decrypt*",
+    "heml.dp._base.xǁDPEstimatorMixinǁ_reserve*",
+    "heml.dp._base.xǁDPEstimatorMixinǁ_begin_fit*",
+    "heml.dp._accountant.*",
+    "heml.dp._ledger.*",
+    "heml.dp._validation.*",
+    # --- end of the HE/SDK/DP-accounting block ---
 ]
 UNFOCUSED = ["heml.server.servicer.x__check_private_block*"]
 
