@@ -144,3 +144,38 @@ def test_recombine_is_the_digit_sum_over_the_scales(setup):
     got = recombine(V, Plan, 2)
     assert got.tolist() == [[(1 + 2 * 16 + 3 * 256) / 16, (-1 + 5 * 256) / 16]]
     assert plan.digits >= 1
+
+
+def test_the_decryptor_keeps_at_most_64_position_sets_and_stays_exact(setup):
+    """The client's cache of product rows is a memory bound: 64 position sets, least recently
+    added out first; decryption after an eviction is unchanged."""
+    _server, codec, _Z, _ = setup
+    plan = codec.plans[ROW]
+    dec = decrypt_module.Decryptor(codec.keys.get(plan.params))
+    rng = np.random.default_rng(11)
+    n, bits = plan.params.n, plan.reply_bits
+    c1 = rng.integers(0, 1 << bits, size=n, dtype=np.uint64)
+    c0 = rng.integers(0, 1 << bits, size=3, dtype=np.uint64)
+    first = dec.at_positions(c0, c1, np.array([0, 1, 2]), bits)
+    for i in range(1, 70):
+        dec.at_positions(c0, c1, np.array([i, i + 1, i + 2]), bits)
+        assert len(dec._rows_cache) == min(i + 1, 64)
+    assert np.array([0, 1, 2]).tobytes() not in dec._rows_cache  # the oldest went first
+    np.testing.assert_array_equal(dec.at_positions(c0, c1, np.array([0, 1, 2]), bits), first)
+    # the same values as the full negacyclic product at those positions
+    full = dec.leading(np.zeros(n, dtype=np.uint64), c1, n, bits)
+    mask = (1 << bits) - 1
+    want = [((int(c) + int(full[p])) & mask) for c, p in zip(c0, range(3), strict=True)]
+    want = [w - (1 << bits) if w >= 1 << (bits - 1) else w for w in want]
+    assert first.tolist() == want
+
+
+@pytest.mark.parametrize("bits", [24, 56, 64])
+def test_decrypted_words_are_read_as_signed_residues_modulo_2_to_the_bits(bits):
+    """Words modulo 2^bits -> the representative in [−2^(bits−1), 2^(bits−1)); bits above
+    `bits` are ignored (64 bits: two's complement)."""
+    top = 1 << bits
+    values = [0, 1, top // 2 - 1, top // 2, top - 1]
+    words = np.array([(v + (top if bits < 64 else 0)) % (1 << 64) for v in values], np.uint64)
+    got = decrypt_module._signed(words, bits).tolist()
+    assert got == [0, 1, top // 2 - 1, -(top // 2), -1]

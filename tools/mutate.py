@@ -16,6 +16,7 @@ import argparse
 import fnmatch
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -143,7 +144,14 @@ def run(jobs: int, nice: int, keep: bool, only: list[str]) -> int:
     with open(ROOT / ".mutmut-run.log", "w") as log:
         code = subprocess.call(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
     minutes = (time.monotonic() - started) / 60
-    print(f"mutmut run: exit code {code} after {minutes:.1f} min (log: .mutmut-run.log)")
+    # CPU time of mutmut and every test process it forked: unlike the wall time it does not
+    # depend on what else the machine runs, so it projects the time of a run on idle cores
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (usage.ru_utime + usage.ru_stime) / 60
+    print(
+        f"mutmut run: exit code {code} after {minutes:.1f} min, {cpu:.1f} CPU-min "
+        f"(log: .mutmut-run.log)"
+    )
     return code
 
 
