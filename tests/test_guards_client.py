@@ -11,14 +11,18 @@ or are crafted from it (c1 = 0, so that a reply decrypts to exactly its c0).
 
 from __future__ import annotations
 
+from concurrent import futures
+
+import grpc
 import numpy as np
 import pytest
 
-from heml.errors import InvalidCiphertext
+import heml
+from heml.errors import InvalidCiphertext, ReplyRejected
 from heml.he import decrypt as decrypt_module
 from heml.he import wire
 from heml.he.codec import ClientCodec, recombine
-from heml.he.keys import KeySet
+from heml.he.keys import KeySet, peer_label
 from heml.he.plan import COLUMN, ROW, flood_bound
 from heml.he.scoring import Block, ServerScorer
 
@@ -179,3 +183,73 @@ def test_decrypted_words_are_read_as_signed_residues_modulo_2_to_the_bits(bits):
     words = np.array([(v + (top if bits < 64 else 0)) % (1 << 64) for v in values], np.uint64)
     got = decrypt_module._signed(words, bits).tolist()
     assert got == [0, 1, top // 2 - 1, -(top // 2), -1]
+
+
+# ---------------------------------------------------------------------- the SDK: key retirement
+def test_each_retirement_derives_a_key_never_used_before(tmp_path):
+    """docs/protocol.md: a derived key's label is [target, model, epoch] with epoch = the
+    number of keys retired for (target, model); retiring is saved to the key file."""
+    path = tmp_path / "k.keys"
+    keys = KeySet.open(path)
+    seen = [keys.for_peer(" H:1", "m").label]
+    assert seen[0] == peer_label("h:1", "m", 0)
+    for count in (1, 2, 3):
+        keys.retire("h:1", "m")
+        label = keys.for_peer("h:1", "m").label
+        assert label == peer_label("h:1", "m", count) and label not in seen
+        assert KeySet.load(path).for_peer("h:1", "m").label == label
+        seen.append(label)
+    assert keys.for_peer("h:1", "other").label == peer_label("h:1", "other", 0)
+
+
+@pytest.fixture(scope="module")
+def crafting(cancer):
+    """A gRPC server in this process that publishes a real model and answers with crafted
+    replies (tests/test_security_malicious_server.py's attacker)."""
+    from heml.v1 import heml_pb2_grpc
+    from tests.test_security_malicious_server import CraftingServicer
+
+    servicer = CraftingServicer(heml.export(cancer[2], name="cancer"))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    heml_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    server.stop(grace=None)
+
+
+def test_a_rejected_reply_retires_the_key_for_every_handle_and_says_so(crafting, cancer, tmp_path):
+    servicer, target = crafting
+    bits = servicer.scorer.plans[COLUMN].reply_bits
+    X = cancer[0].iloc[:5]
+    path = tmp_path / "k.keys"
+    keys = KeySet.open(path)
+    servicer.delta, servicer.offset, servicer.extra_replies = 0, int(0.49 * 2**bits), 0
+    with heml.Client(target, keys=keys, timeout=30, retries=0) as client:
+        model, twin = client.model("cancer"), client.model("cancer")
+        with pytest.raises(ReplyRejected) as info:
+            model.decision_function(X, layout="column")
+        assert info.value.code == "DATA_LOSS"
+        text = str(info.value)
+        assert text.startswith(f"{target}: model cancer: 5 decrypted value(s) outside the range")
+        assert text.endswith(
+            "; this key is retired (a new client.model() handle derives a fresh one)"
+        )
+        assert KeySet.load(path).for_peer(target, "cancer").label == peer_label(target, "cancer", 1)
+        servicer.offset = 0  # an honest-looking reply now: still refused, no call made
+        calls = servicer.calls
+        for handle, why in (
+            (model, "5 decrypted value(s)"),
+            (twin, "another handle of this model rejected a reply"),
+        ):
+            with pytest.raises(ReplyRejected) as info:
+                handle.decision_function(X, layout="column")
+            assert info.value.code == "DATA_LOSS"
+            text = str(info.value)
+            head = f"{target}: model cancer sent a reply that failed the client's checks ({why}"
+            assert text.startswith(head)
+            assert text.endswith("); its key is retired: get a new handle with client.model()")
+        assert servicer.calls == calls
+        fresh = client.model("cancer")
+        fresh.decision_function(X, layout="column")
+        assert fresh.last_call.samples == 5 and servicer.calls == calls + 1
