@@ -230,6 +230,7 @@ def test_a_rejected_reply_retires_the_key_for_every_handle_and_says_so(crafting,
         with pytest.raises(ReplyRejected) as info:
             model.decision_function(X, layout="column")
         assert info.value.code == "DATA_LOSS"
+        assert info.value.details.startswith("5 decrypted value(s) outside the range")
         text = str(info.value)
         assert text.startswith(f"{target}: model cancer: 5 decrypted value(s) outside the range")
         assert text.endswith(

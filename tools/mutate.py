@@ -95,7 +95,7 @@ FOCUS = [
     "heml.he.private.xǁPrivateEvaluatorǁ*",
     "heml.he.keys.xǁKeySetǁfor_peer*",
     "heml.he.keys.xǁKeySetǁretire*",
-    "heml.client.xǁRemoteModelǁscores*",
+    "heml.client.xǁRemoteModelǁ_check_not_retired*",
     "heml.client.xǁRemoteModelǁ_key_retired*",
     "heml.client.xǁRemoteModelǁ_decrypt*",
     "heml.dp._base.xǁDPEstimatorMixinǁ_reserve*",
