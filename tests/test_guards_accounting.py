@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
+import re
 import stat
 import warnings
 
@@ -288,6 +290,39 @@ def test_a_with_block_is_the_default_for_its_thread_and_nests():
     )
 
 
+def test_a_copy_in_another_process_refuses_and_a_file_backed_one_works(monkeypatch, tmp_path):
+    """An in-memory accountant unpickled in another process (a joblib worker, a fork) cannot
+    record where the others see it: it refuses. Unpickled in its own process it is itself. A
+    file-backed one works anywhere: the file is the shared state."""
+    from heml.dp import _accountant
+
+    acc = BudgetAccountant(epsilon=1.0, delta=1e-5)
+    blob = pickle.dumps(acc)
+    assert pickle.loads(blob) is acc and acc._is_live_here()
+    here = os.getpid()
+    monkeypatch.setattr(_accountant.os, "getpid", lambda: here + 1)  # "another process"
+    assert not acc._is_live_here()
+    copy = pickle.loads(blob)
+    assert copy is not acc and not copy._is_live_here()
+    assert (copy.epsilon, copy.delta) == (1.0, 1e-5)
+    for call in (lambda: copy.check(0.1, 0), lambda: copy.spend(0.1, 0)):
+        with pytest.raises(
+            BudgetError, match="^this BudgetAccountant is a copy in another process"
+        ):
+            call()
+    monkeypatch.undo()
+    assert acc._is_live_here() and acc.ledger == []
+
+    shared = BudgetAccountant(epsilon=1.0, delta=1e-5, path=tmp_path / "ledger.json")
+    blob = pickle.dumps(shared)
+    monkeypatch.setattr(_accountant.os, "getpid", lambda: here + 1)
+    worker = pickle.loads(blob)
+    assert worker is not shared and worker._pid == here + 1
+    worker.spend(0.25, 1e-6, mechanism="worker")
+    monkeypatch.undo()
+    assert shared.ledger == [Spend(0.25, 1e-6, "worker", {})]
+
+
 # ---------------------------------------------------------------------- fit: reserve first
 class _Fit(DPEstimatorMixin):
     def __init__(self, epsilon, delta, accountant):
@@ -350,10 +385,11 @@ def test_a_ledger_file_is_checked_and_written_owner_only(tmp_path):
     assert _ledger.load(path) == empty
     with pytest.raises(ValueError):
         _ledger.save(path, {**empty, "x": math.nan})  # no NaN in the file
+    where = re.escape(repr(str(path)))
     cases = [
-        ("{", "cannot read privacy ledger"),
-        ("[]", "is not a heml privacy ledger"),
-        ('{"schema": "other"}', "is not a heml privacy ledger"),
+        ("{", f"^cannot read privacy ledger {where}: "),
+        ("[]", f"^{where} is not a heml privacy ledger$"),
+        ('{"schema": "other"}', f"^{where} is not a heml privacy ledger$"),
         (json.dumps({"schema": _ledger.SCHEMA, "schema_version": 1}), "has schema_version 1"),
         (json.dumps({"schema": _ledger.SCHEMA, "schema_version": 2, "datasets": []}), "damaged"),
     ]
