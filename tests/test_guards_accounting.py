@@ -323,6 +323,17 @@ def test_a_copy_in_another_process_refuses_and_a_file_backed_one_works(monkeypat
     assert shared.ledger == [Spend(0.25, 1e-6, "worker", {})]
 
 
+def test_a_default_set_with_set_default_is_the_chosen_one():
+    saved = BudgetAccountant._default
+    acc = BudgetAccountant(epsilon=1.0)
+    try:
+        assert acc.set_default() is acc
+        assert BudgetAccountant.load_default() is acc
+        assert BudgetAccountant._chosen_default() is acc  # carried into worker processes
+    finally:
+        BudgetAccountant._default = saved
+
+
 # ---------------------------------------------------------------------- fit: reserve first
 class _Fit(DPEstimatorMixin):
     def __init__(self, epsilon, delta, accountant):
@@ -366,6 +377,9 @@ def test_a_fit_checks_its_privacy_parameters_first():
 
 
 # ---------------------------------------------------------------------- the ledger file
+GOLDEN = "table:467a369d54adb7e2e47a3542ec4745584aec96d5555c8d4888e7c6d3c469cbfd"
+
+
 def test_the_ledger_lives_under_an_absolute_xdg_data_home_only(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     assert _ledger.default_path() == tmp_path / "heml" / "privacy-ledger.json"
@@ -390,8 +404,15 @@ def test_a_ledger_file_is_checked_and_written_owner_only(tmp_path):
         ("{", f"^cannot read privacy ledger {where}: "),
         ("[]", f"^{where} is not a heml privacy ledger$"),
         ('{"schema": "other"}', f"^{where} is not a heml privacy ledger$"),
-        (json.dumps({"schema": _ledger.SCHEMA, "schema_version": 1}), "has schema_version 1"),
-        (json.dumps({"schema": _ledger.SCHEMA, "schema_version": 2, "datasets": []}), "damaged"),
+        (
+            json.dumps({"schema": _ledger.SCHEMA, "schema_version": 1}),
+            f"^privacy ledger {where} has schema_version 1; this heml reads 2: keep the old "
+            "file for your records and pass --ledger with a new path",
+        ),
+        (
+            json.dumps({"schema": _ledger.SCHEMA, "schema_version": 2, "datasets": []}),
+            f"^privacy ledger {where} is damaged: 'datasets' is not an object$",
+        ),
     ]
     for text, message in cases:
         path.write_text(text)
@@ -428,11 +449,41 @@ def test_a_dataset_is_its_records_whatever_their_order_and_names():
     ]
     for other in different:
         assert _ledger.table_fingerprint(other) != fp
-    # columns with the same values: swapping values within rows between them is cautious
-    ties = pd.DataFrame({"p": [1, 2], "q": [2, 1]})
-    assert _ledger.table_fingerprint(ties) == _ledger.table_fingerprint(ties[["q", "p"]])
+    # columns holding the same values tie: their order (and names) cannot matter either
+    ties = pd.DataFrame({"p": [1, 2, 3], "q": [2, 3, 1], "r": [7, 8, 9], "s": [3, 1, 2]})
+    tied = _ledger.table_fingerprint(ties)
+    for cols in (["q", "p", "r", "s"], ["r", "s", "q", "p"], ["s", "r", "p", "q"]):
+        assert _ledger.table_fingerprint(ties[cols].set_axis(list("abcd"), axis=1)) == tied
+    assert _ledger.table_fingerprint(ties.assign(r=[7, 8, 10])) != tied
+    pair = pd.DataFrame({"p": [1, 2, 3], "q": [2, 3, 1], "r": [7, 8, 9]})  # a tie of two
+    assert _ledger.table_fingerprint(pair) == _ledger.table_fingerprint(pair[["r", "q", "p"]])
+    # no columns: the row count still counts
+    assert _ledger.table_fingerprint(pd.DataFrame(index=range(3))) != _ledger.table_fingerprint(
+        pd.DataFrame(index=range(2))
+    )
+    # nullable integers and missing values are numbers like any other
+    nullable = pd.DataFrame({"a": pd.array([1, None, 3], dtype="Int64")})
+    assert _ledger.table_fingerprint(nullable) == _ledger.table_fingerprint(
+        pd.DataFrame({"a": [1.0, math.nan, 3.0]})
+    )
     assert _ledger.dataset_key("cohort-7", df) == "id:cohort-7"
     assert _ledger.dataset_key(None, df) == fp
+
+
+def test_fingerprints_are_stable_across_versions():
+    """A ledger file keys its datasets by fingerprint: a changed fingerprint would start a
+    fresh budget for data already spent on. These values were computed by heml 0.x (this
+    round) and must never change."""
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame(
+        {
+            "n": [1.5, -0.0, math.nan, 4.0],
+            "t": ["x", None, "y", "x"],
+            "b": [True, False, True, True],
+            "i": [3, 1, 2, 3],
+        }
+    )
+    assert _ledger.table_fingerprint(df) == GOLDEN
 
 
 def test_a_fingerprint_follows_the_document():
@@ -445,6 +496,13 @@ def test_a_fingerprint_follows_the_document():
     h = hashlib.sha256(b"heml-table-v1:2x1:")
     h.update(np.array([1.0, 2.0]).view(np.uint64).astype("<u8").tobytes())
     assert _ledger.table_fingerprint(df) == "table:" + h.hexdigest()
+    two = pd.DataFrame({"u": [2.0, 1.0, 1.0], "v": [5.0, 9.0, 3.0]})
+    cols = [np.array(two[c], dtype=np.float64).view(np.uint64) for c in two.columns]
+    keyed = sorted(cols, key=lambda c: hashlib.sha256(np.sort(c).tobytes()).digest())
+    rows = sorted(zip(*[c.tolist() for c in keyed], strict=True))
+    h = hashlib.sha256(b"heml-table-v1:3x2:")
+    h.update(np.array(rows, dtype="<u8").tobytes())
+    assert _ledger.table_fingerprint(two) == "table:" + h.hexdigest()
     text = pd.DataFrame({"s": ["b"]})
     code = int.from_bytes(hashlib.sha256(b"b").digest()[:8], "little")
     h = hashlib.sha256(b"heml-table-v1:1x1:")
