@@ -327,6 +327,9 @@ def test_a_default_set_with_set_default_is_the_chosen_one():
     saved = BudgetAccountant._default
     acc = BudgetAccountant(epsilon=1.0)
     try:
+        BudgetAccountant._default = None
+        implicit = BudgetAccountant.load_default()  # nobody chose it: nothing to carry
+        assert implicit.epsilon == math.inf and BudgetAccountant._chosen_default() is None
         assert acc.set_default() is acc
         assert BudgetAccountant.load_default() is acc
         assert BudgetAccountant._chosen_default() is acc  # carried into worker processes
