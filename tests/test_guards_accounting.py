@@ -161,22 +161,35 @@ def test_a_finite_data_norm_alone_implies_the_box_and_nothing_is_read():
 def test_undeclared_bounds_fail_closed_at_finite_epsilon(bounds):
     X = np.array([[1.0, -2.0], [3.0, 4.0]])
     norm = None if bounds is None else 5.0
-    with pytest.raises(RuntimeError, match="bounds_X must be declared or estimated with DP"):
+    with pytest.raises(RuntimeError, match="^bounds_X must be declared or estimated with DP"):
         _validation.resolve_feature_bounds(X, bounds, norm if bounds else math.inf, private=True)
     lo, hi, _, source = _validation.resolve_feature_bounds(X, bounds, None, private=False)
     assert lo.tolist() == [1, -2] and hi.tolist() == [3, 4]
     assert source.startswith("read from the training data (epsilon=inf")
     y = np.array([2.0, -1.0, 5.0])
-    with pytest.raises(RuntimeError, match="bounds_y must be declared or estimated with DP"):
+    with pytest.raises(RuntimeError, match="^bounds_y must be declared or estimated with DP"):
         _validation.resolve_target_bounds(y, bounds, private=True)
-    assert _validation.resolve_target_bounds(y, bounds, private=False)[:2] == (-1.0, 5.0)
+    assert _validation.resolve_target_bounds(y, bounds, private=False) == (
+        -1.0,
+        5.0,
+        "read from the training data (epsilon=inf)",
+    )
 
 
 def test_declared_target_bounds():
     lo, hi, source = _validation.resolve_target_bounds(np.array([0.5]), (0, 1), private=True)
     assert (lo, hi, source) == (0.0, 1.0, "declared")
-    with pytest.raises(ValueError, match="bounds_y: lower bound 1 is above upper bound 0"):
+    with pytest.raises(ValueError, match="^bounds_y: lower bound 1 is above upper bound 0"):
         _validation.resolve_target_bounds(np.array([0.5]), (1, 0), private=True)
+    # the target is one value: per-feature pairs of two are refused
+    with pytest.raises(
+        ValueError, match=r"^bounds_y must hold scalars or one value per feature \(1\)"
+    ):
+        _validation.resolve_target_bounds(np.array([0.5]), ([0, 1], [2, 3]), private=True)
+    assert _validation.resolve_target_bounds(np.array([0.5]), ([0], [2]), private=True)[:2] == (
+        0.0,
+        2.0,
+    )
 
 
 def test_rows_are_clipped_to_the_box_then_onto_the_row_norm():
