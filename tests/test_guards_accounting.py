@@ -139,6 +139,8 @@ def test_the_bounds_warning_fires_when_more_than_half_a_column_is_outside():
 
 def test_declared_bounds_are_used_and_the_row_norm_defaults_to_a_third_of_the_box_radius():
     X = np.zeros((4, 2))
+    with pytest.raises(ValueError, match=r"^bounds_X: lower bound 1 is above upper bound 0"):
+        _validation.resolve_feature_bounds(X, (1, 0), None, private=True)
     lo, hi, norm, source = _validation.resolve_feature_bounds(X, (-3, 4), None, private=True)
     assert lo.tolist() == [-3, -3] and hi.tolist() == [4, 4] and source == "declared"
     assert norm == pytest.approx(math.sqrt(32) / 3)
@@ -375,9 +377,12 @@ def test_a_fit_reserves_before_reading_and_a_refused_reservation_forgets_the_mod
     with pytest.raises(BudgetError):
         est._begin_fit()  # the fail-fast check: 0.6 more does not fit
     est.coef_ = "fitted"
+    est._state_ = "private, not a fitted attribute"
     with pytest.raises(BudgetError):
         est._reserve(acc, 0.6, 1e-6, "gaussian")
-    assert not hasattr(est, "coef_")
+    assert not hasattr(est, "coef_")  # fitted attributes (public, trailing _) go
+    assert est._state_ and est._private == 1  # nothing else does
+    assert (est.epsilon, est.delta, est.accountant) == (0.6, 1e-6, acc)
     assert len(acc.ledger) == 1  # nothing spent by the refusal
     est._reserve(acc, 0.4, 9e-6, "x")  # an exact fit of the rest is recorded
     assert acc.remaining() == pytest.approx((0.0, 0.0))
