@@ -124,14 +124,27 @@ def _warned(values, lo, hi, name="bounds_X") -> list[str]:
     return [str(w.message) for w in caught if issubclass(w.category, BoundsWarning)]
 
 
+def _warned_by(call) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    return [str(w.message) for w in caught if issubclass(w.category, BoundsWarning)]
+
+
 def test_the_bounds_warning_fires_when_more_than_half_a_column_is_outside():
     half = np.array([[0.0, 0.0], [5.0, 0.0]])  # column 0: exactly half outside
     assert _warned(half, -1, 1) == []
-    assert _warned(np.array([[1.0], [-1.0]]), -1, 1) == []  # on the bounds is inside
+    on_bounds = np.array([[-1.0, 1.0], [-1.0, 1.0], [-1.0, 1.0], [0.0, 0.0]])
+    assert _warned(on_bounds, -1, 1) == []  # on the bounds is inside
     most = np.array([[5.0, 0.0], [-5.0, 0.0], [0.0, 0.0]])
     (msg,) = _warned(most, -1, 1)
     assert msg.startswith("bounds_X: most training values of 1 of 2 feature(s) lie outside")
     assert "(worst column: 67%)" in msg
+    assert msg.endswith(
+        "are clipped to them (worst column: 67%); the bounds must be in the data's own units "
+        "(-3,3 suits standardized features only); omit them to have them estimated with DP. "
+        "(Computed from the training data, shown to you only.)"
+    )
     (msg,) = _warned(np.array([[9.0], [9.0]]), 0, 1, "bounds_y")
     assert msg.startswith("bounds_y: most training values of the target lie outside")
     assert "(worst column: 100%)" in msg
@@ -148,6 +161,16 @@ def test_declared_bounds_are_used_and_the_row_norm_defaults_to_a_third_of_the_bo
     r = math.sqrt(32)
     assert _validation.resolve_feature_bounds(X, (-3, 4), r, private=True)[2] is None
     assert _validation.resolve_feature_bounds(X, (-3, 4), r * 0.99, private=True)[2] == r * 0.99
+    # a data_norm below 1 is used as given; so is a default norm below 1
+    assert _validation.resolve_feature_bounds(X, (-3, 4), 0.5, private=True)[2] == 0.5
+    small = _validation.resolve_feature_bounds(X, (-0.5, 0.5), None, private=True)[2]
+    assert small == pytest.approx(math.sqrt(0.5) / 3)
+    # declared bounds that most values miss: the warning names bounds_X
+    far = np.full((3, 2), 50.0)
+    (msg,) = _warned_by(
+        lambda: _validation.resolve_feature_bounds(far, (-3, 4), None, private=True)
+    )
+    assert msg.startswith("bounds_X: most training values of 2 of 2 feature(s) lie outside")
     # an all-zero box has radius 0: nothing to scale
     assert _validation.resolve_feature_bounds(X, (0, 0), None, private=True)[2] is None
 
@@ -336,6 +359,25 @@ def test_a_copy_in_another_process_refuses_and_a_file_backed_one_works(monkeypat
     worker.spend(0.25, 1e-6, mechanism="worker")
     monkeypatch.undo()
     assert shared.ledger == [Spend(0.25, 1e-6, "worker", {})]
+
+
+def test_blocks_open_in_several_other_threads_are_ambiguous():
+    a, b = BudgetAccountant(epsilon=1.0), BudgetAccountant(epsilon=2.0)
+    BudgetAccountant._open_blocks.extend([a, b])  # as if two other threads were inside `with`
+    try:
+        with pytest.raises(BudgetError) as info:
+            BudgetAccountant.load_default()
+        assert str(info.value) == (
+            "several `with BudgetAccountant(...)` blocks are open in other threads and this "
+            "thread entered none, so the budget to charge is ambiguous: pass accountant=... "
+            "to the estimator, or enter the block in this thread"
+        )
+        BudgetAccountant._open_blocks.remove(b)
+        assert BudgetAccountant.load_default() is a  # one open block: that one
+    finally:
+        for acc in (a, b):
+            while acc in BudgetAccountant._open_blocks:
+                BudgetAccountant._open_blocks.remove(acc)
 
 
 def test_a_default_set_with_set_default_is_the_chosen_one():
