@@ -302,15 +302,23 @@ def test_a_file_backed_ledger_holds_its_totals_and_every_spend(tmp_path):
     again = BudgetAccountant(epsilon=math.inf, delta=1e-5, path=path)
     assert again.ledger == [Spend(0.5, 1e-6, "m", {})]
     assert sorted(os.listdir(tmp_path)) == ["budget.json", "budget.json.lock"]  # no tmp left
-    with pytest.raises(ValueError, match=r"holds the budget \(epsilon=inf, delta=1e-05\), not "
-                       r"\(epsilon=1, delta=1e-05\); open it with the same totals"):  # fmt: skip
+    where = re.escape(repr(str(path.resolve())))
+    held = rf"^the ledger file {where} holds the budget \(epsilon=inf, delta=1e-05\), not "
+    with pytest.raises(ValueError, match=held + r"\(epsilon=1, delta=1e-05\); open it with"):
         BudgetAccountant(epsilon=1.0, delta=1e-5, path=path)
     path.write_text("{not json")
-    with pytest.raises(ValueError, match="cannot read the ledger file"):
+    with pytest.raises(ValueError, match=f"^cannot read the ledger file {where}: "):
         acc.spend(0.1, 0)
     path.unlink()
-    with pytest.raises(BudgetError, match="has disappeared"):
+    with pytest.raises(BudgetError, match=f"^the ledger file {where} has disappeared$"):
         acc.check(0.1, 0)
+    # a ledger file with its totals and no spends yet is an empty ledger
+    path.write_text(json.dumps({"epsilon": "inf", "delta": 1e-5}))
+    assert acc.ledger == [] and acc.spent == (0.0, 0.0)
+    with pytest.raises(
+        TypeError, match=r"^accountant must be a heml.dp.BudgetAccountant or None, got str$"
+    ):
+        BudgetAccountant.load_default("acc")
 
 
 def test_a_with_block_is_the_default_for_its_thread_and_nests():
@@ -409,10 +417,11 @@ def test_a_fit_reserves_before_reading_and_a_refused_reservation_forgets_the_mod
     acc = BudgetAccountant(epsilon=1.0, delta=1e-5)
     est = _Fit(0.6, 1e-6, acc)
     est.coef_ = "old model"
-    est._private = 1
+    est._private, est._kept_ = 1, 2
     eps, delta, got = est._begin_fit()
     assert (eps, delta, got) == (0.6, 1e-6, acc)
-    assert not hasattr(est, "coef_") and est._private == 1  # an earlier fit is forgotten
+    assert not hasattr(est, "coef_")  # an earlier fit is forgotten
+    assert est._private == 1 and est._kept_ == 2  # private state is not a fitted attribute
     est._reserve(acc, eps, delta, "gaussian")
     assert acc.ledger == [Spend(0.6, 1e-6, "gaussian", {})]
     est.coef_ = "fitted"
