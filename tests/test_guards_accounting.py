@@ -343,8 +343,10 @@ def test_a_copy_in_another_process_refuses_and_a_file_backed_one_works(monkeypat
     from heml.dp import _accountant
 
     acc = BudgetAccountant(epsilon=1.0, delta=1e-5)
+    other = BudgetAccountant(epsilon=1.0, delta=1e-5)  # each accountant is its own budget
     blob = pickle.dumps(acc)
     assert pickle.loads(blob) is acc and acc._is_live_here()
+    assert pickle.loads(pickle.dumps(other)) is other
     here = os.getpid()
     monkeypatch.setattr(_accountant.os, "getpid", lambda: here + 1)  # "another process"
     assert not acc._is_live_here()
