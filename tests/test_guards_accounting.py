@@ -95,13 +95,14 @@ def test_bounds_are_broadcast_finite_pairs_with_lower_at_most_upper():
         _validation.parse_bounds(None, 3, "bounds_X")
     with pytest.raises(ValueError, match=r"^b must hold scalars or one value per feature \(3\)"):
         _validation.parse_bounds(([0, 1], 1), 3, "b")
-    with pytest.raises(ValueError, match=r"^b must hold scalars or one value per feature"):
-        _validation.parse_bounds(("x", 1), 3, "b")
+    for bounds in (("x", 1), (1, "x")):
+        with pytest.raises(ValueError, match=r"^b must hold scalars or one value per feature"):
+            _validation.parse_bounds(bounds, 3, "b")
     for bounds in ((-math.inf, 1), (0, math.nan), (0, [1, math.inf])):
         with pytest.raises(ValueError, match=r"^b must be finite numbers"):
             _validation.parse_bounds(bounds, 2, "b")
     with pytest.raises(ValueError, match=r"^b: lower bound 3 is above upper bound 2 \(index 1\)"):
-        _validation.parse_bounds(([0, 3], [1, 2]), 2, "b")
+        _validation.parse_bounds(([1, 3], [1, 2]), 2, "b")  # index 0 is equal: fine
 
 
 def test_data_norm_is_positive_or_none():
@@ -173,6 +174,13 @@ def test_declared_bounds_are_used_and_the_row_norm_defaults_to_a_third_of_the_bo
     assert msg.startswith("bounds_X: most training values of 2 of 2 feature(s) lie outside")
     # an all-zero box has radius 0: nothing to scale
     assert _validation.resolve_feature_bounds(X, (0, 0), None, private=True)[2] is None
+
+
+def test_only_none_data_or_private_bounds_mean_estimate():
+    X = np.zeros((2, 2))
+    for bounds in ("auto", "Data", ""):
+        with pytest.raises(ValueError, match=r"^bounds_X must be a \(lower, upper\) pair"):
+            _validation.resolve_feature_bounds(X, bounds, None, private=False)
 
 
 def test_a_finite_data_norm_alone_implies_the_box_and_nothing_is_read():
