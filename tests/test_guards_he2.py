@@ -298,3 +298,24 @@ def test_the_smallest_strong_pseudoprime_to_the_first_twelve_prime_bases_is_comp
     assert psi12 == 399165290221 * 798330580441
     assert not _is_prime(psi12)
     assert _is_prime(798330580441) and _is_prime(399165290221)
+
+
+# ---------------------------------------------------------------------- model privacy
+def test_the_private_quota_unit_is_every_slot_a_block_computes():
+    """PrivateEvaluator.computed_samples (the quota unit): ⌈n / s⌉ sample groups of N // m
+    slots each (m = features per chunk), as ServerScorer's; never fewer than n."""
+    from heml.he.plan import normalized_weights
+    from heml.he.private import PRIVATE, PrivateEvaluator, make_private_plan
+
+    rng = np.random.default_rng(2)
+    d, k = 5, 2
+    W, b = rng.normal(size=(k, d)), rng.normal(size=k)
+    center, hw = np.zeros(d), np.ones(d)
+    plan = make_private_plan(W, b, center, hw, tolerance=1e-4)
+    ev = PrivateEvaluator(plan, *normalized_weights(W, b, center, hw))
+    n_ring = plan.params.n
+    for n, s in ((1, 1), (5, 2), (7, 7), (8, 3), (700, 512)):
+        m = ev.geometry(s).m
+        want = -(-n // s) * (n_ring // m)
+        got = ev.computed_samples(PRIVATE, n, s)
+        assert got == want and isinstance(got, int) and got >= n
