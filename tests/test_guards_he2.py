@@ -319,3 +319,27 @@ def test_the_private_quota_unit_is_every_slot_a_block_computes():
         want = -(-n // s) * (n_ring // m)
         got = ev.computed_samples(PRIVATE, n, s)
         assert got == want and isinstance(got, int) and got >= n
+
+
+def test_the_private_weight_grid_is_the_coarsest_within_an_eighth_of_the_tolerance():
+    """docs (heml.he.private): rounding a weight costs ≤ 2^-(ew+1), a row's L1 error is
+    ≤ d·2^-(ew+1) ≤ tolerance/8, with the coarsest such grid (ew ≥ 0); beyond 40 bits the
+    model is refused."""
+    from heml.errors import ModelError
+    from heml.he.private import make_private_plan
+
+    rng = np.random.default_rng(4)
+    d = 5
+    W, b = rng.normal(size=(1, d)) * 0.1, np.array([0.1])
+    center, hw = np.zeros(d), np.ones(d)
+    for tol in (4 * d / 2**17, 4 * d / 2**17 * 1.01, 1e-3, 3e-2):
+        ew = make_private_plan(W, b, center, hw, tolerance=tol).log2_scale_w
+        assert d * 2.0 ** -(ew + 1) <= tol / 8 < d * 2.0**-ew  # the coarsest that fits
+    for tol in (4 * d / 2**40, 4 * d / 2**41):
+        refused = None
+        try:
+            make_private_plan(W, b, center, hw, tolerance=tol)
+        except ModelError as exc:
+            refused = str(exc)
+        quantize_refusal = "cannot quantize the weights finely enough for model privacy"
+        assert (refused == quantize_refusal) == (tol < 4 * d / 2**40)
