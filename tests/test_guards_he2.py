@@ -332,9 +332,11 @@ def test_the_private_weight_grid_is_the_coarsest_within_an_eighth_of_the_toleran
     d = 5
     W, b = rng.normal(size=(1, d)) * 0.1, np.array([0.1])
     center, hw = np.zeros(d), np.ones(d)
-    for tol in (4 * d / 2**17, 4 * d / 2**17 * 1.01, 1e-3, 3e-2):
+    for tol in (4 * d / 2**17, 4 * d / 2**17 * 1.01, 1e-3, 3e-2, 8 * d):
         ew = make_private_plan(W, b, center, hw, tolerance=tol).log2_scale_w
-        assert d * 2.0 ** -(ew + 1) <= tol / 8 < d * 2.0**-ew  # the coarsest that fits
+        assert d * 2.0 ** -(ew + 1) <= tol / 8  # fine enough
+        assert ew == 0 or tol / 8 < d * 2.0**-ew  # and the coarsest that is (ew ≥ 0)
+        assert (ew == 0) == (tol == 8 * d)
     for tol in (4 * d / 2**40, 4 * d / 2**41):
         refused = None
         try:
