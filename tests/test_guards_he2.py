@@ -345,3 +345,22 @@ def test_the_private_weight_grid_is_the_coarsest_within_an_eighth_of_the_toleran
             refused = str(exc)
         quantize_refusal = "cannot quantize the weights finely enough for model privacy"
         assert (refused == quantize_refusal) == (tol < 4 * d / 2**40)
+
+
+@pytest.mark.parametrize("unit", [0.0, 1.0])
+def test_the_flood_is_sized_by_the_norm_bound_rounded_up_to_a_power_of_two(unit):
+    """σ_flood = 2^(HIDING_BITS + ⌈log2(TAIL · σ_e · 2^⌈log2 max(1, ‖Wq‖₂)⌉)⌉): a model whose
+    quantized weights have norm 0 or 1 has the norm bound 1."""
+    import math
+
+    from heml.he.params import ERROR_STDDEV
+    from heml.he.private import HIDING_BITS, TAIL_SIGMAS, make_private_plan
+
+    d = 4
+    W = np.zeros((1, d))
+    plan = make_private_plan(W, np.array([0.0]), np.zeros(d), np.ones(d), tolerance=1e-4)
+    if unit:  # one weight of exactly one grid step: ‖Wq‖₂ = 1
+        W[0, 0] = 2.0**-plan.log2_scale_w
+        plan = make_private_plan(W, np.array([0.0]), np.zeros(d), np.ones(d), tolerance=1e-4)
+    want = HIDING_BITS + math.ceil(math.log2(TAIL_SIGMAS * ERROR_STDDEV))
+    assert plan.log2_flood == want
