@@ -364,3 +364,79 @@ def test_the_flood_is_sized_by_the_norm_bound_rounded_up_to_a_power_of_two(unit)
         plan = make_private_plan(W, np.array([0.0]), np.zeros(d), np.ones(d), tolerance=1e-4)
     want = HIDING_BITS + math.ceil(math.log2(TAIL_SIGMAS * ERROR_STDDEV))
     assert plan.log2_flood == want
+
+
+def test_private_ciphertexts_are_checked_prime_by_prime_at_the_modulus():
+    """Each c0 word must be below its own prime: q − 1 passes, q is refused, in any prime
+    and any ciphertext of an upload; sizes are exact."""
+    from heml.errors import InvalidCiphertext
+    from heml.he.private import ciphertext_size, default_privacy_params, unpack_rns_ciphertexts
+
+    params = default_privacy_params()
+    n, primes = params.n, params.primes
+    rng = np.random.default_rng(8)
+
+    def blob(c0: np.ndarray, seed: bytes) -> bytes:
+        return wire.pack_words(c0.reshape(-1), wire.C0_WORD_BYTES) + seed
+
+    words = [
+        np.stack([rng.integers(0, q, size=n, dtype=np.uint64) for q in primes]) for _ in range(2)
+    ]
+    for w in words:
+        for i, q in enumerate(primes):
+            w[i, 7] = q - 1
+    seeds = [bytes([1]) * 32, bytes([2]) * 32]
+    c0, got_seeds = unpack_rns_ciphertexts(
+        [blob(w, s) for w, s in zip(words, seeds, strict=True)], params
+    )
+    np.testing.assert_array_equal(c0, np.stack(words))
+    assert got_seeds == seeds
+    for which in range(2):
+        for i, q in enumerate(primes):
+            bad = [w.copy() for w in words]
+            bad[which][i, 3] = q
+            with pytest.raises(
+                InvalidCiphertext, match="^ciphertext coefficients must be below their primes$"
+            ):
+                unpack_rns_ciphertexts(
+                    [blob(w, s) for w, s in zip(bad, seeds, strict=True)], params
+                )
+    size = ciphertext_size(params)
+    with pytest.raises(
+        InvalidCiphertext,
+        match=f"^ciphertext 1 has {size - 1} bytes; the privacy parameters need exactly {size}$",
+    ):
+        unpack_rns_ciphertexts([blob(words[0], seeds[0]), blob(words[1], seeds[1])[:-1]], params)
+
+
+def test_the_private_flood_is_box_muller_of_os_urandom_on_a_2_to_the_32_staircase(monkeypatch):
+    """noise = 2^32 · round(z · σ / 2^32) + U[0, 2^32), z = √(−2 ln u1) cos(2π u2) with
+    u1 = (w1 + 1) / 2^53, u2 = w2 / 2^53 from 53-bit words of os.urandom; as residues."""
+    import math
+
+    from heml.he import private
+
+    count, log2_sigma = 6, 45.0
+    primes = private.default_privacy_params().primes
+    stream = bytes((37 * i + 11) % 256 for i in range(20 * count))
+    taken = []
+
+    def fake(k: int) -> bytes:
+        start = sum(taken)
+        taken.append(k)
+        return stream[start : start + k]
+
+    monkeypatch.setattr(private.os, "urandom", fake)
+    got = private._gaussian_residues(count, log2_sigma, primes)
+    assert taken == [16 * count, 4 * count]
+    w = [int.from_bytes(stream[8 * j : 8 * j + 8], "little") >> 11 for j in range(2 * count)]
+    lo = [
+        int.from_bytes(stream[16 * count + 4 * j : 16 * count + 4 * j + 4], "little")
+        for j in range(count)
+    ]
+    for j in range(count):
+        u1, u2 = (w[j] + 1) / 2.0**53, w[count + j] / 2.0**53
+        z = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+        noise = round(z * 2.0 ** (log2_sigma - 32)) * 2**32 + lo[j]
+        for i, q in enumerate(primes):
+            assert int(got[i, j]) == noise % q
