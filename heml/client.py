@@ -402,15 +402,7 @@ class RemoteModel:
 
         Each score carries fresh noise within the plan's published error bound (heml.he.decrypt:
         it hides the part of the decryption error that depends on the secret key)."""
-        if not self._rejected and self._key_retired():
-            self._rejected = "another handle of this model rejected a reply"
-        if self._rejected:
-            raise ReplyRejected(
-                f"{self.client.target}: model {self.info.name} sent a reply that failed the "
-                f"client's checks ({self._rejected}); its key is retired: get a new handle "
-                "with client.model()",
-                code="DATA_LOSS",
-            )
+        self._check_not_retired()
         info = self.info
         # names, finiteness, imputation, one-hot, bounds, row-norm clip: all in plaintext here
         Z = info.bounds.normalize(info.preprocessing.model_features(X, info.bounds))
@@ -431,6 +423,19 @@ class RemoteModel:
         stats.seconds = time.perf_counter() - started
         self.last_call = stats
         return out
+
+    def _check_not_retired(self) -> None:
+        """Refuse to score with a key that decrypted a rejected reply (this handle's or
+        another's): before anything is encrypted or sent."""
+        if not self._rejected and self._key_retired():
+            self._rejected = "another handle of this model rejected a reply"
+        if self._rejected:
+            raise ReplyRejected(
+                f"{self.client.target}: model {self.info.name} sent a reply that failed the "
+                f"client's checks ({self._rejected}); its key is retired: get a new handle "
+                "with client.model()",
+                code="DATA_LOSS",
+            )
 
     def _key_retired(self) -> bool:
         """Whether this handle's key was retired since it was derived (any handle, any time)."""
