@@ -1,6 +1,7 @@
 """One huge but finite record must not change what a fit with DP-estimated bounds visibly does.
 
-Found by an adversarial review (replace-one attacks). Each test was a confirmed break of the promise that the whole fit is (epsilon, delta)-DP
+Found by an adversarial review (replace-one attacks). Each test was a confirmed break of the
+promise that the whole fit is (epsilon, delta)-DP
 and that no observable outcome (model, exception, warning) depends on the data except through
 DP releases.
 """

@@ -1,6 +1,8 @@
-"""The row clip with loose declared bounds: one huge finite record must not change a fit's warnings.
+"""The row clip with loose declared bounds: one huge finite record must not change a fit's
+warnings.
 
-Found by an adversarial review (round 2), fixed by measuring row norms without overflow. Each test compares two replace-one neighbours that differ in one record of the declared data
+Found by an adversarial review (round 2), fixed by measuring row norms without overflow. Each
+test compares two replace-one neighbours that differ in one record of the declared data
 universe (finite features, declared label). Whatever the fit emits besides the noisy model
 (warnings, exceptions) must not depend on which neighbour it saw.
 """
