@@ -10,6 +10,7 @@ promises through `heml serve`'s worker processes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ import os
 import re
 import threading
 import time
+from concurrent import futures
 
 import grpc
 import pytest
@@ -221,6 +223,9 @@ def test_authenticate_finds_every_entry_and_refuses_others(tmp_path):
         assert (found.key_id, found.max_concurrent) == (f"k{i}", i + 1)
     with pytest.raises(AuthError, match="^invalid API key$"):
         store.authenticate((("authorization", f"Bearer {new_api_key()}"),))
+    # bytes that are not ASCII are replaced, not an error: the key is then simply wrong
+    with pytest.raises(AuthError, match="^invalid API key$"):
+        store.authenticate((("authorization", b"Bearer heml_\xff\xfe"),))
 
 
 def test_the_key_store_rereads_the_file_only_after_its_interval(tmp_path):
@@ -310,6 +315,10 @@ def test_the_token_bucket_refills_at_its_rate_and_caps_at_a_minute(tmp_path):
     assert table.take("k", 600, per_minute=600, now=1000.0) is None  # capped at 600
     assert table.take("k", 601, per_minute=600, now=9000.0) == math.inf
     assert table.take("k", 600, per_minute=600, now=9000.0) is None
+    # a block of exactly a minute's worth can pass again, after a minute
+    assert table.take("k", 600, per_minute=600, now=9000.0) == pytest.approx(60.0)
+    # the wait counts the tokens already there: 0.5 tokens after 0.05 s, 0.5 more to go
+    assert table.take("k", 1, per_minute=600, now=9000.05) == pytest.approx(0.05)
     # without `now`: the monotonic clock
     start = time.monotonic()
     assert table.take("m", 60, per_minute=60) is None
@@ -329,7 +338,10 @@ def test_lifetime_allowances_and_in_flight_counts_at_their_limits(tmp_path):
     assert table.acquire("k", 2, worker=0) == 2
     table.release("k", worker=0)  # nothing of worker 0's to release: stays at 0
     assert table.in_flight("k") == 2 and table.acquire("k", 3, worker=0) is None
-    table.reset_worker(1)
+    table.release("k", worker=1)  # one of worker 1's two calls ends
+    assert table.in_flight("k") == 2
+    assert table.acquire("k", 3, worker=1) is None
+    table.reset_worker(1)  # worker 1 died with its two calls in flight
     assert table.in_flight("k") == 1
     table.release("k", worker=0)
     assert table.in_flight("k") == 0
@@ -551,20 +563,63 @@ def test_without_api_keys_there_is_no_key_store_and_no_quota_table(folder):
     assert interceptor.max_samples_per_request == 1 << 20
 
 
-def test_the_request_log_records_what_each_call_did(folder, tmp_path, caplog):
-    """One line per call with the key, the model, the layout and the computed slots (never the
-    client's strings as given): what the log and the metrics report per key and model."""
+@contextlib.contextmanager
+def _server(folder, runtime=None, **options):
+    """A worker's stack (as tests/guard_support.py) with this ``runtime`` for the interceptor:
+    the supervisor's quota table path and whether metrics are on."""
+    from heml.server.interceptor import build_interceptor
+    from heml.server.options import ServerConfig
+    from heml.server.registry import Registry
+    from heml.server.servicer import InferenceServicer, add_to_server
+
+    config = ServerConfig(models_dir=str(folder), **options)
+    interceptor = build_interceptor(config, worker=0, runtime=runtime)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        options=config.grpc_options(reuse_port=False),
+        interceptors=[interceptor],
+    )
+    add_to_server(InferenceServicer(Registry.from_folder(folder)[0]), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
+    )
+    try:
+        yield heml_pb2_grpc.InferenceStub(channel), interceptor
+    finally:
+        channel.close()
+        server.stop(None).wait()
+
+
+def _counts(metric) -> dict[tuple, float]:
+    """{(sample name, *label values): value} of a prometheus-client metric."""
+    return {
+        (sample.name, *sample.labels.values()): sample.value
+        for family in metric.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+
+
+class _Metrics:
+    quota_path = None
+    metrics_dir = "on"  # metrics on (in this process's memory: no multiprocess directory)
+
+
+def test_the_request_log_and_metrics_record_what_each_call_did(folder, tmp_path, caplog):
+    """One log line per call with the key, the model, the layout and the computed slots (never
+    the client's strings as given), and the metrics per method, model, status and key: what
+    docs/security.md ("Request log", "Metrics") says an operator sees."""
     keys = tmp_path / "keys"
-    alice = issue_key(keys, "alice", predictions_per_minute=10**6, max_concurrent=5)
+    alice = issue_key(keys, "alice", predictions_per_minute=11000, max_concurrent=5)
     caplog.set_level(logging.INFO, logger="heml.requests")
-    with inprocess_server(folder, api_keys=str(keys)) as port:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        stub = heml_pb2_grpc.InferenceStub(channel)
-        stub.GetModel(
-            pb.GetModelRequest(name="small"),
-            timeout=30,
-            metadata=_auth(alice, ("x-request-id", "g 1")),
-        )
+    with _server(folder, _Metrics(), api_keys=str(keys), max_samples_per_request=5000) as (
+        stub,
+        interceptor,
+    ):
+        metadata = _auth(alice, ("x-request-id", "g 1"))
+        stub.GetModel(pb.GetModelRequest(name="small"), timeout=30, metadata=metadata)
         stub.Predict(_row(n=2, s=2), timeout=30, metadata=_auth(alice))
         two = [_row(n=1), _row(n=3, s=3)]
         two[0].request_id, two[1].request_id = "first", "second"
@@ -572,14 +627,14 @@ def test_the_request_log_records_what_each_call_did(folder, tmp_path, caplog):
         column = pb.PredictRequest(model="small", layout=LAYOUT_TO_PB["column"], n=5)
         column.ciphertexts.extend([bytes(28704)] * 3)
         mixed = [_row(n=1), column]
-        list(
-            stub.PredictStream(
-                iter(mixed), timeout=30, metadata=_auth(alice, ("x-request-id", "m"))
-            )
-        )
+        metadata = _auth(alice, ("x-request-id", "m"))
+        assert len(list(stub.PredictStream(iter(mixed), timeout=30, metadata=metadata))) == 2
         _fails(stub.Predict, _row(n=0), grpc.StatusCode.INVALID_ARGUMENT, _auth(alice))
-        channel.close()
-    get, unary, stream, mixed_line, refused = _records(caplog)[-5:]
+        # over the per-call limit (5000 slots), then over alice's minute (11000 tokens)
+        _fails(stub.PredictStream, iter([column, column]), EXHAUSTED, _auth(alice))
+        _fails(stub.Predict, _row(), EXHAUSTED, _auth(alice))
+        metrics = interceptor.metrics
+    get, unary, stream, mixed_line, refused, over, rate = _records(caplog)[-7:]
     assert (get["method"], get["model"], get["version"], get["request_id"]) == (
         "GetModel",
         "small",
@@ -594,7 +649,7 @@ def test_the_request_log_records_what_each_call_did(folder, tmp_path, caplog):
         1,
     )
     assert (unary["computed"], unary["blocks"], unary["status"]) == (682, 1, "OK")
-    assert unary["peer"].startswith("ipv4:127.0.0.1:")
+    assert unary["peer"].startswith("ipv4:127.0.0.1:") and 0 < unary["latency_ms"] < 30000
     assert (stream["n"], stream["blocks"], stream["computed"], stream["request_id"]) == (
         4,
         2,
@@ -607,3 +662,38 @@ def test_the_request_log_records_what_each_call_did(folder, tmp_path, caplog):
         682 + 4096,
     )
     assert (refused["status"], refused["model"], refused["blocks"]) == ("INVALID_ARGUMENT", "", 0)
+    assert (over["status"], over["blocks"], rate["status"]) == (
+        "RESOURCE_EXHAUSTED",
+        1,
+        "RESOURCE_EXHAUSTED",
+    )
+    requests = _counts(metrics._requests)
+    assert requests[("heml_requests_total", "GetModel", "small", "OK")] == 1
+    assert requests[("heml_requests_total", "Predict", "small", "OK")] == 1
+    assert requests[("heml_requests_total", "PredictStream", "small", "OK")] == 2
+    assert requests[("heml_requests_total", "Predict", "", "INVALID_ARGUMENT")] == 1
+    latency = _counts(metrics._latency)
+    assert latency[("heml_request_duration_seconds_count", "Predict")] == 3
+    assert 0 < latency[("heml_request_duration_seconds_sum", "Predict")] < 30
+    computed, requested = _counts(metrics._computed), _counts(metrics._requested)
+    # 682 + 1364 + 4778 admitted, then the first COLUMN block of the refused stream (4096)
+    assert computed[("heml_predictions_computed_total", "small")] == 682 + 1364 + 4778 + 4096
+    assert requested[("heml_predictions_requested_total", "small")] == 2 + 4 + 6 + 5
+    rejections = _counts(metrics._rejections)
+    assert rejections[("heml_quota_rejections_total", "alice", "request")] == 1
+    assert rejections[("heml_quota_rejections_total", "alice", "rate")] == 1
+
+
+def test_messages_are_bounded_by_the_configured_sizes(folder):
+    """--max-receive-bytes bounds a request message: one over it gets RESOURCE_EXHAUSTED from
+    gRPC before any handler runs; the default (8 MiB) takes the SDK's 4 MiB messages."""
+    request = _row(n=256, s=1)  # 256 ROW ciphertexts of 14368 bytes: 3.5 MiB
+    size = request.ByteSize()
+    assert 3 << 20 < size < 4 << 20
+    with _server(folder) as (stub, _interceptor):
+        assert stub.Predict(request, timeout=60).n == 256
+    with _server(folder, max_receive_bytes=size - 1) as (stub, _interceptor):
+        _fails(stub.Predict, request, EXHAUSTED, None)
+        assert stub.Predict(_row(), timeout=30).n == 1
+    with _server(folder, max_send_bytes=100) as (stub, _interceptor):  # a reply is ~12 KiB
+        _fails(stub.Predict, _row(), EXHAUSTED, None)

@@ -135,3 +135,36 @@ def test_a_file_rejected_at_start_is_retried_once_it_changes(tmp_path):
     _bump(bad)
     assert registry.refresh() == {}
     assert registry.get("a").model.name == "a"
+
+
+def test_a_hidden_file_added_while_serving_stays_unserved(tmp_path):
+    """Hidden files (ledgers, editors' temporaries) are never served, on a reload as at start:
+    a valid model saved as `.x.json` while serving is not picked up, nor reported."""
+    _save(tmp_path, "a", 1, file="a.json")
+    registry, _ = Registry.from_folder(tmp_path)
+    _save(tmp_path, "hidden", 1, file=".hidden.json")
+    (tmp_path / ".broken.json").write_text("{")
+    assert registry.refresh() == {}
+    with pytest.raises(ModelNotServed):
+        registry.get("hidden")
+    assert len(registry) == 1
+
+
+def test_a_file_rejected_on_reload_is_retried_once_it_changes_and_a_removal_is_seen(tmp_path):
+    """A reload that only removes files still rebuilds the index; a reload that rejects a new
+    file keeps serving the others unchanged."""
+    a = _save(tmp_path, "a", 1, file="a.json")
+    _save(tmp_path, "b", 1, file="b.json")
+    registry, _ = Registry.from_folder(tmp_path)
+    os.remove(a)
+    assert registry.refresh() == {}
+    with pytest.raises(ModelNotServed):
+        registry.get("a")
+    assert [m.model.name for m in registry.latest()] == ["b"]
+    bad = tmp_path / "c.json"
+    bad.write_text("{")
+    assert list(registry.refresh()) == ["c.json"]
+    assert registry.refresh() == {}  # the same bad file: not retried
+    _save(tmp_path, "c", 1, file="c.json")
+    _bump(bad)
+    assert registry.refresh() == {} and registry.get("c").model.name == "c"
