@@ -436,6 +436,7 @@ def test_a_keys_concurrency_limit_holds_on_every_rpc_kind_and_frees_its_slot(fol
     keys = tmp_path / "keys"
     alice = issue_key(keys, "alice", max_concurrent=1)
     bob = issue_key(keys, "bob")
+    carol = issue_key(keys, "carol", max_concurrent=2)
     with inprocess_server(folder, api_keys=str(keys)) as port:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = heml_pb2_grpc.InferenceStub(channel)
@@ -486,6 +487,33 @@ def test_a_keys_concurrency_limit_holds_on_every_rpc_kind_and_frees_its_slot(fol
             stub.GetModel(pb.GetModelRequest(name="small"), timeout=30, metadata=_auth(alice))
             _fails(stub.Predict, _row(n=0), grpc.StatusCode.INVALID_ARGUMENT, _auth(alice))
         channel.close()
+    # a finished call releases its own slot once (its handler and gRPC's end-of-call callback
+    # both end it): another call of the key in flight keeps its slot
+    with _server(folder, api_keys=str(keys)) as (stub, interceptor):
+        release.clear()
+        held_calls = [stub.PredictStream(held(), timeout=60, metadata=_auth(carol))]
+        _wait_in_flight(interceptor, "carol", 1)
+        for _ in range(3):
+            assert stub.Predict(_row(), timeout=30, metadata=_auth(carol)).n == 1
+        _wait_in_flight(interceptor, "carol", 1)
+        held_calls.append(stub.PredictStream(held(), timeout=60, metadata=_auth(carol)))
+        _wait_in_flight(interceptor, "carol", 2)
+        err = _fails(stub.Predict, _row(), EXHAUSTED, _auth(carol))
+        assert "'carol' has 2 call(s) in flight, its limit is 2" in err.details()
+        release.set()
+        for call in held_calls:
+            with pytest.raises(grpc.RpcError):
+                list(call)
+        _wait_in_flight(interceptor, "carol", 0)
+
+
+def _wait_in_flight(interceptor, key_id: str, count: int) -> None:
+    """Wait until the shared table counts ``count`` calls of the key in flight (a call is
+    counted when the server starts it and uncounted just after it answers)."""
+    deadline = time.monotonic() + 20
+    while interceptor.quotas.in_flight(key_id) != count:
+        assert time.monotonic() < deadline, interceptor.quotas.in_flight(key_id)
+        time.sleep(0.02)
 
 
 def test_a_keys_rate_quota_charges_computed_slots_and_says_when_to_retry(folder, tmp_path):
@@ -554,13 +582,66 @@ def test_a_full_quota_table_refuses_rather_than_leaving_a_key_unlimited(folder, 
         table.close()
 
 
-def test_without_api_keys_there_is_no_key_store_and_no_quota_table(folder):
+def test_without_api_keys_there_is_no_key_store_and_no_quota_table(folder, tmp_path):
     from heml.server.interceptor import build_interceptor
     from heml.server.options import ServerConfig
 
     interceptor = build_interceptor(ServerConfig(models_dir=str(folder)), worker=3)
     assert (interceptor.keys, interceptor.quotas, interceptor.worker) == (None, None, 3)
-    assert interceptor.max_samples_per_request == 1 << 20
+    assert interceptor.max_samples_per_request == 1 << 20 and not interceptor.metrics.enabled
+    # a single process with API keys: a private table of one worker slot, used as slot 0
+    keys = tmp_path / "keys"
+    issue_key(keys, "alice")
+    config = ServerConfig(models_dir=str(folder), api_keys=str(keys), max_samples_per_request=7)
+    interceptor = build_interceptor(config, worker=3)
+    assert (
+        interceptor.worker,
+        interceptor.quotas.workers,
+        interceptor.max_samples_per_request,
+    ) == (
+        0,
+        1,
+        7,
+    )
+    assert interceptor.quotas.acquire("alice", 1, interceptor.worker) is None
+    assert [k.key_id for k in interceptor.keys.keys] == ["alice"]
+
+
+def test_every_kind_of_rpc_is_guarded_with_a_handler_of_its_own_kind(tmp_path):
+    """The interceptor wraps unary and streaming handlers alike: without a key each kind gets a
+    clean UNAUTHENTICATED, with one it runs; unknown methods stay UNIMPLEMENTED."""
+    keys = tmp_path / "keys"
+    alice = issue_key(keys, "alice", max_concurrent=1)
+
+    def unary_stream(request, context):
+        yield request
+        yield request
+
+    def stream_unary(requests, context):
+        return b"".join(requests)
+
+    handlers = {
+        "UnaryStream": grpc.unary_stream_rpc_method_handler(unary_stream),
+        "StreamUnary": grpc.stream_unary_rpc_method_handler(stream_unary),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(2), interceptors=[_interceptor(keys)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Echo", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        us = channel.unary_stream("/t.Echo/UnaryStream")
+        su = channel.stream_unary("/t.Echo/StreamUnary")
+        for metadata in (None, _auth(new_api_key())):
+            _fails(us, b"x", UNAUTHENTICATED, metadata)
+            _fails(su, iter([b"x"]), UNAUTHENTICATED, metadata)
+        for _ in range(2):  # the slot of max_concurrent=1 is freed after each call
+            assert list(us(b"ab", timeout=30, metadata=_auth(alice))) == [b"ab", b"ab"]
+            assert su(iter([b"a", b"b"]), timeout=30, metadata=_auth(alice)) == b"ab"
+        _fails(channel.unary_unary("/t.Echo/Nope"), b"", grpc.StatusCode.UNIMPLEMENTED, None)
+        channel.close()
+    finally:
+        server.stop(None).wait()
 
 
 @contextlib.contextmanager
@@ -622,11 +703,12 @@ def test_the_request_log_and_metrics_record_what_each_call_did(folder, tmp_path,
         stub.GetModel(pb.GetModelRequest(name="small"), timeout=30, metadata=metadata)
         stub.Predict(_row(n=2, s=2), timeout=30, metadata=_auth(alice))
         two = [_row(n=1), _row(n=3, s=3)]
-        two[0].request_id, two[1].request_id = "first", "second"
+        two[0].request_id, two[1].request_id = "first one", "second"
         assert len(list(stub.PredictStream(iter(two), timeout=30, metadata=_auth(alice)))) == 2
         column = pb.PredictRequest(model="small", layout=LAYOUT_TO_PB["column"], n=5)
         column.ciphertexts.extend([bytes(28704)] * 3)
         mixed = [_row(n=1), column]
+        mixed[0].request_id = "in-the-block"  # the metadata's x-request-id wins
         metadata = _auth(alice, ("x-request-id", "m"))
         assert len(list(stub.PredictStream(iter(mixed), timeout=30, metadata=metadata))) == 2
         _fails(stub.Predict, _row(n=0), grpc.StatusCode.INVALID_ARGUMENT, _auth(alice))
@@ -654,7 +736,7 @@ def test_the_request_log_and_metrics_record_what_each_call_did(folder, tmp_path,
         4,
         2,
         1364,
-        "first",  # the first block's id (no x-request-id metadata)
+        "first_one",  # the first block's id, made safe (no x-request-id metadata)
     )
     assert (mixed_line["layout"], mixed_line["request_id"], mixed_line["computed"]) == (
         "mixed",
