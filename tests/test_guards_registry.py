@@ -168,3 +168,17 @@ def test_a_file_rejected_on_reload_is_retried_once_it_changes_and_a_removal_is_s
     _save(tmp_path, "c", 1, file="c.json")
     _bump(bad)
     assert registry.refresh() == {} and registry.get("c").model.name == "c"
+
+
+def test_one_bad_or_vanished_file_does_not_hold_up_the_others_on_reload(tmp_path):
+    """A reload goes through every file: one that fails to load, or that vanished before it
+    could be read (a dangling link here), is reported or skipped, and the files after it in
+    the same reload are still picked up."""
+    _save(tmp_path, "z", 1, file="z.json")
+    registry, _ = Registry.from_folder(tmp_path)
+    (tmp_path / "a.json").write_text("{")
+    (tmp_path / "b.json").symlink_to(tmp_path / "gone.json")
+    _save(tmp_path, "c", 1, file="c.json")
+    errors = registry.refresh()
+    assert list(errors) == ["a.json"]
+    assert registry.get("c").model.name == "c" and len(registry) == 2
