@@ -184,6 +184,27 @@ def test_issue_and_revoke_edit_the_file_and_say_what_happened(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o600
 
 
+def test_editors_of_a_key_file_wait_for_each_other(tmp_path):
+    """issue and revoke hold FILE.lock while they read, change and rewrite the file, so two
+    editors never lose each other's change: while another editor holds it, they wait."""
+    import fcntl
+
+    path = tmp_path / "keys"
+    issue_key(path, "alice")
+    for edit in (lambda: issue_key(path, "bob"), lambda: revoke_key(path, "alice")):
+        fd = os.open(f"{path}.lock", os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        before = path.read_text()
+        editor = threading.Thread(target=edit)
+        editor.start()
+        editor.join(0.3)
+        assert editor.is_alive() and path.read_text() == before  # waiting for the lock
+        os.close(fd)  # releases it
+        editor.join(10)
+        assert not editor.is_alive() and path.read_text() != before
+    assert [k.key_id for k in read_key_file(path)] == ["bob"]
+
+
 # ----------------------------------------------------------------------------- bearer metadata
 def test_bearer_tokens_are_parsed_strictly():
     key = new_api_key()

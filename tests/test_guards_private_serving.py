@@ -408,3 +408,74 @@ def test_a_key_evicted_between_the_quota_and_the_work_is_not_found(fresh):
         with pytest.raises(RequestError) as info:
             take_private_quota(served, request.key_id, 1)
         assert (info.value.code, str(info.value)) == (NOT_FOUND, NOT_REGISTERED)
+
+
+class _Peer:
+    """The one thing caller_identity reads from a call without an API key: gRPC's peer."""
+
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
+
+
+def test_without_api_keys_the_key_identity_is_the_peer_host_without_its_port():
+    """A client that reconnects (a new port) is the same identity, over IPv4 as over IPv6;
+    another host is another identity (the per-identity key cap, docs/model-privacy.md)."""
+    from heml.server.servicer import caller_identity
+
+    def identity(peer: str) -> str:
+        return caller_identity(_Peer(peer))
+
+    assert identity("ipv4:10.0.0.1:5000") == identity("ipv4:10.0.0.1:5001") == "peer:ipv4:10.0.0.1"
+    assert identity("ipv4:10.0.0.2:5000") != identity("ipv4:10.0.0.1:5000")
+    v6 = "ipv6:%5B2001:db8::1%5D"
+    assert identity(v6 + ":443") == identity(v6 + ":80") == "peer:" + v6
+    assert identity("ipv6:%5B2001:db8::2%5D:443") != identity(v6 + ":443")
+
+
+def test_a_key_is_registered_for_the_version_it_names(tmp_path):
+    """RegisterKey names a model version: a key registered for version 1 scores version 1
+    while version 2 is the latest (and is unknown to version 2)."""
+    clf = _classifier()
+    for version in (1, 2):
+        model = heml.export(
+            clf, name="secret", bounds=(-1.0, 1.0), model_privacy=True, max_predictions_per_key=5
+        )
+        model.version = version
+        model.save(tmp_path / f"secret-v{version}.json")
+    registry, errors = Registry.from_folder(tmp_path)
+    assert errors == {}
+    with inprocess_server(tmp_path, registry) as port, heml.Client(f"127.0.0.1:{port}") as client:
+        old = client.model("secret", version=1)
+        key_id = _register(old)
+        assert key_id in registry.get("secret", 1).private.keys
+        assert key_id not in registry.get("secret", 2).private.keys
+        np.testing.assert_allclose(
+            old.predict_proba(np.zeros((1, D))), clf.predict_proba(np.zeros((1, D))), atol=1e-4
+        )
+
+
+def test_a_servicer_without_the_interceptor_serves_private_models(models):
+    """The servicer's hooks into the interceptor (the per-call limit, the shared quota, the
+    API key identity) are no-ops without it: the quota is then kept with each registered key."""
+    from concurrent import futures
+
+    from heml.server.servicer import InferenceServicer, add_to_server
+
+    folder, _registry, clf = models
+    registry, _errors = Registry.from_folder(folder)
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    add_to_server(InferenceServicer(registry), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with heml.Client(f"127.0.0.1:{port}") as client:
+            model = client.model("secret")
+            X = np.zeros((QUOTA, D))
+            np.testing.assert_allclose(model.predict_proba(X), clf.predict_proba(X), atol=1e-4)
+            with pytest.raises(heml.errors.ResourceExhausted, match=r"\(12 used, 1 requested\)"):
+                model.predict_proba(X[:1])
+    finally:
+        server.stop(None).wait()
