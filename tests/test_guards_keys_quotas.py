@@ -20,6 +20,7 @@ import re
 import threading
 import time
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
@@ -99,6 +100,13 @@ def test_each_malformed_entry_is_refused_with_its_line(fields, message):
         parse_key_file(text, "keys.jsonl")
     assert str(info.value).startswith("keys.jsonl line 4: ")
     assert message in str(info.value)
+    if message.startswith("id must"):
+        assert str(info.value).endswith(ID_RULE)
+    with pytest.raises(ApiKeyFileError, match="^key file line 4: "):  # the default source
+        parse_key_file(text)
+
+
+ID_RULE = "id must be 1-64 letters, digits or . _ @ - (starting with a letter or digit)"
 
 
 def test_the_accepted_forms_of_an_entry():
@@ -130,6 +138,41 @@ def test_a_key_file_holds_at_most_4096_keys():
     assert len(parse_key_file("\n".join(lines))) == MAX_KEYS
     with pytest.raises(ApiKeyFileError, match=r"has 4097 keys; at most 4096 are supported"):
         parse_key_file("\n".join([*lines, _line(id="one-more")]), "keys.jsonl")
+
+
+def test_a_key_file_is_read_up_to_16_mib_and_named_in_its_errors(tmp_path):
+    """A hostile or runaway key file is not read whole: 16 MiB at most (4096 keys take well
+    under 1 MiB); what follows is not read. Errors name the file."""
+    path = tmp_path / "keys"
+    comments = ("#" * 1023 + "\n") * 16 * 1024  # exactly 16 MiB
+    path.write_text(comments[:-1] + "\n" + _line(id="late") + "\n")
+    os.chmod(path, 0o600)
+    assert read_key_file(path) == []
+    path.write_text(comments[:-1025] + "\n" + _line(id="early") + "\n")
+    assert [k.key_id for k in read_key_file(path)] == ["early"]
+    path.write_text("# one\n{\n")
+    with pytest.raises(ApiKeyFileError, match=f"^{re.escape(str(path))} line 2: not a JSON"):
+        read_key_file(path)
+
+
+def test_issued_keys_record_their_creation_in_utc(tmp_path, monkeypatch):
+    import datetime as dt
+
+    monkeypatch.setenv("TZ", "Etc/GMT-9")  # local time 9 hours ahead of UTC
+    time.tzset()
+    try:
+        issue_key(tmp_path / "keys", "alice")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    (entry,) = read_key_file(tmp_path / "keys")
+    created = dt.datetime.strptime(entry.created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    assert abs((dt.datetime.now(dt.UTC) - created).total_seconds()) < 600
+    with pytest.raises(ApiKeyFileError) as info:
+        issue_key(tmp_path / "keys", "-x")
+    assert str(info.value) == (
+        "invalid key id '-x': use 1-64 letters, digits or . _ @ - (starting with a letter or digit)"
+    )
 
 
 def test_a_key_file_others_can_write_is_refused_and_a_readable_one_accepted(tmp_path):
@@ -298,8 +341,12 @@ def test_a_quota_table_is_a_private_file_of_its_own_format(tmp_path):
     assert (table.capacity, table.workers) == (4, 2)
     with pytest.raises(FileExistsError):  # never reuses (or follows) an existing file
         QuotaTable.create(path, workers=2, capacity=4)
+    maps = Path("/proc/self/maps")
+    mapped = str(path) in maps.read_text()
     table.close()
-    table.close()  # closing twice is harmless
+    assert mapped and str(path) not in maps.read_text()  # unmapped
+    table.close()  # closing twice is harmless (and closes nothing else)
+    os.fstat(1)
     other = tmp_path / "other"
     other.write_bytes(b"NOTHEML!" + bytes(64))
     with pytest.raises(ValueError, match="is not a heml quota table"):

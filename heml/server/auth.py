@@ -311,9 +311,9 @@ class KeyStore:
                 log.error("keeping the previous API keys: %s", exc)  # pragma: no mutate, a log line
                 return
             self._keys = keys
-            log.info(  # pragma: no mutate block, a log line
-                "reloaded %d API key(s) from %s", len(keys), self.path
-            )
+            # pragma: no mutate start, a log line
+            log.info("reloaded %d API key(s) from %s", len(keys), self.path)
+            # pragma: no mutate end
 
     def authenticate(self, metadata) -> ApiKey:
         """The entry whose key the call carries (raises AuthError)."""
