@@ -455,6 +455,10 @@ def test_a_key_is_registered_for_the_version_it_names(tmp_path):
         np.testing.assert_allclose(
             old.predict_proba(np.zeros((1, D))), clf.predict_proba(np.zeros((1, D))), atol=1e-4
         )
+        request = _request(old, np.zeros((2, D)))
+        assert request.version == 1
+        replies = list(client._stub.PredictStream(iter([request]), timeout=30))
+        assert [(r.version, r.n) for r in replies] == [(1, 2)]
 
 
 def test_a_servicer_without_the_interceptor_serves_private_models(models):
