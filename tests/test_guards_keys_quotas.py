@@ -873,3 +873,12 @@ def test_messages_are_bounded_by_the_configured_sizes(folder):
         assert stub.Predict(_row(), timeout=30).n == 1
     with _server(folder, max_send_bytes=100) as (stub, _interceptor):  # a reply is ~12 KiB
         _fails(stub.Predict, _row(), EXHAUSTED, None)
+
+
+def test_without_api_keys_a_refusal_is_counted_under_an_empty_key_id(folder):
+    """The rejection metric's key_id label is empty for a call without an API key (labels are
+    bounded: key ids from the key file, nothing a client chose)."""
+    with _server(folder, _Metrics(), max_samples_per_request=682) as (stub, interceptor):
+        _fails(stub.Predict, _row(n=2, s=1), EXHAUSTED, None)
+        rejections = _counts(interceptor.metrics._rejections)
+    assert rejections == {("heml_quota_rejections_total", "", "request"): 1}
