@@ -832,6 +832,7 @@ def test_the_request_log_and_metrics_record_what_each_call_did(folder, tmp_path,
         1364,
         "first_one",  # the first block's id, made safe (no x-request-id metadata)
     )
+    assert stream["ciphertexts"] == 2 and mixed_line["ciphertexts"] == 1 + 3
     assert (mixed_line["layout"], mixed_line["request_id"], mixed_line["computed"]) == (
         "mixed",
         "m",
