@@ -63,6 +63,8 @@ def test_scan_reports_broken_duplicate_and_skips_hidden_files(tmp_path):
     assert "not valid JSON" in errors["c.json"]
     with pytest.raises(ModelError, match="does not exist or is not a folder"):
         scan(tmp_path / "missing")
+    with pytest.raises(ModelError, match=f"^model folder '{tmp_path / 'missing'}' does not"):
+        scan(tmp_path / "missing")
     with pytest.raises(ModelError, match="cannot read model file"):
         load_model_file(tmp_path)  # a folder, not a file
 
@@ -182,3 +184,12 @@ def test_one_bad_or_vanished_file_does_not_hold_up_the_others_on_reload(tmp_path
     errors = registry.refresh()
     assert list(errors) == ["a.json"]
     assert registry.get("c").model.name == "c" and len(registry) == 2
+
+
+def test_a_dangling_model_file_at_start_is_reported_not_fatal(tmp_path):
+    """A file that cannot even be stat'ed (a dangling link) is reported and skipped at start,
+    like a broken one; the others are served."""
+    _save(tmp_path, "a", 1, file="a.json")
+    (tmp_path / "b.json").symlink_to(tmp_path / "gone.json")
+    registry, errors = Registry.from_folder(tmp_path)
+    assert list(errors) == ["b.json"] and registry.get("a").model.name == "a"

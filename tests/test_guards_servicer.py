@@ -271,6 +271,9 @@ def test_model_listing_and_lookup(served):
     listing = stub.ListModels(pb.ListModelsRequest(), timeout=15)
     assert sorted(m.name for m in listing.models) == ["small", "wide"]
     assert listing.server.protocol_version and listing.server.server_version == heml.__version__
+    import tenseal
+
+    assert listing.server.tenseal_version == tenseal.__version__
     info = stub.GetModel(pb.GetModelRequest(name="wide"), timeout=15)
     assert info.name == "wide" and info.version == 1
     missing = "no model named 'nope' (served: small, wide)"
