@@ -63,6 +63,8 @@ def test_scan_reports_broken_duplicate_and_skips_hidden_files(tmp_path):
     assert "not valid JSON" in errors["c.json"]
     with pytest.raises(ModelError, match="does not exist or is not a folder"):
         scan(tmp_path / "missing")
+    with pytest.raises(ModelError, match=f"^model folder '{tmp_path / 'missing'}' does not"):
+        scan(tmp_path / "missing")
     with pytest.raises(ModelError, match="cannot read model file"):
         load_model_file(tmp_path)  # a folder, not a file
 
@@ -135,3 +137,59 @@ def test_a_file_rejected_at_start_is_retried_once_it_changes(tmp_path):
     _bump(bad)
     assert registry.refresh() == {}
     assert registry.get("a").model.name == "a"
+
+
+def test_a_hidden_file_added_while_serving_stays_unserved(tmp_path):
+    """Hidden files (ledgers, editors' temporaries) are never served, on a reload as at start:
+    a valid model saved as `.x.json` while serving is not picked up, nor reported."""
+    _save(tmp_path, "a", 1, file="a.json")
+    registry, _ = Registry.from_folder(tmp_path)
+    _save(tmp_path, "hidden", 1, file=".hidden.json")
+    (tmp_path / ".broken.json").write_text("{")
+    assert registry.refresh() == {}
+    with pytest.raises(ModelNotServed):
+        registry.get("hidden")
+    assert len(registry) == 1
+
+
+def test_a_file_rejected_on_reload_is_retried_once_it_changes_and_a_removal_is_seen(tmp_path):
+    """A reload that only removes files still rebuilds the index; a reload that rejects a new
+    file keeps serving the others unchanged."""
+    a = _save(tmp_path, "a", 1, file="a.json")
+    _save(tmp_path, "b", 1, file="b.json")
+    registry, _ = Registry.from_folder(tmp_path)
+    os.remove(a)
+    assert registry.refresh() == {}
+    with pytest.raises(ModelNotServed):
+        registry.get("a")
+    assert [m.model.name for m in registry.latest()] == ["b"]
+    bad = tmp_path / "c.json"
+    bad.write_text("{")
+    assert list(registry.refresh()) == ["c.json"]
+    assert registry.refresh() == {}  # the same bad file: not retried
+    _save(tmp_path, "c", 1, file="c.json")
+    _bump(bad)
+    assert registry.refresh() == {} and registry.get("c").model.name == "c"
+
+
+def test_one_bad_or_vanished_file_does_not_hold_up_the_others_on_reload(tmp_path):
+    """A reload goes through every file: one that fails to load, or that vanished before it
+    could be read (a dangling link here), is reported or skipped, and the files after it in
+    the same reload are still picked up."""
+    _save(tmp_path, "z", 1, file="z.json")
+    registry, _ = Registry.from_folder(tmp_path)
+    (tmp_path / "a.json").write_text("{")
+    (tmp_path / "b.json").symlink_to(tmp_path / "gone.json")
+    _save(tmp_path, "c", 1, file="c.json")
+    errors = registry.refresh()
+    assert list(errors) == ["a.json"]
+    assert registry.get("c").model.name == "c" and len(registry) == 2
+
+
+def test_a_dangling_model_file_at_start_is_reported_not_fatal(tmp_path):
+    """A file that cannot even be stat'ed (a dangling link) is reported and skipped at start,
+    like a broken one; the others are served."""
+    _save(tmp_path, "a", 1, file="a.json")
+    (tmp_path / "b.json").symlink_to(tmp_path / "gone.json")
+    registry, errors = Registry.from_folder(tmp_path)
+    assert list(errors) == ["b.json"] and registry.get("a").model.name == "a"

@@ -271,6 +271,9 @@ def test_model_listing_and_lookup(served):
     listing = stub.ListModels(pb.ListModelsRequest(), timeout=15)
     assert sorted(m.name for m in listing.models) == ["small", "wide"]
     assert listing.server.protocol_version and listing.server.server_version == heml.__version__
+    import tenseal
+
+    assert listing.server.tenseal_version == tenseal.__version__
     info = stub.GetModel(pb.GetModelRequest(name="wide"), timeout=15)
     assert info.name == "wide" and info.version == 1
     missing = "no model named 'nope' (served: small, wide)"
@@ -304,3 +307,30 @@ def test_a_call_over_the_servers_sample_limit_is_refused_in_both_rpcs(models):
         _refused(stub.Predict, _row(n=2, s=1), exhausted, over)
         _refused(stub.PredictStream, iter([_row(n=2, s=1)]), exhausted, over)
         channel.close()
+
+
+def test_a_streamed_blocks_cpu_time_counts_every_message(tmp_path):
+    """server_cpu_seconds is the CPU time of the whole block (heml.proto), also when its
+    ciphertexts come in several messages: a COLUMN block's work is done as its ciphertexts
+    arrive, so a block split 127 + 1 costs about as much as one sent whole (counting only the
+    last message would report about 1/128 of it)."""
+    d = 128
+    linear_model(d, "mid", 1).save(tmp_path / "mid.json")
+    header = dict(model="mid", layout=LAYOUT_TO_PB["column"], n=10)
+    ct = _zero_ct(COL_N)
+    with inprocess_server(tmp_path) as port:
+        channel = grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
+        )
+        stub = heml_pb2_grpc.InferenceStub(channel)
+        whole, split = [], []
+        for _ in range(3):
+            one = pb.PredictRequest(ciphertexts=[ct] * d, **header)
+            whole += [r.server_cpu_seconds for r in stub.PredictStream(iter([one]), timeout=60)]
+            parts = [
+                pb.PredictRequest(ciphertexts=[ct] * (d - 1), **header),
+                pb.PredictRequest(ciphertexts=[ct]),
+            ]
+            split += [r.server_cpu_seconds for r in stub.PredictStream(iter(parts), timeout=60)]
+        channel.close()
+    assert min(split) > 0.3 * float(np.median(whole)), (split, whole)

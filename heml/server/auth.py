@@ -308,10 +308,12 @@ class KeyStore:
             try:
                 keys = tuple(read_key_file(self.path))
             except ApiKeyFileError as exc:
-                log.error("keeping the previous API keys: %s", exc)
+                log.error("keeping the previous API keys: %s", exc)  # pragma: no mutate, a log line
                 return
             self._keys = keys
+            # pragma: no mutate start, a log line
             log.info("reloaded %d API key(s) from %s", len(keys), self.path)
+            # pragma: no mutate end
 
     def authenticate(self, metadata) -> ApiKey:
         """The entry whose key the call carries (raises AuthError)."""
