@@ -605,8 +605,8 @@ def _wait_in_flight(interceptor, key_id: str, count: int) -> None:
     """Wait until the shared table counts ``count`` calls of the key in flight (a call is
     counted when the server starts it and uncounted just after it answers)."""
     deadline = time.monotonic() + 20
-    while interceptor.quotas.in_flight(key_id) != count:
-        assert time.monotonic() < deadline, interceptor.quotas.in_flight(key_id)
+    while interceptor.quotas.table.in_flight(key_id) != count:
+        assert time.monotonic() < deadline, interceptor.quotas.table.in_flight(key_id)
         time.sleep(0.02)
 
 
@@ -655,7 +655,7 @@ def test_a_full_quota_table_refuses_rather_than_leaving_a_key_unlimited(folder, 
 
     config = ServerConfig(models_dir=str(folder), api_keys=str(keys))
     interceptor = build_interceptor(config, worker=0, runtime=Runtime())
-    assert interceptor.quotas.capacity == 1 and interceptor.keys is not None
+    assert interceptor.quotas.table.capacity == 1 and interceptor.keys is not None
     from concurrent import futures
 
     from heml.server.registry import Registry
@@ -689,15 +689,16 @@ def test_without_api_keys_there_is_no_key_store_and_no_quota_table(folder, tmp_p
     config = ServerConfig(models_dir=str(folder), api_keys=str(keys), max_samples_per_request=7)
     interceptor = build_interceptor(config, worker=3)
     assert (
-        interceptor.worker,
-        interceptor.quotas.workers,
+        interceptor.quotas.worker,
+        interceptor.quotas.table.workers,
         interceptor.max_samples_per_request,
     ) == (
         0,
         1,
         7,
     )
-    assert interceptor.quotas.acquire("alice", 1, interceptor.worker) is None
+    assert interceptor.quotas.acquire("alice", 1, "call-1") is None
+    assert interceptor.quotas.table.in_flight("alice") == 1  # counted in slot 0 of 1
     assert [k.key_id for k in interceptor.keys.keys] == ["alice"]
 
 
