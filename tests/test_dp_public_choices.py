@@ -399,7 +399,7 @@ def test_a_failure_anywhere_in_the_mechanism_keeps_the_spend(monkeypatch, classe
     assert acc.spent == (1.0, 1e-5) and not hasattr(est, "coef_")
     # and a fault inside the optimizer itself, after the rows were built
     monkeypatch.setattr(_logistic, "clip_rows", real_clip)
-    inner = "_newton_logistic" if len(classes) == 2 else "softmax"
+    inner = "_newton_logistic" if len(classes) == 2 else "clipped_gradient_sum"
     monkeypatch.setattr(_logistic, inner, fault)
     with pytest.raises(RuntimeError, match="fault injected"):
         est.fit(X, y)
