@@ -153,6 +153,23 @@ _DIE_WITH_PARENT = (
 )
 
 
+@contextlib.contextmanager
+def balanced(start_replicas):
+    """(replicas, nginx): the replicas ``start_replicas()`` returns, behind one nginx; both are
+    stopped on the way out, whatever the test raised."""
+    replicas: list[Replica] = []
+    nginx = None
+    try:
+        replicas = start_replicas()
+        nginx = Nginx([r.target for r in replicas])
+        yield replicas, nginx
+    finally:
+        if nginx is not None:
+            nginx.stop()
+        for r in replicas:
+            r.stop()
+
+
 class _PortStillHeld(Exception):
     """A replica start refused because its port was still held."""
 

@@ -23,6 +23,7 @@ from .cluster_support import (
     Nginx,
     Replica,
     ScoringLoad,
+    balanced,
     free_port,
     render_nginx,
     require_binary,
@@ -32,6 +33,18 @@ from .conftest import assert_scores_close
 
 RNG = np.random.default_rng(14)
 D = 12
+
+
+def _three_replicas(models) -> list[Replica]:
+    """Three replicas of the models folder; those started are stopped if a later one fails."""
+    out: list[Replica] = []
+    try:
+        out.extend(Replica(models) for _ in range(3))
+    except BaseException:
+        for r in out:
+            r.stop()
+        raise
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +60,8 @@ def cluster(tmp_path_factory, fitted):
     require_binary("nginx", "nginx")
     models = tmp_path_factory.mktemp("cluster-models")
     fitted[1].save(models / "m.json")
-    replicas: list[Replica] = []
-    nginx = None
-    try:
-        replicas.extend(Replica(models) for _ in range(3))
-        nginx = Nginx([r.target for r in replicas])
-        yield replicas, nginx
-    finally:
-        if nginx is not None:
-            nginx.stop()
-        for r in replicas:
-            r.stop()
+    with balanced(lambda: _three_replicas(models)) as pair:
+        yield pair
 
 
 def _counts(replicas: list[Replica], method: str = "Predict") -> list[int]:

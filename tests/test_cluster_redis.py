@@ -20,7 +20,7 @@ from heml.errors import ResourceExhausted, ServerUnavailable, Unauthenticated
 from heml.server.auth import issue_key
 from heml.server.state.redis_backend import REVOCATION_SECONDS
 
-from .cluster_support import Nginx, Redis, Replica, require_binary
+from .cluster_support import Redis, Replica, balanced, require_binary
 
 RNG = np.random.default_rng(1414)
 D = 12
@@ -94,34 +94,21 @@ def _start_replicas(setup, tag: str, *extra: str) -> list[Replica]:
 @pytest.fixture(scope="module")
 def shared(setup):
     redis = Redis(persist=True)
-    replicas: list[Replica] = []
-    nginx = None
     try:
-        replicas = _start_replicas(setup, "redis", "--state", redis.url)
-        nginx = Nginx([r.target for r in replicas])
-        yield redis, replicas, nginx
+        with balanced(lambda: _start_replicas(setup, "redis", "--state", redis.url)) as (
+            replicas,
+            nginx,
+        ):
+            yield redis, replicas, nginx
     finally:
-        if nginx is not None:
-            nginx.stop()
-        for r in replicas:
-            r.stop()
         redis.stop()
 
 
 @pytest.fixture(scope="module")
 def embedded(setup):
     """The positive control: the same replicas, each with its own (embedded) state."""
-    replicas: list[Replica] = []
-    nginx = None
-    try:
-        replicas = _start_replicas(setup, "embedded")
-        nginx = Nginx([r.target for r in replicas])
-        yield replicas, nginx
-    finally:
-        if nginx is not None:
-            nginx.stop()
-        for r in replicas:
-            r.stop()
+    with balanced(lambda: _start_replicas(setup, "embedded")) as pair:
+        yield pair
 
 
 def _slots_per_prediction(redis: Redis, target: str, key: str) -> int:
