@@ -11,9 +11,6 @@ or are crafted from it (c1 = 0, so that a reply decrypts to exactly its c0).
 
 from __future__ import annotations
 
-from concurrent import futures
-
-import grpc
 import numpy as np
 import pytest
 
@@ -206,16 +203,10 @@ def test_each_retirement_derives_a_key_never_used_before(tmp_path):
 def crafting(cancer):
     """A gRPC server in this process that publishes a real model and answers with crafted
     replies (tests/test_security_malicious_server.py's attacker)."""
-    from heml.v1 import heml_pb2_grpc
-    from tests.test_security_malicious_server import CraftingServicer
+    from tests.test_security_malicious_server import crafting_server
 
-    servicer = CraftingServicer(heml.export(cancer[2], name="cancer"))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    heml_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield servicer, f"127.0.0.1:{port}"
-    server.stop(grace=None)
+    with crafting_server(heml.export(cancer[2], name="cancer")) as pair:
+        yield pair
 
 
 def test_a_rejected_reply_retires_the_key_for_every_handle_and_says_so(crafting, cancer, tmp_path):

@@ -11,6 +11,7 @@ control: raw decryption, no range check, no flooding), then fails against the de
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import os
 from concurrent import futures
@@ -70,16 +71,26 @@ class CraftingServicer(heml_pb2_grpc.InferenceServicer):
         )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def attacker(cancer):
-    _X, _y, clf = cancer
-    servicer = CraftingServicer(heml.export(clf, name="cancer"))
+@contextlib.contextmanager
+def crafting_server(model):
+    """(servicer, target): a gRPC server in this process that publishes ``model`` and answers
+    with the replies its CraftingServicer crafts; stopped on the way out."""
+    servicer = CraftingServicer(model)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     heml_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    yield servicer, f"127.0.0.1:{port}"
-    server.stop(grace=None)
+    try:
+        yield servicer, f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def attacker(cancer):
+    _X, _y, clf = cancer
+    with crafting_server(heml.export(clf, name="cancer")) as pair:
+        yield pair
 
 
 def _score_unit(servicer: CraftingServicer) -> float:
