@@ -292,44 +292,93 @@ class Replica:
 class Redis:
     """redis-server on loopback. ``persist=True`` logs every write to an append-only file
     (fsync always) in its folder, so a stop and ``start()`` again keeps the counts, as a
-    production Redis with AOF does; without it a restart starts empty."""
+    production Redis with AOF does; without it a restart starts empty.
 
-    def __init__(self, persist: bool = False) -> None:
+    ``config``: extra redis.conf lines (``requirepass …``, ``user …`` ACL rules), written to a
+    file in its folder that the command line's options follow. ``tls``: a dict with the PEM
+    paths ``cert``, ``key`` and ``ca`` (the CA that client certificates must chain to): the
+    server then listens with TLS only (``port 0``, ``tls-port``), and ``url`` is rediss://;
+    the tests' ``client()`` presents ``client_cert``/``client_key`` (default: the server's
+    own pair) and trusts ``server_ca`` (default: ``ca``).
+    ``auth``: (user, password) the tests' own ``client()`` logs in with (user None: default)."""
+
+    def __init__(
+        self,
+        persist: bool = False,
+        config: tuple[str, ...] | list[str] = (),
+        tls: dict | None = None,
+        auth: tuple[str | None, str] | None = None,
+    ) -> None:
         self.binary = require_binary("redis-server", "redis-server")
         self.port = free_port()
         self.persist = persist
+        self.config = list(config)
+        self.tls = tls
+        self.auth = auth
         self.dir = Path(tempfile.mkdtemp(prefix="heml-redis-"))
+        self.log = self.dir / "redis.log"
         self.proc: subprocess.Popen | None = None
         self.start()
 
     def start(self) -> None:
         """Start (again) on the same port and folder."""
+        conf = self.dir / "redis.conf"
+        conf.write_text("".join(f"{line}\n" for line in self.config))
+        conf.chmod(0o600)  # may hold a password
         aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else []
+        if self.tls is None:
+            listen = ["--port", str(self.port)]
+        else:
+            listen = [
+                "--port", "0", "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls["cert"]),
+                "--tls-key-file", str(self.tls["key"]),
+                "--tls-ca-cert-file", str(self.tls["ca"]),
+            ]  # fmt: skip
         args = [
-            self.binary, "--bind", "127.0.0.1", "--port", str(self.port),
+            self.binary, str(conf), "--bind", "127.0.0.1", *listen,
             "--save", "", "--appendonly", "no", *aof, "--dir", str(self.dir),
             "--protected-mode", "yes", "--daemonize", "no",
         ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        with open(self.log, "ab") as out:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         proc = self.proc
-        wait_port(self.port, 20, alive=lambda: proc.poll() is None)
+        try:
+            wait_port(self.port, 20, alive=lambda: proc.poll() is None)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.log.read_text(errors='replace')}") from None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "redis" if self.tls is None else "rediss"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def command(self, *words: str) -> bytes:
-        """One command in RESP, its raw reply (small replies; no client library needed)."""
+        """One command in RESP, its raw reply (small replies; no client library needed;
+        plaintext and no login: for servers without ``tls`` or ``auth``, else use client())."""
+        assert self.tls is None and self.auth is None, "command() neither logs in nor speaks TLS"
         payload = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
         with socket.create_connection(("127.0.0.1", self.port), 5) as s:
             s.sendall(payload.encode())
             return s.recv(65536)
 
     def client(self):
-        """A redis-py client for the tests' own reads and writes."""
+        """A redis-py client for the tests' own reads and writes (also called unbound with
+        any object that has a ``port``: a plaintext Redis without login)."""
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        kw: dict = {}
+        auth, tls = getattr(self, "auth", None), getattr(self, "tls", None)  # also given a port
+        if auth is not None:
+            kw["username"], kw["password"] = auth
+        if tls is not None:
+            kw.update(
+                ssl=True,
+                ssl_ca_certs=str(tls.get("server_ca", tls["ca"])),
+                ssl_certfile=str(tls.get("client_cert", tls["cert"])),
+                ssl_keyfile=str(tls.get("client_key", tls["key"])),
+            )
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **kw)
 
     def halt(self) -> None:
         """Stop the server (SIGTERM: it finishes the command it runs), keep its folder."""
@@ -340,8 +389,6 @@ class Redis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
 
     def stop(self) -> None:
         self.halt()

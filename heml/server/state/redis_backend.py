@@ -174,13 +174,24 @@ return {1, tostring(used), tostring(redis.call('INCR', ARGV[9]))}
 """
 )
 
+# Every read comes before the first write: a script stopped half way by an error (a command
+# the ACL denies) has changed nothing, so the void, kept queued, refunds when sent again
+# (Redis does not roll a script back: a 'void' record written first would block the refund).
 VOID = """
 local rec = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[1], 'void', 'EX', ARGV[1])
-if not rec or rec == 'void' then return 0 end
+if not rec or rec == 'void' then
+  redis.call('SET', KEYS[1], 'void', 'EX', ARGV[1])
+  return 0
+end
 local cap, cost, key = string.match(rec, '^b|(%d+)|(%d+)|(.+)$')
+local cost2, hkey, field = string.match(rec, '^h|(%d+)|(.+)|([^|]+)$')
+local h, raw
 if key then
-  local h = redis.call('HMGET', key, 'tokens', 'charged')
+  h = redis.call('HMGET', key, 'tokens', 'charged')
+elseif hkey then
+  raw = redis.call('HGET', hkey, field)
+end
+if key then
   local tokens = tonumber(h[1])
   if tokens and tokens == tokens and tokens >= 0 then
     tokens = math.min(tonumber(cap), tokens + tonumber(cost))
@@ -189,16 +200,11 @@ if key then
   if h[2] and string.match(h[2], '^%d+$') then
     redis.call('HSET', key, 'charged', math.max(0, tonumber(h[2]) - tonumber(cost)))
   end
-  return 1
+elseif hkey and raw and string.match(raw, '^%d+$') then
+  redis.call('HSET', hkey, field, math.max(0, tonumber(raw) - tonumber(cost2)))
 end
-local cost2, hkey, field = string.match(rec, '^h|(%d+)|(.+)|([^|]+)$')
-if hkey then
-  local raw = redis.call('HGET', hkey, field)
-  if raw and string.match(raw, '^%d+$') then
-    redis.call('HSET', hkey, field, math.max(0, tonumber(raw) - tonumber(cost2)))
-  end
-  return 1
-end
+redis.call('SET', KEYS[1], 'void', 'EX', ARGV[1])
+if key or hkey then return 1 end
 return 0
 """
 
@@ -389,7 +395,8 @@ return {had, lost, epoch, tostring(gen)}
 
 
 _URL_SHAPE = (
-    "expected redis://[user:password@]host:port/db (rediss:// for TLS, unix:///path); "
+    "expected redis://[user:password@]host:port/db (rediss://…/db?ssl_ca_certs=/path/ca.pem "
+    "for TLS, unix:///path?db=0); "
     "percent-encode '/', '@', ':', '?' and '#' in the password (e.g. '/' as %2F)"
 )
 
@@ -415,7 +422,53 @@ def parse_url(url: str) -> urllib.parse.SplitResult:
     db = parts.path.strip("/")
     if parts.scheme != "unix" and db and not db.isdigit():
         raise ValueError(f"--state URL database must be a number: {_URL_SHAPE}")
+    _check_options(parts)
     return parts
+
+
+# URL options heml passes on to redis-py (anything else would reach redis-py's connection as a
+# keyword it rejects, a traceback at the first connection, or change heml's timeouts and
+# retries): the database, and the TLS settings of a rediss:// URL
+TLS_OPTIONS = (
+    "ssl_ca_certs",  # PEM file of the CA(s) the server's certificate must chain to
+    "ssl_ca_path",  # a folder of CA certificates (c_rehash layout)
+    "ssl_certfile",  # client certificate (PEM) when Redis requires one (tls-auth-clients)
+    "ssl_keyfile",  # its private key (PEM)
+    "ssl_password",  # the private key's password, if it is encrypted
+    "ssl_check_hostname",  # default true: the certificate must name the host of the URL
+    "ssl_cert_reqs",  # default required: the server's certificate is checked
+)
+_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def _check_options(parts: urllib.parse.SplitResult) -> None:
+    """The URL's query: only ``db`` and, with rediss://, TLS_OPTIONS; the files they name must
+    be readable. Errors name the option, never its value (a password may spill into it)."""
+    import os
+
+    accepted = ("db", *TLS_OPTIONS) if parts.scheme == "rediss" else ("db",)
+    try:
+        options = urllib.parse.parse_qsl(
+            parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)
+        )
+    except ValueError:
+        raise ValueError(f"--state URL options cannot be parsed: {_URL_SHAPE}") from None
+    for name, value in options:
+        if name in TLS_OPTIONS and name not in accepted:
+            raise ValueError(
+                f"--state URL option {name} needs TLS: use rediss:// (redis:// is plaintext)"
+            )
+        if name not in accepted:
+            raise ValueError(  # the name is not quoted: it may be part of a password
+                "--state URL has an option heml does not accept (accepted: "
+                f"{', '.join(accepted)}): {_URL_SHAPE}"
+            )
+        if name == "db" and not value.isdigit():
+            raise ValueError(f"--state URL option db must be a number: {_URL_SHAPE}")
+        if name in _FILES and not (os.path.isfile(value) and os.access(value, os.R_OK)):
+            raise ValueError(f"--state URL option {name} names no readable file")
+        if name == "ssl_ca_path" and not os.path.isdir(value):
+            raise ValueError("--state URL option ssl_ca_path names no folder")
 
 
 def safe_url(url: str) -> str:
@@ -450,9 +503,37 @@ def ping(url: str) -> str | None:
         client.ping()
         return None
     except redis.RedisError as exc:
-        return str(exc) or type(exc).__name__
+        return why_refused(exc) or str(exc) or type(exc).__name__
     finally:
         client.close()
+
+
+def why_refused(exc: BaseException) -> str | None:
+    """What an operator must fix when Redis answers but refuses heml's login (AUTH) or a
+    command heml needs (ACL); None for anything else. Redis' own message quotes no password."""
+    import redis
+
+    if isinstance(exc, redis.AuthenticationError):
+        return (
+            f"Redis refused heml's login ({exc}): check the user and password in the --state "
+            "URL (docs/deploy.md, 'Keep Redis private')"
+        )
+    if _denied(exc):
+        return (
+            f"Redis denied a command heml needs ({exc}): give heml's Redis user the ACL in "
+            "docs/deploy.md ('Keep Redis private')"
+        )
+    return None
+
+
+def _denied(exc: BaseException) -> bool:
+    """An ACL refusal: NOPERM, or a command inside a script the user may not run."""
+    import redis
+
+    return isinstance(exc, redis.exceptions.NoPermissionError) or (
+        isinstance(exc, redis.ResponseError)
+        and ("no permissions to" in str(exc) or "can't run this command" in str(exc))
+    )
 
 
 class RedisState:
@@ -512,6 +593,12 @@ class RedisState:
                 last = exc
                 continue
             except redis.RedisError as exc:
+                if _denied(exc):  # the ACL lacks a command: an outage until fixed, logged once
+                    self._mark_down(exc)
+                    raise StateUnavailable(
+                        f"shared state at {self.where} denies a command heml needs; see the "
+                        "server log"
+                    ) from exc
                 if _refusing(exc):  # OOM, READONLY, BUSY...: an outage, logged once
                     self._mark_down(exc, refusing=True)
                     raise StateUnavailable(
@@ -538,7 +625,15 @@ class RedisState:
             if self._down_since is not None:
                 return
             self._down_since = time.monotonic()
-        if refusing:
+        why = why_refused(exc) if exc is not None else None
+        if why is not None:
+            log.error(
+                "shared state at %s: %s; calls that need it fail with UNAVAILABLE until it "
+                "accepts them",
+                self.where,
+                why,
+            )
+        elif refusing:
             log.error(
                 "shared state at %s refuses commands (%s: %s): calls that need it fail with "
                 "UNAVAILABLE until it accepts them again (check its memory: maxmemory, "
@@ -641,7 +736,7 @@ class RedisState:
             self._mark_down(exc)
             return False
         except redis.RedisError as exc:
-            if _refusing(exc):
+            if _refusing(exc) or _denied(exc):
                 self._mark_down(exc, refusing=True)
             else:
                 self._log_once(str(exc)[:300])
@@ -721,7 +816,7 @@ class RedisState:
                 self._mark_down(exc)
                 return False
             failed = [r for r in replies if isinstance(r, Exception)]
-            if failed and _refusing(failed[0]):
+            if failed and (_refusing(failed[0]) or _denied(failed[0])):  # kept for later
                 self._mark_down(failed[0], refusing=True)
                 return False
             if failed:  # malformed data for those entries: sending again would not help
