@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 
+import grpc
 import numpy as np
 import pytest
 
 from heml.dp import BudgetAccountant, BudgetError, DPLinearRegression, DPLogisticRegression
 from heml.he import prng
 from heml.he.private import default_privacy_params, key_p1
+from heml.info import LAYOUT_TO_PB
+from heml.server.auth import issue_key
+from heml.v1 import heml_pb2 as pb
+from heml.v1 import heml_pb2_grpc
+
+from .guard_support import inprocess_server, linear_model
 
 PARAMS = default_privacy_params()
 
@@ -80,3 +89,84 @@ def test_the_budget_is_spent_before_the_first_noise_draw_and_kept_when_the_fit_f
     with pytest.raises(BudgetError):
         est.fit(X, y)
     assert accountant.spent == pytest.approx((0.6, 1e-5))
+
+
+# ---------------------------------------------------------------- server: deadlines (unary)
+def test_a_unary_block_without_time_for_its_work_is_refused_before_its_quota_is_charged(
+    tmp_path,
+):
+    """docs/security.md, Deadlines and Quotas: when a block's header arrives the server compares
+    the time left with the block's cost and answers DEADLINE_EXCEEDED without doing the work
+    or charging the quota (tokens are taken after the deadline check). The streamed path is
+    tested elsewhere; this is the unary Predict."""
+    d = 4000  # a COLUMN block carries one ciphertext per feature: about 1.2 s at 0.3 ms each
+    linear_model(d, "wide", 5).save(tmp_path / "wide.json")
+    keys = tmp_path / "api-keys"
+    # one COLUMN block computes 4096 sample slots: exactly one minute's quota
+    token = issue_key(keys, "alice", predictions_per_minute=4096)
+    auth = (("authorization", f"Bearer {token}"),)
+    with inprocess_server(tmp_path, api_keys=str(keys)) as port:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = heml_pb2_grpc.InferenceStub(channel)
+        # the count is what the header check needs; the bytes are never parsed on refusal
+        request = pb.PredictRequest(
+            model="wide", layout=LAYOUT_TO_PB["column"], n=1, ciphertexts=[b"x"] * d
+        )
+        for _attempt in range(5):  # under load the client's own timer may answer first
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Predict(request, metadata=auth, timeout=0.6)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, info.value.details()
+            if "ms left" in info.value.details():
+                break
+        assert f"but {d} ciphertexts need about 1200 ms" in info.value.details()
+        # nothing was charged: the minute's 4096 slots are all there for the next block,
+        # which gets as far as parsing its (malformed) ciphertexts
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(request, metadata=auth, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+        # positive control: that block did take the minute's quota
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(request, metadata=auth, timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
+        channel.close()
+
+
+# ---------------------------------------------------------------- model-privacy fingerprint
+_PRINT_FINGERPRINT = (
+    "import sys; from pathlib import Path; from heml.server.registry import load_model_file; "
+    "print(load_model_file(Path(sys.argv[1])).info.fingerprint)"
+)
+
+
+def test_a_private_models_fingerprint_is_keyed_afresh_by_every_server_run(tmp_path):
+    """docs/model-privacy.md: the fingerprint is HMAC-SHA256 of the model under a random key
+    the server draws at start, so it names the model within one run only and a client cannot
+    confirm a guessed model. Two runs (two processes) must publish different fingerprints for
+    the same file; the default mode's plain fingerprint is the same in both (control)."""
+    import heml
+
+    rng = np.random.default_rng(11)
+    X = rng.uniform(-1, 1, size=(200, 6))
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression().fit(X, (X[:, 0] > 0).astype(int))
+    heml.export(clf, name="secret", bounds=(-1.0, 1.0), model_privacy=True).save(
+        tmp_path / "secret.json"
+    )
+    heml.export(clf, name="open", bounds=(-1.0, 1.0)).save(tmp_path / "open.json")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PRINT_FINGERPRINT, str(tmp_path / name)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for name in ("secret.json", "secret.json", "open.json", "open.json")
+    ]
+    out = [r.communicate(timeout=120)[0].strip() for r in runs]
+    assert all(r.returncode == 0 for r in runs)
+    secret_a, secret_b, open_a, open_b = out
+    assert len(secret_a) == len(secret_b) == 64
+    assert open_a == open_b  # control: an unkeyed fingerprint is the same in every run
+    assert secret_a != secret_b
