@@ -18,8 +18,13 @@ import numpy as np
 import pytest
 
 from heml.dp import BudgetAccountant, BudgetError, DPLinearRegression, DPLogisticRegression
+from heml.errors import InvalidCiphertext
 from heml.he import prng
+from heml.he.codec import ClientCodec
+from heml.he.keys import KeySet
+from heml.he.plan import COLUMN, ROW
 from heml.he.private import default_privacy_params, key_p1
+from heml.he.scoring import Block, ServerScorer
 from heml.info import LAYOUT_TO_PB
 from heml.server.auth import issue_key
 from heml.v1 import heml_pb2 as pb
@@ -170,3 +175,91 @@ def test_a_private_models_fingerprint_is_keyed_afresh_by_every_server_run(tmp_pa
     assert len(secret_a) == len(secret_b) == 64
     assert open_a == open_b  # control: an unkeyed fingerprint is the same in every run
     assert secret_a != secret_b
+
+
+# ---------------------------------------------------------------- SDK: reply shape
+@pytest.mark.parametrize("layout", [ROW, COLUMN])
+def test_a_reply_one_byte_longer_or_shorter_than_its_layout_is_rejected(layout):
+    """docs/security.md, the SDK against a malicious server: every reply must have the exact
+    byte size of its layout, otherwise it is rejected. Real replies from the real scorer; one
+    byte appended (the attacker's bytes would otherwise be ignored) or cut."""
+    rng = np.random.default_rng(8)
+    d, k = 5, 2
+    W, b = rng.normal(size=(k, d)), rng.normal(size=k)
+    server = ServerScorer(W, b, np.zeros(d), np.ones(d), 1e-4)
+    codec = ClientCodec(server.plans, d, k, KeySet())
+    Z = rng.uniform(-1, 1, size=(6, d))
+    block = Block(0, 6, ROW, 3) if layout == ROW else Block(0, 6, COLUMN, 0)
+    replies = server.evaluate(block.layout, block.n, block.s, codec.encrypt(Z, block))
+    # control: the honest replies decrypt to the scores
+    np.testing.assert_allclose(codec.decrypt(replies, block), Z @ W.T + b, atol=1e-3)
+    for i in (0, len(replies) - 1):
+        for wrong in (replies[i] + b"\x00", replies[i][:-1]):
+            bad = list(replies)
+            bad[i] = wrong
+            with pytest.raises(InvalidCiphertext, match=f"reply has {len(wrong)} bytes"):
+                codec.decrypt(bad, block)
+
+
+# ---------------------------------------------------------------- SDK: public key nonces
+class _RecordingStub:
+    """The SDK's real stub, with RegisterKey requests recorded on their way to the server."""
+
+    def __init__(self, stub) -> None:
+        self._stub, self.registered = stub, []
+
+    def __getattr__(self, name):
+        return getattr(self._stub, name)
+
+    def RegisterKey(self, request, **kwargs):
+        self.registered.append(request)
+        return self._stub.RegisterKey(request, **kwargs)
+
+
+def test_each_registration_uses_a_fresh_random_nonce(tmp_path):
+    """docs/model-privacy.md: the client picks a random 32-byte nonce for each key it registers.
+    Handles of one model share the secret s (one key per (server, model)); with a repeated
+    nonce they would share p1 too, and the server could subtract two uploads
+    p0 = -p1*s + e to get e - e', small, and average s out of many. Real registrations over
+    gRPC; the control shows that signal for two uploads under one nonce."""
+    from sklearn.linear_model import LogisticRegression
+
+    import heml
+    from heml.he.encrypt import public_key_p0
+    from heml.he.private import PRIVATE, check_public_key_p0
+
+    rng = np.random.default_rng(4)
+    X = rng.uniform(-1, 1, size=(200, 8))
+    clf = LogisticRegression().fit(X, (X[:, 0] + X[:, 1] > 0).astype(int))
+    heml.export(clf, name="secret", bounds=(-1.0, 1.0), model_privacy=True).save(
+        tmp_path / "secret.json"
+    )
+    with inprocess_server(tmp_path) as port, heml.Client(f"127.0.0.1:{port}") as client:
+        client._stub = recorder = _RecordingStub(client._stub)
+        for _ in range(2):
+            client.model("secret").predict_proba(X[:1])  # a new handle registers its key
+        first, second = recorder.registered
+        plan = client.model("secret").info.plans[PRIVATE]
+        s_key = client.keys.for_peer(client.target, "secret").get(plan.params)
+    assert len(first.key_nonce) == len(second.key_nonce) == 32
+    assert first.key_nonce != second.key_nonce
+    params = plan.params
+
+    def words(p0: bytes) -> np.ndarray:
+        n, count = params.n, len(params.primes)
+        raw = np.ndarray((count, n), dtype="<u8", buffer=p0 + b"\0", strides=(7 * n, 7))
+        return (raw & np.uint64((1 << 56) - 1)).astype(np.uint64)
+
+    def difference(a: bytes, b: bytes) -> np.ndarray:
+        wa, wb = words(a), words(b)
+        return np.stack(
+            [(wa[i] + np.uint64(q) - wb[i]) % np.uint64(q) for i, q in enumerate(params.primes)]
+        )
+
+    # the uploads of the two registrations differ by a pseudorandom polynomial
+    check_public_key_p0(difference(first.public_key, second.public_key), params)
+    # control: two uploads of the same key under one nonce differ by e - e' (degenerate)
+    nonce = bytes(range(32))
+    same = difference(public_key_p0(s_key, nonce), public_key_p0(s_key, nonce))
+    with pytest.raises(InvalidCiphertext, match="degenerate"):
+        check_public_key_p0(same, params)
