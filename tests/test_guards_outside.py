@@ -16,17 +16,22 @@ import sys
 import grpc
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
 
+import heml
 from heml.dp import BudgetAccountant, BudgetError, DPLinearRegression, DPLogisticRegression
 from heml.errors import InvalidCiphertext
-from heml.he import prng
+from heml.he import prng, wire
 from heml.he.codec import ClientCodec
+from heml.he.decrypt import RANGE_FRACTION
+from heml.he.encrypt import public_key_p0
 from heml.he.keys import KeySet
 from heml.he.plan import COLUMN, ROW
-from heml.he.private import default_privacy_params, key_p1
+from heml.he.private import PRIVATE, check_public_key_p0, default_privacy_params, key_p1
 from heml.he.scoring import Block, ServerScorer
 from heml.info import LAYOUT_TO_PB
 from heml.server.auth import issue_key
+from heml.server.registry import load_model_file
 from heml.v1 import heml_pb2 as pb
 from heml.v1 import heml_pb2_grpc
 
@@ -148,11 +153,9 @@ def test_a_private_models_fingerprint_is_keyed_afresh_by_every_server_run(tmp_pa
     the server draws at start, so it names the model within one run only and a client cannot
     confirm a guessed model. Two runs (two processes) must publish different fingerprints for
     the same file; the default mode's plain fingerprint is the same in both (control)."""
-    import heml
 
     rng = np.random.default_rng(11)
     X = rng.uniform(-1, 1, size=(200, 6))
-    from sklearn.linear_model import LogisticRegression
 
     clf = LogisticRegression().fit(X, (X[:, 0] > 0).astype(int))
     heml.export(clf, name="secret", bounds=(-1.0, 1.0), model_privacy=True).save(
@@ -222,11 +225,6 @@ def test_each_registration_uses_a_fresh_random_nonce(tmp_path):
     nonce they would share p1 too, and the server could subtract two uploads
     p0 = -p1*s + e to get e - e', small, and average s out of many. Real registrations over
     gRPC; the control shows that signal for two uploads under one nonce."""
-    from sklearn.linear_model import LogisticRegression
-
-    import heml
-    from heml.he.encrypt import public_key_p0
-    from heml.he.private import PRIVATE, check_public_key_p0
 
     rng = np.random.default_rng(4)
     X = rng.uniform(-1, 1, size=(200, 8))
@@ -263,3 +261,41 @@ def test_each_registration_uses_a_fresh_random_nonce(tmp_path):
     same = difference(public_key_p0(s_key, nonce), public_key_p0(s_key, nonce))
     with pytest.raises(InvalidCiphertext, match="degenerate"):
         check_public_key_p0(same, params)
+
+
+# ---------------------------------------------------------------- SDK: model-privacy range
+def _private_replies(codec, block, value_at_first: float) -> list[bytes]:
+    """Replies (c1 = 0) that decrypt to zero except value_at_first * q at the first output
+    position of the first reply: what a server that ignores the model can send."""
+
+    plan = codec.plans[PRIVATE]
+    bits = plan.reply_bits
+    geo = codec._row_geometry(block.s, PRIVATE)
+    out = []
+    for r in range(codec.reply_count(block)):
+        c0 = np.zeros(geo.output_positions(r % geo.groups).size, dtype=object)
+        if r == 0:
+            c0[0] = round(value_at_first * 2**bits)
+        words = np.array([int(v) % (1 << bits) for v in c0], dtype=np.uint64)
+        out.append(wire.pack_reply(words, np.zeros(plan.params.n, dtype=np.uint64), bits))
+    return out
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_model_privacy_replies_get_the_range_check_too(tmp_path, sign):
+    """docs/security.md: model-privacy mode gets the shape and range checks (not the client
+    flooding). A reply value beyond 0.475 q is rejected; one just inside is accepted."""
+
+    rng = np.random.default_rng(6)
+    X = rng.uniform(-1, 1, size=(200, 8))
+    clf = LogisticRegression().fit(X, (X[:, 0] > 0).astype(int))
+    path = tmp_path / "secret.json"
+    heml.export(clf, name="secret", bounds=(-1.0, 1.0), model_privacy=True).save(path)
+    served = load_model_file(path)
+    plan = served.private.plan
+    codec = ClientCodec({PRIVATE: plan}, 8, served.private.k, KeySet())
+    block = Block(0, 3, PRIVATE, 3)
+    inside = codec.decrypt(_private_replies(codec, block, sign * (RANGE_FRACTION - 0.001)), block)
+    assert inside.shape == (3, served.private.k)
+    with pytest.raises(InvalidCiphertext, match=r"^1 decrypted value\(s\) outside the range"):
+        codec.decrypt(_private_replies(codec, block, sign * (RANGE_FRACTION + 0.001)), block)
