@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 
 import heml
 from heml.dp import BudgetAccountant, BudgetError, DPLinearRegression, DPLogisticRegression
-from heml.errors import InvalidCiphertext
+from heml.errors import InvalidCiphertext, ResourceExhausted
 from heml.he import prng, wire
 from heml.he.codec import ClientCodec
 from heml.he.decrypt import RANGE_FRACTION
@@ -299,3 +299,34 @@ def test_model_privacy_replies_get_the_range_check_too(tmp_path, sign):
     assert inside.shape == (3, served.private.k)
     with pytest.raises(InvalidCiphertext, match=r"^1 decrypted value\(s\) outside the range"):
         codec.decrypt(_private_replies(codec, block, sign * (RANGE_FRACTION + 0.001)), block)
+
+
+# ---------------------------------------------------------------- server: lifetime quota last
+def test_unary_blocks_refused_by_the_per_call_limit_never_spend_the_lifetime_quota(tmp_path):
+    """docs/security.md and docs/model-privacy.md: the lifetime quota per key is charged last,
+    after the deadline, per-call and per-minute checks, so a refused block charges nothing.
+    Single predictions go as unary Predict calls; under a per-call limit below one block's
+    cost every one is refused for that limit, however many are sent (more than the quota)."""
+    rng = np.random.default_rng(9)
+    X = rng.uniform(-1, 1, size=(200, 8))
+    clf = LogisticRegression().fit(X, (X[:, 0] > 0).astype(int))
+    heml.export(clf, name="secret", bounds=(-1.0, 1.0), model_privacy=True).save(
+        tmp_path / "secret.json"
+    )
+    quota = load_model_file(tmp_path / "secret.json").model.privacy["max_predictions_per_key"]
+    # control: without the per-call limit the same calls reach the lifetime quota
+    with inprocess_server(tmp_path) as port, heml.Client(f"127.0.0.1:{port}") as client:
+        model = client.model("secret")
+        for _ in range(quota):
+            model.predict_proba(X[:1])
+        with pytest.raises(ResourceExhausted, match="quota of .* predictions per key is used up"):
+            model.predict_proba(X[:1])
+    # one private block computes 4096 // 8 = 512 sample slots: above a limit of 100 per call
+    with (
+        inprocess_server(tmp_path, max_samples_per_request=100) as port,
+        heml.Client(f"127.0.0.1:{port}") as client,
+    ):
+        model = client.model("secret")
+        for _ in range(quota + 2):
+            with pytest.raises(ResourceExhausted, match="limit of 100 per call"):
+                model.predict_proba(X[:1])
