@@ -9,6 +9,7 @@ stack on loopback, real DP fits.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -330,3 +331,38 @@ def test_unary_blocks_refused_by_the_per_call_limit_never_spend_the_lifetime_quo
         for _ in range(quota + 2):
             with pytest.raises(ResourceExhausted, match="limit of 100 per call"):
                 model.predict_proba(X[:1])
+
+
+# ---------------------------------------------------------------- server: API key comparison
+def _list_models(port: int, token: str) -> grpc.StatusCode:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = heml_pb2_grpc.InferenceStub(channel)
+        try:
+            stub.ListModels(
+                pb.ListModelsRequest(),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=15,
+            )
+        except grpc.RpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("position", [0, 31, 63])
+def test_an_api_key_matches_only_the_whole_sha256_of_its_entry(tmp_path, position):
+    """docs/security.md: the server hashes the presented key and compares the whole digest with
+    every entry. A key-file entry whose SHA-256 differs in one hex digit (first, middle, last)
+    does not let the key in; the exact entry does (control)."""
+    linear_model(3, "small", 1).save(tmp_path / "small.json")
+    keys = tmp_path / "api-keys"
+    token = issue_key(keys, "alice")
+    entry = json.loads(keys.read_text())
+    assert entry["sha256"] == hashlib.sha256(token.encode()).hexdigest()
+    with inprocess_server(tmp_path, api_keys=str(keys)) as port:
+        assert _list_models(port, token) == grpc.StatusCode.OK
+    digest = entry["sha256"]
+    flipped = "0" if digest[position] != "0" else "1"
+    entry["sha256"] = digest[:position] + flipped + digest[position + 1 :]
+    keys.write_text(json.dumps(entry) + "\n")
+    with inprocess_server(tmp_path, api_keys=str(keys)) as port:
+        assert _list_models(port, token) == grpc.StatusCode.UNAUTHENTICATED
