@@ -366,3 +366,58 @@ def test_an_api_key_matches_only_the_whole_sha256_of_its_entry(tmp_path, positio
     keys.write_text(json.dumps(entry) + "\n")
     with inprocess_server(tmp_path, api_keys=str(keys)) as port:
         assert _list_models(port, token) == grpc.StatusCode.UNAUTHENTICATED
+
+
+# ---------------------------------------------------------------- DP: errors never quote data
+def _all_text(exc: BaseException) -> str:
+    """The message of an exception and of every exception chained to it."""
+    parts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        parts.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(parts)
+
+
+SECRET = 7351.0429  # a training value no message may repeat
+
+
+def _quotes_secret(text: str) -> bool:
+    """Whether text shows SECRET as str() does (7351.0429) or numpy prints it (7.35104290e+03)."""
+    return "7351.0429" in text or "7.351" in text
+
+
+def _bad_inputs():
+    rng = np.random.default_rng(12)
+    X = rng.uniform(-1, 1, size=(50, 3))
+    y = (X[:, 0] > 0).astype(int)
+    text = X.astype(object)
+    text[7, 1] = f"{SECRET}kg"  # not a number: its conversion error quotes it
+    one_d = X[:, 0].copy()
+    one_d[0] = SECRET  # 1-D X: the 2-D error prints the array
+    complex_x = X.astype(complex)
+    complex_x[0, 0] = complex(SECRET, 1.0)
+    return [(text, y), (one_d, y), (complex_x, y)]
+
+
+@pytest.mark.parametrize("case", range(3))
+@pytest.mark.parametrize("kind", ["linear", "logistic"])
+def test_fit_errors_never_quote_a_training_value(kind, case):
+    """docs/dp.md: error messages of fit never quote a training value (nor does any exception
+    chained to them). Control: scikit-learn's own check quotes the value for the same input."""
+    from sklearn.utils import check_X_y
+
+    X, y = _bad_inputs()[case]
+    with pytest.raises(ValueError) as plain:
+        check_X_y(X, y)
+    assert _quotes_secret(_all_text(plain.value))  # the leak the estimators must not repeat
+    if kind == "linear":
+        est = DPLinearRegression(epsilon=1.0, delta=1e-5, bounds_X=(-1, 1), bounds_y=(-1, 1))
+    else:
+        est = DPLogisticRegression(epsilon=1.0, delta=1e-5, bounds_X=(-1, 1), classes=[0, 1])
+    accountant = BudgetAccountant(epsilon=2.0, delta=1e-4)
+    est.set_params(accountant=accountant)
+    with pytest.raises((ValueError, TypeError)) as info:
+        est.fit(X, y)
+    assert not _quotes_secret(_all_text(info.value))
+    assert accountant.spent == (0.0, 0.0)  # bad input costs nothing
