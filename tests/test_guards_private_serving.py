@@ -204,7 +204,9 @@ def test_private_blocks_score_correctly_unary_and_streamed(fresh):
         plan = model.info.plans[PRIVATE]
         assert (reply.model, reply.version, reply.n) == ("secret", 1, 2)
         assert reply.layout == LAYOUT_TO_PB[PRIVATE] and reply.reply_bits == plan.reply_bits
-        assert len(reply.replies) == 1 and 0 < reply.server_cpu_seconds <= reply.server_seconds
+        # thread CPU time and wall time are different clocks: 1 ms of slack for their granularity
+        assert len(reply.replies) == 1
+        assert 0 < reply.server_cpu_seconds <= reply.server_seconds + 1e-3
         block = model._codec.blocks(2)[0]
         scores = model._codec.decrypt(list(reply.replies), block)
         np.testing.assert_allclose(scores.ravel(), clf.decision_function(X[:2]), atol=1e-3)

@@ -147,7 +147,9 @@ def test_hostile_key_ids_are_refused_without_keeping_state(tmp_path, cancer):
             with pytest.raises(ModelNotFound, match="not registered"):
                 client._unary(client._stub.Predict, base)
         grown = _rss_mb(pid) - before
-        assert grown < 40, f"worker grew by {grown:.0f} MiB"  # 40 kept ids were 120 MiB
+        # 40 kept ids were 120 MiB; gRPC's and malloc's buffers for 3 MiB messages alone measured
+        # 30-45 MiB under load, so the limit sits halfway between the two
+        assert grown < 75, f"worker grew by {grown:.0f} MiB"
         model.predict_proba(cancer[0].iloc[:2])  # still serving
 
 
