@@ -227,21 +227,19 @@ def width_utility(x: np.ndarray, widths: np.ndarray) -> np.ndarray:
     utility's count, which saturates once a box is past the data, it keeps falling for
     WIDTH_OCTAVES octaves beyond.
     """
-    a = np.abs(np.ravel(x))
-    with np.errstate(divide="ignore"):
-        la = np.where(a > 0, np.log2(np.where(a > 0, a, 1.0)), -np.inf)
-    la = np.sort(la)
+    a = np.sort(np.abs(np.ravel(x)))
+    zeros = int(np.searchsorted(a, 0.0, side="right"))  # a value 0 always costs 1
+    la = np.log2(a[zeros:])  # ascending, since a is
     lw = np.log2(widths) - 1.0
-    # Σᵢ clip((lw - laᵢ) / L, 0, 1) via sorted log-values: values at or above lw cost 0, values
-    # at or below lw - L cost 1, in between (lw - laᵢ) / L
+    # Σᵢ clip((lw - laᵢ) / L, 0, 1) over the sorted log-values: values at or above lw cost 0,
+    # values at or below lw - L cost 1, those in between (lw - laᵢ) / L
     L = WIDTH_OCTAVES
     lo_idx = np.searchsorted(la, lw - L, side="right")  # cost 1
     hi_idx = np.searchsorted(la, lw, side="left")  # below lw: positive cost
-    finite = np.where(np.isfinite(la), la, 0.0)
-    csum = np.concatenate([[0.0], np.cumsum(finite)])
+    csum = np.concatenate([[0.0], np.cumsum(la)])
     mid_n = hi_idx - lo_idx
     mid_sum = csum[hi_idx] - csum[lo_idx]
-    return -(lo_idx + (mid_n * lw - mid_sum) / L)
+    return -(zeros + lo_idx + (mid_n * lw - mid_sum) / L)
 
 
 def _draw(p: np.ndarray, candidates: np.ndarray, noise: NoiseSource) -> float:
