@@ -37,6 +37,25 @@ def _ledger_outside_home(tmp_path_factory):
         os.environ["XDG_DATA_HOME"] = old
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_idle_joblib_workers():
+    """Stop joblib's worker processes when the test session ends.
+
+    Tests that run ``n_jobs=2`` (tests/test_dp_accountant.py) start joblib's reusable loky
+    executor: two worker processes of about 480 MB each that wait up to 300 s for more work.
+    A normal interpreter exit stops them, but ``make mutate`` runs each mutant's tests in a
+    forked process that ends with ``os._exit``: its workers were orphaned and lived on for
+    five minutes, one pair per mutant, until the machine ran out of memory and the kernel killed
+    mutmut's fork server (the ``ForkServerCrashError`` of the first full run, docs/testing.md)."""
+    yield
+    import sys
+
+    reusable = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(reusable, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
+
+
 @pytest.fixture(scope="session")
 def cancer():
     X, y = load_breast_cancer(return_X_y=True, as_frame=True)
