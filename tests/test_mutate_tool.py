@@ -199,3 +199,18 @@ def test_report_and_exit_code_follow_completion_and_sanity(mutants, monkeypatch,
     )
     assert mutate.main(["--report"]) == 1
     assert "THE RUN IS NOT VALID" in capsys.readouterr().out
+
+
+def test_mutant_seconds_are_summed_per_module_from_the_debug_log(tmp_path):
+    log = tmp_path / "mutmut-debug.log"
+    log.write_text(
+        "2026-12-07 02:11:03.524 [1] mutmut.forkserver DEBUG: Received mutant: "
+        f"{NOISE}2 (28 tests, cpu_limit=225s, wall_timeout=112.5s)\n"
+        f"02:11:05 [1] mutmut.forkserver DEBUG: Completed {NOISE}2: exit=1 (1.778s)\n"
+        f"02:11:06 [1] mutmut.forkserver DEBUG: Completed {NOISE}3: exit=1 (2.000s)\n"
+        f"02:12:00 [1] mutmut.forkserver DEBUG: Completed {NOISE}3: exit=0 (3.000s)\n"
+        f"02:12:01 [1] mutmut.forkserver DEBUG: Completed {WIRE}1: exit=1 (0.500s)\n"
+    )
+    timing = mutate._mutant_seconds(log)
+    assert timing["heml.dp._noise"] == (2, pytest.approx(4.778))  # the rerun of #3 replaces it
+    assert timing["heml.he.wire"] == (1, pytest.approx(0.5))

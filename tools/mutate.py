@@ -141,7 +141,6 @@ SKIPPED = {34, 37}
 SHOW = 200  # survivors listed at the end of the report
 # Mutants that crashed mutmut's fork server even when run alone: {name: how it is counted}.
 CRASHED = "mutate-crashed.json"
-# Why a crash of the fork server counts as a kill (docs/testing.md, "Crashes"): see _crash_verdict.
 MAX_STEPS = 12  # mutmut invocations after the sanity step before the tool gives up
 SEP = "__mutmut_"
 
@@ -392,8 +391,8 @@ def _steps(jobs: int, nice: int, globs: list[str], clock: Clock) -> bool:
                 suspects += [n for n in lost if n not in suspects]
                 continue
             left = len(_pending(codes, globs, _crashed()))
-            if code != 0 and left >= before:
-                print("  mutmut made no progress (tail of .mutmut-run.log):")
+            if left >= before:
+                print(f"  mutmut (exit code {code}) made no progress (tail of .mutmut-run.log):")
                 print("\n".join(output.splitlines()[-15:]))
                 return False
             continue
@@ -430,14 +429,15 @@ def _guess_lost(codes, todo: list[str], output: str) -> list[str]:
 
 
 def _crash_verdict(name: str) -> str:
-    """How a mutant that crashes the fork server on its own counts (docs/testing.md, "Crashes").
+    """How a mutant that crashes the fork server on its own too counts (docs/testing.md).
 
-    Every test process of a mutant is forked from the fork server and shares its process group
-    and its pipes to mutmut; the fork server dies only when the mutated code under test takes it
-    down. The only way found (docs/testing.md) is a test helper that signals or kills a process
-    it believes it started; a mutant that makes a process id wrong is a behaviour change the
-    test noticed too late to report. That is not a test detecting the mutant, so it is not
-    counted as killed: it is shown as "crashed" and scored as not killed, to be looked at."""
+    The fork server is mutmut's process, not the code under test: each mutant's tests run in
+    a process forked from it, and that process's failure (a test failing, a crash, a timeout)
+    is reported as the mutant's result without touching the fork server. The fork server dies
+    only from outside: the one crash seen (the first full run) was the kernel's OOM killer,
+    after test processes had left idle joblib workers behind (tests/conftest.py now stops
+    them). A crash is therefore a fault of the run, not a test detecting the mutant: it is
+    shown as "crashed" and scored as not killed, to be looked at."""
     return "crashed"
 
 
@@ -543,6 +543,40 @@ def _sanity() -> bool:
     return ok
 
 
+def _mutant_seconds(log: Path | None = None) -> dict[str, tuple[int, float]]:
+    """{module: (mutants, seconds)}: each mutant's test process time from start to end, summed,
+    from mutmut's debug log (`log_to_file` in [tool.mutmut]); the last entry of a mutant wins."""
+    log = log or MUTANTS / "mutmut-debug.log"
+    if not log.exists():
+        return {}
+    seen: dict[str, float] = {}
+    with open(log, errors="replace") as lines:
+        for line in lines:
+            if " Completed " not in line or "s)" not in line:
+                continue
+            try:
+                name = line.split(" Completed ", 1)[1].split(": exit=", 1)[0]
+                seconds = float(line.rsplit("(", 1)[1].split("s)", 1)[0])
+            except (IndexError, ValueError):
+                continue
+            seen[name] = seconds
+    out: dict[str, tuple[int, float]] = {}
+    for name, seconds in seen.items():
+        module = name.rsplit(".", 1)[0]
+        count, total = out.get(module, (0, 0.0))
+        out[module] = (count + 1, total + seconds)
+    return out
+
+
+def _print_seconds() -> None:
+    timing = _mutant_seconds()
+    if not timing:
+        return
+    print("\nseconds per module (each mutant's test process, start to end; mutmut-debug.log):")
+    for module, (count, total) in sorted(timing.items(), key=lambda kv: -kv[1][1]):
+        print(f"  {module:34} {count:5} mutants {total:8.0f} s  {total / count:5.1f} s each")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants at once")
@@ -563,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report:
         completed = run(max(1, args.jobs), args.nice, args.keep, args.only)
     sane, complete = report(args.only or None)
+    _print_seconds()
     return 0 if completed and sane and complete else 1
 
 
