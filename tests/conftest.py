@@ -37,6 +37,25 @@ def _ledger_outside_home(tmp_path_factory):
         os.environ["XDG_DATA_HOME"] = old
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_idle_joblib_workers():
+    """Stop joblib's worker processes when the test session ends.
+
+    Tests that run ``n_jobs=2`` (tests/test_dp_accountant.py) start joblib's reusable loky
+    executor: two worker processes of about 480 MB each that wait up to 300 s for more work.
+    A normal interpreter exit stops them, but ``make mutate`` runs each mutant's tests in a
+    forked process that ends with ``os._exit``: its workers were orphaned and lived on for
+    five minutes, one pair per mutant, until the machine ran out of memory and the kernel killed
+    mutmut's fork server (the ``ForkServerCrashError`` of the first full run, docs/testing.md)."""
+    yield
+    import sys
+
+    reusable = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(reusable, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
+
+
 @pytest.fixture(scope="session")
 def cancer():
     X, y = load_breast_cancer(return_X_y=True, as_frame=True)
@@ -144,29 +163,70 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------------- make mutate
+# Under mutmut's coverage pass (MUTANT_UNDER_TEST=stats) each test's whole time (setup, call and
+# teardown: fixtures included) is recorded here, beside mutmut-stats.json in mutants/; mutmut
+# itself records only the call phase, which misses what makes a file slow (a trained model, a
+# server started by a fixture).
+TEST_SECONDS = "mutate-test-seconds.json"
+_spent: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        _spent[report.nodeid] = _spent.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("MUTANT_UNDER_TEST") != "stats" or not _spent:
+        return
+    import json
+    from pathlib import Path
+
+    path = Path(TEST_SECONDS)
+    try:
+        seconds = json.loads(path.read_text())
+    except (OSError, ValueError):
+        seconds = {}
+    seconds.update(_spent)
+    path.write_text(json.dumps(seconds, indent=0, sort_keys=True))
+
+
+def _test_seconds() -> dict[str, float]:
+    """Each test's recorded time: whole (TEST_SECONDS) where known, else mutmut's call time."""
+    import contextlib
+    import json
+    from pathlib import Path
+
+    seconds: dict[str, float] = {}
+    for name, read in (
+        ("mutmut-stats.json", lambda data: data["duration_by_test"]),
+        (TEST_SECONDS, lambda data: data),
+    ):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            seconds.update(read(json.loads(Path(name).read_text())))
+    return seconds
+
+
 def pytest_collection_modifyitems(config, items):
     """Under mutmut (``make mutate``, a mutant's run): cheapest test files first.
 
     mutmut runs the tests that reach a mutant's function, stopping at the first failure, in
     no particular order. Most mutants are killed by the small guard tests
-    (tests/test_guards_*.py), so running those first, then the other files by their recorded
-    duration, ends a killed mutant's run before the slow files set up their fixtures (a
-    trained model, a gRPC server). Test order within a file is kept (module fixtures are set
-    up once). Outside mutmut's mutant runs nothing changes."""
+    (tests/test_guards_*.py), so running those first, then the other files, each group by the
+    recorded time of the file's selected tests (fixtures included), ends a killed mutant's run
+    before the slow files set up their fixtures (a trained model, a gRPC server). Test order
+    within a file is kept (module fixtures are set up once). Outside mutmut's mutant runs
+    nothing changes."""
     mutant = os.environ.get("MUTANT_UNDER_TEST", "")
     if "__mutmut_" not in mutant:
         return
-    import json
     from pathlib import Path
 
-    try:
-        durations = json.loads(Path("mutmut-stats.json").read_text())["duration_by_test"]
-    except (OSError, ValueError, KeyError):
-        durations = {}
+    seconds = _test_seconds()
     cost: dict[str, float] = {}
     for item in items:
         path = item.nodeid.split("::")[0]
-        cost[path] = cost.get(path, 0.0) + durations.get(item.nodeid, 1.0)
+        cost[path] = cost.get(path, 0.0) + seconds.get(item.nodeid, 1.0)
 
     def rank(item) -> tuple[bool, float, str]:
         path = item.nodeid.split("::")[0]

@@ -1,0 +1,216 @@
+"""tools/mutate.py's own logic (`make mutate`): reading mutmut's results, choosing what to run
+next after an interrupted or crashed run, the crash record, the score and the sanity check.
+
+No mutmut run: the unit under test is the tool's parser and selection, fed with mutants/ folders
+written here in mutmut 3's format (a `<file>.py.meta` JSON beside the mutated `<file>.py`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+_SPEC = importlib.util.spec_from_file_location(
+    "mutate_tool", Path(__file__).resolve().parent.parent / "tools" / "mutate.py"
+)
+mutate = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(mutate)
+
+WIRE = "heml.he.wire.x_unpack_ciphertexts__mutmut_"
+NOISE = "heml.dp._noise.xǁNoiseSourceǁrelease__mutmut_"
+
+
+def write_meta(root: Path, path: str, codes: dict, source: str = "") -> None:
+    target = root / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(source)
+    meta = {"exit_code_by_key": codes, "durations_by_key": {}, "hash_by_function_name": {}}
+    Path(str(target) + ".meta").write_text(json.dumps(meta))
+
+
+def wire_source(numbers: range, sanity: int) -> str:
+    """A mutated wire.py as mutmut writes it: one `def` per mutant of the function."""
+    parts = []
+    for n in numbers:
+        line = mutate.SANITY[2] if n == sanity else f"bad = c0 >= np.uint64(q) + {n}"
+        parts.append(
+            f"def x_unpack_ciphertexts__mutmut_{n}(data, q):\n    {line}\n    return bad\n"
+        )
+    return "\n".join(parts)
+
+
+@pytest.fixture
+def mutants(tmp_path):
+    """wire.py (sanity mutant = #3, killed), _noise.py half run, an unfocused mutant."""
+    write_meta(
+        tmp_path,
+        "heml/he/wire.py",
+        {f"{WIRE}{n}": 1 for n in range(1, 5)},
+        wire_source(range(1, 5), sanity=3),
+    )
+    write_meta(
+        tmp_path,
+        "heml/dp/_noise.py",
+        {f"{NOISE}1": 1, f"{NOISE}2": None, f"{NOISE}3": 0, f"{NOISE}4": None},
+    )
+    write_meta(tmp_path, "heml/dp/_base.py", {"heml.dp._base.x_unlisted__mutmut_1": None})
+    return tmp_path
+
+
+def test_meta_codes_reads_every_meta_file(mutants):
+    codes = mutate._meta_codes(mutants)
+    assert set(codes) == {"heml/he/wire.py", "heml/dp/_noise.py", "heml/dp/_base.py"}
+    assert codes["heml/dp/_noise.py"][f"{NOISE}2"] is None
+    assert codes["heml/dp/_noise.py"][f"{NOISE}3"] == 0
+
+
+def test_results_keep_only_focused_mutants(mutants):
+    results = mutate._results(mutants)
+    assert "heml/dp/_base.py" not in results  # x_unlisted matches no FOCUS glob
+    assert len(results["heml/dp/_noise.py"]) == 4
+
+
+def test_pending_is_the_focused_selected_mutants_without_a_result(mutants):
+    codes = mutate._meta_codes(mutants)
+    assert mutate._pending(codes, mutate.FOCUS) == [f"{NOISE}2", f"{NOISE}4"]
+    # --only narrows it; a recorded crasher is not run again
+    assert mutate._pending(codes, ["heml.he.*"]) == []
+    assert mutate._pending(codes, mutate.FOCUS, {f"{NOISE}2": "crashed"}) == [f"{NOISE}4"]
+
+
+def test_arguments_name_each_mutant_when_part_of_a_function_is_done(mutants):
+    codes = mutate._meta_codes(mutants)
+    todo = mutate._pending(codes, mutate.FOCUS)
+    assert mutate._arguments(todo, codes) == todo
+
+
+def test_arguments_use_one_glob_and_one_name_for_a_whole_function(mutants):
+    codes = mutate._meta_codes(mutants)
+    names = [f"{WIRE}{n}" for n in range(1, 5)]
+    args = mutate._arguments(names, codes)
+    assert args == [f"{WIRE}*", f"{WIRE}1"]
+    # the arguments select exactly these mutants under mutmut's rule (name or fnmatch glob)
+    every = [n for by_name in codes.values() for n in by_name]
+    chosen = [n for n in every if n in args or mutate._matches(n, args)]
+    assert chosen == names
+
+
+def test_a_glob_does_not_reach_a_function_whose_name_extends_another():
+    codes = {"m.py": {"m.x_f__mutmut_1": None, "m.x_f__mutmut_2": None, "m.x_f2__mutmut_1": 1}}
+    args = mutate._arguments(["m.x_f__mutmut_1", "m.x_f__mutmut_2"], codes)
+    assert not mutate._matches("m.x_f2__mutmut_1", args)
+
+
+CRASH_LOG = """\
+Running mutation testing
+Traceback (most recent call last):
+  File "/x/mutmut/workers/isolation.py", line 718, in wait_for_result
+mutmut.workers.isolation.ForkServerCrashError: Fork server crashed unexpectedly (exit code: -1)
+Lost 2 in-flight mutant(s):
+  - heml.dp._noise.xǁNoiseSourceǁrelease__mutmut_2
+  - heml.he.wire.x_unpack_ciphertexts__mutmut_7
+
+This usually indicates a bug in pytest or conftest.py.
+"""
+
+
+def test_lost_mutants_are_read_from_the_crash_message():
+    assert mutate._lost(CRASH_LOG) == [f"{NOISE}2", f"{WIRE}7"]
+
+
+def test_a_run_without_a_crash_has_no_lost_mutants():
+    assert mutate._lost("Running mutation testing\n12.3 mutations/second\n") is None
+
+
+def test_a_crash_message_without_names_is_still_a_crash():
+    assert mutate._lost("ForkServerCrashError: Fork server crashed\nLost 0 in-flight") == []
+
+
+def test_sanity_mutant_is_found_by_its_changed_line(mutants):
+    assert mutate._sanity_name(mutate._meta_codes(mutants), mutants) == f"{WIRE}3"
+
+
+def test_no_sanity_mutant_without_the_line(tmp_path):
+    write_meta(
+        tmp_path,
+        "heml/he/wire.py",
+        {f"{WIRE}{n}": 1 for n in range(1, 3)},
+        wire_source(range(1, 3), sanity=99),
+    )
+    assert mutate._sanity_name(mutate._meta_codes(tmp_path), tmp_path) is None
+
+
+def test_crash_record_round_trip(tmp_path):
+    mutate._record_crash(f"{NOISE}2", "crashed", tmp_path)
+    mutate._record_crash(f"{NOISE}4", "killed", tmp_path)
+    assert mutate._crashed(tmp_path) == {f"{NOISE}2": "crashed", f"{NOISE}4": "killed"}
+
+
+def test_summary_counts_statuses_and_scores_only_mutants_with_a_result(mutants):
+    results = mutate._results(mutants)
+    rows, total, survivors = mutate.summarize(results, {f"{NOISE}2": "crashed"})
+    noise = dict(rows)["heml/dp/_noise.py"]
+    assert (noise["run"], noise["killed"], noise["survived"]) == (3, 1, 1)
+    assert (noise["crashed"], noise["caught"], noise["pending"]) == (1, 1, 1)
+    # a crash not counted as a kill is listed with the survivors and lowers the score
+    assert f"{NOISE}2: crashed the fork server (not counted as killed)" in survivors
+    assert f"{NOISE}3: survived" in survivors
+    assert (total["run"], total["caught"], total["pending"]) == (7, 5, 1)
+
+
+def test_a_crash_judged_a_kill_counts_as_caught(mutants):
+    rows, _, survivors = mutate.summarize(mutate._results(mutants), {f"{NOISE}2": "killed"})
+    assert dict(rows)["heml/dp/_noise.py"]["caught"] == 2
+    assert not any("crashed" in s for s in survivors)
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (1, "killed"),
+        (3, "killed"),
+        (-24, "timeout"),
+        (36, "timeout"),
+        (0, "survived"),
+        (33, "no tests"),
+        (None, "not checked"),
+        (-11, "suspicious (-11)"),
+    ],
+)
+def test_status_of_mutmut_exit_codes(code, status):
+    assert mutate._status(code) == status
+
+
+def test_report_and_exit_code_follow_completion_and_sanity(mutants, monkeypatch, capsys):
+    monkeypatch.setattr(mutate, "MUTANTS", mutants)
+    assert mutate.report() == (True, False)  # two _noise mutants not run
+    assert "NOT COMPLETE: 2" in capsys.readouterr().out
+    assert mutate.main(["--report"]) == 1
+    write_meta(mutants, "heml/dp/_noise.py", {f"{NOISE}{n}": 1 for n in range(1, 5)})
+    assert mutate.main(["--report"]) == 0
+    # a surviving sanity mutant makes the run invalid whatever else happened
+    write_meta(
+        mutants,
+        "heml/he/wire.py",
+        {f"{WIRE}{n}": 0 if n == 3 else 1 for n in range(1, 5)},
+        wire_source(range(1, 5), sanity=3),
+    )
+    assert mutate.main(["--report"]) == 1
+    assert "THE RUN IS NOT VALID" in capsys.readouterr().out
+
+
+def test_mutant_seconds_are_summed_per_module_from_the_debug_log(tmp_path):
+    log = tmp_path / "mutmut-debug.log"
+    log.write_text(
+        "2026-12-07 02:11:03.524 [1] mutmut.forkserver DEBUG: Received mutant: "
+        f"{NOISE}2 (28 tests, cpu_limit=225s, wall_timeout=112.5s)\n"
+        f"02:11:05 [1] mutmut.forkserver DEBUG: Completed {NOISE}2: exit=1 (1.778s)\n"
+        f"02:11:06 [1] mutmut.forkserver DEBUG: Completed {NOISE}3: exit=1 (2.000s)\n"
+        f"02:12:00 [1] mutmut.forkserver DEBUG: Completed {NOISE}3: exit=0 (3.000s)\n"
+        f"02:12:01 [1] mutmut.forkserver DEBUG: Completed {WIRE}1: exit=1 (0.500s)\n"
+    )
+    timing = mutate._mutant_seconds(log)
+    assert timing["heml.dp._noise"] == (2, pytest.approx(4.778))  # the rerun of #3 replaces it
+    assert timing["heml.he.wire"] == (1, pytest.approx(0.5))
