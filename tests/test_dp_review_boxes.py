@@ -60,12 +60,6 @@ def _definition(x, width):
     return -(zeros + math.fsum(cost))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review (062729c/b9734cd): width_utility's running-sum rounding depends on which "
-    "binade the sum of -1074's is in; replacing one record moves the computed u_w by 1.24 and "
-    "the mixed utility by 1.07 (n = 4e6), above the claimed sensitivity 1",
-)
 def test_graded_utility_keeps_sensitivity_1_in_floating_point():
     D, D2, (lower, upper, _, j) = _crafted_neighbours(31, 2_000_000)
     widths = upper - lower
@@ -78,12 +72,6 @@ def test_graded_utility_keeps_sensitivity_1_in_floating_point():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="review (062729c/b9734cd): with 2.4e7 crafted one-feature records the feature box "
-    "release at epsilon_r = 1 has a probability ratio e^1.065 between replace-one neighbours "
-    "(computed u_w moves by 8.6, the mix by 3.3): the release is not epsilon_r-DP",
-)
 def test_graded_box_release_is_epsilon_dp_on_crafted_neighbours():
     D, D2, (lower, upper, prior, _) = _crafted_neighbours(34, 8_000_000)
     eps = 1.0

@@ -216,6 +216,9 @@ def private_box(
 # 0.5 and more lost accuracy.
 WIDTH_WEIGHT = 0.3
 WIDTH_OCTAVES = 2.0
+# log2 values in width_utility are rounded down to multiples of this, so its sums are exact
+# integers (checked: n values times the span of the bands in quanta stay below 2^53).
+WIDTH_QUANTUM = 2.0**-20
 
 
 def width_utility(x: np.ndarray, widths: np.ndarray) -> np.ndarray:
@@ -226,20 +229,40 @@ def width_utility(x: np.ndarray, widths: np.ndarray) -> np.ndarray:
     costs 1). Each record's term lies in [0, 1]: replace-one sensitivity 1. Unlike the box
     utility's count, which saturates once a box is past the data, it keeps falling for
     WIDTH_OCTAVES octaves beyond.
+
+    The sum is exact: log2 values are rounded down to multiples of WIDTH_QUANTUM, so every
+    term is an integer number of quanta in [0, WIDTH_OCTAVES / WIDTH_QUANTUM], summed in
+    integers. A floating-point running sum is not: rounding made two neighbouring data sets'
+    utilities differ by more than 1 (tests/test_dp_review_boxes.py).
     """
     a = np.sort(np.abs(np.ravel(x)))
+    n = a.size
     zeros = int(np.searchsorted(a, 0.0, side="right"))  # a value 0 always costs 1
-    la = np.log2(a[zeros:])  # ascending, since a is
-    lw = np.log2(widths) - 1.0
-    # Σᵢ clip((lw - laᵢ) / L, 0, 1) over the sorted log-values: values at or above lw cost 0,
-    # values at or below lw - L cost 1, those in between (lw - laᵢ) / L
-    L = WIDTH_OCTAVES
-    lo_idx = np.searchsorted(la, lw - L, side="right")  # cost 1
-    hi_idx = np.searchsorted(la, lw, side="left")  # below lw: positive cost
-    csum = np.concatenate([[0.0], np.cumsum(la)])
-    mid_n = hi_idx - lo_idx
-    mid_sum = csum[hi_idx] - csum[lo_idx]
-    return -(zeros + lo_idx + (mid_n * lw - mid_sum) / L)
+    lw = np.log2(np.asarray(widths, dtype=np.float64)) - 1.0
+    full = round(WIDTH_OCTAVES / WIDTH_QUANTUM)  # the quanta of a full cost 1
+    total = np.empty(lw.shape, dtype=np.int64)
+    total[np.isneginf(lw)] = zeros * full  # width 0: only the zeros cost
+    total[np.isposinf(lw) | np.isnan(lw)] = n * full  # an unusable width: every value costs 1
+    finite = np.isfinite(lw)
+    if finite.any():
+        # Values whose log lies below every band cost 1 for every width, above every band 0:
+        # clipping them to just past the bands changes no term and keeps the integers small.
+        base = float(np.min(lw[finite])) - WIDTH_OCTAVES - 1.0
+        top = float(np.max(lw[finite])) + 1.0
+        with np.errstate(divide="ignore"):
+            la = np.clip(np.log2(a[zeros:]), base, top)  # ascending, since a is
+        if n * (top - base + 1.0) / WIDTH_QUANTUM >= 2.0**53:
+            raise ValueError("too many values for an exact width utility")  # n > ~10^9
+        qa = np.floor((la - base) / WIDTH_QUANTUM).astype(np.int64)
+        qw = np.floor((lw[finite] - base) / WIDTH_QUANTUM).astype(np.int64)
+        # Σᵢ clip(qw - qaᵢ, 0, full) over the sorted values: qaᵢ ≤ qw - full costs full,
+        # qaᵢ ≥ qw costs 0, those in between qw - qaᵢ
+        lo = np.searchsorted(qa, qw - full, side="right")
+        hi = np.searchsorted(qa, qw, side="left")
+        csum = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(qa)])
+        mid = (hi - lo) * qw - (csum[hi] - csum[lo])
+        total[finite] = (zeros + lo) * full + mid
+    return -(total.astype(np.float64) / full)
 
 
 def _draw(p: np.ndarray, candidates: np.ndarray, noise: NoiseSource) -> float:
@@ -710,8 +733,8 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
     if x_kind != "declared" and est.data_norm is not None and math.isfinite(est.data_norm):
         raise ValueError(
             "data_norm is a bound in the units of declared bounds_X; with estimated bounds rows "
-            "are clipped after the map to [-1, 1] by the default rule (use data_norm=None, or "
-            "inf for no row clipping)"
+            "are clipped after the map to L2 norm sqrt(d)/4 whatever data_norm says "
+            "(use data_norm=None)"
         )
     n, d = X.shape
     target = y_kind == "dp"
