@@ -271,3 +271,13 @@ def own_connection(client):
     client._channel = grpc.insecure_channel(client.target, options=options)
     client._stub = heml_pb2_grpc.InferenceStub(client._channel)
     return client
+
+
+def write_pem_files(folder: Path, files: dict[str, bytes]) -> dict[str, Path]:
+    """Write each PEM as folder/NAME.pem, readable by the owner only; return the paths."""
+    paths = {}
+    for name, data in files.items():
+        paths[name] = folder / f"{name}.pem"
+        paths[name].write_bytes(data)
+        paths[name].chmod(0o600)
+    return paths

@@ -30,7 +30,7 @@ from heml.server.state import redis_backend as rb
 
 from .cluster_support import ROOT, Redis, Replica
 from .guard_support import linear_model
-from .security_support import TestCA
+from .security_support import TestCA, write_pem_files
 from .test_cluster_state import PARAMS, _auth, _served
 
 PASSWORD = "Pw-9f3kQ7zZ-not-in-logs"  # distinctive: found wherever it leaks
@@ -272,12 +272,7 @@ def pki(tmp_path_factory):
     files["cert"], files["key"] = ours.issue("redis", server=True)
     files["client_cert"], files["client_key"] = ours.issue("heml", server=False)
     files["other_cert"], files["other_key"] = theirs.issue("redis", server=True)
-    paths = {}
-    for name, data in files.items():
-        paths[name] = folder / f"{name}.pem"
-        paths[name].write_bytes(data)
-        paths[name].chmod(0o600)
-    return paths
+    return write_pem_files(folder, files)
 
 
 def _tls(pki, signed_by: str = "ours") -> dict:

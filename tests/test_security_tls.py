@@ -12,7 +12,7 @@ from heml.errors import ServerUnavailable, Unauthenticated
 from heml.server import ServerStartError
 from heml.server.auth import issue_key
 
-from .security_support import CliServer, TestCA
+from .security_support import CliServer, TestCA, write_pem_files
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +24,7 @@ def pki(tmp_path_factory):
     files["server_cert"], files["server_key"] = ca.issue("heml server", server=True)
     files["client_cert"], files["client_key"] = ca.issue("alice", server=False)
     files["evil_cert"], files["evil_key"] = evil.issue("mallory", server=False)
-    paths = {}
-    for name, data in files.items():
-        paths[name] = folder / f"{name}.pem"
-        paths[name].write_bytes(data)
-        paths[name].chmod(0o600)
+    paths = write_pem_files(folder, files)
     return files, paths
 
 
