@@ -93,3 +93,24 @@ def test_the_flood_at_the_extreme_uniform_words(monkeypatch):
         for i, q in enumerate(primes):
             assert int(got[i, j]) == noise % q, (i, j)
     assert math.sqrt(-2.0 * math.log(2.0**-53)) == pytest.approx(math.sqrt(106 * math.log(2)))
+
+
+def test_samples_per_ciphertext_beyond_the_ring_are_refused_with_the_range():
+    """s must be in [1, N // min(d, N)]: the refusal (INVALID_ARGUMENT through the server)
+    names the range, d and the s that was asked for."""
+    evaluator = PrivateEvaluator(*_small_model())
+    assert evaluator.geometry(819).s == 819
+    for s in (0, 820):
+        with pytest.raises(
+            InvalidCiphertext,
+            match=rf"^samples per ciphertext must be in \[1, 819\] for d=5, got {s}$",
+        ):
+            evaluator.geometry(s)
+
+
+def _small_model():
+    rng = np.random.default_rng(9)
+    d = 5
+    W, b = rng.normal(size=(1, d)), np.array([0.1])
+    plan = make_private_plan(W, b, np.zeros(d), np.ones(d), tolerance=1e-4)
+    return (plan, *normalized_weights(W, b, np.zeros(d), np.ones(d)))
