@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from heml.he import modmath, prng, wire
 from heml.he.encrypt import encrypt_coefficients, public_key_p0
 from heml.he.keys import SecretKey
-from heml.he.params import HEParams, _is_prime, default_params
+from heml.he.params import HEParams, default_params
 
 P2048 = default_params(2048)
 KEY = bytes(range(32))
@@ -291,15 +291,6 @@ def test_public_key_p0_is_an_encryption_of_small_noise_under_the_nonce_p1(monkey
 
 
 # ---------------------------------------------------------------------- primality
-def test_the_smallest_strong_pseudoprime_to_the_first_twelve_prime_bases_is_composite():
-    """ψ12 = 318665857834031151167461 passes bases 2 … 37; base 41 must refuse it (the test is
-    documented deterministic below 3.3·10^24)."""
-    psi12 = 318665857834031151167461
-    assert psi12 == 399165290221 * 798330580441
-    assert not _is_prime(psi12)
-    assert _is_prime(798330580441) and _is_prime(399165290221)
-
-
 # ---------------------------------------------------------------------- model privacy
 def test_the_private_quota_unit_is_every_slot_a_block_computes():
     """PrivateEvaluator.computed_samples (the quota unit): ⌈n / s⌉ sample groups of N // m

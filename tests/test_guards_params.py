@@ -2,7 +2,7 @@
 
 check_params is cached (functools.lru_cache) and the default sets are built when test modules
 are imported, so these tests call the uncached check (``check_params.__wrapped__``) and the
-Miller-Rabin test directly (docs/testing.md: mutation testing).
+primality test directly (docs/testing.md: mutation testing).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def _sieve(limit: int) -> list[bool]:
     return prime
 
 
-def test_miller_rabin_agrees_with_a_sieve():
+def test_the_primality_test_agrees_with_a_sieve():
     prime = _sieve(LIMIT)
     wrong = [q for q in range(3, LIMIT) if _is_prime(q) != prime[q]]
     assert wrong == []
@@ -41,7 +41,6 @@ HARD_COMPOSITES = [
     2152302898747,  # bases 2 .. 11
     3474749660383,  # bases 2 .. 13
     341550071728321,  # bases 2 .. 17
-    3825123056546413051,  # bases 2 .. 23
     (2**27 - 39) * (2**27 - 57),  # two 27-bit primes: a 54-bit semiprime
 ]
 LARGE_PRIMES = [
@@ -93,3 +92,14 @@ def test_params_describe_themselves():
     assert p.to_dict() == {"scheme": "CKKS", "n": 2048, "q": p.q, "security_bits": 128}
     assert p.q_bits == p.q.bit_length() == 54
     assert p.q % 4096 == 1 and _is_prime(p.q)
+
+
+def test_the_primality_test_refuses_to_answer_beyond_61_bits():
+    """3825123056546413051, a strong pseudoprime to every prime base up to 23, is 62 bits:
+    check_params refuses it by its size before any primality test runs."""
+    assert _is_prime(2) and _is_prime(2**61 - 1)
+    for q in (2**61, 3825123056546413051, 318665857834031151167461, 0, 1):
+        with pytest.raises(ValueError):
+            _is_prime(q)
+    with pytest.raises(ParameterError, match="62 bits is not 128-bit secure"):
+        check_params.__wrapped__(4096, 3825123056546413051)
