@@ -1,0 +1,151 @@
+"""The interceptor's hooks into shared state (``--state redis://``), in this process (issue 18;
+docs/deploy.md "Shared state", docs/security.md "Quotas", docs/model-privacy.md).
+
+What the Redis backend promises through the interceptor: every replica sees the model-privacy
+keys registered on another (and one count for them); each charge of a call has an id of its
+own, so a call's charges are all counted (a repeated id is taken for a retry and counted
+once); a call answered UNAVAILABLE has the charges of its block undone, so it costs nothing.
+
+Two in-process servers (tests/guard_support.py) stand for two replicas, one real redis-server
+on loopback; replies are real ciphertexts from the SDK's codec.
+"""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+import heml
+from heml.he.private import PRIVATE
+from heml.info import LAYOUT_TO_PB
+from heml.server.auth import issue_key
+from heml.v1 import heml_pb2_grpc
+
+from .cluster_support import Redis
+from .guard_support import inprocess_server
+
+D = 30
+QUOTA = 12  # max_predictions_per_key (below the d = 30 estimate, 18.9)
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    server = Redis()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shared-state-models")
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, size=(120, D))
+    clf = LogisticRegression().fit(X, (X[:, 0] - X[:, 1] > 0).astype(int))
+    heml.export(
+        clf, name="secret", bounds=(-1.0, 1.0), model_privacy=True, max_predictions_per_key=QUOTA
+    ).save(folder / "secret.json")
+    return folder
+
+
+@pytest.fixture()
+def redis(redis_server):
+    redis_server.client().flushall()
+    return redis_server
+
+
+def _request(model, n: int):
+    """A PRIVATE block of n zero rows under the model's registered key (SDK codec)."""
+    codec = model._codec
+    (block,) = codec.blocks(n)
+    cts = codec.encrypt(np.zeros((n, D)), block)
+    request = model._header(block, len(cts))
+    request.ciphertexts.extend(cts)
+    assert request.layout == LAYOUT_TO_PB[PRIVATE] and request.key_id
+    return request
+
+
+def _stub(port: int):
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    return channel, heml_pb2_grpc.InferenceStub(channel)
+
+
+def _quota_message(used: int, requested: int) -> str:
+    return (
+        f"model-privacy quota of {QUOTA} predictions per key is used up ({used} used, "
+        f"{requested} requested): d+1 exact answers would reveal the model"
+    )
+
+
+def test_a_key_registered_on_one_replica_scores_and_counts_on_another(folder, redis):
+    """RegisterKey on replica A; replica B (same Redis) knows the key and shares its count."""
+    with (
+        inprocess_server(folder, state=redis.url) as a,
+        inprocess_server(folder, state=redis.url) as b,
+        heml.Client(f"127.0.0.1:{a}") as client,
+    ):
+        model = client.model("secret")
+        key_id = model._register_key()
+        assert redis.client().exists("heml:pk:secret:1:owner")
+        channel, stub_b = _stub(b)
+        try:
+            assert stub_b.Predict(_request(model, 8), timeout=30).n == 8  # known on B
+            with pytest.raises(grpc.RpcError) as info:  # 8 used on B, 5 more on A: over 12
+                client._stub.Predict(_request(model, 5), timeout=30)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert info.value.details() == _quota_message(8, 5)
+        finally:
+            channel.close()
+        assert model._key_id == key_id
+
+
+def test_every_charge_of_a_streamed_call_counts_once(folder, redis, tmp_path):
+    """A stream of two blocks under an API key charges the rate bucket and the model-privacy
+    allowance once per block: four charges with four ids, all counted."""
+    keys = tmp_path / "keys"
+    alice = issue_key(keys, "alice", predictions_per_minute=10**6)
+    bearer = (("authorization", f"Bearer {alice}"),)
+    with (
+        inprocess_server(folder, state=redis.url, api_keys=str(keys)) as port,
+        heml.Client(f"127.0.0.1:{port}", api_key=alice) as client,
+    ):
+        model = client.model("secret")
+        model._register_key()
+        replies = client._stub.PredictStream(
+            iter([_request(model, 2), _request(model, 1)]), timeout=30, metadata=bearer
+        )
+        assert [r.n for r in replies] == [2, 1]
+        used = redis.client().hget("heml:t:private/secret/1/alice", "used")
+        assert int(used) == 3
+        assert int(redis.client().hget("heml:q:alice", "charged")) > 0
+        with pytest.raises(grpc.RpcError) as info:
+            client._stub.Predict(_request(model, 10), timeout=30, metadata=bearer)
+        assert info.value.details() == _quota_message(3, 10)
+
+
+def test_a_call_answered_unavailable_costs_nothing(folder, redis, tmp_path):
+    """The model-privacy allowance's record is unusable (wrong type in Redis): the call is
+    UNAVAILABLE, and the rate charge its block already made is undone."""
+    keys = tmp_path / "keys"
+    alice = issue_key(keys, "alice", predictions_per_minute=10**6)
+    bearer = (("authorization", f"Bearer {alice}"),)
+    with (
+        inprocess_server(folder, state=redis.url, api_keys=str(keys)) as port,
+        heml.Client(f"127.0.0.1:{port}", api_key=alice) as client,
+    ):
+        model = client.model("secret")
+        model._register_key()
+        r = redis.client()
+        r.rpush("heml:t:private/secret/1/alice", "not a hash")
+        with pytest.raises(grpc.RpcError) as info:
+            client._stub.Predict(_request(model, 2), timeout=30, metadata=bearer)
+        assert info.value.code() == UNAVAILABLE, info.value.details()
+        assert int(r.hget("heml:q:alice", "charged") or 0) == 0  # the rate charge voided
+        # positive control: the same call with a usable record is charged
+        r.delete("heml:t:private/secret/1/alice")
+        assert client._stub.Predict(_request(model, 2), timeout=30, metadata=bearer).n == 2
+        assert int(r.hget("heml:q:alice", "charged")) > 0
