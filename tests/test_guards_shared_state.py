@@ -12,6 +12,11 @@ on loopback; replies are real ciphertexts from the SDK's codec.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -149,3 +154,84 @@ def test_a_call_answered_unavailable_costs_nothing(folder, redis, tmp_path):
         r.delete("heml:t:private/secret/1/alice")
         assert client._stub.Predict(_request(model, 2), timeout=30, metadata=bearer).n == 2
         assert int(r.hget("heml:q:alice", "charged")) > 0
+
+
+class _ReplyDroppingProxy:
+    """A TCP relay to Redis that, while ``marker`` is set, passes on any command containing it
+    and then cuts the connection without its reply: a charge Redis made whose answer was
+    lost (the case the charge ids and ``void`` exist for)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = upstream_port
+        self.marker: bytes | None = None
+        self.dropped = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream), 5)
+            cut = threading.Event()
+            threading.Thread(target=self._up, args=(client, upstream, cut), daemon=True).start()
+            threading.Thread(target=self._down, args=(upstream, client, cut), daemon=True).start()
+
+    def _up(self, client, upstream, cut) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                marker = self.marker
+                if marker is not None and marker in data:
+                    cut.set()  # the reply to this command never reaches the client
+                    upstream.sendall(data)
+                    self.dropped += 1
+                    time.sleep(0.2)  # Redis runs it
+                    break
+                upstream.sendall(data)
+        for s in (client, upstream):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def _down(self, upstream, client, cut) -> None:
+        with contextlib.suppress(OSError):
+            while (data := upstream.recv(65536)) and not cut.is_set():
+                client.sendall(data)
+
+    def close(self) -> None:
+        self._closed = True
+        self.listener.close()
+
+
+def test_a_charge_whose_reply_was_lost_is_voided_with_the_call(folder, redis):
+    """Without API keys the model-privacy allowance lives with the registered key in Redis.
+    Redis makes the charge but its reply is lost (twice: the retry is taken for the same
+    charge): the call is UNAVAILABLE and its charge is voided by its id, so the key's
+    allowance is untouched. Positive control: the same call through a working link is
+    charged."""
+    proxy = _ReplyDroppingProxy(redis.port)
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    r = redis.client()
+    try:
+        with (
+            inprocess_server(folder, state=url) as port,
+            heml.Client(f"127.0.0.1:{port}") as client,
+        ):
+            model = client.model("secret")
+            key_id = model._register_key()
+            proxy.marker = b"heml:pk:secret:1:used"
+            with pytest.raises(grpc.RpcError) as info:
+                client._stub.Predict(_request(model, 3), timeout=30)
+            proxy.marker = None
+            assert info.value.code() == UNAVAILABLE, info.value.details()
+            assert proxy.dropped >= 1
+            time.sleep(0.3)
+            assert int(r.hget("heml:pk:secret:1:used", key_id) or 0) == 0
+            assert client._stub.Predict(_request(model, 3), timeout=30).n == 3
+            assert int(r.hget("heml:pk:secret:1:used", key_id)) == 3
+    finally:
+        proxy.close()
