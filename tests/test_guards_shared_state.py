@@ -235,3 +235,26 @@ def test_a_charge_whose_reply_was_lost_is_voided_with_the_call(folder, redis):
             assert int(r.hget("heml:pk:secret:1:used", key_id)) == 3
     finally:
         proxy.close()
+
+
+def test_a_version_no_longer_served_frees_its_key_registry_in_redis(folder, redis, tmp_path):
+    """The registry of a model-privacy version lives in Redis while the version is served;
+    when its file is removed, the replica deletes it (the retire hook the state installs)."""
+    import shutil
+
+    from heml.server.registry import Registry
+
+    shutil.copy(folder / "secret.json", tmp_path / "secret.json")
+    registry, _errors = Registry.from_folder(tmp_path)
+    r = redis.client()
+    with (
+        inprocess_server(tmp_path, registry, state=redis.url) as port,
+        heml.Client(f"127.0.0.1:{port}") as client,
+    ):
+        client.model("secret")._register_key()
+        assert r.exists("heml:pk:secret:1:owner") and r.exists("heml:pk:secret:1:blob")
+        registry.refresh()  # unchanged: still served, still registered
+        assert r.exists("heml:pk:secret:1:owner")
+        (tmp_path / "secret.json").unlink()
+        registry.refresh()
+        assert [k for k in r.keys("heml:pk:secret:1:*")] == []
