@@ -258,3 +258,31 @@ def test_a_version_no_longer_served_frees_its_key_registry_in_redis(folder, redi
         (tmp_path / "secret.json").unlink()
         registry.refresh()
         assert [k for k in r.keys("heml:pk:secret:1:*")] == []
+
+
+def test_unusable_quota_records_fail_closed_with_unavailable(folder, redis, tmp_path):
+    """A key's rate bucket or in-flight set that Redis holds in a form heml cannot use is not
+    skipped: the call is UNAVAILABLE with the state's reason (fail closed, docs/deploy.md),
+    and the same call is served once the records are usable."""
+    keys = tmp_path / "keys"
+    alice = issue_key(keys, "alice", predictions_per_minute=10**6, max_concurrent=2)
+    bearer = (("authorization", f"Bearer {alice}"),)
+    r = redis.client()
+    with (
+        inprocess_server(folder, state=redis.url, api_keys=str(keys)) as port,
+        heml.Client(f"127.0.0.1:{port}", api_key=alice) as client,
+    ):
+        model = client.model("secret")
+        model._register_key()
+        for record, script in (("heml:q:alice", "take"), ("heml:c:alice", "acquire")):
+            r.delete("heml:q:alice", "heml:c:alice")
+            r.rpush(record, "not", "usable") if script == "take" else r.set(record, "x")
+            with pytest.raises(grpc.RpcError) as info:
+                client._stub.Predict(_request(model, 1), timeout=30, metadata=bearer)
+            assert info.value.code() == UNAVAILABLE, (script, info.value.details())
+            assert info.value.details() == (
+                f"shared state at redis://127.0.0.1:{redis.port}/0 holds data heml cannot use "
+                f"({script}); see the server log"
+            )
+        r.delete("heml:q:alice", "heml:c:alice")
+        assert client._stub.Predict(_request(model, 1), timeout=30, metadata=bearer).n == 1
