@@ -286,3 +286,45 @@ def test_unusable_quota_records_fail_closed_with_unavailable(folder, redis, tmp_
             )
         r.delete("heml:q:alice", "heml:c:alice")
         assert client._stub.Predict(_request(model, 1), timeout=30, metadata=bearer).n == 1
+
+
+def test_while_redis_is_unreachable_api_keys_fail_closed(folder, tmp_path):
+    """Revocations live in Redis: once it has not answered for MAX_STALE_SECONDS, a call with
+    a valid key is UNAVAILABLE (a revoked key must not get in meanwhile); a call without a key
+    is still UNAUTHENTICATED; when Redis is back, the key is accepted again."""
+    from heml.server.state import redis_backend
+    from heml.v1 import heml_pb2 as pb
+
+    keys = tmp_path / "keys"
+    alice = issue_key(keys, "alice")
+    bearer = (("authorization", f"Bearer {alice}"),)
+    own = Redis()
+    try:
+        with inprocess_server(folder, state=own.url, api_keys=str(keys)) as port:
+            channel, stub = _stub(port)
+            listing = pb.ListModelsRequest()
+            assert [m.name for m in stub.ListModels(listing, timeout=30, metadata=bearer).models]
+            own.halt()
+            time.sleep(redis_backend.MAX_STALE_SECONDS + 0.5)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ListModels(listing, timeout=30, metadata=bearer)
+            assert info.value.code() == UNAVAILABLE, info.value.details()
+            assert info.value.details() == (
+                "cannot check API key revocations: shared state at "
+                f"redis://127.0.0.1:{own.port}/0 is unreachable; try again shortly"
+            )
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ListModels(listing, timeout=30)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            own.start()
+            end = time.monotonic() + 15
+            while True:
+                try:
+                    stub.ListModels(listing, timeout=30, metadata=bearer)
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == UNAVAILABLE and time.monotonic() < end
+                    time.sleep(0.1)
+            channel.close()
+    finally:
+        own.stop()
