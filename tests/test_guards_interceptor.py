@@ -29,12 +29,13 @@ def _auth(key: str):
 
 
 @contextlib.contextmanager
-def _echo_server(keys, handlers):
+def _echo_server(keys, handlers, runtime=None, **options):
     """The worker's interceptor (API keys from ``keys``) in front of ``handlers``."""
     from heml.server.interceptor import build_interceptor
     from heml.server.options import ServerConfig
 
-    interceptor = build_interceptor(ServerConfig(models_dir=".", api_keys=str(keys)))
+    config = ServerConfig(models_dir=".", api_keys=str(keys), **options)
+    interceptor = build_interceptor(config, worker=0, runtime=runtime)
     server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=[interceptor])
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Slow", handlers),))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -48,6 +49,28 @@ def _echo_server(keys, handlers):
         interceptor.state.close()
 
 
+@pytest.fixture(scope="module")
+def redis_server():
+    from .cluster_support import Redis
+
+    server = Redis()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def state(request):
+    """The state backend's options and a reader of alice's calls in flight."""
+    if request.param == "embedded":
+        return {}, lambda interceptor: interceptor.quotas.table.in_flight("alice")
+    redis = request.getfixturevalue("redis_server")
+    client = redis.client()
+    client.flushall()
+    return {"state": redis.url}, lambda _interceptor: client.scard("heml:c:alice")
+
+
 def _until(condition, seconds: float = 10.0) -> bool:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -57,7 +80,7 @@ def _until(condition, seconds: float = 10.0) -> bool:
     return condition()
 
 
-def test_a_call_past_its_deadline_frees_its_slot_while_its_handler_still_works(tmp_path):
+def test_a_call_past_its_deadline_frees_its_slot_while_its_handler_still_works(tmp_path, state):
     """max_concurrent=1: the first call's deadline passes while its handler still computes;
     the key's next call is admitted before that work ends (the slot was released when the
     call ended), and the late handler's own end does not release a second time."""
@@ -78,7 +101,8 @@ def test_a_call_past_its_deadline_frees_its_slot_while_its_handler_still_works(t
         "Work": grpc.unary_unary_rpc_method_handler(slow),
         "Quick": grpc.unary_unary_rpc_method_handler(quick),
     }
-    with _echo_server(keys, handlers) as (channel, interceptor):
+    options, in_flight = state
+    with _echo_server(keys, handlers, **options) as (channel, interceptor):
         work, quick_call = channel.unary_unary("/t.Slow/Work"), channel.unary_unary("/t.Slow/Quick")
         try:
             with pytest.raises(grpc.RpcError) as info:
@@ -95,12 +119,12 @@ def test_a_call_past_its_deadline_frees_its_slot_while_its_handler_still_works(t
 
             assert _until(admitted), "the slot stayed taken until the handler's work ended"
             assert not finished.is_set()  # admitted while the first handler still works
-            assert interceptor.quotas.table.in_flight("alice") == 0
+            assert in_flight(interceptor) == 0
         finally:
             finish.set()
         assert _until(finished.is_set)
         time.sleep(0.1)  # the late handler has returned through the interceptor
-        assert interceptor.quotas.table.in_flight("alice") == 0
+        assert in_flight(interceptor) == 0
         # exactly one slot: a held call makes the next one wait, whatever happened before
         finish.clear()
         started.clear()
@@ -112,7 +136,7 @@ def test_a_call_past_its_deadline_frees_its_slot_while_its_handler_still_works(t
         assert "'alice' has 1 call(s) in flight, its limit is 1" in info.value.details()
         finish.set()
         assert held.result(timeout=30) == b"y"
-        assert _until(lambda: interceptor.quotas.table.in_flight("alice") == 0)
+        assert _until(lambda: in_flight(interceptor) == 0)
 
 
 class _PausedQuotas:
@@ -133,7 +157,7 @@ class _PausedQuotas:
         return getattr(self._real, name)
 
 
-def test_a_call_that_ends_while_it_is_admitted_does_not_keep_the_slot(tmp_path, caplog):
+def test_a_call_that_ends_while_it_is_admitted_does_not_keep_the_slot(tmp_path, caplog, state):
     """The deadline passes while the interceptor is taking the key's slot: once taken, the slot
     is given back at once (nothing else would release it), the handler never runs, and the key
     can call again."""
@@ -147,7 +171,8 @@ def test_a_call_that_ends_while_it_is_admitted_does_not_keep_the_slot(tmp_path, 
 
     caplog.set_level(logging.INFO, logger="heml.requests")
     handlers = {"Work": grpc.unary_unary_rpc_method_handler(work)}
-    with _echo_server(keys, handlers) as (channel, interceptor):
+    options, in_flight = state
+    with _echo_server(keys, handlers, **options) as (channel, interceptor):
         real = interceptor.quotas
         paused = _PausedQuotas(real)
         interceptor.quotas = paused
@@ -162,10 +187,62 @@ def test_a_call_that_ends_while_it_is_admitted_does_not_keep_the_slot(tmp_path, 
         finally:
             paused.go.set()
         # the slot the held acquire took is released by enter() itself
-        assert _until(lambda: real.table.in_flight("alice") == 0), real.table.in_flight("alice")
+        assert _until(lambda: in_flight(interceptor) == 0), in_flight(interceptor)
         time.sleep(0.2)
         assert not ran.is_set()
-        assert real.table.in_flight("alice") == 0
+        assert in_flight(interceptor) == 0
         interceptor.quotas = real
         assert call(b"z", timeout=30, metadata=_auth(alice)) == b"z"
-        assert real.table.in_flight("alice") == 0
+        assert in_flight(interceptor) == 0
+
+
+class _Runtime:
+    """A supervisor's runtime as the interceptor sees it: the shared quota table's path, and
+    metrics on (kept in this process's memory)."""
+
+    metrics_dir = "on"
+
+    def __init__(self, quota_path=None) -> None:
+        self.quota_path = quota_path
+
+
+def test_a_concurrency_refusal_is_counted_and_a_full_table_refuses(tmp_path):
+    """A call over max_concurrent is counted under (key, "concurrency"); a key whose record
+    finds no room in a full quota table is refused RESOURCE_EXHAUSTED, not let in unlimited."""
+    from heml.server.quota import QuotaTable
+
+    from .test_guards_keys_quotas import _counts
+
+    keys = tmp_path / "keys"
+    alice = issue_key(keys, "alice", max_concurrent=1)
+    started, finish = threading.Event(), threading.Event()
+
+    def slow(request, context):
+        started.set()
+        finish.wait(30)
+        return request
+
+    handlers = {"Work": grpc.unary_unary_rpc_method_handler(slow)}
+    with _echo_server(keys, handlers, _Runtime()) as (channel, interceptor):
+        work = channel.unary_unary("/t.Slow/Work")
+        held = work.future(b"x", timeout=30, metadata=_auth(alice))
+        try:
+            assert _until(started.is_set)
+            with pytest.raises(grpc.RpcError) as info:
+                work(b"y", timeout=30, metadata=_auth(alice))
+            assert info.value.code() == EXHAUSTED
+        finally:
+            finish.set()
+        assert held.result(timeout=30) == b"x"
+        rejections = _counts(interceptor.metrics._rejections)
+    assert rejections == {("heml_quota_rejections_total", "alice", "concurrency"): 1}
+    table = QuotaTable.create(tmp_path / "quota", workers=1, capacity=1)
+    try:
+        table.take("someone-else", 1, 10)
+        with _echo_server(keys, handlers, _Runtime(str(tmp_path / "quota"))) as (channel, _i):
+            with pytest.raises(grpc.RpcError) as info:
+                channel.unary_unary("/t.Slow/Work")(b"z", timeout=30, metadata=_auth(alice))
+            assert info.value.code() == EXHAUSTED
+            assert info.value.details() == "quota table full; try again later"
+    finally:
+        table.close()
