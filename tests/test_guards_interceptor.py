@@ -246,3 +246,21 @@ def test_a_concurrency_refusal_is_counted_and_a_full_table_refuses(tmp_path):
             assert info.value.details() == "quota table full; try again later"
     finally:
         table.close()
+
+
+def test_a_guarded_handler_keeps_the_methods_serializers(tmp_path):
+    """The interceptor's handler decodes requests and encodes replies as the method it wraps
+    does (heml's own methods parse their bytes themselves; other services need this)."""
+    keys = tmp_path / "keys"
+    alice = issue_key(keys, "alice")
+
+    def shout(request, context):
+        assert isinstance(request, str)
+        return request.upper()
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        shout, request_deserializer=bytes.decode, response_serializer=str.encode
+    )
+    with _echo_server(keys, {"Shout": handler}) as (channel, _interceptor):
+        call = channel.unary_unary("/t.Slow/Shout")
+        assert call(b"hey", timeout=30, metadata=_auth(alice)) == b"HEY"
