@@ -29,13 +29,13 @@ def _auth(key: str):
 
 
 @contextlib.contextmanager
-def _echo_server(keys, handlers, runtime=None, **options):
+def _echo_server(keys, handlers, runtime=None, worker=0, **options):
     """The worker's interceptor (API keys from ``keys``) in front of ``handlers``."""
     from heml.server.interceptor import build_interceptor
     from heml.server.options import ServerConfig
 
     config = ServerConfig(models_dir=".", api_keys=str(keys), **options)
-    interceptor = build_interceptor(config, worker=0, runtime=runtime)
+    interceptor = build_interceptor(config, worker=worker, runtime=runtime)
     server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=[interceptor])
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Slow", handlers),))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -264,3 +264,39 @@ def test_a_guarded_handler_keeps_the_methods_serializers(tmp_path):
     with _echo_server(keys, {"Shout": handler}) as (channel, _interceptor):
         call = channel.unary_unary("/t.Slow/Shout")
         assert call(b"hey", timeout=30, metadata=_auth(alice)) == b"HEY"
+
+
+def test_a_worker_counts_its_calls_in_its_own_slot_of_the_shared_table(tmp_path):
+    """Under a supervisor the quota table has a slot per worker (a dead worker's slot is reset
+    without touching the others'): worker 1's call in flight is counted in slot 1."""
+    from heml.server.quota import QuotaTable
+
+    keys = tmp_path / "keys"
+    alice = issue_key(keys, "alice", max_concurrent=3)
+    started, finish = threading.Event(), threading.Event()
+
+    def slow(request, context):
+        started.set()
+        finish.wait(30)
+        return request
+
+    table = QuotaTable.create(tmp_path / "quota", workers=2)
+    handlers = {"Work": grpc.unary_unary_rpc_method_handler(slow)}
+    try:
+        with _echo_server(keys, handlers, _Runtime(str(tmp_path / "quota")), worker=1) as (
+            channel,
+            _interceptor,
+        ):
+            held = channel.unary_unary("/t.Slow/Work").future(b"x", metadata=_auth(alice))
+            try:
+                assert _until(started.is_set)
+                assert table.in_flight("alice") == 1
+                table.reset_worker(0)
+                assert table.in_flight("alice") == 1  # not in slot 0
+                table.reset_worker(1)
+                assert table.in_flight("alice") == 0
+            finally:
+                finish.set()
+            assert held.result(timeout=30) == b"x"
+    finally:
+        table.close()
