@@ -178,15 +178,27 @@ def test_per_release_epsilon_is_the_better_composition(releases, eps, delta):
     want_eps, want_delta = _per_release(releases, eps, delta)
     assert got_delta == want_delta
     assert got_eps == pytest.approx(want_eps, rel=1e-6)
-    if got_delta:  # the zCDP reading really is within (ε, δ)
-        assert _cks_delta(releases * got_eps**2 / 8, eps) <= delta * (1 + 1e-6)
+    if got_delta:  # the zCDP reading really is within (ε, δ), not even 1e-9 over
+        assert _cks_delta(releases * got_eps**2 / 8, eps) <= delta
+
+
+def test_per_release_epsilon_when_all_of_rho_would_overshoot_delta_by_a_little():
+    """δ half of what ρ = ε converts to: ρ must come from the search, not be ε."""
+    eps = 0.5
+    delta = _cks_delta(eps, eps) / 2
+    got_eps, got_delta = pb.per_release_epsilon(4, eps, delta)
+    assert got_delta == delta
+    assert _cks_delta(4 * got_eps**2 / 8, eps) <= delta
+    assert got_eps == pytest.approx(math.sqrt(8 * _largest_rho(eps, delta) / 4), rel=1e-6)
 
 
 def test_per_release_epsilon_when_delta_allows_all_of_rho_or_none():
     # δ so large that ρ = ε converts: ε_r = √(8ε/k) (larger than ε/k for small ε)
     assert pb.per_release_epsilon(4, 0.5, 0.9) == (pytest.approx(math.sqrt(8 * 0.5 / 4)), 0.9)
-    # δ so small that no ρ ≥ 1e-12 converts: basic composition, no δ used
-    assert pb.per_release_epsilon(4, 1e-3, 1e-300) == (pytest.approx(1e-3 / 4), 0.0)
+    # δ so small (subnormal) that no ρ ≥ 1e-12 converts, even where the conversion underflows
+    # to its 1e-320 floor: basic composition, no δ used
+    for tiny in (1e-322, 5e-321):
+        assert pb.per_release_epsilon(4, 1e-3, tiny) == (pytest.approx(1e-3 / 4), 0.0)
 
 
 @pytest.mark.parametrize(("releases", "target"), [(30, False), (4, True), (0, True), (1, False)])
