@@ -20,3 +20,25 @@ def test_a_dp_classifier_takes_text_labels_from_its_declared_set():
     clf.fit(X, y)
     assert clf.classes_.tolist() == ["no", "yes"]
     assert set(clf.predict(X).tolist()) <= {"no", "yes"}
+
+
+def test_a_fingerprint_sorts_the_values_of_tied_columns_within_each_row():
+    """docs (heml/dp/_ledger.py, table_fingerprint): columns holding the same multiset of values
+    tie, and within a row their values are sorted, so the column order cannot matter. Here
+    every column ties (the tie group is the first in the canonical order)."""
+    import hashlib
+
+    import pandas as pd
+
+    from heml.dp import _ledger
+
+    df = pd.DataFrame({"p": [1.0, 2.0, 3.0], "q": [2.0, 1.0, 3.0]})
+    rows = sorted(tuple(sorted(r)) for r in zip(df["p"], df["q"], strict=True))
+    h = hashlib.sha256(b"heml-table-v1:3x2:")
+    h.update(np.array(rows, dtype=np.float64).view(np.uint64).astype("<u8").tobytes())
+    assert _ledger.table_fingerprint(df) == "table:" + h.hexdigest()
+    three = df.assign(r=[3.0, 1.0, 2.0])  # all three tie
+    rows = sorted(tuple(sorted(r)) for r in three.itertuples(index=False))
+    h = hashlib.sha256(b"heml-table-v1:3x3:")
+    h.update(np.array(rows, dtype=np.float64).view(np.uint64).astype("<u8").tobytes())
+    assert _ledger.table_fingerprint(three) == "table:" + h.hexdigest()
