@@ -142,6 +142,7 @@ def test_adassp_at_infinite_epsilon_is_least_squares_without_noise():
     theta, details = _linear._adassp(A, t, math.inf, 1e-5, 2.0, 1.0, NoiseSource(None))
     np.testing.assert_allclose(theta, np.linalg.lstsq(A, t, rcond=None)[0], rtol=1e-12)
     assert details["ridge"] == 0.0 and details["sigmas"] == [0.0, 0.0, 0.0]
+    assert details["sensitivities"] is None
 
 
 # ----------------------------------------------------------------------------- DP-GD
@@ -208,6 +209,14 @@ def test_dpgd_replays_from_its_documented_steps(n, k, eps):
     assert details["sigma"] == pytest.approx(sigma, rel=1e-7)
     first = T // 2 + 1 if T >= 100 else T
     assert details["averaged_iterates"] == [first, T]
+    # the exported guarantee states the public rules it used
+    assert details["learning_rate"] == 2.0
+    assert details["step_rule"] == (
+        "T = clip(round(nu^2 * 0.125), 5, 200), nu = n / (m(eps, delta) * sqrt(k * (d + 1)))"
+    )
+    assert details["averaging"].startswith("the released W is the mean of the iterates W_t")
+    assert "(the last half when T >= 100, else the last iterate alone)" in details["averaging"]
+    assert details["averaging"].endswith("post-processing of the T noisy gradient releases")
     noise, Y = NoiseSource(n), np.eye(k)[y]
     Wt, total = np.zeros((k, p)), np.zeros((k, p))
     for step in range(1, T + 1):
@@ -233,6 +242,7 @@ def test_dpgd_at_infinite_epsilon_adds_no_noise():
     y = (A[:, 0] > 0).astype(int) ^ (rng.uniform(size=80) < 0.2)
     W, details = _logistic._dp_gradient_descent(A, y, 2, math.inf, 1e-5, NoiseSource(None))
     assert details["steps"] == 0 and details["sigma"] == 0.0
+    assert details["solver"] == "L-BFGS (exact)"
     W2, _ = _logistic._dp_gradient_descent(A, y, 2, math.inf, 1e-5, NoiseSource(None))
     np.testing.assert_array_equal(W, W2)
 
