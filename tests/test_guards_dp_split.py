@@ -78,7 +78,7 @@ def test_the_zcdp_conversion_at_the_edges():
 def test_rho_is_the_largest_that_converts_to_the_budget(eps, delta):
     rho = pb.zcdp_rho(eps, delta)
     assert rho == pytest.approx(_largest_rho(eps, delta), rel=1e-6)
-    assert _cks_delta(rho, eps) <= delta * (1 + 1e-6)
+    assert _cks_delta(rho, eps) <= delta  # not even 1e-9 over
 
 
 def test_rho_at_a_budget_whose_delta_allows_all_of_epsilon():
@@ -94,7 +94,8 @@ def test_a_gaussian_release_is_one_over_2_m_squared_zcdp():
 @pytest.mark.parametrize(
     ("releases", "target", "center", "spread"),
     [(12, False, True, True), (12, True, False, True), (5, True, True, False),
-     (1, False, True, False), (0, True, True, False)],
+     (2, False, False, False), (1, False, True, False), (0, True, True, False),
+     (0, True, False, True)],
 )  # fmt: skip
 def test_the_gaussian_split_is_the_documented_shares_of_rho(releases, target, center, spread):
     eps, delta = 1.0, 1e-5
@@ -251,7 +252,7 @@ def test_the_total_check_counts_every_release_of_the_split():
     # more releases at the same ε_r cost more too
     with pytest.raises(RuntimeError, match="zCDP budget split"):
         _check(dataclasses.replace(b, releases=b.releases + 1), b.model_multiplier)
-    for factor in (0.995, 0.9, 0.5):
+    for factor in (0.9999, 0.995, 0.9, 0.5):
         with pytest.raises(RuntimeError, match="below what the zCDP budget split requires"):
             _check(b, factor * b.model_multiplier)
     _check(b, 1.01 * b.model_multiplier)  # more noise than needed is fine
