@@ -48,7 +48,7 @@ def _cks_delta(rho: float, eps: float) -> float:
 
 def _largest_rho(eps: float, delta: float) -> float:
     """The largest ρ with _cks_delta(ρ, ε) ≤ δ."""
-    return brentq(lambda r: _cks_log_delta(r, eps) - math.log(delta), 1e-6, eps, xtol=1e-16)
+    return brentq(lambda r: _cks_log_delta(r, eps) - math.log(delta), 1e-12, eps, xtol=1e-18)
 
 
 def _gaussian_epsilon(multiplier: float, delta: float) -> float:
@@ -74,7 +74,9 @@ def test_the_zcdp_conversion_at_the_edges():
     assert pb.zcdp_delta(1e-3, 3.0) == pytest.approx(_cks_delta(1e-3, 3.0), rel=1e-5)
 
 
-@pytest.mark.parametrize(("eps", "delta"), [(1.0, 1e-5), (0.3, 1e-6), (5.0, 1e-5)])
+@pytest.mark.parametrize(
+    ("eps", "delta"), [(1.0, 1e-5), (0.3, 1e-6), (5.0, 1e-5), (0.003, 1e-6), (0.01, 1e-10)]
+)
 def test_rho_is_the_largest_that_converts_to_the_budget(eps, delta):
     rho = pb.zcdp_rho(eps, delta)
     assert rho == pytest.approx(_largest_rho(eps, delta), rel=1e-6)
@@ -84,6 +86,11 @@ def test_rho_is_the_largest_that_converts_to_the_budget(eps, delta):
 def test_rho_at_a_budget_whose_delta_allows_all_of_epsilon():
     # δ so large that ρ = ε already converts: the whole ε is the answer
     assert pb.zcdp_rho(0.5, 0.9) == 0.5
+    # δ half of what ρ = ε converts to: ρ comes from the search, below ε
+    delta = _cks_delta(0.5, 0.5) / 2
+    rho = pb.zcdp_rho(0.5, delta)
+    assert rho < 0.5 and _cks_delta(rho, 0.5) <= delta
+    assert rho == pytest.approx(_largest_rho(0.5, delta), rel=1e-6)
 
 
 def test_a_gaussian_release_is_one_over_2_m_squared_zcdp():
@@ -261,5 +268,23 @@ def test_the_total_check_counts_every_release_of_the_split():
 def test_the_total_check_refuses_an_unknown_or_non_positive_multiplier():
     b = pb.split_budget(1.0, 1e-5, 3, gaussian=True)
     for bad in (None, 0.0, -1.0, math.nan):
-        with pytest.raises(RuntimeError, match="multiplier is unknown"):
+        with pytest.raises(
+            RuntimeError,
+            match=r"^internal error: the model's Gaussian noise multiplier is unknown$",
+        ):
             _check(b, bad)
+    with pytest.raises(
+        RuntimeError,
+        match=r"^internal error: the model's noise is below what the zCDP budget split requires$",
+    ):
+        _check(b, 0.5 * b.model_multiplier)
+
+
+def test_the_total_check_accepts_a_multiplier_below_one_at_a_large_epsilon():
+    """At ε = 20 the model's multiplier is below 1 (σ smaller than Δ): still a known, valid
+    multiplier that the split allows."""
+    b = pb.split_budget(20.0, 1e-5, 3, gaussian=True)
+    assert b.model_multiplier < 1
+    pb.check_zcdp_total(b, b.model_multiplier, 20.0, 1e-5)
+    with pytest.raises(RuntimeError, match="below what the zCDP budget split requires"):
+        pb.check_zcdp_total(b, 0.99 * b.model_multiplier, 20.0, 1e-5)
