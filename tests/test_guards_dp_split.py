@@ -288,3 +288,12 @@ def test_the_total_check_accepts_a_multiplier_below_one_at_a_large_epsilon():
     pb.check_zcdp_total(b, b.model_multiplier, 20.0, 1e-5)
     with pytest.raises(RuntimeError, match="below what the zCDP budget split requires"):
         pb.check_zcdp_total(b, 0.99 * b.model_multiplier, 20.0, 1e-5)
+
+
+def test_the_spread_is_paid_for_only_when_asked():
+    """docs/dp.md: the spread's 10 % of ρ is spent only when its public rule holds (the caller
+    says so); by default the model keeps that share."""
+    plain = pb.split_budget(1.0, 1e-5, 12, gaussian=True)
+    assert plain.rho_spread == 0.0
+    with_spread = pb.split_budget(1.0, 1e-5, 12, gaussian=True, spread=True)
+    assert with_spread.rho_spread > 0 and with_spread.model_multiplier > plain.model_multiplier
