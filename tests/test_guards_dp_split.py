@@ -179,7 +179,14 @@ def _per_release(releases: int, eps: float, delta: float) -> tuple[float, float]
 
 @pytest.mark.parametrize(
     ("releases", "eps", "delta"),
-    [(1, 0.3, 1e-6), (2, 0.3, 1e-6), (30, 0.3, 1e-6), (60, 1.5, 1e-5), (8, 0.3, 0.0)],
+    [
+        (1, 0.3, 1e-6),
+        (2, 0.3, 1e-6),
+        (30, 0.3, 1e-6),
+        (60, 1.5, 1e-5),
+        (8, 0.3, 0.0),
+        (3, 0.003, 1e-6),
+    ],  # the last: a tiny ρ, where brentq's default xtol would overshoot
 )
 def test_per_release_epsilon_is_the_better_composition(releases, eps, delta):
     got_eps, got_delta = pb.per_release_epsilon(releases, eps, delta)
