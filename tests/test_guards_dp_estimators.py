@@ -174,6 +174,14 @@ def test_every_examples_gradient_is_clipped_to_c_in_frobenius_norm():
     per_example = np.linalg.norm(_softmax(A @ W.T) - Y, axis=1) * norms
     assert (per_example > C).sum() >= 5 and (per_example < C).sum() >= 5
     assert not np.allclose(_clipped_sum(A, Y, W, 10.0), want)
+    # large logits, and rows whose logits differ by far more than exp's range: each row's
+    # softmax is still finite (it is shift-invariant per row), so the clip still applies
+    big = np.array([[400.0, 0.0, 0.0, 0.0], [-400.0, 0.0, 0.0, 0.0], [0.0, 300.0, 0.0, 0.0]])
+    A3 = np.array([[2.0, 0, 0, 0], [-2.0, 0, 0, 0], [0.01, 0, 0, 0], [0, 3.0, 0, 0]])
+    Y3 = np.eye(k)[[1, 0, 2, 0]]
+    got = _logistic.clipped_gradient_sum(A3, Y3, big, C)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, _clipped_sum(A3, Y3, big, C), rtol=1e-10, atol=1e-13)
     # replace-one: swapping one example moves the sum by at most 2C
     A2, Y2 = A.copy(), Y.copy()
     A2[0], Y2[0] = -5.0 * A[0], np.roll(Y[0], 1)

@@ -216,10 +216,14 @@ def test_per_release_epsilon_when_delta_allows_all_of_rho_or_none():
         assert pb.per_release_epsilon(4, 1e-3, tiny) == (pytest.approx(1e-3 / 4), 0.0)
 
 
-@pytest.mark.parametrize(("releases", "target"), [(30, False), (4, True), (0, True), (1, False)])
-def test_the_basic_split_gives_the_bounds_three_tenths_of_epsilon(releases, target):
-    eps, delta = 1.0, 1e-5
+@pytest.mark.parametrize(
+    ("releases", "target", "eps"),
+    [(30, False, 1.0), (4, True, 2.0), (0, True, 0.5), (1, False, 3.0)],
+)
+def test_the_basic_split_gives_the_bounds_three_tenths_of_epsilon(releases, target, eps):
+    delta = 1e-5
     b = pb.split_budget(eps, delta, releases, target=target, gaussian=False)
+    assert b.releases == releases
     eps_b = 0.3 * eps
     eps_y = (eps_b / 2 if releases else eps_b) if target else 0.0
     assert b.composition == "basic"
