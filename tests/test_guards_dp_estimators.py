@@ -215,6 +215,11 @@ def test_dpgd_replays_from_its_documented_steps(n, k, eps):
     assert details["sensitivity"] == pytest.approx(sens, rel=1e-15)
     assert details["noise_multiplier"] == pytest.approx(multiplier, rel=1e-7)
     assert details["sigma"] == pytest.approx(sigma, rel=1e-7)
+    # σ = multiplier × Δ exactly (Δ = 1 + a lattice slack of ~1e-9, so only a tight check sees
+    # a σ computed as multiplier / Δ)
+    assert details["sigma"] == pytest.approx(
+        details["noise_multiplier"] * details["sensitivity"], rel=1e-14
+    )
     first = T // 2 + 1 if T >= 100 else T
     assert details["averaged_iterates"] == [first, T]
     # the exported guarantee states the public rules it used
