@@ -130,6 +130,19 @@ FOCUS = [
     "heml.dp._accountant.*",
     "heml.dp._ledger.*",
     "heml.dp._validation.*",
+    # DP estimators' calibration (issue 18, third round): the zCDP budget split and its
+    # re-check, DP-GD's clipping and sigma, AdaSSP's three noise scales, AMP's residual.
+    "heml.dp._private_bounds.x_split_budget*",
+    "heml.dp._private_bounds.x_zcdp_delta*",
+    "heml.dp._private_bounds.x_zcdp_rho*",
+    "heml.dp._private_bounds.x_gaussian_rho*",
+    "heml.dp._private_bounds.x_per_release_epsilon*",
+    "heml.dp._private_bounds.x_check_zcdp_total*",
+    "heml.dp._logistic.x_clipped_gradient_sum*",
+    "heml.dp._logistic.x_dpgd_steps*",
+    "heml.dp._logistic.x__dp_gradient_descent*",
+    "heml.dp._logistic.x_amp_residual_sensitivity*",
+    "heml.dp._linear.x__adassp*",
     # --- end of the HE/SDK/DP-accounting block ---
 ]
 UNFOCUSED: list[str] = []
