@@ -138,6 +138,11 @@ FOCUS = [
     "heml.dp._private_bounds.x_gaussian_rho*",
     "heml.dp._private_bounds.x_per_release_epsilon*",
     "heml.dp._private_bounds.x_check_zcdp_total*",
+    # the feature boxes' graded width utility (sensitivity 1, summed exactly) and the row clip
+    # of estimated bounds (issue 12, third round)
+    "heml.dp._private_bounds.x_width_utility*",
+    "heml.dp._private_bounds.x_private_box*",
+    "heml.dp._private_bounds.x_estimated_row_norm*",
     "heml.dp._logistic.x_clipped_gradient_sum*",
     "heml.dp._logistic.x_dpgd_steps*",
     "heml.dp._logistic.x__dp_gradient_descent*",
