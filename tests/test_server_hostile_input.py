@@ -8,6 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
+from heml.errors import InvalidCiphertext
 from heml.v1 import heml_pb2 as pb
 from heml.v1 import heml_pb2_grpc
 
@@ -197,5 +198,10 @@ def test_replies_decrypt_only_with_the_client_key(stub, valid):
     from heml.he.keys import KeySet
 
     stranger = ClientCodec(codec.plans, codec.d, codec.k, KeySet())
-    wrong = stranger.decrypt(list(reply.replies), row_block)
+    # another key decrypts to values spread over Z_q: the SDK's range check refuses them (each
+    # lies outside ±0.475 q with probability 5 %), or they come out far from the scores
+    try:
+        wrong = stranger.decrypt(list(reply.replies), row_block)
+    except InvalidCiphertext:
+        return
     assert np.abs(wrong - good).max() > 1.0
