@@ -155,3 +155,29 @@ def test_pooled_graded_box_needs_sensitivity_d(d):
 
     assert worst(float(d)) <= 1.0 + 1e-12
     assert worst(d / 4.0) > 1.0  # calibrated for a quarter of the sensitivity: breaks ε
+
+
+def test_width_utility_at_widths_zero_infinite_and_unusable():
+    """Width 0: only the zeros cost (every other value is at least as wide as the box); an
+    infinite or NaN width: every value costs 1. Mixed with finite widths in one call."""
+    x = np.array([0.0, 0.0, 1.0, -3.0, 1e-300, 1e300])
+    got = pb.width_utility(x, np.array([0.0, 2.0, np.inf, np.nan]))
+    # at width 2: the zeros and 1e-300 cost 1, |1| costs 0 (2 = 2·1), |-3| and 1e300 cost 0
+    assert got.tolist() == [-2.0, -3.0, -6.0, -6.0]
+
+
+def test_width_utility_values_beyond_every_band_cost_exactly_0_or_1():
+    widths = np.array([1.0, 4.0])
+    assert pb.width_utility(np.array([1e-300]), widths).tolist() == [-1.0, -1.0]
+    assert pb.width_utility(np.array([1e300]), widths).tolist() == [0.0, 0.0]
+    assert pb.width_utility(np.array([5e-324, -5e-324]), widths).tolist() == [-2.0, -2.0]
+
+
+def test_width_utility_refuses_more_values_than_its_exact_sum_holds():
+    """n values times the span of the bands in quanta must stay below 2^53 (the sum is exact
+    in integers and as a float); widths from 1e-300 to 1e300 span about 2,000 octaves, so
+    about 4.3 million values are too many and a thousand are not."""
+    widths = np.array([1e-300, 1e300])
+    assert pb.width_utility(np.ones(1000), widths).shape == (2,)
+    with pytest.raises(ValueError, match="exact width utility"):
+        pb.width_utility(np.ones(4_400_000), widths)

@@ -238,7 +238,8 @@ def width_utility(x: np.ndarray, widths: np.ndarray) -> np.ndarray:
     a = np.sort(np.abs(np.ravel(x)))
     n = a.size
     zeros = int(np.searchsorted(a, 0.0, side="right"))  # a value 0 always costs 1
-    lw = np.log2(np.asarray(widths, dtype=np.float64)) - 1.0
+    with np.errstate(divide="ignore"):  # a width 0 is -inf, handled below
+        lw = np.log2(np.asarray(widths, dtype=np.float64)) - 1.0
     full = round(WIDTH_OCTAVES / WIDTH_QUANTUM)  # the quanta of a full cost 1
     total = np.empty(lw.shape, dtype=np.int64)
     total[np.isneginf(lw)] = zeros * full  # width 0: only the zeros cost
