@@ -56,6 +56,19 @@ def _no_idle_joblib_workers():
         executor.shutdown(wait=True, kill_workers=True)
 
 
+@pytest.fixture(scope="module")
+def redis_server():
+    """A real redis-server on 127.0.0.1 (a free port) shared by one test module, stopped by
+    pid at its end (tests/cluster_support.py; skipped without the binary unless CI=true)."""
+    from .cluster_support import Redis
+
+    server = Redis()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def cancer():
     X, y = load_breast_cancer(return_X_y=True, as_frame=True)

@@ -34,13 +34,6 @@ from .guard_support import linear_model
 PARAMS = default_privacy_params()
 
 
-@pytest.fixture(scope="module")
-def redis_server():
-    server = Redis()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def make_redis():
     """Start redis-servers of a test's own (stopped at teardown, whatever the test raised)."""

@@ -49,17 +49,6 @@ def _echo_server(keys, handlers, runtime=None, worker=0, **options):
         interceptor.state.close()
 
 
-@pytest.fixture(scope="module")
-def redis_server():
-    from .cluster_support import Redis
-
-    server = Redis()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(params=["embedded", "redis"])
 def state(request):
     """The state backend's options and a reader of alice's calls in flight."""

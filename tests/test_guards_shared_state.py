@@ -37,15 +37,6 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 
 @pytest.fixture(scope="module")
-def redis_server():
-    server = Redis()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("shared-state-models")
     rng = np.random.default_rng(0)
