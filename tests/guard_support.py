@@ -58,3 +58,17 @@ def inprocess_server(folder: str | Path, registry=None, **options) -> Iterator[i
     finally:
         server.stop(None).wait()
         interceptor.state.close()  # its quota table, or the Redis state's thread
+
+
+def replay_urandom(monkeypatch, module, stream: bytes) -> list[int]:
+    """Make ``module.os.urandom`` return ``stream`` in order, as known bytes to check a draw
+    against; returns the list the sizes of the calls are appended to."""
+    taken: list[int] = []
+
+    def fake(k: int) -> bytes:
+        start = sum(taken)
+        taken.append(k)
+        return stream[start : start + k]
+
+    monkeypatch.setattr(module.os, "urandom", fake)
+    return taken

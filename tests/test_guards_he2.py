@@ -21,6 +21,8 @@ from heml.he.encrypt import encrypt_coefficients, public_key_p0
 from heml.he.keys import SecretKey
 from heml.he.params import HEParams, default_params
 
+from .guard_support import replay_urandom
+
 P2048 = default_params(2048)
 KEY = bytes(range(32))
 
@@ -410,14 +412,7 @@ def test_the_private_flood_is_box_muller_of_os_urandom_on_a_2_to_the_32_staircas
     count, log2_sigma = 6, 45.0
     primes = private.default_privacy_params().primes
     stream = bytes((37 * i + 11) % 256 for i in range(20 * count))
-    taken = []
-
-    def fake(k: int) -> bytes:
-        start = sum(taken)
-        taken.append(k)
-        return stream[start : start + k]
-
-    monkeypatch.setattr(private.os, "urandom", fake)
+    taken = replay_urandom(monkeypatch, private, stream)
     got = private._gaussian_residues(count, log2_sigma, primes)
     assert taken == [16 * count, 4 * count]
     w = [int.from_bytes(stream[8 * j : 8 * j + 8], "little") >> 11 for j in range(2 * count)]

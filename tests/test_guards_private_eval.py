@@ -25,6 +25,8 @@ from heml.he.keys import KeySet
 from heml.he.plan import normalized_weights
 from heml.he.private import KEY_NONCE_BYTES, PRIVATE, PrivateEvaluator, make_private_plan
 
+from .guard_support import replay_urandom
+
 
 @pytest.fixture(scope="module")
 def wide():
@@ -76,14 +78,7 @@ def test_the_flood_at_the_extreme_uniform_words(monkeypatch):
     lo = [0, 7, 2**32 - 1, 5]
     stream = b"".join((w << 11).to_bytes(8, "little") for w in w1 + w2)
     stream += b"".join(v.to_bytes(4, "little") for v in lo)
-    taken = []
-
-    def fake(k: int) -> bytes:
-        start = sum(taken)
-        taken.append(k)
-        return stream[start : start + k]
-
-    monkeypatch.setattr(private.os, "urandom", fake)
+    replay_urandom(monkeypatch, private, stream)
     log2_sigma = 60.0
     got = private._gaussian_residues(len(w1), log2_sigma, primes)
     for j in range(len(w1)):
