@@ -99,18 +99,25 @@ def test_a_key_registered_on_one_replica_scores_and_counts_on_another(folder, re
         assert model._key_id == key_id
 
 
-def test_every_charge_of_a_streamed_call_counts_once(folder, redis, tmp_path):
-    """A stream of two blocks under an API key charges the rate bucket and the model-privacy
-    allowance once per block: four charges with four ids, all counted."""
+@contextlib.contextmanager
+def _alice_registered(folder, redis, tmp_path):
+    """A server on Redis state with API key alice (no rate limit to speak of), her client and
+    its model-privacy key registered: yields (client, model, the bearer metadata)."""
     keys = tmp_path / "keys"
     alice = issue_key(keys, "alice", predictions_per_minute=10**6)
-    bearer = (("authorization", f"Bearer {alice}"),)
     with (
         inprocess_server(folder, state=redis.url, api_keys=str(keys)) as port,
         heml.Client(f"127.0.0.1:{port}", api_key=alice) as client,
     ):
         model = client.model("secret")
         model._register_key()
+        yield client, model, (("authorization", f"Bearer {alice}"),)
+
+
+def test_every_charge_of_a_streamed_call_counts_once(folder, redis, tmp_path):
+    """A stream of two blocks under an API key charges the rate bucket and the model-privacy
+    allowance once per block: four charges with four ids, all counted."""
+    with _alice_registered(folder, redis, tmp_path) as (client, model, bearer):
         replies = client._stub.PredictStream(
             iter([_request(model, 2), _request(model, 1)]), timeout=30, metadata=bearer
         )
@@ -126,15 +133,7 @@ def test_every_charge_of_a_streamed_call_counts_once(folder, redis, tmp_path):
 def test_a_call_answered_unavailable_costs_nothing(folder, redis, tmp_path):
     """The model-privacy allowance's record is unusable (wrong type in Redis): the call is
     UNAVAILABLE, and the rate charge its block already made is undone."""
-    keys = tmp_path / "keys"
-    alice = issue_key(keys, "alice", predictions_per_minute=10**6)
-    bearer = (("authorization", f"Bearer {alice}"),)
-    with (
-        inprocess_server(folder, state=redis.url, api_keys=str(keys)) as port,
-        heml.Client(f"127.0.0.1:{port}", api_key=alice) as client,
-    ):
-        model = client.model("secret")
-        model._register_key()
+    with _alice_registered(folder, redis, tmp_path) as (client, model, bearer):
         r = redis.client()
         r.rpush("heml:t:private/secret/1/alice", "not a hash")
         with pytest.raises(grpc.RpcError) as info:
