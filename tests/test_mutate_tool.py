@@ -214,3 +214,188 @@ def test_mutant_seconds_are_summed_per_module_from_the_debug_log(tmp_path):
     timing = mutate._mutant_seconds(log)
     assert timing["heml.dp._noise"] == (2, pytest.approx(4.778))  # the rerun of #3 replaces it
     assert timing["heml.he.wire"] == (1, pytest.approx(0.5))
+
+
+# ------------------------------------------------------------------ equivalent mutants
+GUARD = "heml.server.interceptor.xǁGuardǁenter__mutmut_"
+
+# interceptor.py as mutmut writes it: the original method and its mutants side by side in the
+# class, a module-level function with a signature over two lines.
+GUARD_SOURCE = """\
+class Guard:
+    def xǁGuardǁenter__mutmut_orig(self, context):
+        context.add_callback(lambda: self.exit("terminated"))  # a comment
+        return safe_token(context.peer(), 80)
+
+    def xǁGuardǁenter__mutmut_1(self, context):
+        context.add_callback(lambda: self.exit(None))  # a comment
+        return safe_token(context.peer(), 80)
+
+    def xǁGuardǁenter__mutmut_2(self, context):
+        context.add_callback(lambda: self.exit("terminated"))  # a comment
+        return safe_token(context.peer(), 81)
+
+    def xǁGuardǁenter__mutmut_3(self, context):
+        context.add_callback(lambda: self.exit("XXterminatedXX"))  # a comment
+        return safe_token(context.peer(), 80)
+
+
+def x_watch__mutmut_orig(
+    folder, interval=2.0
+) -> None:
+    return folder
+
+
+def x_watch__mutmut_1(
+    folder, interval=3.0
+) -> None:
+    return folder
+"""
+WATCH = "heml.server.interceptor.x_watch__mutmut_"
+
+EQUIVALENTS_FILE = """\
+[[equivalent]]
+function = "heml.server.interceptor.xǁGuardǁenter"
+before = 'context.add_callback(lambda: self.exit("terminated"))  # a comment'
+after = 'context.add_callback(lambda:   self.exit(None))  # a comment'
+reason = "the outcome string is read only when the call is already inactive"
+
+[[equivalent]]
+function = "heml.server.interceptor.x_watch"
+before = ["folder, interval=2.0"]
+after = ["folder, interval=3.0"]
+reason = "every caller passes the interval"
+
+[[equivalent]]
+function = "heml.server.interceptor.xǁGuardǁenter"
+before = "return safe_token(context.peer(), 80)"
+after = "return safe_token(context.peer(), 64)"
+reason = "a peer is at most 50 characters"
+"""
+
+
+@pytest.fixture
+def guard(tmp_path):
+    """interceptor.py's mutants: enter 1 survived (listed), 2 survived (not listed), 3 killed;
+    watch 1 survived (listed). The third entry matches no generated mutant."""
+    codes = {f"{GUARD}1": 0, f"{GUARD}2": 0, f"{GUARD}3": 1, f"{WATCH}1": 0}
+    write_meta(tmp_path, "heml/server/interceptor.py", codes, GUARD_SOURCE)
+    (tmp_path / "equivalents.toml").write_text(EQUIVALENTS_FILE)
+    return tmp_path
+
+
+def test_mutant_diffs_are_the_changed_lines_of_each_mutant(guard):
+    names = [f"{GUARD}{n}" for n in (1, 2, 3)] + [f"{WATCH}1"]
+    diffs = mutate.mutant_diffs(names, guard)
+    assert diffs[f"{GUARD}1"] == (
+        ('context.add_callback(lambda: self.exit("terminated")) # a comment',),
+        ("context.add_callback(lambda: self.exit(None)) # a comment",),
+    )
+    assert diffs[f"{GUARD}2"] == (
+        ("return safe_token(context.peer(), 80)",),
+        ("return safe_token(context.peer(), 81)",),
+    )
+    # a changed default shows although the def line names the mutant, not the original
+    assert diffs[f"{WATCH}1"] == (("folder, interval=2.0",), ("folder, interval=3.0",))
+    # a mutant whose source is not under mutants/ has no diff (classified as a missing test)
+    assert f"{GUARD}9" not in mutate.mutant_diffs([f"{GUARD}9"], guard)
+
+
+def test_survivors_are_classified_by_function_and_change_not_by_number(guard):
+    entries = mutate.load_equivalents(guard / "equivalents.toml")
+    names = [f"{GUARD}1", f"{GUARD}2", f"{WATCH}1"]
+    verdicts = mutate.classify(names, entries, mutate.mutant_diffs(names, guard))
+    assert verdicts[f"{GUARD}1"].reason.startswith("the outcome string")
+    assert verdicts[f"{GUARD}2"] is None  # 81 is not the listed 64
+    assert verdicts[f"{WATCH}1"].reason == "every caller passes the interval"
+    # the same change in another function is not covered
+    renamed = {f"{WATCH}7": mutate.mutant_diffs([f"{GUARD}1"], guard)[f"{GUARD}1"]}
+    assert mutate.classify([f"{WATCH}7"], entries, renamed)[f"{WATCH}7"] is None
+
+
+def test_one_entry_covers_every_mutant_with_the_same_change_in_its_function(guard):
+    entries = mutate.load_equivalents(guard / "equivalents.toml")
+    diff = mutate.mutant_diffs([f"{GUARD}1"], guard)[f"{GUARD}1"]
+    diffs = {f"{GUARD}1": diff, f"{GUARD}40": diff}
+    verdicts = mutate.classify(list(diffs), entries, diffs)
+    assert verdicts[f"{GUARD}1"] is verdicts[f"{GUARD}40"] is not None
+
+
+def test_stale_entries_are_those_matching_no_generated_mutant(guard):
+    entries = mutate.load_equivalents(guard / "equivalents.toml")
+    every = [f"{GUARD}{n}" for n in (1, 2, 3)] + [f"{WATCH}1"]
+    assert [e.after for e in mutate.stale(entries, mutate.mutant_diffs(every, guard))] == [
+        ("return safe_token(context.peer(), 64)",)
+    ]
+
+
+def test_check_equivalents_prints_each_verdict_and_the_warnings(guard, capsys):
+    codes = mutate._meta_codes(guard)
+    # the listed mutant #1 killed instead: its entry's reason must be looked at again
+    killed = {path: {**c, f"{GUARD}1": 1} for path, c in codes.items()}
+    assert mutate.check_equivalents(killed, {}, guard, guard / "equivalents.toml") == (1, 1)
+    out = capsys.readouterr().out
+    assert f"{GUARD}2 (survived): MISSING TEST" in out
+    assert "- return safe_token(context.peer(), 80)" in out
+    assert "+ return safe_token(context.peer(), 81)" in out
+    assert f"{WATCH}1 (survived): equivalent: every caller passes the interval" in out
+    assert "WARNING stale: equivalents.toml entry 3" in out
+    assert f"WARNING {GUARD}1 is killed but equivalents.toml entry 1" in out
+    assert "equivalent: 1, MISSING TEST: 1" in out
+    # a crash not judged a kill is classified like a survivor
+    assert mutate.check_equivalents(
+        codes, {f"{GUARD}3": "crashed"}, guard, guard / "equivalents.toml"
+    ) == (2, 2)
+
+
+def test_check_equivalents_mode_exit_code(guard, monkeypatch, capsys):
+    monkeypatch.setattr(mutate, "MUTANTS", guard)
+    monkeypatch.setattr(mutate, "EQUIVALENTS", guard / "equivalents.toml")
+    assert mutate.main(["--check-equivalents"]) == 1  # enter 2 is not listed
+    assert "NOT EVERY SURVIVOR IS CLASSIFIED: 1 MISSING TEST" in capsys.readouterr().out
+    with open(guard / "equivalents.toml", "a") as f:
+        f.write(
+            '\n[[equivalent]]\nfunction = "heml.server.interceptor.xǁGuardǁenter"\n'
+            'before = "return safe_token(context.peer(), 80)"\n'
+            'after = "return safe_token(context.peer(), 81)"\nreason = "limit 81 for 80"\n'
+        )
+    assert mutate.main(["--check-equivalents"]) == 0
+    assert "every survivor is classified" in capsys.readouterr().out
+    # a mutant without a result makes the classification incomplete
+    write_meta(
+        guard,
+        "heml/server/interceptor.py",
+        {f"{GUARD}1": 0, f"{GUARD}2": 0, f"{GUARD}3": None, f"{WATCH}1": 0},
+        GUARD_SOURCE,
+    )
+    assert mutate.main(["--check-equivalents"]) == 1
+    assert "NOT COMPLETE: 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("entry", "error"),
+    [
+        ('function = "f"\nbefore = "a"\nafter = "b"\n', "missing reason"),
+        ('function = "f"\nbefore = "a"\nafter = "b"\nreason = " "\n', "empty reason"),
+        ('function = "f"\nbefore = "a"\nafter = 3\nreason = "r"\n', "string or a list"),
+        ('function = "f"\nbefore = "a"\nafter = "b"\nreason = "r"\nnumber = 4\n', "unknown"),
+    ],
+)
+def test_malformed_entries_stop_the_tool(tmp_path, entry, error):
+    path = tmp_path / "e.toml"
+    path.write_text("[[equivalent]]\n" + entry)
+    with pytest.raises(SystemExit, match=error):
+        mutate.load_equivalents(path)
+
+
+def test_the_same_change_listed_twice_stops_the_tool(tmp_path):
+    entry = '[[equivalent]]\nfunction = "f"\nbefore = "a  b"\nafter = "c"\nreason = "r"\n'
+    path = tmp_path / "e.toml"
+    path.write_text(entry + entry.replace("a  b", "a b"))
+    with pytest.raises(SystemExit, match="the same function and change"):
+        mutate.load_equivalents(path)
+
+
+def test_the_committed_equivalents_file_loads():
+    entries = mutate.load_equivalents()
+    assert entries and all(e.reason.strip() and (e.before or e.after) for e in entries)

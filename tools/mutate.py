@@ -10,25 +10,34 @@ Runs mutmut 3 with the scope and test selection in pyproject.toml ([tool.mutmut]
    aside, the rest is resumed as in 2, then each lost mutant runs alone; one that crashes the
    fork server alone too is recorded as "crashed" (mutants/mutate-crashed.json).
 
-Then prints the score per module and every surviving mutant. Exit code 0 only when every
-selected mutant has a result and the sanity mutant was killed; 1 otherwise.
+Then prints the score per module and every mutant not killed, each classified against
+tools/mutants-equivalent.toml as "equivalent: <reason>" or "MISSING TEST" (entries are keyed by
+the mutant's function and its changed lines, not by mutant number; an entry that matches no
+generated mutant is listed as stale). Exit code 0 only when every selected mutant has a result
+and the sanity mutant was killed; 1 otherwise. The report says separately whether every
+survivor is classified; `--check-equivalents` does only that classification (exit code 0 only
+when the selected mutants all have a result and every one not killed is classified).
 
     python tools/mutate.py                 # fresh run, 2 mutants at a time
     python tools/mutate.py --jobs 1 --nice 15 --resume   # gentler; keep results, run the rest
     python tools/mutate.py --report        # only print the scores of the last run
+    python tools/mutate.py --check-equivalents   # only classify the last run's survivors
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import fnmatch
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections import defaultdict
 from pathlib import Path
 
@@ -156,11 +165,12 @@ KILLED = {1, 3}  # mutmut: a test failed (3: pytest internal error, also a kill)
 TIMEOUT = {36, -24, 24, 152, 255}
 NO_TESTS = {5, 33}
 SKIPPED = {34, 37}
-SHOW = 200  # survivors listed at the end of the report
 # Mutants that crashed mutmut's fork server even when run alone: {name: how it is counted}.
 CRASHED = "mutate-crashed.json"
 MAX_STEPS = 12  # mutmut invocations after the sanity step before the tool gives up
 SEP = "__mutmut_"
+# The survivors judged equivalent, keyed by function and changed lines (docs/testing.md).
+EQUIVALENTS = ROOT / "tools" / "mutants-equivalent.toml"
 
 
 def _mutmut(*args: str, nice: int = 0) -> list[str]:
@@ -459,6 +469,220 @@ def _crash_verdict(name: str) -> str:
     return "crashed"
 
 
+# ------------------------------------------------------------------ equivalent mutants
+_DEF = re.compile(r"^(?P<indent>[ \t]*)(?:async[ \t]+)?def[ \t]+(?P<name>\w+)[ \t]*\(")
+
+
+def _normalized(line: str) -> str:
+    return " ".join(line.split())
+
+
+def _function_texts(source: str) -> dict[str, list[str]]:
+    """{function name: its lines, `def` line first} for every function whose name holds SEP
+    (mutmut writes each mutant as a copy of the function named `<function>__mutmut_<n>`,
+    beside the original `<function>__mutmut_orig`)."""
+    lines = source.splitlines()
+    out: dict[str, list[str]] = {}
+    i = 0
+    while i < len(lines):
+        m = _DEF.match(lines[i])
+        if not m or SEP not in m.group("name"):
+            i += 1
+            continue
+        indent = len(m.group("indent").expandtabs())
+        j = i + 1
+        while j < len(lines):
+            text = lines[j]
+            # a line at the def's indentation ends the body, unless it closes the signature
+            # (`) -> int:` of a def that spans lines)
+            outdented = text.strip() and len(text) - len(text.lstrip()) <= indent
+            if outdented and not text.lstrip().startswith(")"):
+                break
+            j += 1
+        body = lines[i:j]
+        while body and not body[-1].strip():
+            body.pop()
+        out[m.group("name")] = body
+        i = j
+    return out
+
+
+def _changed(orig: list[str], mutant: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The lines only the original has and the lines only the mutant has (normalized)."""
+    a = [_normalized(x) for x in orig]
+    b = [_normalized(x) for x in mutant]
+    before: list[str] = []
+    after: list[str] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag != "equal":
+            before += [x for x in a[i1:i2] if x]
+            after += [x for x in b[j1:j2] if x]
+    return tuple(before), tuple(after)
+
+
+def mutant_diffs(
+    names: list[str] | set[str], mutants: Path | None = None
+) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """{mutant name: (lines before, lines after)} from the mutated sources under mutants/,
+    what `mutmut show NAME` prints as - and + lines, whitespace-normalized. The `def` line
+    counts with the mutant's number replaced, so a changed default argument shows too."""
+    mutants = mutants or MUTANTS
+    by_module: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        by_module[name.rsplit(".", 1)[0]].append(name)
+    out = {}
+    for module, members in by_module.items():
+        path = mutants / (module.replace(".", "/") + ".py")
+        if not path.exists():
+            continue
+        texts = _function_texts(path.read_text())
+        for name in members:
+            short = name.rsplit(".", 1)[-1]
+            function = short.rsplit(SEP, 1)[0]
+            orig, mutant = texts.get(f"{function}{SEP}orig"), texts.get(short)
+            if orig is None or mutant is None:
+                continue
+            mutant = [mutant[0].replace(short, f"{function}{SEP}orig", 1), *mutant[1:]]
+            out[name] = _changed(orig, mutant)
+    return out
+
+
+class Equivalent:
+    """One entry of the equivalents file: every mutant of `function` whose changed lines are
+    `before` → `after` (whitespace-normalized) is equivalent, for `reason`."""
+
+    def __init__(self, function: str, before, after, reason: str, where: str) -> None:
+        self.function = function
+        self.before = self._lines(before, where)
+        self.after = self._lines(after, where)
+        self.reason = reason
+        self.where = where
+
+    @staticmethod
+    def _lines(value, where: str) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = value.splitlines() if "\n" in value else [value]
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise ValueError(f"{where}: before/after must be a string or a list of strings")
+        return tuple(_normalized(x) for x in value if x.strip())
+
+    def key(self) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+        return self.function, self.before, self.after
+
+
+def load_equivalents(path: Path | None = None) -> list[Equivalent]:
+    """The entries of the equivalents file (none if it does not exist); a malformed entry
+    (missing field, empty reason, the same key twice) stops the tool."""
+    path = path or EQUIVALENTS
+    if not path.exists():
+        return []
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    entries: list[Equivalent] = []
+    seen: set = set()
+    for i, item in enumerate(data.get("equivalent", []), 1):
+        where = f"{path.name} entry {i} ({item.get('function', '?')})"
+        missing = [k for k in ("function", "before", "after", "reason") if k not in item]
+        if missing:
+            raise SystemExit(f"{where}: missing {', '.join(missing)}")
+        extra = set(item) - {"function", "before", "after", "reason"}
+        if extra:
+            raise SystemExit(f"{where}: unknown field(s) {', '.join(sorted(extra))}")
+        if not str(item["reason"]).strip():
+            raise SystemExit(f"{where}: empty reason")
+        try:
+            entry = Equivalent(
+                item["function"], item["before"], item["after"], item["reason"], where
+            )
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        if entry.key() in seen:
+            raise SystemExit(f"{where}: the same function and change as an earlier entry")
+        seen.add(entry.key())
+        entries.append(entry)
+    return entries
+
+
+def classify(
+    names: list[str],
+    entries: list[Equivalent],
+    diffs: dict[str, tuple[tuple[str, ...], tuple[str, ...]]],
+) -> dict[str, Equivalent | None]:
+    """{mutant name: the entry that declares it equivalent, or None (a missing test)}."""
+    index = {e.key(): e for e in entries}
+    out: dict[str, Equivalent | None] = {}
+    for name in names:
+        diff = diffs.get(name)
+        out[name] = None if diff is None else index.get((_function_of(name), *diff))
+    return out
+
+
+def stale(
+    entries: list[Equivalent], diffs: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
+) -> list[Equivalent]:
+    """The entries that match none of the generated mutants (`diffs`: all of them)."""
+    keys = {(_function_of(name), *diff) for name, diff in diffs.items()}
+    return [e for e in entries if e.key() not in keys]
+
+
+def _not_killed(
+    codes: dict[str, dict[str, int | None]], crashed: dict[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """({name: status} of the focused mutants with a result that were not killed, [names of
+    the focused mutants killed or timed out])."""
+    open_: dict[str, str] = {}
+    caught: list[str] = []
+    for by_name in codes.values():
+        for name, code in by_name.items():
+            if not _focused(name):
+                continue
+            if name in crashed:
+                status = "killed" if crashed[name] == "killed" else "crashed"
+            else:
+                status = _status(code)
+            if status in ("killed", "timeout"):
+                caught.append(name)
+            elif status not in ("not checked", "skipped"):
+                open_[name] = status
+    return open_, caught
+
+
+def check_equivalents(
+    codes: dict[str, dict[str, int | None]],
+    crashed: dict[str, str],
+    mutants: Path | None = None,
+    path: Path | None = None,
+) -> tuple[int, int]:
+    """Print every focused mutant not killed as "equivalent: <reason>" or "MISSING TEST" (with
+    its change), the entries that match no generated mutant (stale) and those that match a
+    killed mutant (the reason is wrong, or a test kills it now). Returns (equivalent, missing)."""
+    path = path or EQUIVALENTS
+    entries = load_equivalents(path)
+    diffs = mutant_diffs({name for by_name in codes.values() for name in by_name}, mutants)
+    open_, caught = _not_killed(codes, crashed)
+    verdicts = classify(list(open_), entries, diffs)
+    print(f"\nmutants not killed, against {path.name} ({len(entries)} entries):")
+    for name, status in open_.items():
+        entry = verdicts[name]
+        verdict = f"equivalent: {entry.reason}" if entry else "MISSING TEST"
+        print(f"  {name} ({status}): {verdict}")
+        if entry is None:
+            before, after = diffs.get(name, (("(mutated source not found)",), ()))
+            print("".join(f"      - {line}\n" for line in before), end="")
+            print("".join(f"      + {line}\n" for line in after), end="")
+    for entry in stale(entries, diffs):
+        print(
+            f"WARNING stale: {entry.where} matches no generated mutant "
+            f"({' | '.join(entry.before)} -> {' | '.join(entry.after)})"
+        )
+    for name, entry in classify(caught, entries, diffs).items():
+        if entry is not None:
+            print(f"WARNING {name} is killed but {entry.where} lists it as equivalent")
+    missing = sum(entry is None for entry in verdicts.values())
+    print(f"equivalent: {len(verdicts) - missing}, MISSING TEST: {missing}")
+    return len(verdicts) - missing, missing
+
+
 # ------------------------------------------------------------------ report
 def _status(code: int | None) -> str:
     if code in KILLED:
@@ -523,7 +747,7 @@ def report(globs: list[str] | None = None) -> tuple[bool, bool]:
         print("no results under mutants/: run `make mutate` first")
         return False, False
     crashed = _crashed()
-    rows, total, survivors = summarize(results, crashed)
+    rows, total, _ = summarize(results, crashed)
     head = f"{'module':26} {'run':>5} {'killed':>6} {'timeout':>7} {'crashed':>7} {'survived':>8}"
     print(f"\n{head} {'no test':>7} {'score':>7} {'not run':>7}")
     for path, c in rows:
@@ -536,16 +760,38 @@ def report(globs: list[str] | None = None) -> tuple[bool, bool]:
         f"{'all':26} {t['run']:5} {t['killed']:6} {t['timeout']:7} {t['crashed']:7} "
         f"{t['survived']:8} {t['no tests']:7} {_score(t)} {t['pending']:7}"
     )
-    if survivors:
-        print(f"\n{len(survivors)} mutant(s) not killed (`mutmut show NAME` prints the change):")
-        for line in survivors[:SHOW]:
-            print("  " + line)
-        if len(survivors) > SHOW:
-            print(f"  ... and {len(survivors) - SHOW} more (`mutmut results`)")
+    # every mutant not killed, with its verdict (a missing test with its change)
+    _, missing = check_equivalents(_meta_codes(), crashed)
     left = _pending(_meta_codes(), globs or FOCUS, crashed)
     if left:
         print(f"\nNOT COMPLETE: {len(left)} selected mutant(s) have no result")
+    _say_classified(missing, len(left))
     return _sanity(), not left
+
+
+def _say_classified(missing: int, left: int) -> None:
+    if missing:
+        print(f"\nNOT EVERY SURVIVOR IS CLASSIFIED: {missing} MISSING TEST(S)")
+    elif left:
+        print("\nevery survivor so far is classified, but the run is not complete")
+    else:
+        print("\nevery survivor is classified (equivalent, with a reason)")
+
+
+def check_only(globs: list[str] | None = None) -> int:
+    """`--check-equivalents`: 0 when the selected mutants all have a result and every one
+    not killed is listed as equivalent; 1 otherwise."""
+    codes = _meta_codes()
+    if not codes:
+        print("no results under mutants/: run `make mutate` first")
+        return 1
+    crashed = _crashed()
+    _, missing = check_equivalents(codes, crashed)
+    left = len(_pending(codes, globs or FOCUS, crashed))
+    if left:
+        print(f"NOT COMPLETE: {left} selected mutant(s) have no result")
+    _say_classified(missing, left)
+    return 0 if not missing and not left else 1
 
 
 def _sanity() -> bool:
@@ -610,7 +856,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", action="append", default=[], help="run only mutants matching this glob (repeat)"
     )
+    parser.add_argument(
+        "--check-equivalents",
+        action="store_true",
+        help="only classify the last results' survivors against " + EQUIVALENTS.name,
+    )
     args = parser.parse_args(argv)
+    if args.check_equivalents:
+        return check_only(args.only or None)
     completed = True
     if not args.report:
         completed = run(max(1, args.jobs), args.nice, args.keep, args.only)
