@@ -14,8 +14,9 @@ and paid for from the fit's own (ε, δ):
   beyond)). Each count moves by at most 1 when one record is replaced, and so does their
   maximum: P[box] ∝ prior·exp(ε_r·u/2) is ε_r-DP (replace-one, n public).
 * When n·ε_r is too small for d such releases to find the data (``per_feature``: a public rule
-  on n, d, ε, δ), all features share one box instead: the same release over all n·d values,
-  with sensitivity d (a record holds d values).
+  on n, d, ε, δ), or when the user declares that all features share one unit
+  (``PrivateBounds(shared_scale=True)``, public), all features share one box instead: the
+  same release over all n·d values, with sensitivity d (a record holds d values).
 * Gaussian models (AdaSSP, DP-GD; ``split_budget(gaussian=True)``): the whole fit is accounted
   in zCDP (an ε_r-DP exponential mechanism is ε_r²/8-zCDP, Cesar & Rogers 2021; a Gaussian with
   multiplier m is 1/(2m²)-zCDP), converted to (ε, δ) by Canonne, Kamath & Steinke (2020, Prop.
@@ -87,7 +88,8 @@ MECHANISM = (
     "f in {0, 1/2, 3/4}, prior 1:2:4:8), utility -max(#clipped, max(0, n/3 - #in outer half)) "
     "(features: 0.7 times it plus 0.3 times -sum_i min(1, max(0, log2(width / (2|x_i|)) / 2))), "
     "sensitivity 1, one release per feature and one for the target (whose [-c, c] must reach "
-    "both outer halves); or one pooled box over all n*d values (sensitivity d); feature "
+    "both outer halves); or (n*epsilon_r < 16, or shared_scale declared) one pooled box over "
+    "all n*d values (sensitivity d); feature "
     "releases composed in zCDP (epsilon_r^2/8 each)"
 )
 MECHANISM_ZCDP = (
@@ -97,7 +99,8 @@ MECHANISM_ZCDP = (
     "2))), sensitivity 1: one pooled box over all n*d values (sensitivity d) fixing the "
     "scale, then "
     "one box per feature among candidates below 4x that scale (or the pooled box alone when "
-    "n*epsilon_r < 16); the target's box median +- 3 MAD from two exponential mechanisms "
+    "n*epsilon_r < 16, or when shared_scale is declared); the target's box median +- 3 MAD "
+    "from two exponential mechanisms "
     "(utility -|#{y < t} - n/2| and -|#{|y - m| < r} - n/2|); Gaussian releases of the "
     "features' mean (and mean absolute deviation) in the box's [-1, 1] units, L2 "
     "sensitivity 2 sqrt(d); all composed with the model's Gaussian noise in zCDP"
@@ -114,14 +117,28 @@ class PrivateBounds:
         Public bound on the magnitude of the bounds: candidates lie in [-search_range,
         search_range] on a log-scale grid. Narrow it when you know the scale of your data
         (e.g. 1e3 for values in the hundreds): fewer candidates, sharper bounds.
+    shared_scale : bool, default=False
+        Your public declaration that every feature column is in one unit and on one scale:
+        pixel intensities, counts of the same thing, a sensor array read in one unit. The fit
+        then always releases ONE box for all features from all n·d values (sensitivity d, one
+        release instead of d), whatever the public rule on n, d, ε, δ would pick; the
+        guarantee records ``"shared_scale": true`` beside ``"pooled": true``. False: the rule
+        picks per-feature boxes or the pooled box, as without a declaration. Like
+        ``classes=``, it is a statement about the data's schema, never read from the data.
+        If it is wrong (columns in different units), the shared box follows the large-unit
+        columns and the small-unit ones are clipped to (almost) nothing: they drop out of the
+        model (breast cancer, pooled: the majority class; docs/dp.md, "Accuracy").
     """
 
     search_range: float = DEFAULT_SEARCH_RANGE
+    shared_scale: bool = False
 
     def __post_init__(self) -> None:
         r = self.search_range
         if isinstance(r, bool) or not isinstance(r, int | float) or not (0 < r < math.inf):
             raise ValueError(f"search_range must be a positive finite number, got {r!r}")
+        if not isinstance(self.shared_scale, bool):
+            raise ValueError(f"shared_scale must be True or False, got {self.shared_scale!r}")
 
 
 def grid(search_range: float = DEFAULT_SEARCH_RANGE) -> np.ndarray:
@@ -700,6 +717,11 @@ def _search_range(bounds) -> float:
     return bounds.search_range if isinstance(bounds, PrivateBounds) else DEFAULT_SEARCH_RANGE
 
 
+def _shared_scale(bounds) -> bool:
+    """Whether the user declared that all features share one unit (public; see PrivateBounds)."""
+    return isinstance(bounds, PrivateBounds) and bounds.shared_scale
+
+
 def _kinds(est, epsilon: float) -> tuple[str, str | None]:
     """What to do for X and (regressors) y: "dp", "data" or "declared"."""
     x_kind = _kind(est.bounds_X)
@@ -742,7 +764,12 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
     gaussian = gaussian_model(est)
     spread = x_kind == "dp" and gaussian and spread_rule(n, d, epsilon, delta)
     center = not hasattr(est, "bounds_y") or spread  # see docs/dp.md
-    pooled = x_kind == "dp" and not per_feature(n, d, epsilon, delta, target, gaussian, center)
+    # one pooled box when the user declared one scale for all features (public), else when the
+    # public rule says per-feature boxes would be too imprecise
+    shared = x_kind == "dp" and _shared_scale(est.bounds_X)
+    pooled = x_kind == "dp" and (
+        shared or not per_feature(n, d, epsilon, delta, target, gaussian, center)
+    )
     releases = (1 if pooled else d) if x_kind == "dp" else 0
     budget = split_budget(epsilon, delta, releases, target, gaussian, center, spread)
     private = "data" not in (x_kind, y_kind)
@@ -822,6 +849,7 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
             "upper": hi,
             "source": source,
             "pooled": pooled,
+            "shared_scale": shared,
             "search_range": _search_range(est.bounds_X) if x_kind == "dp" else None,
         }
     if y_kind in ("dp", "data"):

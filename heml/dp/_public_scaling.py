@@ -55,8 +55,9 @@ def exportable(fitted_scaled, lower, upper, feature_names=None):
 
 
 def per_feature(bounds) -> bool:
-    """True for (lower, upper) arrays of one bound per feature (not one pair for all)."""
-    return bounds is not None and np.ndim(bounds[0]) == 1
+    """True for (lower, upper) arrays of one bound per feature (not one pair for all, nor
+    None, "data" or a PrivateBounds: bounds the estimator finds itself)."""
+    return isinstance(bounds, tuple | list) and np.ndim(bounds[0]) == 1
 
 
 def cli_estimator(

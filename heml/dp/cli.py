@@ -10,7 +10,9 @@ declared is refused (exit 2, before any spend) with a message that does not name
 Standardization does not leak: features are never scaled with statistics of the private data.
 The estimators clip every feature to the declared ``--bounds`` and rescale with the bounds
 box (a public affine map). Without ``--bounds`` the bounds are estimated with DP from a share
-of --epsilon; ``--bounds data`` reads min/max from the data, and the model says private: false.
+of --epsilon (one box for all features with ``--shared-scale``, the user's public declaration
+that the columns share one unit); ``--bounds data`` reads min/max from the data, and the model
+says private: false.
 """
 
 from __future__ import annotations
@@ -104,8 +106,19 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="public bounds of the features, in the CSV's own units: LO,HI for every one, or "
         "FILE.json mapping each feature column to [LO, HI]. Values outside are clipped, so "
         "LO,HI must cover the bulk of every column (-3,3 only suits standardized features). "
-        "Default: bounds estimated with DP from a share of --epsilon (see docs/dp.md). "
+        "Default: bounds estimated with DP from a share of --epsilon (see docs/dp.md; "
+        "one box for all features with --shared-scale). "
         "'data': the columns' min and max (the model is then NOT private)",
+    )
+    p.add_argument(
+        "--shared-scale",
+        action="store_true",
+        help="declare that every feature column is in the same unit and on the same scale "
+        "(pixel intensities, counts of one thing, one sensor type): the bounds estimated with "
+        "DP are then one box for all features, released once (sharper than one box per "
+        "column when n*epsilon is small). A public declaration (recorded in the "
+        "model's guarantee), never checked against the data: if columns are in different "
+        "units, the small ones are clipped to nothing. Not with --bounds",
     )
     p.add_argument(
         "--target-bounds",
@@ -150,6 +163,7 @@ def _run(args) -> int:
 
     from heml.model import validate_name
 
+    from ._private_bounds import PrivateBounds
     from ._public_scaling import cli_estimator, export_fitted, per_feature
     from ._validation import check_delta_vs_n, check_privacy_params
 
@@ -164,6 +178,12 @@ def _run(args) -> int:
     except ValueError as exc:
         raise _Invalid(str(exc)) from None
     _check_budget_args(args)
+    if args.shared_scale and args.bounds is not None:
+        raise _Invalid(
+            f"--shared-scale and --bounds {args.bounds} cannot be combined: --shared-scale "
+            "asks for one box for all features estimated with DP, --bounds gives the bounds "
+            "itself; drop one of them"
+        )
     data_bounds = args.bounds == "data"  # opt-in: min/max of the data, model not private
     check_bounds_arg(None if data_bounds else args.bounds)
     target_bounds = (
@@ -197,6 +217,8 @@ def _run(args) -> int:
         print(f"heml train: warning: {warning}", file=sys.stderr)
     X = pd.DataFrame(numeric_features(df), columns=df.columns)
     bounds = "data" if data_bounds else parse_feature_bounds(args.bounds, df.columns)
+    if args.shared_scale:  # the user's public declaration: one DP box for all features
+        bounds = PrivateBounds(shared_scale=True)
     if y.isna().any():
         raise _Invalid(f"target {args.target!r} has missing values")
     n = len(y)
