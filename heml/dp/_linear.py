@@ -99,11 +99,11 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
     Neighbouring datasets differ by replacing one record (n is public). With A's rows bounded
     by B in L2 and |y - c_y| ≤ B_y, the replace-one L2 sensitivities are B² (λ_min, by Weyl),
     √2·B² (AᵀA: ‖xxᵀ - x'x'ᵀ‖_F² = ‖x‖⁴ + ‖x'‖⁴ - 2(xᵀx')² ≤ 2B⁴) and 2·B·B_y (Aᵀy). The three
-    Gaussian releases are composed and calibrated exactly with dp-accounting. Estimated bounds
-    (and, at larger n·ε, the features' DP centre and spread) compose with them in zCDP and take
-    30-55 % of the fit's ρ (docs/dp.md). Not covered by ε: preprocessing fitted on
-    the private data, ``"data"`` bounds, and model extraction by queries (see
-    ``dp_guarantee_["not_covered"]``).
+    Gaussian releases are composed and calibrated exactly with dp-accounting. Estimated bounds,
+    the features' DP centre (rows are centred on it before the row clip) and, at larger n·ε,
+    their DP spread compose with them in zCDP and take 30-55 % of the fit's ρ (docs/dp.md).
+    Not covered by ε: preprocessing fitted on the private data, ``"data"`` bounds, and model
+    extraction by queries (see ``dp_guarantee_["not_covered"]``).
 
     References
     ----------
