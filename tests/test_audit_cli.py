@@ -123,6 +123,10 @@ def test_finite_epsilons(csv_path, tmp_path):
         (["--target", "label", "--epsilons", "inf", "--n-shadow", "1"], "--n-shadow"),
         (["--target", "label", "--epsilons", "inf", "--release-runs", "2"], "--release-runs"),
         (["--target", "label", "--epsilons", "inf", "--classes", "0"], "two or more distinct"),
+        (
+            ["--target", "label", "--epsilons", "inf", "--bounds", "0,1", "--shared-scale"],
+            "cannot be combined",
+        ),
     ],
 )
 def test_invalid_input_exits_2_with_one_line(csv_path, tmp_path, capsys, argv, message):
@@ -205,6 +209,31 @@ def test_per_feature_bounds_scale_each_feature_before_the_dp_fit():
         warnings.simplefilter("error", PrivacyLeakWarning)  # nothing is read from the data
         est = make(2.0).fit(X, y)
     assert est.score(X, y) > 0.9  # one shared scale for both features: 0.71 here
+
+
+@pytest.mark.skipif(not HAVE_DP, reason="needs heml.dp")
+def test_shared_scale_audits_the_model_heml_train_fits_with_it(csv_path):
+    """--shared-scale reaches the audited fits: one DP box for all features, as in heml train."""
+    import warnings
+
+    from heml.audit.cli import EstimatorFactory
+    from heml.dp import PrivacyLeakWarning
+
+    parser = argparse.ArgumentParser()
+    audit_cli.register(parser.add_subparsers(dest="command"))
+    fits = {}
+    for flag in ([], ["--shared-scale"]):
+        args = parser.parse_args(["audit", str(csv_path), "--target", "label", "-o", "r", *flag])
+        X, y, task, _, bounds = audit_cli._load(args)
+        make = EstimatorFactory(task, 1e-5, bounds, None, use_dp=True, classes=(0, 1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PrivacyLeakWarning)  # nothing read from the data
+            fits[bool(flag)] = make(1.0).fit(np.asarray(X, dtype=float), y)
+    declared = fits[True].dp_guarantee_["bounds"]["X"]
+    assert declared["shared_scale"] is True and declared["pooled"] is True
+    # without it the public rule picks per-feature boxes at this n, d, eps (a positive control)
+    default = fits[False].dp_guarantee_["bounds"]["X"]
+    assert default["shared_scale"] is False and default["pooled"] is False
 
 
 def test_no_progress_bar_when_stderr_is_not_a_terminal(csv_path, tmp_path):

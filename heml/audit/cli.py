@@ -6,7 +6,8 @@ private model's ε lower bound exceeds its claimed ε (a failed audit); 2 invali
 arguments; 1 training failed. Errors are one line on stderr.
 
 The models are the ones ``heml train`` fits, with the same options (``--bounds``,
-``--target-bounds``, ``--delta``, ``--drop``, ``--task``): ``heml.dp.DPLogisticRegression`` or
+``--shared-scale``, ``--target-bounds``, ``--delta``, ``--drop``, ``--task``):
+``heml.dp.DPLogisticRegression`` or
 ``DPLinearRegression`` at every ε, ``inf`` included (the contract's non-private fit). Without
 ``heml.dp`` only ``--epsilons inf`` works, with scikit-learn's estimators behind a scaler.
 ``python -m heml.audit.cli audit …`` runs the same command without ``heml/cli.py``.
@@ -22,6 +23,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +68,12 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--bounds",
         help="public bounds of the features: LO,HI for every one, or FILE.json mapping each "
         "feature column to [LO, HI]",
+    )
+    p.add_argument(
+        "--shared-scale",
+        action="store_true",
+        help="declare that all features share one unit, as heml train --shared-scale: the "
+        "private fits estimate one DP box for all features (not with --bounds)",
     )
     p.add_argument("--target-bounds", help="public bounds of the target (regression): LO,HI")
     p.add_argument("--test-size", type=float, default=0.3, help="held-out share (%(default)s)")
@@ -149,7 +157,7 @@ class EstimatorFactory:
 
     task: str
     delta: float
-    bounds: tuple | None  # (lo, hi): scalars or per-feature arrays
+    bounds: Any  # (lo, hi): scalars or per-feature arrays; None or a PrivateBounds: DP-estimated
     target_bounds: tuple[float, float] | None
     use_dp: bool
     classes: tuple | None = None  # the public label set, set on the classifier if given
@@ -205,6 +213,12 @@ def _load(args):
     df, y = read_table(path, args.target, args.drop, name=Path(path).name)
     X = numeric_features(df)
     bounds = parse_feature_bounds(args.bounds, df.columns)
+    if args.shared_scale:  # the user's public declaration, as heml train --shared-scale
+        try:
+            from heml.dp import PrivateBounds
+        except ImportError:
+            raise _Invalid("--shared-scale needs the DP estimators (heml.dp)") from None
+        bounds = PrivateBounds(shared_scale=True)
     if y.isna().any():
         raise _Invalid(f"target {args.target!r} has missing values")
     task = checked_task(y, args.target, args.task)
@@ -221,6 +235,12 @@ def _run(args) -> int:
     t0 = time.perf_counter()
     epsilons = _epsilons(args.epsilons)
     check_bounds_arg(args.bounds)
+    if args.shared_scale and args.bounds is not None:
+        raise _Invalid(
+            f"--shared-scale and --bounds {args.bounds} cannot be combined: --shared-scale asks "
+            "for one box for all features estimated with DP, --bounds gives the bounds itself; "
+            "drop one of them"
+        )
     target_bounds = _pair(args.target_bounds, "--target-bounds")
     if not 0.0 < args.test_size < 1.0:
         raise _Invalid(f"--test-size must be in (0, 1), got {args.test_size}")
