@@ -227,9 +227,11 @@ def pytest_collection_modifyitems(config, items):
     no particular order. Most mutants are killed by the small guard tests
     (tests/test_guards_*.py), so running those first, then the other files, each group by the
     recorded time of the file's selected tests (fixtures included), ends a killed mutant's run
-    before the slow files set up their fixtures (a trained model, a gRPC server). Test order
-    within a file is kept (module fixtures are set up once). Outside mutmut's mutant runs
-    nothing changes."""
+    before the slow files set up their fixtures (a trained model, a gRPC server). Within a file
+    (kept together: module fixtures are set up once) the cheapest recorded test goes first, then
+    the file's own order: mutmut passes a mutant's tests from a set, in an order that changes
+    with each run's hash seed, and a test that hangs on a mutant until its deadline (20 s) could
+    come before one that fails at once. Outside mutmut's mutant runs nothing changes."""
     mutant = os.environ.get("MUTANT_UNDER_TEST", "")
     if "__mutmut_" not in mutant:
         return
@@ -241,8 +243,9 @@ def pytest_collection_modifyitems(config, items):
         path = item.nodeid.split("::")[0]
         cost[path] = cost.get(path, 0.0) + seconds.get(item.nodeid, 1.0)
 
-    def rank(item) -> tuple[bool, float, str]:
+    def rank(item) -> tuple[bool, float, str, float, int]:
         path = item.nodeid.split("::")[0]
-        return (not Path(path).name.startswith("test_guards_"), cost[path], path)
+        first = not Path(path).name.startswith("test_guards_")
+        return (first, cost[path], path, seconds.get(item.nodeid, 1.0), item.location[1] or 0)
 
-    items.sort(key=rank)  # stable: each file's own order is kept
+    items.sort(key=rank)

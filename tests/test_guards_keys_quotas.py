@@ -464,7 +464,7 @@ def _auth(key: str, *extra):
     return (("authorization", f"Bearer {key}"), *extra)
 
 
-def _fails(call, request, code, metadata, timeout=30):
+def _fails(call, request, code, metadata, timeout=10):
     with pytest.raises(grpc.RpcError) as info:
         result = call(request, timeout=timeout, metadata=metadata)
         if not isinstance(result, (pb.PredictResponse, pb.ModelInfo, pb.ListModelsResponse)):
@@ -494,8 +494,8 @@ def test_calls_without_a_valid_key_are_unauthenticated_and_health_checks_are_exe
         assert err.details() == "invalid API key"
         err = _fails(stub.PredictStream, iter([_row()]), UNAUTHENTICATED, _auth(alice[:-1]))
         assert err.details() == "invalid API key"
-        assert [m.name for m in stub.ListModels(listing, timeout=30, metadata=_auth(alice)).models]
-        assert stub.Predict(_row(), timeout=30, metadata=_auth(alice)).n == 1
+        assert [m.name for m in stub.ListModels(listing, timeout=10, metadata=_auth(alice)).models]
+        assert stub.Predict(_row(), timeout=10, metadata=_auth(alice)).n == 1
         channel.close()
     # the health service needs no key (a server with one registered, as heml serve has)
     server = grpc.server(
@@ -509,7 +509,7 @@ def test_calls_without_a_valid_key_are_unauthenticated_and_health_checks_are_exe
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(), timeout=30
+            health_pb2.HealthCheckRequest(), timeout=10
         )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         channel.close()
@@ -546,7 +546,7 @@ def test_a_keys_concurrency_limit_holds_on_every_rpc_kind_and_frees_its_slot(fol
         deadline = time.monotonic() + 20
         while True:  # until the server has admitted the held call
             try:
-                stub.ListModels(pb.ListModelsRequest(), timeout=30, metadata=_auth(alice))
+                stub.ListModels(pb.ListModelsRequest(), timeout=10, metadata=_auth(alice))
             except grpc.RpcError as exc:
                 assert exc.code() == EXHAUSTED
                 busy = exc
@@ -563,7 +563,7 @@ def test_a_keys_concurrency_limit_holds_on_every_rpc_kind_and_frees_its_slot(fol
             (stub.PredictStream, iter([_row()])),
         ]:
             _fails(call, request, EXHAUSTED, _auth(alice))
-        assert stub.Predict(_row(), timeout=30, metadata=_auth(bob)).n == 1  # another key
+        assert stub.Predict(_row(), timeout=10, metadata=_auth(bob)).n == 1  # another key
         release.set()
         with pytest.raises(grpc.RpcError) as info:  # the held stream ends one ciphertext short
             list(open_call)
@@ -571,14 +571,14 @@ def test_a_keys_concurrency_limit_holds_on_every_rpc_kind_and_frees_its_slot(fol
         deadline = time.monotonic() + 20
         while True:  # its slot is free again (released when the call ended, however it ended)
             try:
-                assert stub.Predict(_row(), timeout=30, metadata=_auth(alice)).n == 1
+                assert stub.Predict(_row(), timeout=10, metadata=_auth(alice)).n == 1
                 break
             except grpc.RpcError as exc:
                 assert exc.code() == EXHAUSTED and time.monotonic() < deadline
                 time.sleep(0.02)
         for _ in range(3):  # refused and successful calls alike leave nothing in flight
-            assert stub.Predict(_row(), timeout=30, metadata=_auth(alice)).n == 1
-            stub.GetModel(pb.GetModelRequest(name="small"), timeout=30, metadata=_auth(alice))
+            assert stub.Predict(_row(), timeout=10, metadata=_auth(alice)).n == 1
+            stub.GetModel(pb.GetModelRequest(name="small"), timeout=10, metadata=_auth(alice))
             _fails(stub.Predict, _row(n=0), grpc.StatusCode.INVALID_ARGUMENT, _auth(alice))
         channel.close()
     # a finished call releases its own slot once (its handler and gRPC's end-of-call callback
@@ -588,7 +588,7 @@ def test_a_keys_concurrency_limit_holds_on_every_rpc_kind_and_frees_its_slot(fol
         held_calls = [stub.PredictStream(held(), timeout=60, metadata=_auth(carol))]
         _wait_in_flight(interceptor, "carol", 1)
         for _ in range(3):
-            assert stub.Predict(_row(), timeout=30, metadata=_auth(carol)).n == 1
+            assert stub.Predict(_row(), timeout=10, metadata=_auth(carol)).n == 1
         _wait_in_flight(interceptor, "carol", 1)
         held_calls.append(stub.PredictStream(held(), timeout=60, metadata=_auth(carol)))
         _wait_in_flight(interceptor, "carol", 2)
@@ -619,8 +619,8 @@ def test_a_keys_rate_quota_charges_computed_slots_and_says_when_to_retry(folder,
     with inprocess_server(folder, api_keys=str(keys)) as port:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = heml_pb2_grpc.InferenceStub(channel)
-        assert stub.Predict(_row(n=2, s=2), timeout=30, metadata=_auth(alice)).n == 2  # 682
-        replies = stub.PredictStream(iter([_row(n=1)]), timeout=30, metadata=_auth(alice))
+        assert stub.Predict(_row(n=2, s=2), timeout=10, metadata=_auth(alice)).n == 2  # 682
+        replies = stub.PredictStream(iter([_row(n=1)]), timeout=10, metadata=_auth(alice))
         assert [r.n for r in replies] == [1]  # 1364: the whole minute
         err = _fails(stub.Predict, _row(), EXHAUSTED, _auth(alice))
         left, wait = re.fullmatch(
@@ -731,8 +731,8 @@ def test_every_kind_of_rpc_is_guarded_with_a_handler_of_its_own_kind(tmp_path):
             _fails(us, b"x", UNAUTHENTICATED, metadata)
             _fails(su, iter([b"x"]), UNAUTHENTICATED, metadata)
         for _ in range(2):  # the slot of max_concurrent=1 is freed after each call
-            assert list(us(b"ab", timeout=30, metadata=_auth(alice))) == [b"ab", b"ab"]
-            assert su(iter([b"a", b"b"]), timeout=30, metadata=_auth(alice)) == b"ab"
+            assert list(us(b"ab", timeout=10, metadata=_auth(alice))) == [b"ab", b"ab"]
+            assert su(iter([b"a", b"b"]), timeout=10, metadata=_auth(alice)) == b"ab"
         _fails(channel.unary_unary("/t.Echo/Nope"), b"", grpc.StatusCode.UNIMPLEMENTED, None)
         channel.close()
     finally:
@@ -795,17 +795,17 @@ def test_the_request_log_and_metrics_record_what_each_call_did(folder, tmp_path,
         interceptor,
     ):
         metadata = _auth(alice, ("x-request-id", "g 1"))
-        stub.GetModel(pb.GetModelRequest(name="small"), timeout=30, metadata=metadata)
-        stub.Predict(_row(n=2, s=2), timeout=30, metadata=_auth(alice))
+        stub.GetModel(pb.GetModelRequest(name="small"), timeout=10, metadata=metadata)
+        stub.Predict(_row(n=2, s=2), timeout=10, metadata=_auth(alice))
         two = [_row(n=1), _row(n=3, s=3)]
         two[0].request_id, two[1].request_id = "first one", "second"
-        assert len(list(stub.PredictStream(iter(two), timeout=30, metadata=_auth(alice)))) == 2
+        assert len(list(stub.PredictStream(iter(two), timeout=10, metadata=_auth(alice)))) == 2
         column = pb.PredictRequest(model="small", layout=LAYOUT_TO_PB["column"], n=5)
         column.ciphertexts.extend([bytes(28704)] * 3)
         mixed = [_row(n=1), column]
         mixed[0].request_id = "in-the-block"  # the metadata's x-request-id wins
         metadata = _auth(alice, ("x-request-id", "m"))
-        assert len(list(stub.PredictStream(iter(mixed), timeout=30, metadata=metadata))) == 2
+        assert len(list(stub.PredictStream(iter(mixed), timeout=10, metadata=metadata))) == 2
         _fails(stub.Predict, _row(n=0), grpc.StatusCode.INVALID_ARGUMENT, _auth(alice))
         # over the per-call limit (5000 slots), then over alice's minute (11000 tokens)
         _fails(stub.PredictStream, iter([column, column]), EXHAUSTED, _auth(alice))
@@ -872,7 +872,7 @@ def test_messages_are_bounded_by_the_configured_sizes(folder):
         assert stub.Predict(request, timeout=60).n == 256
     with _server(folder, max_receive_bytes=size - 1) as (stub, _interceptor):
         _fails(stub.Predict, request, EXHAUSTED, None)
-        assert stub.Predict(_row(), timeout=30).n == 1
+        assert stub.Predict(_row(), timeout=10).n == 1
     with _server(folder, max_send_bytes=100) as (stub, _interceptor):  # a reply is ~12 KiB
         _fails(stub.Predict, _row(), EXHAUSTED, None)
 

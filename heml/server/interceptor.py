@@ -320,7 +320,7 @@ def _wrap(handler: grpc.RpcMethodHandler, make_guard) -> grpc.RpcMethodHandler:
 
         def behavior(request, context):
             guard = make_guard()
-            outcome = "raised"
+            outcome = "raised"  # pragma: no mutate, _status reads only "returned"/"terminated"
             try:
                 yield from inner(request, guard.enter(context))
                 outcome = "returned"
@@ -331,7 +331,7 @@ def _wrap(handler: grpc.RpcMethodHandler, make_guard) -> grpc.RpcMethodHandler:
 
         def behavior(request, context):
             guard = make_guard()
-            outcome = "raised"
+            outcome = "raised"  # pragma: no mutate, _status reads only "returned"/"terminated"
             try:
                 result = inner(request, guard.enter(context))
                 outcome = "returned"
