@@ -20,6 +20,11 @@ Findings (each test is xfail(strict) until heml is fixed):
    ε_model = 0, and the fit raises "epsilon must be > 0 ..., got 0" after the whole (ε, δ) was
    charged. 9689c35 (no centre for regression below the spread rule) fitted these: n = 2, d = 1,
    (ε, δ) = (0.1, 0.05) gave ε_model = 0.0087.
+3. ``PrivateBounds`` accepts any finite ``search_range``, but the regression target's box is
+   handed to AdaSSP, which refuses bounds beyond ±1e100: with ``bounds_y=PrivateBounds(
+   search_range=1e200)`` every candidate median and MAD is at least 1e200·2^-40, so every fit
+   fails ("bounds_y must lie within ±1e+100") after the whole (ε, δ) was charged, whatever the
+   data. (Not a leak: the failure is a function of the public range and of DP releases.)
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import numpy as np
 import pytest
 
 import heml.dp._private_bounds as pb
-from heml.dp import BudgetAccountant, DPLinearRegression
+from heml.dp import BudgetAccountant, DPLinearRegression, PrivateBounds
 
 
 def _listed_rho(bounds: dict) -> float:
@@ -106,3 +111,33 @@ def test_a_valid_budget_fits_or_is_refused_before_any_spend(n, eps, delta):
     else:
         assert reg.dp_guarantee_["epsilon"] == eps
         assert math.isfinite(reg.intercept_)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="PrivateBounds takes a search_range whose target box AdaSSP always refuses (beyond "
+    "1e100); the fit fails after charging instead of being refused up front",
+)
+def test_an_accepted_target_search_range_fits_or_is_refused_before_any_spend():
+    X, y = _regression(300, 2)
+    # control: the default-sized range fits the same data
+    ok = DPLinearRegression(
+        epsilon=1.0,
+        delta=1e-5,
+        bounds_y=PrivateBounds(search_range=1e6),
+        accountant=BudgetAccountant(),
+        random_state=0,
+    ).fit(X, y)
+    assert ok.dp_guarantee_["bounds"]["y"]["search_range"] == 1e6
+    accountant = BudgetAccountant()
+    try:
+        bounds_y = PrivateBounds(search_range=1e200)  # accepted: positive and finite
+    except ValueError:
+        return  # refused as a parameter: nothing was charged
+    try:
+        DPLinearRegression(
+            epsilon=1.0, delta=1e-5, bounds_y=bounds_y, accountant=accountant, random_state=0
+        ).fit(X, y)
+    except ValueError as exc:
+        assert accountant.spent == (0.0, 0.0), f"charged {accountant.spent}, then: {exc}"
