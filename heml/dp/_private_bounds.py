@@ -44,6 +44,7 @@ import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
 from ._noise import NoiseSource, _secure_uniform, rounding_slack
+from ._validation import MAX_BOUND
 
 # Public, fixed a priori: none depends on the data being fitted. They were chosen by measuring
 # a few alternatives on the benchmark sets (docs/dp.md, "Bounds estimated with DP").
@@ -76,6 +77,7 @@ SPREAD_CLIP = 3.0  # features are clipped at this many (DP) spreads around their
 SPREAD_FLOOR = 0.05  # in the box's [-1, 1] units
 SPREAD_FLOOR_NOISES = 2.0
 DEFAULT_SEARCH_RANGE = 1e6
+MAX_SEARCH_RANGE = MAX_BOUND / 4  # every released bound stays within ±MAX_BOUND
 POINTS_PER_OCTAVE = 2
 OCTAVES = 40
 # Per-feature boxes need n·ε_r large enough for the exponential mechanism to find the data
@@ -135,8 +137,12 @@ class PrivateBounds:
 
     def __post_init__(self) -> None:
         r = self.search_range
-        if isinstance(r, bool) or not isinstance(r, int | float) or not (0 < r < math.inf):
-            raise ValueError(f"search_range must be a positive finite number, got {r!r}")
+        if isinstance(r, bool) or not isinstance(r, int | float) or not (0 < r <= MAX_SEARCH_RANGE):
+            # every released bound (up to 4 x search_range: a target's median + 3 MADs, a
+            # feature box 4x the pooled scale) must stay within the bounds a model accepts
+            raise ValueError(
+                f"search_range must be a number in (0, {MAX_SEARCH_RANGE:g}], got {r!r}"
+            )
         if not isinstance(self.shared_scale, bool):
             raise ValueError(f"shared_scale must be True or False, got {self.shared_scale!r}")
 
@@ -732,6 +738,60 @@ def _kinds(est, epsilon: float) -> tuple[str, str | None]:
     return x_kind, y_kind
 
 
+@dataclass(frozen=True)
+class EstimatedBoundsPlan:
+    """The public part of a fit with estimated bounds: what is released, and the split."""
+
+    x_kind: str  # "dp", "data" or "declared"
+    y_kind: str | None  # the same for a regressor's target; None for a classifier
+    shared: bool  # the user declared one unit for all features (PrivateBounds(shared_scale))
+    pooled: bool  # one box for all features
+    budget: BoundsBudget
+
+
+def plan_estimated_bounds(est, n: int, d: int, epsilon: float, delta: float):
+    """Which releases a fit with estimated bounds makes and how (ε, δ) splits between them
+    and the model, from the estimator's parameters and the public n, d, ε, δ only.
+
+    Returns None when every bound is declared (or ε = ∞). Raises ``ValueError`` for
+    parameters that cannot fit: the estimators call it before they reserve the budget, so
+    such a fit is refused with nothing spent (``fit_with_estimated_bounds`` calls it again
+    and gets the same plan)."""
+    x_kind, y_kind = _kinds(est, epsilon)
+    if not math.isfinite(epsilon) or {x_kind, y_kind}.isdisjoint({"dp", "data"}):
+        return None
+    if x_kind != "declared" and est.data_norm is not None and math.isfinite(est.data_norm):
+        raise ValueError(
+            "data_norm is a bound in the units of declared bounds_X; with estimated bounds rows "
+            "are clipped after the map to L2 norm sqrt(d)/4 whatever data_norm says "
+            "(use data_norm=None)"
+        )
+    target = y_kind == "dp"
+    gaussian = gaussian_model(est)
+    spread = x_kind == "dp" and gaussian and spread_rule(n, d, epsilon, delta)
+    # the features' DP centre for every Gaussian model, regression included: without it the
+    # rows sit off the box's middle and AdaSSP's row clip shrinks every one of them (diabetes
+    # at eps = 1: all 309 rows on the clip; R2 0.066 -> 0.112 on 80 fits, docs/dp.md)
+    center = True
+    # one pooled box when the user declared one scale for all features (public), else when the
+    # public rule says per-feature boxes would be too imprecise
+    shared = x_kind == "dp" and _shared_scale(est.bounds_X)
+    pooled = x_kind == "dp" and (
+        shared or not per_feature(n, d, epsilon, delta, target, gaussian, center)
+    )
+    releases = (1 if pooled else d) if x_kind == "dp" else 0
+    budget = split_budget(epsilon, delta, releases, target, gaussian, center, spread)
+    if not budget.epsilon_model > 0:
+        # the releases' share leaves the model a Gaussian that is already (0, delta)-DP: tiny
+        # n with delta near 1/n (found by review, tests/test_dp_review4.py)
+        raise ValueError(
+            f"epsilon={epsilon:g}, delta={delta:g}: with bounds estimated with DP the model "
+            "would get no epsilon once the bounds' releases are paid; raise epsilon, lower "
+            "delta, or declare bounds_X (and bounds_y)"
+        )
+    return EstimatedBoundsPlan(x_kind, y_kind, shared, pooled, budget)
+
+
 def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
     """Fit ``est`` with bounds estimated with DP (or read from the data on the "data" opt-in).
 
@@ -750,31 +810,12 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
 
     if "feature_map_" in vars(est):  # from an earlier fit; set again only on success
         del est.feature_map_
-    x_kind, y_kind = _kinds(est, epsilon)
-    if not math.isfinite(epsilon) or {x_kind, y_kind}.isdisjoint({"dp", "data"}):
+    plan = plan_estimated_bounds(est, *X.shape, epsilon, delta)
+    if plan is None:
         return None
-    if x_kind != "declared" and est.data_norm is not None and math.isfinite(est.data_norm):
-        raise ValueError(
-            "data_norm is a bound in the units of declared bounds_X; with estimated bounds rows "
-            "are clipped after the map to L2 norm sqrt(d)/4 whatever data_norm says "
-            "(use data_norm=None)"
-        )
     n, d = X.shape
-    target = y_kind == "dp"
-    gaussian = gaussian_model(est)
-    spread = x_kind == "dp" and gaussian and spread_rule(n, d, epsilon, delta)
-    # the features' DP centre for every Gaussian model, regression included: without it the
-    # rows sit off the box's middle and AdaSSP's row clip shrinks every one of them (diabetes
-    # at eps = 1: all 309 rows on the clip; R2 0.066 -> 0.112 on 80 fits, docs/dp.md)
-    center = True
-    # one pooled box when the user declared one scale for all features (public), else when the
-    # public rule says per-feature boxes would be too imprecise
-    shared = x_kind == "dp" and _shared_scale(est.bounds_X)
-    pooled = x_kind == "dp" and (
-        shared or not per_feature(n, d, epsilon, delta, target, gaussian, center)
-    )
-    releases = (1 if pooled else d) if x_kind == "dp" else 0
-    budget = split_budget(epsilon, delta, releases, target, gaussian, center, spread)
+    x_kind, y_kind, shared, pooled = plan.x_kind, plan.y_kind, plan.shared, plan.pooled
+    budget = plan.budget
     private = "data" not in (x_kind, y_kind)
     if not private:
         which = " and ".join(
@@ -790,7 +831,7 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
         )
 
     params = {
-        **({"method": "dpgd"} if gaussian and not hasattr(est, "bounds_y") else {}),
+        **({"method": "dpgd"} if gaussian_model(est) and not hasattr(est, "bounds_y") else {}),
         "epsilon": budget.epsilon_model,
         "delta": budget.delta_model,
         "accountant": BudgetAccountant(),  # the caller reserved the whole fit already
@@ -817,7 +858,7 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
             source = "read from the training data (NOT private: bounds_X='data')"
         # every value inside the released box before any arithmetic: a huge finite value
         # would otherwise overflow in the maps below, and whether the fit raises or warns
-        # would depend on that one record (found by review; tests/test_dp_review.py)
+        # would depend on that one record (found by review; tests/test_dp_extreme_records.py)
         X = np.clip(X, lo, hi)
         center, half = bounds_map(lo, hi)
         params["bounds_X"] = (-1.0, 1.0)
@@ -925,8 +966,9 @@ def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):
         "model": budget.describe_model(),
         "composition": "basic: the bounds' and the model's (epsilon, delta) add up"
         if budget.composition == "basic"
-        else "zCDP: rho(bounds) + rho(model) = rho, and the fit is (epsilon, delta)-DP by "
-        "the Canonne-Kamath-Steinke 2020 (Prop. 12) conversion of rho",
+        else "zCDP: rho(bounds) + rho_center_release + rho_spread_release + rho(model) = rho "
+        "(bounds.rho covers the boxes, the scale and the target), and the fit is "
+        "(epsilon, delta)-DP by the Canonne-Kamath-Steinke 2020 (Prop. 12) conversion of rho",
     }
     if not private:
         guarantee.update(private=False, epsilon=None, delta=None)
