@@ -152,6 +152,9 @@ FOCUS = [
     "heml.dp._private_bounds.x_width_utility*",
     "heml.dp._private_bounds.x_private_box*",
     "heml.dp._private_bounds.x_estimated_row_norm*",
+    # the public plan of a fit with estimated bounds, refused before the spend (round 4)
+    "heml.dp._private_bounds.x_plan_estimated_bounds*",
+    "heml.dp._private_bounds.xǁPrivateBoundsǁ__post_init__*",
     "heml.dp._logistic.x_clipped_gradient_sum*",
     "heml.dp._logistic.x_dpgd_steps*",
     "heml.dp._logistic.x__dp_gradient_descent*",
