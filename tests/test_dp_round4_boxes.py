@@ -5,6 +5,8 @@ Promises tested here, each from docs/dp.md:
   the box clips (u = 0.7·u_box - 0.3·max(#clipped, Σ width costs)); the release keeps
   sensitivity 1, and a box that clips every value no longer looks like a perfect fit to the
   width term. The pooled box keeps the plain width term;
+* per-feature boxes: a one-sided box [f·c, c] (or its mirror) must also hold n/6 values in its
+  inner half, on top of n/3 in its outer half;
 * the per-feature candidates after the pooled scale release c reach 256·c (a feature far above
   the bulk of the values gets a box) and go down to c·2^-18, as before;
 * where the spread is released, features are clipped at 2 DP spreads around the DP centre.
@@ -79,6 +81,12 @@ def test_floored_utility_keeps_sensitivity_1_and_an_added_one_would_not():
             floored(z)
         )
 
+    def inner(z):
+        return pb.box_utility(z, lower, upper, inner_half=True)
+
+    def feature_box(z):  # the whole per-feature utility
+        return (1.0 - pb.WIDTH_WEIGHT) * inner(z) + pb.WIDTH_WEIGHT * floored(z)
+
     def added(z):  # the control: the clip count added to the width costs instead of a max
         zs = np.sort(z)
         n_out = np.searchsorted(zs, lower, side="left") + (
@@ -88,6 +96,8 @@ def test_floored_utility_keeps_sensitivity_1_and_an_added_one_would_not():
 
     assert _max_change(x, lower, upper, floored) <= 1.0 + 1e-9
     assert _max_change(x, lower, upper, mixed) <= 1.0 + 1e-9
+    assert _max_change(x, lower, upper, inner) <= 1.0 + 1e-9
+    assert _max_change(x, lower, upper, feature_box) <= 1.0 + 1e-9
     assert _max_change(x, lower, upper, added) > 1.5  # the detector sees a sensitivity of 2
 
 
@@ -205,3 +215,70 @@ def test_features_are_clipped_at_two_dp_spreads_around_the_centre(spread_fit):
     # and the released box lies within centre ± half (inside the first box, whichever is tighter)
     assert np.all(np.asarray(lo) >= np.asarray(center) - np.asarray(half) * (1 + 1e-9))
     assert np.all(np.asarray(hi) <= np.asarray(center) + np.asarray(half) * (1 + 1e-9))
+
+
+def _inner_by_hand(x, a, b):
+    """u_box with the inner-half rule, from docs/dp.md: -max(#clipped, "too wide"), where a
+    one-sided box needs n/3 values in its outer half and n/6 in its inner half."""
+    n = len(x)
+    out = sum(1 for v in x if v < a or v > b)
+    mid = (a + b) / 2.0
+    if a == -b:
+        wide = max(0.0, n / 3 - sum(1 for v in x if abs(v) >= b / 2.0))
+    elif a >= 0:
+        outer = sum(1 for v in x if v >= mid)
+        inner = sum(1 for v in x if a <= v < mid)
+        wide = max(0.0, n / 3 - outer, n / 6 - inner)
+    else:
+        outer = sum(1 for v in x if v <= mid)
+        inner = sum(1 for v in x if mid < v <= b)
+        wide = max(0.0, n / 3 - outer, n / 6 - inner)
+    return -max(float(out), wide)
+
+
+def test_inner_half_rule_matches_its_definition():
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.uniform(11.0, 15.0, 50), -rng.uniform(0.5, 3.0, 10), [0.0]])
+    mags = 64.0 * np.exp2(-np.arange(27) / 2)
+    lower, upper, _ = pb.box_candidates(mags)
+    got = pb.box_utility(x, lower, upper, inner_half=True)
+    want = [_inner_by_hand(x, a, b) for a, b in zip(lower, upper, strict=True)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    # without the rule [0, 16] fits values in 11-15 as well as [8, 16] does; with it, it
+    # lacks n/6 values in [0, 8)
+    k0 = int(np.flatnonzero((lower == 0.0) & (upper == 16.0))[0])
+    k8 = int(np.flatnonzero((lower == 8.0) & (upper == 16.0))[0])
+    pos = x[x > 5.0]
+    plain = pb.box_utility(pos, lower, upper)
+    rule = pb.box_utility(pos, lower, upper, inner_half=True)
+    assert plain[k0] == plain[k8] == 0.0
+    assert rule[k0] == pytest.approx(-50 / 6, rel=1e-12) and rule[k8] == 0.0
+
+
+def test_per_feature_box_moves_mass_off_boxes_with_an_empty_inner_half():
+    """What it is for: wine's alcohol (11-15) at eps = 5 (eps_r = 0.3, n = 124) got a box
+    reaching below half its minimum about half of the time; the rule cuts that to a third,
+    and private_box(feature_box=True) draws from the rule's law (1 500 seeded draws)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(13.0, 0.8, 124).clip(11.0, 14.8)
+    mags = 64.0 * np.exp2(-np.arange(27) / 2)
+    lower, upper, prior = pb.box_candidates(mags)
+    w = pb.WIDTH_WEIGHT
+    width = pb.clipped_width_utility(x, lower, upper)
+
+    def law(inner):
+        u = (1 - w) * pb.box_utility(x, lower, upper, inner_half=inner) + w * width
+        return pb.em_probabilities(u, 0.3, 1.0, prior)
+
+    slack = lower < 0.5 * x.min()
+    p_plain, p_rule = law(False)[slack].sum(), law(True)[slack].sum()
+    assert p_plain > 0.45  # measured 0.506
+    assert p_rule < 0.4  # measured 0.349
+    noise = NoiseSource(9)
+    draws = [
+        pb.private_box(x, 0.3, mags, noise, graded=True, feature_box=True) for _ in range(1500)
+    ]
+    freq = float(np.mean([a < 0.5 * x.min() for a, _ in draws]))
+    sd = math.sqrt(p_rule * (1 - p_rule) / 1500)
+    assert abs(freq - p_rule) < 4 * sd
+    assert abs(freq - p_plain) > 4 * sd
