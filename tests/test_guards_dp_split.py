@@ -4,7 +4,8 @@ docs/dp.md, "What each share of ε pays for": with a Gaussian model the fit is �
 largest value whose Canonne–Kamath–Steinke conversion (2020, Prop. 12) gives (ε, δ); the boxes
 take 30 % of ρ (half to a regression target; of the features' part 10 % to the pooled scale
 release when there are several features, the rest evenly over the d boxes, each ε_r-DP with
-ε_r²/8 = its ρ), the centre 15 %, the spread 10 %, the model the rest as the multiplier
+ε_r²/8 = its ρ), the centre 15 % (10 % when the spread is released), the spread 10 %, the
+model the rest as the multiplier
 m = 1/√(2ρ_model), handed over as the exact Gaussian ε at δ for a multiplier 1e-7 above m.
 With objective perturbation (basic composition) the bounds take ε_b = 0.3·ε (half to a target)
 and δ_b ≤ 0.1·δ, the feature releases composed in zCDP or basically, whichever gives the larger
@@ -113,7 +114,7 @@ def test_the_gaussian_split_is_the_documented_shares_of_rho(releases, target, ce
     rho_y = (boxes / 2 if releases else boxes) if target else 0.0
     rho_x = boxes - rho_y
     rho_scale = 0.1 * rho_x if releases > 1 else 0.0
-    rho_c = 0.15 * rho if releases and center else 0.0
+    rho_c = (0.1 if spread else 0.15) * rho if releases and center else 0.0
     rho_sp = 0.1 * rho if releases and spread else 0.0
     rho_model = rho - boxes - rho_c - rho_sp
     m = 1.0 / math.sqrt(2 * rho_model)

@@ -55,14 +55,22 @@ DELTA_SHARE = 0.1
 BOUNDS_RHO_SHARE = 0.3
 # zCDP path with per-feature boxes: this share of the features' ρ first releases one pooled box
 # (its magnitude c, sensitivity d); the per-feature candidates are then SCALE_HEADROOM·c·2^(-j/2)
-# over SCALE_OCTAVES octaves instead of the whole public search range.
+# over SCALE_OCTAVES octaves instead of the whole public search range. The pooled box follows
+# the bulk of all n·d values, not the largest feature: with 4·c (round 3) wine's proline
+# (278-1 680, beside columns below 30) often had no candidate above its values and was clipped
+# to a constant. 256·c over 26 octaves reaches 6 octaves higher and keeps the lowest candidate
+# (c·2^-18) where it was (wine at ε = 5: +0.025 on 80 fits; docs/dp.md, round 4).
 SCALE_SHARE = 0.1
-SCALE_HEADROOM = 4.0
-SCALE_OCTAVES = 20
+SCALE_HEADROOM = 256.0
+SCALE_OCTAVES = 26
 # zCDP path: this share of ρ releases the mean of the box-mapped features (Gaussian, L2
 # sensitivity 2√d), the point rows are centred and clipped around (see ``private_center``).
 CENTER_RHO_SHARE = 0.15
 SPREAD_RHO_SHARE = 0.1
+# where the spread is released (the public spread_rule), the centre takes this share instead of
+# CENTER_RHO_SHARE: the spread's clip around it then tolerates a noisier centre, and the model
+# gets the difference (digits at eps = 5: +0.005 on 80 fits; docs/dp.md, round 4)
+CENTER_RHO_SHARE_WITH_SPREAD = 0.1
 # With estimated bounds the model clips rows to L2 norm ROW_NORM_FACTOR·√d in the released
 # map's units (a public rule on d). The declared-bounds default (a third of the box's radius,
 # √d/3 for a [-1, 1] box) left most rows far inside the clip once the map had centred them:
@@ -73,7 +81,9 @@ ROW_NORM_FACTOR = 0.25
 # the spread is released only when its noise (sd sqrt(d)·m/n in the box's units, m the noise
 # multiplier of its share; ``spread_noise``) is at most this: a public rule on n, d, ε, δ
 SPREAD_MAX_NOISE = 0.05
-SPREAD_CLIP = 3.0  # features are clipped at this many (DP) spreads around their centre
+# features are clipped at this many (DP) spreads around their centre; 3 until round 4, when 2
+# measured +0.008 on digits at eps = 5 (80 fits; breast cancer -0.002, diabetes +0.002)
+SPREAD_CLIP = 2.0
 SPREAD_FLOOR = 0.05  # in the box's [-1, 1] units
 SPREAD_FLOOR_NOISES = 2.0
 DEFAULT_SEARCH_RANGE = 1e6
@@ -88,8 +98,10 @@ PER_FEATURE_MIN_N_EPSILON = 16.0
 MECHANISM = (
     "exponential mechanism over public boxes [-c, c], [f c, c], [-c, -f c] (c on a log grid, "
     "f in {0, 1/2, 3/4}, prior 1:2:4:8), utility -max(#clipped, max(0, n/3 - #in outer half)) "
-    "(features: 0.7 times it plus 0.3 times -sum_i min(1, max(0, log2(width / (2|x_i|)) / 2))), "
-    "sensitivity 1, one release per feature and one for the target (whose [-c, c] must reach "
+    "(features: 0.7 times it plus 0.3 times -sum_i min(1, max(0, log2(width / (2|x_i|)) / 2)), "
+    "that sum floored at #clipped for per-feature boxes, whose one-sided shapes must also "
+    "hold n/6 values in their inner half), sensitivity 1, one release per "
+    "feature and one for the target (whose [-c, c] must reach "
     "both outer halves); or (n*epsilon_r < 16, or shared_scale declared) one pooled box over "
     "all n*d values (sensitivity d); feature "
     "releases composed in zCDP (epsilon_r^2/8 each)"
@@ -98,9 +110,10 @@ MECHANISM_ZCDP = (
     "exponential mechanism over public boxes [-c, c], [f c, c], [-c, -f c] (c on a log grid, "
     "f in {0, 1/2, 3/4}, prior 1:2:4:8), utility -max(#clipped, max(0, n/3 - #in outer half)) "
     "(feature boxes: 0.7 times it plus 0.3 times -sum_i min(1, max(0, log2(width / (2|x_i|)) / "
-    "2))), sensitivity 1: one pooled box over all n*d values (sensitivity d) fixing the "
-    "scale, then "
-    "one box per feature among candidates below 4x that scale (or the pooled box alone when "
+    "2)), that sum floored at #clipped for per-feature boxes, whose one-sided shapes must "
+    "also hold n/6 values in their inner half), sensitivity 1: one pooled box "
+    "over all n*d values (sensitivity d) fixing the scale, then "
+    "one box per feature among candidates below 256x that scale (or the pooled box alone when "
     "n*epsilon_r < 16, or when shared_scale is declared); the target's box median +- 3 MAD "
     "from two exponential mechanisms "
     "(utility -|#{y < t} - n/2| and -|#{|y - m| < r} - n/2|); Gaussian releases of the "
@@ -160,6 +173,10 @@ def grid(search_range: float = DEFAULT_SEARCH_RANGE) -> np.ndarray:
 BOX_FRACTIONS = (0.0, 0.5, 0.75)
 BOX_PRIOR = (1.0, 2.0, 4.0, 8.0)  # symmetric, then f = 0, 1/2, 3/4
 BOX_TARGET = 1.0 / 3.0  # a box must hold at least this share of values in its outer half
+# a one-sided per-feature box must also hold this share in its inner half (since round 4: wine's
+# alcohol, 11-15, got [0, 15.3] or [7.6, 15.3] as often as [11.4, 15.3]; wine at eps = 5
+# +0.006 +- 0.002 on 160 fits, every other raw cell within +-0.002; docs/dp.md)
+BOX_INNER_TARGET = 1.0 / 6.0
 
 
 def box_candidates(magnitudes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -173,7 +190,11 @@ def box_candidates(magnitudes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def box_utility(
-    x: np.ndarray, lower: np.ndarray, upper: np.ndarray, both_sides: bool = False
+    x: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    both_sides: bool = False,
+    inner_half: bool = False,
 ) -> np.ndarray:
     """u = -max(#{x outside [a, b]}, max(0, t - #{x in the box's outer half or beyond})).
 
@@ -182,8 +203,12 @@ def box_utility(
     a box on the positive side, x ≤ (a + b)/2 on the negative side). With ``both_sides``
     (a regression target, whose box centre is what the model shrinks toward), [-c, c] must
     reach both of its outer halves instead: max(0, t/2 - min(#{x ≥ c/2}, #{x ≤ -c/2})), so
-    that a target on one side of 0 gets a one-sided box. Each count, each min and the max move
-    by at most 1 when one record is replaced: sensitivity 1.
+    that a target on one side of 0 gets a one-sided box. With ``inner_half`` (per-feature
+    boxes) a one-sided box must also hold BOX_INNER_TARGET·n values in its inner half
+    (a ≤ x < (a + b)/2 on the positive side, (a + b)/2 < x ≤ b on the negative side): the
+    "too wide" count is then max(0, t - #outer, t_inner - #inner), so that [0, c] no longer
+    fits values that all lie near c as well as [c/2, c] or [3c/4, c] does. Each count, each
+    min and the max move by at most 1 when one record is replaced: sensitivity 1.
     """
     x = np.sort(np.ravel(x))
     n = x.size
@@ -203,7 +228,15 @@ def box_utility(
         wide_sym = np.maximum(t / 2.0 - np.minimum(above, below), 0.0)
     else:
         wide_sym = np.maximum(t - (above + below), 0.0)
-    wide = np.where(sym, wide_sym, np.maximum(t - one, 0.0))
+    wide_one = np.maximum(t - one, 0.0)
+    if inner_half:
+        inner = np.where(
+            positive,
+            np.searchsorted(x, mid, side="left") - np.searchsorted(x, lower, side="left"),
+            np.searchsorted(x, upper, side="right") - np.searchsorted(x, mid, side="right"),
+        )
+        wide_one = np.maximum(wide_one, BOX_INNER_TARGET * n - inner)
+    wide = np.where(sym, wide_sym, wide_one)
     return -np.maximum(outside, wide).astype(np.float64)
 
 
@@ -215,17 +248,25 @@ def private_box(
     both_sides: bool = False,
     sensitivity: float = 1.0,
     graded: bool = False,
+    feature_box: bool = False,
 ) -> tuple[float, float]:
     """One ε-DP release of a box for x: the exponential mechanism with the public prior.
 
     ``sensitivity``: how many values of x one record holds (d for a pooled box).
     ``graded``: the utility is (1 - WIDTH_WEIGHT)·``box_utility`` + WIDTH_WEIGHT·
-    ``width_utility`` (a convex mix of two utilities with the same sensitivity keeps it).
+    ``width_utility`` (a convex mix of two utilities with the same sensitivity keeps it);
+    ``feature_box`` (per-feature boxes): ``clipped_width_utility`` in place of
+    ``width_utility``, and ``box_utility`` with ``inner_half``.
     """
     lower, upper, prior = box_candidates(magnitudes)
-    u = box_utility(x, lower, upper, both_sides)
+    u = box_utility(x, lower, upper, both_sides, inner_half=feature_box)
     if graded:
-        u = (1.0 - WIDTH_WEIGHT) * u + WIDTH_WEIGHT * width_utility(x, upper - lower)
+        w = (
+            clipped_width_utility(x, lower, upper)
+            if feature_box
+            else width_utility(x, upper - lower)
+        )
+        u = (1.0 - WIDTH_WEIGHT) * u + WIDTH_WEIGHT * w
     p = em_probabilities(u, epsilon, sensitivity, prior)
     k = int(_draw(p, np.arange(p.size, dtype=np.float64), noise))
     return float(lower[k]), float(upper[k])
@@ -287,6 +328,25 @@ def width_utility(x: np.ndarray, widths: np.ndarray) -> np.ndarray:
         mid = (hi - lo) * qw - (csum[hi] - csum[lo])
         total[finite] = (zeros + lo) * full + mid
     return -(total.astype(np.float64) / full)
+
+
+def clipped_width_utility(x: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """-max(#{x outside [a, b]}, -``width_utility``(x, b - a)): the graded width term, but never
+    better than minus the number of values the box clips.
+
+    ``width_utility`` alone scores a box far off the data (narrower than 2|x| for every value x
+    it clips) as a perfect fit, so in the mixed feature utility a box that clips every value
+    lost only (1 - WIDTH_WEIGHT)·n: at breast cancer, ε = 1 (n·ε_r ≈ 19) about one feature in
+    ten got a box on the wrong side of 0 and was clipped to a constant (docs/dp.md, round 4).
+    Per-feature boxes only: for the pooled box over all n·d values it measured worse (wine at
+    ε = 1: -0.014 on 240 fits), since there any box clips some feature's values.
+    Both counts have sensitivity 1 and so has their maximum; both are exact (an integer and a
+    multiple of WIDTH_QUANTUM), and so is their maximum.
+    """
+    xs = np.sort(np.ravel(x))
+    n = xs.size
+    outside = np.searchsorted(xs, lower, side="left") + (n - np.searchsorted(xs, upper, "right"))
+    return -np.maximum(outside.astype(np.float64), -width_utility(xs, upper - lower))
 
 
 def _draw(p: np.ndarray, candidates: np.ndarray, noise: NoiseSource) -> float:
@@ -475,7 +535,8 @@ def split_budget(
         eps_s = math.sqrt(8.0 * rho_s)
         eps_r = math.sqrt(8.0 * (rho_x - rho_s) / releases) if releases else 0.0
         eps_y = math.sqrt(8.0 * rho_y)
-        rho_c = CENTER_RHO_SHARE * rho if releases and center else 0.0
+        center_share = CENTER_RHO_SHARE_WITH_SPREAD if spread else CENTER_RHO_SHARE
+        rho_c = center_share * rho if releases and center else 0.0
         rho_sp = SPREAD_RHO_SHARE * rho if releases and spread else 0.0
         rho_m = rho - rho_b - rho_c - rho_sp
         m = 1.0 / math.sqrt(2.0 * rho_m)
@@ -579,7 +640,13 @@ def private_bounds(
     lo, hi = np.empty(d), np.empty(d)
     for j in range(d):
         lo[j], hi[j] = private_box(
-            values[:, j], epsilon_release, mags, noise, both_sides, graded=not both_sides
+            values[:, j],
+            epsilon_release,
+            mags,
+            noise,
+            both_sides,
+            graded=not both_sides,
+            feature_box=not both_sides,
         )
     return lo, hi
 
