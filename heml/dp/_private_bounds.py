@@ -87,7 +87,9 @@ SPREAD_CLIP = 2.0
 SPREAD_FLOOR = 0.05  # in the box's [-1, 1] units
 SPREAD_FLOOR_NOISES = 2.0
 DEFAULT_SEARCH_RANGE = 1e6
-MAX_SEARCH_RANGE = MAX_BOUND / 4  # every released bound stays within ±MAX_BOUND
+# every released bound stays within ±MAX_BOUND: a target's median + 3 MADs reaches 4x the range,
+# a per-feature box SCALE_HEADROOM x the pooled scale (itself within the range)
+MAX_SEARCH_RANGE = MAX_BOUND / max(4.0, SCALE_HEADROOM)
 POINTS_PER_OCTAVE = 2
 OCTAVES = 40
 # Per-feature boxes need n·ε_r large enough for the exponential mechanism to find the data
@@ -129,9 +131,12 @@ class PrivateBounds:
     Parameters
     ----------
     search_range : float, default=1e6
-        Public bound on the magnitude of the bounds: candidates lie in [-search_range,
-        search_range] on a log-scale grid. Narrow it when you know the scale of your data
-        (e.g. 1e3 for values in the hundreds): fewer candidates, sharper bounds.
+        Public bound on the magnitude of the data: the first releases (one box or the pooled
+        scale, the target's median and MAD) pick among candidates in [-search_range,
+        search_range] on a log-scale grid; per-feature boxes then reach up to
+        SCALE_HEADROOM (256) times the released pooled scale, and a target's box up to 4 times
+        the range. At most MAX_SEARCH_RANGE (1e100 / 256). Narrow it when you know the scale
+        of your data (e.g. 1e3 for values in the hundreds): fewer candidates, sharper bounds.
     shared_scale : bool, default=False
         Your public declaration that every feature column is in one unit and on one scale:
         pixel intensities, counts of the same thing, a sensor array read in one unit. The fit
@@ -151,8 +156,7 @@ class PrivateBounds:
     def __post_init__(self) -> None:
         r = self.search_range
         if isinstance(r, bool) or not isinstance(r, int | float) or not (0 < r <= MAX_SEARCH_RANGE):
-            # every released bound (up to 4 x search_range: a target's median + 3 MADs, a
-            # feature box 4x the pooled scale) must stay within the bounds a model accepts
+            # every released bound (see MAX_SEARCH_RANGE) must stay within what a model accepts
             raise ValueError(
                 f"search_range must be a number in (0, {MAX_SEARCH_RANGE:g}], got {r!r}"
             )
