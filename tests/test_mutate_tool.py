@@ -399,3 +399,37 @@ def test_the_same_change_listed_twice_stops_the_tool(tmp_path):
 def test_the_committed_equivalents_file_loads():
     entries = mutate.load_equivalents()
     assert entries and all(e.reason.strip() and (e.before or e.after) for e in entries)
+
+
+def test_recheck_forgets_only_the_selected_mutants_that_were_not_caught(mutants):
+    """--recheck: survivors (and recorded crashers) run again, kills and timeouts are kept."""
+    mutate._record_crash(f"{NOISE}4", "crashed", mutants)
+    write_meta(
+        mutants,
+        "heml/he/params.py",
+        {"heml.he.params.x_check__mutmut_1": 0, "heml.he.params.x_check__mutmut_2": 36},
+    )
+    forgotten = mutate.forget_unkilled(mutate.FOCUS, mutants)
+    assert sorted(forgotten) == sorted(
+        [f"{NOISE}3", f"{NOISE}4", "heml.he.params.x_check__mutmut_1"]
+    )
+    codes = mutate._meta_codes(mutants)
+    assert codes["heml/dp/_noise.py"] == {
+        f"{NOISE}1": 1,  # killed: kept
+        f"{NOISE}2": None,
+        f"{NOISE}3": None,  # survived: run again
+        f"{NOISE}4": None,  # crashed: run again, no longer set aside
+    }
+    assert codes["heml/he/params.py"]["heml.he.params.x_check__mutmut_2"] == 36  # timeout kept
+    assert codes["heml/dp/_base.py"] == {"heml.dp._base.x_unlisted__mutmut_1": None}
+    assert mutate._crashed(mutants) == {}
+    assert mutate._pending(codes, mutate.FOCUS, mutate._crashed(mutants)) == [
+        f"{NOISE}2",
+        f"{NOISE}3",
+        f"{NOISE}4",
+        "heml.he.params.x_check__mutmut_1",
+    ]
+    # --only narrows it: nothing outside the globs is touched
+    write_meta(mutants, "heml/he/wire.py", {f"{WIRE}1": 0}, wire_source(range(1, 2), sanity=3))
+    assert mutate.forget_unkilled(["heml.dp.*"], mutants) == []
+    assert mutate._meta_codes(mutants)["heml/he/wire.py"] == {f"{WIRE}1": 0}

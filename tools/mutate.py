@@ -366,6 +366,31 @@ def _sanity_glob() -> str:
 
 
 # ------------------------------------------------------------------ the run
+def forget_unkilled(globs: list[str], mutants: Path | None = None) -> list[str]:
+    """Set the result of every selected mutant that was not caught (survived, no tests,
+    suspicious, crashed) back to "not run", so that ``--resume`` runs it again: after tests
+    were added for survivors, only those are re-checked. Killed and timed-out mutants keep
+    their results. Returns the names forgotten."""
+    mutants = mutants or MUTANTS
+    crashed = _crashed(mutants)
+    forgotten = []
+    for meta in sorted(mutants.rglob("*.py.meta")):
+        data = json.loads(meta.read_text())
+        codes = data["exit_code_by_key"]
+        for name, code in codes.items():
+            if not (_focused(name) and _matches(name, globs)):
+                continue
+            if name not in crashed and (code is None or _status(code) in ("killed", "timeout")):
+                continue
+            codes[name] = None
+            forgotten.append(name)
+        meta.write_text(json.dumps(data))
+    if crashed:
+        left = {k: v for k, v in crashed.items() if k not in forgotten}
+        (mutants / CRASHED).write_text(json.dumps(left, indent=1, sort_keys=True) + "\n")
+    return forgotten
+
+
 def run(jobs: int, nice: int, keep: bool, only: list[str]) -> bool:
     """Run mutmut in steps until every selected mutant has a result; True when it completed."""
     if not keep and MUTANTS.exists():
@@ -855,6 +880,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the results under mutants/ and run only the mutants without one",
     )
+    parser.add_argument(
+        "--recheck",
+        action="store_true",
+        help="keep the results under mutants/ but run every selected mutant not killed again "
+        "(after tests were written for survivors); implies --resume",
+    )
     parser.add_argument("--report", action="store_true", help="only print the last results")
     parser.add_argument(
         "--only", action="append", default=[], help="run only mutants matching this glob (repeat)"
@@ -868,6 +899,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_equivalents:
         return check_only(args.only or None)
     completed = True
+    if args.recheck and not args.report:
+        args.keep = True
+        again = forget_unkilled(args.only or FOCUS)
+        print(f"--recheck: {len(again)} mutant(s) not killed are run again")
     if not args.report:
         completed = run(max(1, args.jobs), args.nice, args.keep, args.only)
     sane, complete = report(args.only or None)
