@@ -200,9 +200,34 @@ TEST_SECONDS = "mutate-test-seconds.json"
 _spent: dict[str, float] = {}
 
 
+# Under a mutant's run, each test that fails (kills the mutant) is appended here as
+# "function<TAB>test id": the mutant's siblings (the other mutants of the same function) then run
+# that test first, since one test usually catches most breaks of one function.
+KILLERS = "mutate-killers.txt"
+
+
+def _mutated_function(mutant: str) -> str:
+    return mutant.rsplit("__mutmut_", 1)[0]
+
+
 def pytest_runtest_logreport(report):
-    if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    if mutant == "stats":
         _spent[report.nodeid] = _spent.get(report.nodeid, 0.0) + report.duration
+    elif "__mutmut_" in mutant and report.failed:
+        # one short line in append mode: a single write, whole, beside the other mutant runs
+        with open(KILLERS, "a", encoding="utf-8") as log:
+            log.write(f"{_mutated_function(mutant)}\t{report.nodeid}\n")
+
+
+def _killers(function: str) -> set[str]:
+    """The tests that killed earlier mutants of ``function`` in this run (KILLERS)."""
+    try:
+        with open(KILLERS, encoding="utf-8") as log:
+            lines = log.read().splitlines()
+    except OSError:
+        return set()
+    return {test for fn, _, test in (line.partition("\t") for line in lines) if fn == function}
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -247,21 +272,34 @@ def pytest_collection_modifyitems(config, items):
     (kept together: module fixtures are set up once) the cheapest recorded test goes first, then
     the file's own order: mutmut passes a mutant's tests from a set, in an order that changes
     with each run's hash seed, and a test that hangs on a mutant until its deadline (20 s) could
-    come before one that fails at once. Outside mutmut's mutant runs nothing changes."""
+    come before one that fails at once. Before all that: the files, and in them the tests, that
+    killed another mutant of the same function earlier in this run (KILLERS): one test usually
+    catches most breaks of a function, and the Guard.exit mutants that only the last of 50
+    tests catches waited 20 s each. Outside mutmut's mutant runs nothing changes."""
     mutant = os.environ.get("MUTANT_UNDER_TEST", "")
     if "__mutmut_" not in mutant:
         return
     from pathlib import Path
 
     seconds = _test_seconds()
+    killers = _killers(_mutated_function(mutant))
+    killer_files = {test.split("::")[0] for test in killers}
     cost: dict[str, float] = {}
     for item in items:
         path = item.nodeid.split("::")[0]
         cost[path] = cost.get(path, 0.0) + seconds.get(item.nodeid, 1.0)
 
-    def rank(item) -> tuple[bool, float, str, float, int]:
+    def rank(item) -> tuple:
         path = item.nodeid.split("::")[0]
-        first = not Path(path).name.startswith("test_guards_")
-        return (first, cost[path], path, seconds.get(item.nodeid, 1.0), item.location[1] or 0)
+        guard = Path(path).name.startswith("test_guards_")
+        return (
+            path not in killer_files,  # a file that killed a sibling mutant first
+            not guard,
+            cost[path],
+            path,
+            item.nodeid not in killers,  # and, in it, the test that did
+            seconds.get(item.nodeid, 1.0),
+            item.location[1] or 0,
+        )
 
     items.sort(key=rank)
