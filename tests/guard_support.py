@@ -72,3 +72,17 @@ def replay_urandom(monkeypatch, module, stream: bytes) -> list[int]:
 
     monkeypatch.setattr(module.os, "urandom", fake)
     return taken
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a `python -m heml ...` child run in another directory.
+
+    Under `make mutate`'s coverage pass (MUTANT_UNDER_TEST=stats) the child would try to record
+    its own coverage from that directory, which has no mutmut config, and fail: mutmut then
+    refuses to run at all. A mutant's name is passed on (the child runs the mutated code)."""
+    import os
+
+    env = dict(os.environ)
+    if env.get("MUTANT_UNDER_TEST") == "stats":
+        del env["MUTANT_UNDER_TEST"]
+    return env

@@ -14,6 +14,8 @@ import heml
 from heml.dp import DPLinearRegression, DPLogisticRegression, PrivateBounds
 from heml.dp import _private_bounds as pb
 
+from .guard_support import child_env
+
 SHARED = PrivateBounds(shared_scale=True)
 
 
@@ -134,6 +136,7 @@ def _train(*args, cwd):
     return subprocess.run(
         [sys.executable, "-c", HARNESS, "train", *map(str, args)],
         cwd=cwd,
+        env=child_env(),  # not the coverage pass's MUTANT_UNDER_TEST=stats (make mutate)
         capture_output=True,
         text=True,
         timeout=120,

@@ -24,6 +24,8 @@ from scipy.stats import norm
 
 from heml.dp import BudgetAccountant, DPLinearRegression, DPLogisticRegression
 
+from .guard_support import child_env
+
 
 class FakeUrandom:
     """A deterministic stand-in for os.urandom: one byte stream (SHA-256 in counter mode over
@@ -170,12 +172,9 @@ def _train(tmp_path, csv, *extra):
     cmd = [sys.executable, "-m", "heml", "train", str(csv), "--target", "y", "--task",
            "regression", "--delta", "1e-5", "--bounds=-1,1", "--target-bounds=-2,2",
            "--ledger", str(tmp_path / "ledger.json"), *map(str, extra)]  # fmt: skip
-    env = dict(os.environ)
-    # under `make mutate`'s coverage pass (MUTANT_UNDER_TEST=stats) the child would try to
-    # record its own coverage from tmp_path and fail; a mutant's name is still passed on
-    if env.get("MUTANT_UNDER_TEST") == "stats":
-        del env["MUTANT_UNDER_TEST"]
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=180
+    )
 
 
 def test_a_ledger_budget_holds_for_runs_that_do_not_repeat_it(tmp_path):
