@@ -3,6 +3,8 @@ fourth round).
 
 * ``DPLinearRegression`` takes a numeric target: an object array of numbers written as text
   (what a CSV read without dtypes gives) fits the same model as the float array.
+* A text target (labels given to the regression) is refused before any budget is spent, with a
+  message that does not quote a label.
 * Declared bounds up to ±1e100 (``MAX_BOUND``) in magnitude are accepted; the next float up is
   refused, with a message that names the argument, the limit and the bounds given.
 * A ``BoundsWarning`` is attributed to the user's line that called ``fit``, not to heml's code.
@@ -22,7 +24,8 @@ import warnings
 import numpy as np
 import pytest
 
-from heml.dp import BoundsWarning, DPLinearRegression, DPLogisticRegression
+from heml.dp import BoundsWarning, BudgetAccountant, DPLinearRegression, DPLogisticRegression
+from heml.dp._base import NOT_REAL_MESSAGE
 from heml.dp._validation import MAX_BOUND, _robust_norms
 from heml.he.params import _is_prime
 
@@ -50,6 +53,42 @@ def test_an_object_array_of_numbers_as_text_is_a_numeric_target():
     np.testing.assert_array_equal(from_text.coef_, reference.coef_)
     assert from_text.intercept_ == reference.intercept_
     assert from_text.coef_.dtype == np.float64
+
+
+@pytest.mark.parametrize("declared", [True, False])
+@pytest.mark.parametrize("kind", ["str array", "bytes array", "list of str"])
+def test_a_text_target_is_refused_before_paying_and_without_quoting_it(kind, declared):
+    # a regression target of labels: numpy's conversion error quoted the first one
+    # ("could not convert string to float: 'secret-0'") after the budget was spent
+    X, _ = _regression_data()
+    labels = [f"secret-{i}" for i in range(len(X))]
+    y = {
+        "str array": np.array(labels),
+        "bytes array": np.array([s.encode() for s in labels]),
+        "list of str": labels,
+    }[kind]
+    acc = BudgetAccountant(epsilon=2.0, delta=1e-3)
+    bounds = {"bounds_X": (-1, 1), "bounds_y": (-1, 1)} if declared else {}
+    est = DPLinearRegression(epsilon=1.0, accountant=acc, random_state=0, **bounds)
+    with pytest.raises(ValueError) as info:
+        est.fit(X, y)
+    assert str(info.value) == NOT_REAL_MESSAGE
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    assert acc.spent == (0.0, 0.0)
+
+
+def test_numeric_targets_and_text_class_labels_are_still_accepted():
+    X, y = _regression_data()
+    flags = y > 0
+    as_bool = DPLinearRegression(epsilon=1.0, bounds_X=(-1, 1), bounds_y=(0, 1), random_state=0)
+    as_float = DPLinearRegression(epsilon=1.0, bounds_X=(-1, 1), bounds_y=(0, 1), random_state=0)
+    as_int = DPLinearRegression(epsilon=1.0, bounds_X=(-1, 1), bounds_y=(0, 1), random_state=0)
+    reference = as_float.fit(X, flags.astype(float)).coef_
+    np.testing.assert_array_equal(as_bool.fit(X, flags).coef_, reference)
+    np.testing.assert_array_equal(as_int.fit(X, flags.astype(np.int32)).coef_, reference)
+    words = np.where(flags, "yes", "no")
+    clf = DPLogisticRegression(classes=["no", "yes"], bounds_X=(-1, 1), random_state=0)
+    assert set(clf.fit(X, words).predict(X)) <= {"no", "yes"}
 
 
 # -------------------------------------------------------------------------- the bounds' limit
