@@ -71,7 +71,7 @@ class DPEstimatorMixin:
         outside the handler, so that no exception chain keeps the original text either.
         """
         try:
-            return validate_data(self, X, y, reset=True, **kwargs)
+            X, y = validate_data(self, X, y, reset=True, **kwargs)
         except (ValueError, TypeError) as exc:
             text = str(exc)
             if not any(marker in text for marker in _QUOTING_ERRORS):
@@ -82,6 +82,12 @@ class DPEstimatorMixin:
                 fixed = COMPLEX_MESSAGE
             else:
                 fixed = NOT_REAL_MESSAGE
+        else:
+            if not kwargs.get("y_numeric") or np.issubdtype(y.dtype, np.number) or y.dtype == bool:
+                return X, y
+            # text in a numeric target (scikit-learn converts only an object y): refused here,
+            # before numpy's conversion error quotes a label (found by review)
+            fixed = NOT_REAL_MESSAGE
         raise ValueError(fixed)
 
     def _reserve(
