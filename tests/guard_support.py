@@ -86,3 +86,30 @@ def child_env() -> dict[str, str]:
     if env.get("MUTANT_UNDER_TEST") == "stats":
         del env["MUTANT_UNDER_TEST"]
     return env
+
+
+# `heml train` run as a child process through a tiny argparse harness (heml.dp.cli alone, the
+# way `python -m heml train` dispatches to it)
+HARNESS = (
+    "import argparse, sys\n"
+    "from heml.dp.cli import register\n"
+    "p = argparse.ArgumentParser(prog='heml')\n"
+    "register(p.add_subparsers(dest='command', required=True))\n"
+    "a = p.parse_args(sys.argv[1:])\n"
+    "sys.exit(a.func(a))\n"
+)
+
+
+def heml_train(*args, cwd):
+    """`heml train ARGS` in ``cwd``; the CompletedProcess (text output)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", HARNESS, "train", *map(str, args)],
+        cwd=cwd,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -11,24 +11,7 @@ import pytest
 
 pd = pytest.importorskip("pandas")
 
-HARNESS = (
-    "import argparse, sys\n"
-    "from heml.dp.cli import register\n"
-    "p = argparse.ArgumentParser(prog='heml')\n"
-    "register(p.add_subparsers(dest='command', required=True))\n"
-    "a = p.parse_args(sys.argv[1:])\n"
-    "sys.exit(a.func(a))\n"
-)
-
-
-def heml_train(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-c", HARNESS, "train", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from .guard_support import HARNESS, heml_train  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -3,8 +3,6 @@ True), ``heml train --shared-scale``): one pooled DP box for all features, whate
 rule on n, d, epsilon, delta would pick, recorded in the guarantee (docs/dp.md, "Data bounds")."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ import heml
 from heml.dp import DPLinearRegression, DPLogisticRegression, PrivateBounds
 from heml.dp import _private_bounds as pb
 
-from .guard_support import child_env
+from .guard_support import heml_train
 
 SHARED = PrivateBounds(shared_scale=True)
 
@@ -122,25 +120,7 @@ def test_shared_scale_must_be_a_bool(value):
 
 
 # ------------------------------------------------------------------ heml train --shared-scale
-HARNESS = (
-    "import argparse, sys\n"
-    "from heml.dp.cli import register\n"
-    "p = argparse.ArgumentParser(prog='heml')\n"
-    "register(p.add_subparsers(dest='command', required=True))\n"
-    "a = p.parse_args(sys.argv[1:])\n"
-    "sys.exit(a.func(a))\n"
-)
-
-
-def _train(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-c", HARNESS, "train", *map(str, args)],
-        cwd=cwd,
-        env=child_env(),  # not the coverage pass's MUTANT_UNDER_TEST=stats (make mutate)
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+_train = heml_train
 
 
 @pytest.fixture
