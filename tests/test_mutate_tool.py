@@ -433,3 +433,107 @@ def test_recheck_forgets_only_the_selected_mutants_that_were_not_caught(mutants)
     write_meta(mutants, "heml/he/wire.py", {f"{WIRE}1": 0}, wire_source(range(1, 2), sanity=3))
     assert mutate.forget_unkilled(["heml.dp.*"], mutants) == []
     assert mutate._meta_codes(mutants)["heml/he/wire.py"] == {f"{WIRE}1": 0}
+
+
+# ------------------------------------------------------------------ pinned equivalents
+def _fresh(codes: dict) -> dict:
+    """The same mutants without results, as a new run generates them."""
+    return {path: dict.fromkeys(by_name) for path, by_name in codes.items()}
+
+
+def _pin(guard, codes: dict | None = None) -> tuple[int, int]:
+    return mutate.pin_equivalents(
+        codes or mutate._meta_codes(guard),
+        {},
+        guard,
+        guard / "equivalents.toml",
+        guard / "pins.json",
+    )
+
+
+def _pinned(guard, codes: dict) -> set[str]:
+    return mutate.pinned(codes, guard, guard / "equivalents.toml", guard / "pins.json")
+
+
+def test_only_survivors_listed_as_equivalent_are_pinned_and_then_not_run(guard):
+    # enter 1 and watch 1 survived and are listed; enter 2 has no entry; enter 3 was killed
+    assert _pin(guard) == (2, 2)
+    fresh = _fresh(mutate._meta_codes(guard))
+    skip = _pinned(guard, fresh)
+    assert skip == {f"{GUARD}1", f"{WATCH}1"}
+    assert mutate._pending(fresh, mutate.FOCUS, {}, skip) == [f"{GUARD}2", f"{GUARD}3"]
+    # a mutant with a result is never "pinned": its result counts
+    assert _pinned(guard, mutate._meta_codes(guard)) == set()
+
+
+def test_an_edited_function_or_a_removed_entry_unpins(guard):
+    _pin(guard)
+    fresh = _fresh(mutate._meta_codes(guard))
+    source = guard / "heml/server/interceptor.py"
+    edited = GUARD_SOURCE.replace(
+        "def xǁGuardǁenter__mutmut_orig(self, context):\n",
+        "def xǁGuardǁenter__mutmut_orig(self, context):\n        context.check()\n",
+    )
+    source.write_text(edited)
+    assert _pinned(guard, fresh) == {f"{WATCH}1"}  # enter's text changed: its mutant runs
+    source.write_text(GUARD_SOURCE)
+    assert _pinned(guard, fresh) == {f"{GUARD}1", f"{WATCH}1"}
+    toml = guard / "equivalents.toml"
+    parts = EQUIVALENTS_FILE.split("[[equivalent]]")[1:]
+    toml.write_text("".join("[[equivalent]]" + part for part in parts[1:]))
+    assert _pinned(guard, fresh) == {f"{WATCH}1"}  # enter 1's entry is gone: it runs
+
+
+def test_repinning_keeps_pins_not_run_and_drops_a_pinned_mutant_that_was_killed(guard):
+    _pin(guard)
+    codes = mutate._meta_codes(guard)
+    path = "heml/server/interceptor.py"
+    # watch 1 pinned (not run) this time, enter 1 run with --all and killed
+    later = {path: {**codes[path], f"{WATCH}1": None, f"{GUARD}1": 1}}
+    assert _pin(guard, later) == (1, 1)
+    assert _pinned(guard, _fresh(later)) == {f"{WATCH}1"}
+
+
+def test_pinned_mutants_count_as_survivors_and_complete_the_run(guard, monkeypatch, capsys):
+    _pin(guard)
+    fresh = _fresh(mutate._meta_codes(guard))
+    fresh["heml/server/interceptor.py"][f"{GUARD}2"] = 1
+    fresh["heml/server/interceptor.py"][f"{GUARD}3"] = 1
+    skip = _pinned(guard, fresh)
+    _, total, survivors = mutate.summarize(fresh, {}, skip)
+    assert (total["run"], total["caught"], total["pinned"], total["pending"]) == (4, 2, 2, 0)
+    assert mutate._score(total).strip() == "50.0%"  # as a run of all four would score
+    assert f"{WATCH}1: pinned" in survivors
+    write_meta(
+        guard, "heml/server/interceptor.py", fresh["heml/server/interceptor.py"], GUARD_SOURCE
+    )
+    monkeypatch.setattr(mutate, "MUTANTS", guard)
+    monkeypatch.setattr(mutate, "EQUIVALENTS", guard / "equivalents.toml")
+    monkeypatch.setattr(mutate, "PINS", guard / "pins.json")
+    assert mutate.main(["--check-equivalents"]) == 0
+    out = capsys.readouterr().out
+    assert f"{WATCH}1 (pinned, not run): equivalent: every caller passes" in out
+    assert "every survivor is classified" in out
+    # without the pins the same results are not complete
+    (guard / "pins.json").unlink()
+    assert mutate.main(["--check-equivalents"]) == 1
+    assert "NOT COMPLETE: 2" in capsys.readouterr().out
+
+
+def test_a_malformed_pins_file_stops_the_tool(tmp_path):
+    path = tmp_path / "pins.json"
+    path.write_text('{"pins": {"f": {"sha256": 3, "changes": []}}}')
+    with pytest.raises(SystemExit, match="malformed"):
+        mutate.load_pins(path)
+    path.write_text('{"pins": {"f": {"changes": [["a", "b"]]}}}')
+    with pytest.raises(SystemExit, match="malformed"):
+        mutate.load_pins(path)
+
+
+def test_every_committed_pin_has_its_equivalent_entry():
+    pins = mutate.load_pins()
+    keys = {e.key() for e in mutate.load_equivalents()}
+    for function, (digest, changes) in pins.items():
+        assert len(digest) == 64
+        for before, after in changes:
+            assert (function, before, after) in keys, (function, before, after)

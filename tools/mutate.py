@@ -18,10 +18,17 @@ and the sanity mutant was killed; 1 otherwise. The report says separately whethe
 survivor is classified; `--check-equivalents` does only that classification (exit code 0 only
 when the selected mutants all have a result and every one not killed is classified).
 
+Equivalent mutants that a run saw survive are pinned to their function's text
+(tools/mutants-equivalent.pins.json) and not run again while that text, their change and their
+entry are unchanged; they count as survivors in the score. `--all` runs them too;
+`--pin-equivalents` rewrites the pins from the last results.
+
     python tools/mutate.py                 # fresh run, 2 mutants at a time
     python tools/mutate.py --jobs 1 --nice 15 --resume   # gentler; keep results, run the rest
     python tools/mutate.py --report        # only print the scores of the last run
     python tools/mutate.py --check-equivalents   # only classify the last run's survivors
+    python tools/mutate.py --all           # the pinned equivalents too
+    python tools/mutate.py --pin-equivalents     # pin the last run's equivalent survivors
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import fnmatch
+import hashlib
 import json
 import os
 import re
@@ -174,6 +182,10 @@ MAX_STEPS = 12  # mutmut invocations after the sanity step before the tool gives
 SEP = "__mutmut_"
 # The survivors judged equivalent, keyed by function and changed lines (docs/testing.md).
 EQUIVALENTS = ROOT / "tools" / "mutants-equivalent.toml"
+# The equivalents a full run saw survive, pinned to the text of their function: such a mutant is
+# not run again while its function's text, its change and its entry are unchanged (`--all` runs
+# them; `--pin-equivalents` rewrites the pins from the results under mutants/).
+PINS = ROOT / "tools" / "mutants-equivalent.pins.json"
 
 
 def _mutmut(*args: str, nice: int = 0) -> list[str]:
@@ -279,13 +291,19 @@ def _pending(
     codes: dict[str, dict[str, int | None]],
     globs: list[str],
     crashed: dict[str, str] | set[str] = (),
+    skip: set[str] | frozenset[str] = frozenset(),
 ) -> list[str]:
-    """Selected mutants (focused and matching `globs`) without a result, in file order."""
+    """Selected mutants (focused and matching `globs`) without a result, in file order;
+    `skip` (the pinned equivalents) are not run."""
     return [
         name
         for by_name in codes.values()
         for name, code in by_name.items()
-        if code is None and name not in crashed and _focused(name) and _matches(name, globs)
+        if code is None
+        and name not in crashed
+        and name not in skip
+        and _focused(name)
+        and _matches(name, globs)
     ]
 
 
@@ -391,8 +409,9 @@ def forget_unkilled(globs: list[str], mutants: Path | None = None) -> list[str]:
     return forgotten
 
 
-def run(jobs: int, nice: int, keep: bool, only: list[str]) -> bool:
-    """Run mutmut in steps until every selected mutant has a result; True when it completed."""
+def run(jobs: int, nice: int, keep: bool, only: list[str], run_all: bool = False) -> bool:
+    """Run mutmut in steps until every selected mutant has a result (the pinned equivalents
+    excepted, unless `run_all`); True when it completed."""
     if not keep and MUTANTS.exists():
         shutil.rmtree(MUTANTS)
     # The folder must exist before Python starts: a PYTHONPATH entry that is missing at start-up
@@ -403,13 +422,13 @@ def run(jobs: int, nice: int, keep: bool, only: list[str]) -> bool:
     globs = only or FOCUS
     clock = Clock()
     try:
-        return _steps(jobs, nice, globs, clock)
+        return _steps(jobs, nice, globs, clock, run_all)
     finally:
         wall, cpu = clock.total()
         print(f"mutmut: {len(clock.steps)} invocation(s), {wall:.1f} min, {cpu:.1f} CPU-min")
 
 
-def _steps(jobs: int, nice: int, globs: list[str], clock: Clock) -> bool:
+def _steps(jobs: int, nice: int, globs: list[str], clock: Clock, run_all: bool = False) -> bool:
     # 1. the sanity mutant first: a run that does not test mutated code stops here
     codes = _meta_codes()
     sanity = _sanity_name(codes)
@@ -427,11 +446,15 @@ def _steps(jobs: int, nice: int, globs: list[str], clock: Clock) -> bool:
             print("the sanity mutant was not killed: the run stops (tail of .mutmut-run.log):")
             print("\n".join(output.splitlines()[-15:]))
             return False
+    # the mutants are generated now: the pinned equivalents are left out (unless --all)
+    skip: set[str] = set() if run_all else pinned(codes)
+    if skip:
+        print(f"{len(skip)} pinned equivalent mutant(s) not run ({PINS.name}; --all runs them)")
     # 2. every selected mutant without a result; 3. after a crash, resume, then the lost alone
     suspects: list[str] = []
     for step in range(1, MAX_STEPS + 1):
         crashed = _crashed()
-        todo = [n for n in _pending(codes, globs, crashed) if n not in suspects]
+        todo = [n for n in _pending(codes, globs, crashed, skip) if n not in suspects]
         if todo:
             before = len(todo)
             code, output = _invoke(
@@ -446,7 +469,7 @@ def _steps(jobs: int, nice: int, globs: list[str], clock: Clock) -> bool:
                 print(f"  fork server crashed; in flight: {', '.join(lost) or 'unknown'}")
                 suspects += [n for n in lost if n not in suspects]
                 continue
-            left = len(_pending(codes, globs, _crashed()))
+            left = len(_pending(codes, globs, _crashed(), skip))
             if left >= before:
                 print(f"  mutmut (exit code {code}) made no progress (tail of .mutmut-run.log):")
                 print("\n".join(output.splitlines()[-15:]))
@@ -653,11 +676,141 @@ def stale(
     return [e for e in entries if e.key() not in keys]
 
 
+# ------------------------------------------------------------------ pinned equivalents
+def _digest(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(_normalized(x) for x in lines).encode()).hexdigest()
+
+
+def function_digests(functions: set[str], mutants: Path | None = None) -> dict[str, str]:
+    """{function: SHA-256 of its original text, whitespace-normalized}, read from the
+    `<function>__mutmut_orig` copies under mutants/ (a function not found is left out)."""
+    mutants = mutants or MUTANTS
+    by_module: dict[str, set[str]] = defaultdict(set)
+    for function in functions:
+        by_module[function.rsplit(".", 1)[0]].add(function)
+    out = {}
+    for module, members in by_module.items():
+        path = mutants / (module.replace(".", "/") + ".py")
+        if not path.exists():
+            continue
+        texts = _function_texts(path.read_text())
+        for function in members:
+            orig = texts.get(f"{function.rsplit('.', 1)[-1]}{SEP}orig")
+            if orig is not None:
+                out[function] = _digest(orig)
+    return out
+
+
+Change = tuple[tuple[str, ...], tuple[str, ...]]
+
+
+def load_pins(path: Path | None = None) -> dict[str, tuple[str, set[Change]]]:
+    """{function: (digest of its text, {pinned change})}; a malformed file stops the tool."""
+    path = path or PINS
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        out = {}
+        for function, pin in data["pins"].items():
+            changes = {(tuple(before), tuple(after)) for before, after in pin["changes"]}
+            if not isinstance(pin["sha256"], str) or not all(
+                isinstance(x, str) for change in changes for side in change for x in side
+            ):
+                raise TypeError(function)
+            out[function] = (pin["sha256"], changes)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SystemExit(f"{path.name} is malformed ({exc!r}): restore it from git") from None
+    return out
+
+
+def pinned(
+    codes: dict[str, dict[str, int | None]],
+    mutants: Path | None = None,
+    entries_path: Path | None = None,
+    pins_path: Path | None = None,
+) -> set[str]:
+    """The focused mutants without a result that are not run: each is listed as equivalent
+    (its function and change match an entry), and its function's text and change are pinned
+    (a run saw it survive at exactly this text). Any edit of the function, of the entry or of
+    the mutant's change unpins it, and it runs again."""
+    pins = load_pins(pins_path)
+    names = [
+        name
+        for by_name in codes.values()
+        for name, code in by_name.items()
+        if code is None and _focused(name) and _function_of(name) in pins
+    ]
+    if not names:
+        return set()
+    entries = {e.key() for e in load_equivalents(entries_path)}
+    diffs = mutant_diffs(names, mutants)
+    digests = function_digests({_function_of(name) for name in names}, mutants)
+    out = set()
+    for name in names:
+        function, diff = _function_of(name), diffs.get(name)
+        digest, changes = pins[function]
+        if (
+            diff is not None
+            and digests.get(function) == digest
+            and diff in changes
+            and (function, *diff) in entries
+        ):
+            out.add(name)
+    return out
+
+
+def pin_equivalents(
+    codes: dict[str, dict[str, int | None]],
+    crashed: dict[str, str],
+    mutants: Path | None = None,
+    entries_path: Path | None = None,
+    pins_path: Path | None = None,
+) -> tuple[int, int]:
+    """Rewrite the pins from the results under mutants/: every focused mutant that survived
+    and is listed as equivalent is pinned to its function's text; a pin still valid for a
+    mutant that was not run (it was pinned) is kept. A mutant killed, crashed, without tests
+    or without an entry is not pinned. Returns (mutants pinned, functions)."""
+    pins_path = pins_path or PINS
+    entries = {e.key() for e in load_equivalents(entries_path)}
+    open_, _ = _not_killed(codes, crashed)
+    chosen = [name for name, status in open_.items() if status == "survived"]
+    chosen += sorted(pinned(codes, mutants, entries_path, pins_path))
+    diffs = mutant_diffs(chosen, mutants)
+    digests = function_digests({_function_of(name) for name in chosen}, mutants)
+    new: dict[str, dict] = {}
+    count = 0
+    for name in chosen:
+        function, diff = _function_of(name), diffs.get(name)
+        if diff is None or function not in digests or (function, *diff) not in entries:
+            continue
+        pin = new.setdefault(function, {"sha256": digests[function], "changes": []})
+        if [list(diff[0]), list(diff[1])] not in pin["changes"]:
+            pin["changes"].append([list(diff[0]), list(diff[1])])
+        count += 1
+    for pin in new.values():
+        pin["changes"].sort()
+    about = (
+        "Written by `tools/mutate.py --pin-equivalents`: equivalent mutants (listed in "
+        "mutants-equivalent.toml) that a run saw survive, pinned to the SHA-256 of their "
+        "function's whitespace-normalized text. They are not run while text, change and entry "
+        "are unchanged; `--all` runs them."
+    )
+    data = {"about": about, "pins": dict(sorted(new.items()))}
+    tmp = pins_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, pins_path)
+    return count, len(new)
+
+
 def _not_killed(
-    codes: dict[str, dict[str, int | None]], crashed: dict[str, str]
+    codes: dict[str, dict[str, int | None]],
+    crashed: dict[str, str],
+    skip: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[dict[str, str], list[str]]:
-    """({name: status} of the focused mutants with a result that were not killed, [names of
-    the focused mutants killed or timed out])."""
+    """({name: status} of the focused mutants with a result that were not killed, the
+    pinned equivalents in `skip` among them, [names of the focused mutants killed or timed
+    out])."""
     open_: dict[str, str] = {}
     caught: list[str] = []
     for by_name in codes.values():
@@ -666,6 +819,8 @@ def _not_killed(
                 continue
             if name in crashed:
                 status = "killed" if crashed[name] == "killed" else "crashed"
+            elif code is None and name in skip:
+                status = "pinned, not run"
             else:
                 status = _status(code)
             if status in ("killed", "timeout"):
@@ -680,6 +835,7 @@ def check_equivalents(
     crashed: dict[str, str],
     mutants: Path | None = None,
     path: Path | None = None,
+    skip: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[int, int]:
     """Print every focused mutant not killed as "equivalent: <reason>" or "MISSING TEST" (with
     its change), the entries that match no generated mutant (stale) and those that match a
@@ -687,7 +843,7 @@ def check_equivalents(
     path = path or EQUIVALENTS
     entries = load_equivalents(path)
     diffs = mutant_diffs({name for by_name in codes.values() for name in by_name}, mutants)
-    open_, caught = _not_killed(codes, crashed)
+    open_, caught = _not_killed(codes, crashed, skip)
     verdicts = classify(list(open_), entries, diffs)
     print(f"\nmutants not killed, against {path.name} ({len(entries)} entries):")
     for name, status in open_.items():
@@ -727,12 +883,16 @@ def _status(code: int | None) -> str:
 
 
 def summarize(
-    results: dict[str, dict[str, int | None]], crashed: dict[str, str]
+    results: dict[str, dict[str, int | None]],
+    crashed: dict[str, str],
+    skip: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[list[tuple[str, dict[str, int]]], dict[str, int], list[str]]:
     """Per-module counts, totals and the not-killed mutants (the report's content).
 
-    score = (killed + timed out + crashed counted as killed) / mutants with a result; mutants
-    not yet run (an interrupted run) are counted apart, never as killed or survived."""
+    score = (killed + timed out + crashed counted as killed) / (mutants with a result + pinned
+    equivalents): a pinned equivalent (in `skip`, not run) counts as a survivor, as it did in
+    the run that pinned it, so the score is the one a run of every mutant gives. Mutants not
+    yet run (an interrupted run) are counted apart, never as killed or survived."""
     rows = []
     total: dict[str, int] = defaultdict(int)
     survivors: list[str] = []
@@ -747,15 +907,24 @@ def summarize(
                 else:
                     survivors.append(f"{name}: crashed the fork server (not counted as killed)")
                 continue
-            status = _status(code)
+            status = "pinned" if code is None and name in skip else _status(code)
             c[status] += 1
-            if status in ("survived", "no tests") or status.startswith("suspicious"):
+            if status in ("survived", "no tests", "pinned") or status.startswith("suspicious"):
                 survivors.append(f"{name}: {status}")
         c["pending"] = c["not checked"] + c["skipped"]
         c["run"] = len(codes) - c["pending"]
         c["caught"] = c["killed"] + c["timeout"] + c["crash-kill"]
         rows.append((path, c))
-        for key in ("run", "caught", "pending", "killed", "timeout", "survived", "crashed"):
+        for key in (
+            "run",
+            "caught",
+            "pending",
+            "killed",
+            "timeout",
+            "survived",
+            "crashed",
+            "pinned",
+        ):
             total[key] += c[key]
         total["no tests"] += c["no tests"]
     return rows, total, survivors
@@ -775,22 +944,24 @@ def report(globs: list[str] | None = None) -> tuple[bool, bool]:
         print("no results under mutants/: run `make mutate` first")
         return False, False
     crashed = _crashed()
-    rows, total, _ = summarize(results, crashed)
+    codes = _meta_codes()
+    skip = pinned(codes)
+    rows, total, _ = summarize(results, crashed, skip)
     head = f"{'module':26} {'run':>5} {'killed':>6} {'timeout':>7} {'crashed':>7} {'survived':>8}"
-    print(f"\n{head} {'no test':>7} {'score':>7} {'not run':>7}")
-    for path, c in rows:
+    print(f"\n{head} {'pinned':>6} {'no test':>7} {'score':>7} {'not run':>7}")
+    for path, c in [*rows, ("all", total)]:
         print(
             f"{path:26} {c['run']:5} {c['killed']:6} {c['timeout']:7} {c['crashed']:7} "
-            f"{c['survived']:8} {c['no tests']:7} {_score(c)} {c['pending']:7}"
+            f"{c['survived']:8} {c['pinned']:6} {c['no tests']:7} {_score(c)} {c['pending']:7}"
         )
-    t = total
-    print(
-        f"{'all':26} {t['run']:5} {t['killed']:6} {t['timeout']:7} {t['crashed']:7} "
-        f"{t['survived']:8} {t['no tests']:7} {_score(t)} {t['pending']:7}"
-    )
+    if total["pinned"]:
+        print(
+            f"pinned: {total['pinned']} equivalent mutants not run ({PINS.name}), counted as "
+            "survivors in the score; `--all` runs them"
+        )
     # every mutant not killed, with its verdict (a missing test with its change)
-    _, missing = check_equivalents(_meta_codes(), crashed)
-    left = _pending(_meta_codes(), globs or FOCUS, crashed)
+    _, missing = check_equivalents(codes, crashed, skip=skip)
+    left = _pending(codes, globs or FOCUS, crashed, skip)
     if left:
         print(f"\nNOT COMPLETE: {len(left)} selected mutant(s) have no result")
     _say_classified(missing, len(left))
@@ -814,8 +985,9 @@ def check_only(globs: list[str] | None = None) -> int:
         print("no results under mutants/: run `make mutate` first")
         return 1
     crashed = _crashed()
-    _, missing = check_equivalents(codes, crashed)
-    left = len(_pending(codes, globs or FOCUS, crashed))
+    skip = pinned(codes)
+    _, missing = check_equivalents(codes, crashed, skip=skip)
+    left = len(_pending(codes, globs or FOCUS, crashed, skip))
     if left:
         print(f"NOT COMPLETE: {left} selected mutant(s) have no result")
     _say_classified(missing, left)
@@ -895,16 +1067,36 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only classify the last results' survivors against " + EQUIVALENTS.name,
     )
+    parser.add_argument(
+        "--all",
+        dest="run_all",
+        action="store_true",
+        help="run the pinned equivalents too (" + PINS.name + ")",
+    )
+    parser.add_argument(
+        "--pin-equivalents",
+        action="store_true",
+        help="only rewrite " + PINS.name + " from the last results: pin every survivor "
+        "listed as equivalent to its function's text",
+    )
     args = parser.parse_args(argv)
     if args.check_equivalents:
         return check_only(args.only or None)
+    if args.pin_equivalents:
+        codes = _meta_codes()
+        if not codes:
+            print("no results under mutants/: run `make mutate` first")
+            return 1
+        count, functions = pin_equivalents(codes, _crashed())
+        print(f"{PINS.name}: {count} equivalent mutant(s) pinned in {functions} function(s)")
+        return 0
     completed = True
     if args.recheck and not args.report:
         args.keep = True
         again = forget_unkilled(args.only or FOCUS)
         print(f"--recheck: {len(again)} mutant(s) not killed are run again")
     if not args.report:
-        completed = run(max(1, args.jobs), args.nice, args.keep, args.only)
+        completed = run(max(1, args.jobs), args.nice, args.keep, args.only, args.run_all)
     sane, complete = report(args.only or None)
     _print_seconds()
     return 0 if completed and sane and complete else 1
