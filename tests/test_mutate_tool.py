@@ -470,11 +470,14 @@ def test_an_edited_function_or_a_removed_entry_unpins(guard):
     _pin(guard)
     fresh = _fresh(mutate._meta_codes(guard))
     source = guard / "heml/server/interceptor.py"
+    # an edit as mutmut writes it: the original and every mutant copy get the new line, so
+    # each mutant's change is the same and only the digest tells
     edited = GUARD_SOURCE.replace(
-        "def xǁGuardǁenter__mutmut_orig(self, context):\n",
-        "def xǁGuardǁenter__mutmut_orig(self, context):\n        context.check()\n",
+        "(self, context):\n", "(self, context):\n        context.check()\n"
     )
+    change = mutate.mutant_diffs([f"{GUARD}1"], guard)
     source.write_text(edited)
+    assert mutate.mutant_diffs([f"{GUARD}1"], guard) == change
     assert _pinned(guard, fresh) == {f"{WATCH}1"}  # enter's text changed: its mutant runs
     source.write_text(GUARD_SOURCE)
     assert _pinned(guard, fresh) == {f"{GUARD}1", f"{WATCH}1"}
@@ -537,3 +540,293 @@ def test_every_committed_pin_has_its_equivalent_entry():
         assert len(digest) == 64
         for before, after in changes:
             assert (function, before, after) in keys, (function, before, after)
+
+
+# ------------------------------------------------------------------ pins under attack
+# (an adversarial review of the pins: each test failed against their first version)
+MOD = "heml/he/params.py"  # FOCUS has heml.he.params.*
+P = "heml.he.params."
+
+
+def entry(function, before, after, reason="r"):
+    return (
+        f"[[equivalent]]\nfunction = {json.dumps(P + function)}\nbefore = {json.dumps(before)}\n"
+        f"after = {json.dumps(after)}\nreason = {json.dumps(reason)}\n\n"
+    )
+
+
+def pin_run(root):
+    return mutate.pin_equivalents(
+        mutate._meta_codes(root), mutate._crashed(root), root, root / "eq.toml", root / "pins.json"
+    )
+
+
+def pinned_in(root, codes):
+    return mutate.pinned(codes, root, root / "eq.toml", root / "pins.json")
+
+
+def fresh_codes(root):
+    return {p: dict.fromkeys(c) for p, c in mutate._meta_codes(root).items()}
+
+
+def behaviour(source, orig, mutant, *args):
+    ns = {}
+    exec(source, ns)
+    return ns[orig](*args), ns[mutant](*args)
+
+
+# ---------------------------------------------------------------- 1. indentation is not hashed
+SIGN_V1 = """\
+def x_sign__mutmut_orig(x, strict):
+    if x == 0:
+        if strict:
+            pass
+        raise ValueError(x)
+    return x > 0
+
+def x_sign__mutmut_1(x, strict):
+    if x == 0:
+        if strict:
+            pass
+        raise ValueError(x)
+    return x >= 0
+"""
+# the guard's `raise` moved under `if strict:` -- only the indentation of one line changes
+SIGN_V2 = SIGN_V1.replace(
+    "            pass\n        raise ValueError(x)",
+    "            pass\n            raise ValueError(x)",
+)
+
+
+def test_an_indentation_edit_unpins(tmp_path):
+    write_meta(tmp_path, MOD, {f"{P}x_sign__mutmut_1": 0}, SIGN_V1)
+    (tmp_path / "eq.toml").write_text(
+        entry("x_sign", "return x > 0", "return x >= 0", "x != 0 here")
+    )
+    assert pin_run(tmp_path) == (1, 1)
+    # the source is edited: x == 0 with strict=False now reaches `return x > 0`
+    write_meta(tmp_path, MOD, {f"{P}x_sign__mutmut_1": None}, SIGN_V2)
+    assert behaviour(SIGN_V2, "x_sign__mutmut_orig", "x_sign__mutmut_1", 0, False) == (False, True)
+    assert pinned_in(tmp_path, fresh_codes(tmp_path)) == set(), "a non-equivalent mutant is pinned"
+
+
+# ---------------------------------------------------------------- 2. body cut at a column-0 line
+# mutmut 3.8.1 keeps a column-0 comment (or a multi-line string's column-0 lines) inside the
+# copies it writes; _function_texts ends the body there, so the digest misses the rest.
+CUT_V1 = """\
+def x_f__mutmut_orig(x):
+    y = abs(x) + 1
+{mark}
+    return y > 0
+
+def x_f__mutmut_1(x):
+    y = abs(x) + 2
+{mark}
+    return y > 0
+"""
+MARKS = ["# a comment at column 0", '    note = """\ncolumn-0 text of a message\n"""']
+
+
+@pytest.mark.parametrize("mark", MARKS, ids=["comment", "string"])
+def test_an_edit_below_a_column_0_line_unpins(tmp_path, mark):
+    v1 = CUT_V1.format(mark=mark)
+    write_meta(tmp_path, MOD, {f"{P}x_f__mutmut_1": 0}, v1)
+    (tmp_path / "eq.toml").write_text(entry("x_f", "y = abs(x) + 1", "y = abs(x) + 2", "y >= 1"))
+    assert pin_run(tmp_path) == (1, 1)
+    v2 = v1.replace("return y > 0", "return y > 1")  # below the cut
+    write_meta(tmp_path, MOD, {f"{P}x_f__mutmut_1": None}, v2)
+    assert behaviour(v2, "x_f__mutmut_orig", "x_f__mutmut_1", 0) == (False, True)
+    assert pinned_in(tmp_path, fresh_codes(tmp_path)) == set(), "a non-equivalent mutant is pinned"
+
+
+def test_mutants_below_the_cut_have_distinct_diffs(tmp_path):
+    src = (
+        CUT_V1.format(mark=MARKS[0])
+        + "\n"
+        + CUT_V1.format(mark=MARKS[0])
+        .split("\n\n")[1]
+        .replace("__mutmut_1", "__mutmut_2")
+        .replace("abs(x) + 2", "abs(x) + 1")
+        .replace("return y > 0", "return y > 5")
+        + "\n\n"
+        + CUT_V1.format(mark=MARKS[0])
+        .split("\n\n")[1]
+        .replace("__mutmut_1", "__mutmut_3")
+        .replace("abs(x) + 2", "abs(x) + 1")
+        .replace("return y > 0", "return y >= 0")
+    )
+    names = [f"{P}x_f__mutmut_2", f"{P}x_f__mutmut_3"]
+    diffs = mutate.mutant_diffs(names, _write(tmp_path, src))
+    assert diffs[names[0]] != diffs[names[1]], "two different mutants, one (empty) diff"
+
+
+def _write(root, src):
+    write_meta(root, MOD, {}, src)
+    return root
+
+
+# ---------------------------------------------------------------- 3. the same change on two lines
+PICK = """\
+def x_pick__mutmut_orig(xs, lo, hi):
+    if lo is None:
+        lo = 0
+    out = [x for x in xs if x >= lo]
+    if hi is None:
+        lo = 0
+    return [x for x in out if hi is None or x <= hi]
+
+def x_pick__mutmut_1(xs, lo, hi):
+    if lo is None:
+        lo = 1
+    out = [x for x in xs if x >= lo]
+    if hi is None:
+        lo = 0
+    return [x for x in out if hi is None or x <= hi]
+
+def x_pick__mutmut_2(xs, lo, hi):
+    if lo is None:
+        lo = 0
+    out = [x for x in xs if x >= lo]
+    if hi is None:
+        lo = 1
+    return [x for x in out if hi is None or x <= hi]
+"""
+
+
+def test_a_killed_mutant_sharing_a_survivors_change_is_not_pinned(tmp_path):
+    # run 1: #1 (the live `lo = 0`) killed, #2 (the dead store) survived and is listed
+    write_meta(tmp_path, MOD, {f"{P}x_pick__mutmut_1": 1, f"{P}x_pick__mutmut_2": 0}, PICK)
+    (tmp_path / "eq.toml").write_text(entry("x_pick", "lo = 0", "lo = 1", "a dead store"))
+    assert behaviour(PICK, "x_pick__mutmut_orig", "x_pick__mutmut_1", [0], None, 1) == ([0], [])
+    # the change is the same at both places, so it is not pinned: #1 must run again
+    assert pin_run(tmp_path) == (0, 0)
+    nxt = fresh_codes(tmp_path)
+    assert pinned_in(tmp_path, nxt) == set()
+    # positive control: with #1 surviving too, the change is pinned for both
+    write_meta(tmp_path, MOD, {f"{P}x_pick__mutmut_1": 0, f"{P}x_pick__mutmut_2": 0}, PICK)
+    assert pin_run(tmp_path) == (2, 1)
+    assert pinned_in(tmp_path, nxt) == {f"{P}x_pick__mutmut_1", f"{P}x_pick__mutmut_2"}
+
+
+# ---------------------------------------------------------------- 4. whitespace inside strings
+def test_whitespace_inside_a_string_literal_is_hashed(tmp_path):
+    a = 'def x_j__mutmut_orig(parts):\n    return "  ".join(parts)\n'
+    b = 'def x_j__mutmut_orig(parts):\n    return " ".join(parts)\n'
+    write_meta(tmp_path, MOD, {}, a)
+    da = mutate.function_digests({P + "x_j"}, tmp_path)
+    write_meta(tmp_path, MOD, {}, b)
+    db = mutate.function_digests({P + "x_j"}, tmp_path)
+    assert da != db, "a different separator, the same digest"
+
+
+# ---------------------------------------------------------------- 6. --pin-equivalents, bad run
+def test_pin_equivalents_refuses_an_invalid_or_incomplete_run(tmp_path, monkeypatch, capsys):
+    wire = "heml.he.wire.x_unpack_ciphertexts__mutmut_"
+    src = "def x_unpack_ciphertexts__mutmut_1(data, q):\n    " + mutate.SANITY[2] + "\n"
+    write_meta(
+        tmp_path, "heml/he/wire.py", {f"{wire}1": 0, f"{wire}2": None}, src
+    )  # sanity SURVIVED
+    write_meta(tmp_path, MOD, {f"{P}x_sign__mutmut_1": 0}, SIGN_V1)
+    (tmp_path / "eq.toml").write_text(entry("x_sign", "return x > 0", "return x >= 0"))
+    monkeypatch.setattr(mutate, "MUTANTS", tmp_path)
+    monkeypatch.setattr(mutate, "EQUIVALENTS", tmp_path / "eq.toml")
+    monkeypatch.setattr(mutate, "PINS", tmp_path / "pins.json")
+    assert mutate.main(["--pin-equivalents"]) == 1  # sanity survived, a mutant not run
+    assert "nothing pinned" in capsys.readouterr().out
+    assert not (tmp_path / "pins.json").exists()
+    write_meta(tmp_path, "heml/he/wire.py", {f"{wire}1": 1, f"{wire}2": None}, src)
+    assert mutate.main(["--pin-equivalents"]) == 1  # sanity killed, still incomplete
+    assert not (tmp_path / "pins.json").exists()
+    write_meta(tmp_path, "heml/he/wire.py", {f"{wire}1": 1, f"{wire}2": 1}, src)
+    assert mutate.main(["--pin-equivalents"]) == 0  # complete and valid: pinned
+    assert "1 equivalent mutant(s) pinned" in capsys.readouterr().out
+    assert set(json.loads((tmp_path / "pins.json").read_text())["pins"]) == {P + "x_sign"}
+
+
+# ---------------------------------------------------------------- 7. a crashed mutant keeps its pin
+def test_a_mutant_that_crashed_under_all_loses_its_pin(tmp_path):
+    write_meta(tmp_path, MOD, {f"{P}x_sign__mutmut_1": 0}, SIGN_V1)
+    (tmp_path / "eq.toml").write_text(entry("x_sign", "return x > 0", "return x >= 0"))
+    pin_run(tmp_path)
+    # `--all`: it ran again and crashed the fork server alone (no result, in mutate-crashed.json)
+    write_meta(tmp_path, MOD, {f"{P}x_sign__mutmut_1": None}, SIGN_V1)
+    mutate._record_crash(f"{P}x_sign__mutmut_1", "crashed", tmp_path)
+    assert pin_run(tmp_path) == (0, 0), "docstring: a mutant ... crashed ... is not pinned"
+
+
+# ---------------------------------------------------------------- 8. malformed pins accepted
+@pytest.mark.parametrize(
+    "changes",
+    [
+        ["ab"],  # a string, not a [before, after] pair
+        [["return x > 0", "return x >= 0"]],  # strings where lists of lines belong
+        {"ab": 1},  # an object, not a list
+    ],
+)
+def test_malformed_changes_are_refused(tmp_path, changes):
+    path = tmp_path / "pins.json"
+    path.write_text(json.dumps({"pins": {"f": {"sha256": "0" * 64, "changes": changes}}}))
+    with pytest.raises(SystemExit, match="malformed"):
+        mutate.load_pins(path)
+
+
+def test_a_digest_that_is_not_a_sha256_is_refused(tmp_path):
+    path = tmp_path / "pins.json"
+    path.write_text(json.dumps({"pins": {"f": {"sha256": "", "changes": []}}}))
+    with pytest.raises(SystemExit, match="malformed"):
+        mutate.load_pins(path)
+
+
+# --------------------------------------------------- guards that no earlier test held
+def test_guard_digest_a_realistic_edit_unpins(tmp_path):
+    """mutmut rewrites the original AND every mutant copy: the change stays the same, only the
+    digest can see the edit (test_an_edited_function_or_a_removed_entry_unpins edits only the
+    _orig copy, so its mutant's diff changes and the entry check unpins it instead)."""
+    write_meta(tmp_path, MOD, {f"{P}x_sign__mutmut_1": 0}, SIGN_V1)
+    (tmp_path / "eq.toml").write_text(entry("x_sign", "return x > 0", "return x >= 0"))
+    pin_run(tmp_path)
+    edited = SIGN_V1.replace("    if x == 0:\n", "    if x == 0 and strict:\n")  # both copies
+    write_meta(tmp_path, MOD, {f"{P}x_sign__mutmut_1": None}, edited)
+    assert mutate.mutant_diffs([f"{P}x_sign__mutmut_1"], tmp_path)[f"{P}x_sign__mutmut_1"] == (
+        ("return x > 0",),
+        ("return x >= 0",),
+    )
+    assert pinned_in(tmp_path, fresh_codes(tmp_path)) == set()
+
+
+def test_guard_changes_a_listed_change_never_seen_surviving_is_run(tmp_path):
+    """An entry added after the pinning run (or one listing a mutant that was killed) covers a
+    change that no run saw survive: it is not pinned although the function has a pin."""
+    two = SIGN_V1 + SIGN_V1.split("\n\n")[1].replace("__mutmut_1", "__mutmut_2").replace(
+        "return x >= 0", "return x > 1"
+    )
+    write_meta(tmp_path, MOD, {f"{P}x_sign__mutmut_1": 0, f"{P}x_sign__mutmut_2": 1}, two)
+    (tmp_path / "eq.toml").write_text(entry("x_sign", "return x > 0", "return x >= 0"))
+    pin_run(tmp_path)
+    with open(tmp_path / "eq.toml", "a") as f:
+        f.write(entry("x_sign", "return x > 0", "return x > 1", "added later"))
+    assert pinned_in(tmp_path, fresh_codes(tmp_path)) == {f"{P}x_sign__mutmut_1"}
+
+
+# ---------------------------------------------------------------- 9. partial run: pinned-only score
+def test_a_module_none_of_whose_mutants_ran_has_no_score(tmp_path):
+    write_meta(tmp_path, MOD, {f"{P}x_sign__mutmut_1": 0}, SIGN_V1)
+    (tmp_path / "eq.toml").write_text(entry("x_sign", "return x > 0", "return x >= 0"))
+    pin_run(tmp_path)
+    # `--only 'heml.he.wire.*'` on a fresh mutants/ (or an interrupted run): params.py's 40
+    # other mutants have no result; its pinned one is counted as run
+    codes = {
+        MOD: {f"{P}x_sign__mutmut_1": None, **{f"{P}x_other__mutmut_{n}": None for n in range(40)}}
+    }
+    skip = pinned_in(tmp_path, codes)
+    rows, _, _ = mutate.summarize(codes, {}, skip)
+    c = dict(rows)[MOD]
+    assert mutate._score(c).strip() == "-", "0.0% for a module of which nothing ran"
+
+
+def test_arguments_never_glob_a_function_with_a_pinned_mutant(tmp_path):
+    codes = {MOD: {f"{P}x_sign__mutmut_{n}": None for n in (1, 2, 3)}}
+    todo = mutate._pending(codes, mutate.FOCUS, {}, {f"{P}x_sign__mutmut_2"})
+    args = mutate._arguments(todo, codes)
+    assert args == [f"{P}x_sign__mutmut_1", f"{P}x_sign__mutmut_3"]
+    assert not any(mutate._matches(f"{P}x_sign__mutmut_2", [a]) for a in args)

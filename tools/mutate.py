@@ -34,6 +34,7 @@ entry are unchanged; they count as survivors in the score. `--all` runs them too
 from __future__ import annotations
 
 import argparse
+import ast
 import difflib
 import fnmatch
 import hashlib
@@ -447,7 +448,7 @@ def _steps(jobs: int, nice: int, globs: list[str], clock: Clock, run_all: bool =
             print("\n".join(output.splitlines()[-15:]))
             return False
     # the mutants are generated now: the pinned equivalents are left out (unless --all)
-    skip: set[str] = set() if run_all else pinned(codes)
+    skip: set[str] = set() if run_all else pinned(codes, crashed=_crashed())
     if skip:
         print(f"{len(skip)} pinned equivalent mutant(s) not run ({PINS.name}; --all runs them)")
     # 2. every selected mutant without a result; 3. after a crash, resume, then the lost alone
@@ -528,34 +529,31 @@ def _normalized(line: str) -> str:
     return " ".join(line.split())
 
 
-def _function_texts(source: str) -> dict[str, list[str]]:
-    """{function name: its lines, `def` line first} for every function whose name holds SEP
+def _function_nodes(source: str) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
+    """{function name: its parsed definition} for every function whose name holds SEP
     (mutmut writes each mutant as a copy of the function named `<function>__mutmut_<n>`,
-    beside the original `<function>__mutmut_orig`)."""
+    beside the original `<function>__mutmut_orig`). A file that does not parse gives none:
+    its mutants are then neither classified nor pinned."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return {}
+    return {
+        node.name: node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and SEP in node.name
+    }
+
+
+def _function_texts(source: str) -> dict[str, list[str]]:
+    """{function name: its lines, from the `def` line to the last line of its body} for every
+    function whose name holds SEP. The span is the parser's, so a comment or a string line
+    at column 0 inside the body does not end it."""
     lines = source.splitlines()
-    out: dict[str, list[str]] = {}
-    i = 0
-    while i < len(lines):
-        m = _DEF.match(lines[i])
-        if not m or SEP not in m.group("name"):
-            i += 1
-            continue
-        indent = len(m.group("indent").expandtabs())
-        j = i + 1
-        while j < len(lines):
-            text = lines[j]
-            # a line at the def's indentation ends the body, unless it closes the signature
-            # (`) -> int:` of a def that spans lines)
-            outdented = text.strip() and len(text) - len(text.lstrip()) <= indent
-            if outdented and not text.lstrip().startswith(")"):
-                break
-            j += 1
-        body = lines[i:j]
-        while body and not body[-1].strip():
-            body.pop()
-        out[m.group("name")] = body
-        i = j
-    return out
+    return {
+        name: lines[node.lineno - 1 : node.end_lineno]
+        for name, node in _function_nodes(source).items()
+    }
 
 
 def _changed(orig: list[str], mutant: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -586,7 +584,7 @@ def mutant_diffs(
         path = mutants / (module.replace(".", "/") + ".py")
         if not path.exists():
             continue
-        texts = _function_texts(path.read_text())
+        texts = _function_texts(path.read_text(encoding="utf-8"))
         for name in members:
             short = name.rsplit(".", 1)[-1]
             function = short.rsplit(SEP, 1)[0]
@@ -677,13 +675,11 @@ def stale(
 
 
 # ------------------------------------------------------------------ pinned equivalents
-def _digest(lines: list[str]) -> str:
-    return hashlib.sha256("\n".join(_normalized(x) for x in lines).encode()).hexdigest()
-
-
 def function_digests(functions: set[str], mutants: Path | None = None) -> dict[str, str]:
-    """{function: SHA-256 of its original text, whitespace-normalized}, read from the
-    `<function>__mutmut_orig` copies under mutants/ (a function not found is left out)."""
+    """{function: SHA-256 of its original's syntax tree}, read from the
+    `<function>__mutmut_orig` copies under mutants/ (a function not found is left out). The
+    tree holds decorators, the nesting of every statement and every literal exactly; only
+    comments and formatting are left out."""
     mutants = mutants or MUTANTS
     by_module: dict[str, set[str]] = defaultdict(set)
     for function in functions:
@@ -693,34 +689,55 @@ def function_digests(functions: set[str], mutants: Path | None = None) -> dict[s
         path = mutants / (module.replace(".", "/") + ".py")
         if not path.exists():
             continue
-        texts = _function_texts(path.read_text())
+        nodes = _function_nodes(path.read_text(encoding="utf-8"))
         for function in members:
-            orig = texts.get(f"{function.rsplit('.', 1)[-1]}{SEP}orig")
+            orig = nodes.get(f"{function.rsplit('.', 1)[-1]}{SEP}orig")
             if orig is not None:
-                out[function] = _digest(orig)
+                out[function] = hashlib.sha256(ast.dump(orig).encode()).hexdigest()
     return out
 
 
 Change = tuple[tuple[str, ...], tuple[str, ...]]
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError(f"a key appears twice: {sorted(k for k in keys if keys.count(k) > 1)}")
+    return dict(pairs)
+
+
+def _lines_list(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise TypeError(f"a change's side must be a list of lines, not {value!r}")
+    return tuple(value)
+
+
 def load_pins(path: Path | None = None) -> dict[str, tuple[str, set[Change]]]:
-    """{function: (digest of its text, {pinned change})}; a malformed file stops the tool."""
+    """{function: (digest of its syntax tree, {pinned change})}. Anything but the exact
+    format (`{"pins": {function: {"sha256": 64 hex digits, "changes": [[[before lines],
+    [after lines]], ...]}}}`, no key twice) stops the tool."""
     path = path or PINS
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
+        if not isinstance(data, dict) or not isinstance(data.get("pins"), dict):
+            raise TypeError("no 'pins' object")
         out = {}
         for function, pin in data["pins"].items():
-            changes = {(tuple(before), tuple(after)) for before, after in pin["changes"]}
-            if not isinstance(pin["sha256"], str) or not all(
-                isinstance(x, str) for change in changes for side in change for x in side
+            if not isinstance(pin, dict) or set(pin) != {"sha256", "changes"}:
+                raise TypeError(f"{function}: keys must be sha256 and changes")
+            digest, changes = pin["sha256"], pin["changes"]
+            if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+                raise TypeError(f"{function}: sha256 is not 64 hex digits")
+            if not isinstance(changes, list) or not all(
+                isinstance(c, list) and len(c) == 2 for c in changes
             ):
-                raise TypeError(function)
-            out[function] = (pin["sha256"], changes)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise SystemExit(f"{path.name} is malformed ({exc!r}): restore it from git") from None
+                raise TypeError(f"{function}: changes must be [before, after] pairs")
+            out[function] = (digest, {(_lines_list(b), _lines_list(a)) for b, a in changes})
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"{path.name} is malformed ({exc}): restore it from git") from None
     return out
 
 
@@ -729,17 +746,19 @@ def pinned(
     mutants: Path | None = None,
     entries_path: Path | None = None,
     pins_path: Path | None = None,
+    crashed: dict[str, str] | set[str] = (),
 ) -> set[str]:
     """The focused mutants without a result that are not run: each is listed as equivalent
-    (its function and change match an entry), and its function's text and change are pinned
-    (a run saw it survive at exactly this text). Any edit of the function, of the entry or of
-    the mutant's change unpins it, and it runs again."""
+    (its function and change match an entry), and its function's syntax tree and change are
+    pinned (a run saw every mutant of that change survive at exactly this tree). Any edit of
+    the function, or of the entry's function or lines, or a changed mutant unpins it, and it
+    runs again. A mutant recorded as crashed is never pinned."""
     pins = load_pins(pins_path)
     names = [
         name
         for by_name in codes.values()
         for name, code in by_name.items()
-        if code is None and _focused(name) and _function_of(name) in pins
+        if code is None and name not in crashed and _focused(name) and _function_of(name) in pins
     ]
     if not names:
         return set()
@@ -774,15 +793,27 @@ def pin_equivalents(
     pins_path = pins_path or PINS
     entries = {e.key() for e in load_equivalents(entries_path)}
     open_, _ = _not_killed(codes, crashed)
-    chosen = [name for name, status in open_.items() if status == "survived"]
-    chosen += sorted(pinned(codes, mutants, entries_path, pins_path))
-    diffs = mutant_diffs(chosen, mutants)
-    digests = function_digests({_function_of(name) for name in chosen}, mutants)
+    chosen = {name for name, status in open_.items() if status == "survived"}
+    chosen |= pinned(codes, mutants, entries_path, pins_path, crashed)
+    functions = {_function_of(name) for name in chosen}
+    # every mutant of these functions: a change is pinned only when each mutant making it
+    # (the same lines can change at two places) survived or was pinned
+    members = [
+        name
+        for by_name in codes.values()
+        for name in by_name
+        if _focused(name) and _function_of(name) in functions
+    ]
+    diffs = mutant_diffs(members, mutants)
+    digests = function_digests(functions, mutants)
+    spoiled = {(_function_of(n), diffs.get(n)) for n in members if n not in chosen}
     new: dict[str, dict] = {}
     count = 0
-    for name in chosen:
+    for name in sorted(chosen):
         function, diff = _function_of(name), diffs.get(name)
         if diff is None or function not in digests or (function, *diff) not in entries:
+            continue
+        if (function, diff) in spoiled:
             continue
         pin = new.setdefault(function, {"sha256": digests[function], "changes": []})
         if [list(diff[0]), list(diff[1])] not in pin["changes"]:
@@ -798,7 +829,7 @@ def pin_equivalents(
     )
     data = {"about": about, "pins": dict(sorted(new.items()))}
     tmp = pins_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, pins_path)
     return count, len(new)
 
@@ -913,6 +944,11 @@ def summarize(
                 survivors.append(f"{name}: {status}")
         c["pending"] = c["not checked"] + c["skipped"]
         c["run"] = len(codes) - c["pending"]
+        if c["run"] == c["pinned"]:
+            # nothing of this module ran (an interrupted run, --only elsewhere): its pinned
+            # mutants wait with the rest, so the module shows no score rather than 0 %
+            c["pending"] += c["pinned"]
+            c["run"] = c["pinned"] = 0
         c["caught"] = c["killed"] + c["timeout"] + c["crash-kill"]
         rows.append((path, c))
         for key in (
@@ -945,7 +981,7 @@ def report(globs: list[str] | None = None) -> tuple[bool, bool]:
         return False, False
     crashed = _crashed()
     codes = _meta_codes()
-    skip = pinned(codes)
+    skip = pinned(codes, crashed=crashed)
     rows, total, _ = summarize(results, crashed, skip)
     head = f"{'module':26} {'run':>5} {'killed':>6} {'timeout':>7} {'crashed':>7} {'survived':>8}"
     print(f"\n{head} {'pinned':>6} {'no test':>7} {'score':>7} {'not run':>7}")
@@ -985,7 +1021,7 @@ def check_only(globs: list[str] | None = None) -> int:
         print("no results under mutants/: run `make mutate` first")
         return 1
     crashed = _crashed()
-    skip = pinned(codes)
+    skip = pinned(codes, crashed=crashed)
     _, missing = check_equivalents(codes, crashed, skip=skip)
     left = len(_pending(codes, globs or FOCUS, crashed, skip))
     if left:
@@ -1087,7 +1123,13 @@ def main(argv: list[str] | None = None) -> int:
         if not codes:
             print("no results under mutants/: run `make mutate` first")
             return 1
-        count, functions = pin_equivalents(codes, _crashed())
+        crashed = _crashed()
+        if not _sanity() or _pending(codes, FOCUS, crashed, pinned(codes, crashed=crashed)):
+            print(
+                "nothing pinned: pins come only from a complete run whose sanity mutant was killed"
+            )
+            return 1
+        count, functions = pin_equivalents(codes, crashed)
         print(f"{PINS.name}: {count} equivalent mutant(s) pinned in {functions} function(s)")
         return 0
     completed = True
