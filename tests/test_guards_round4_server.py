@@ -44,3 +44,25 @@ def test_enough_time_or_no_deadline_passes():
     _check_deadline(_Remaining(None), ROW, 10**9)  # no deadline set
     with pytest.raises(RequestError):
         _check_deadline(_Remaining(need * 0.999), ROW, count)
+
+
+# ---------------------------------------------------------------- charge ids (issue 18, round 5)
+def test_a_calls_charge_ids_come_from_its_guard_so_a_failed_block_can_be_voided():
+    """The servicer asks for a charge id through the call's context. With the interceptor's
+    guard on the context, the id is the call's id and a counter, and the guard records it:
+    that record is what is voided (refunded) when the block fails. A mutant that looks the
+    guard up under another attribute name got a random id the guard never saw."""
+    from types import SimpleNamespace
+
+    from heml.server.interceptor import Guard, new_charge_id
+    from heml.server.requestlog import CallRecord
+
+    guard = Guard(None, CallRecord(method="Predict"), None, None)
+    context = SimpleNamespace(heml_guard=guard)
+    first, second = new_charge_id(context), new_charge_id(context)
+    assert (first, second) == (f"{guard.call_id}.0", f"{guard.call_id}.1")
+    assert guard.charges == [first, second]
+    # without a guard (a servicer used directly) every id is fresh and random
+    bare = SimpleNamespace()
+    ids = {new_charge_id(bare) for _ in range(3)}
+    assert len(ids) == 3 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
