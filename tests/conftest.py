@@ -201,9 +201,11 @@ _spent: dict[str, float] = {}
 
 
 # Under a mutant's run, each test that fails (kills the mutant) is appended here as
-# "function<TAB>test id": the mutant's siblings (the other mutants of the same function) then run
-# that test first, since one test usually catches most breaks of one function.
-KILLERS = "mutate-killers.txt"
+# "function<TAB>test id<TAB>mutant": the mutant's siblings (the other mutants of the same
+# function) then run that test first, since one test usually catches most breaks of one
+# function. The path is fixed when the fork server imports this file (its working directory
+# is mutants/): a test that changes the working directory must not send the line elsewhere.
+KILLERS = os.path.abspath("mutate-killers.txt")
 
 
 def _mutated_function(mutant: str) -> str:
@@ -217,7 +219,7 @@ def pytest_runtest_logreport(report):
     elif "__mutmut_" in mutant and report.failed:
         # one short line in append mode: a single write, whole, beside the other mutant runs
         with open(KILLERS, "a", encoding="utf-8") as log:
-            log.write(f"{_mutated_function(mutant)}\t{report.nodeid}\n")
+            log.write(f"{_mutated_function(mutant)}\t{report.nodeid}\t{mutant}\n")
 
 
 def _killers(function: str) -> set[str]:
@@ -227,7 +229,11 @@ def _killers(function: str) -> set[str]:
             lines = log.read().splitlines()
     except OSError:
         return set()
-    return {test for fn, _, test in (line.partition("\t") for line in lines) if fn == function}
+    return {
+        rest.split("\t")[0]
+        for fn, _, rest in (line.partition("\t") for line in lines)
+        if fn == function
+    }
 
 
 def pytest_sessionfinish(session, exitstatus):

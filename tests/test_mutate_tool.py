@@ -830,3 +830,18 @@ def test_arguments_never_glob_a_function_with_a_pinned_mutant(tmp_path):
     args = mutate._arguments(todo, codes)
     assert args == [f"{P}x_sign__mutmut_1", f"{P}x_sign__mutmut_3"]
     assert not any(mutate._matches(f"{P}x_sign__mutmut_2", [a]) for a in args)
+
+
+def test_kills_of_listed_equivalents_are_the_ones_run_again(guard):
+    """Step 4 of a run: a killed mutant that an entry lists runs once more (5 of 6 such kills
+    in the run of 983f734 did not repeat)."""
+    codes = mutate._meta_codes(guard)
+    path = "heml/server/interceptor.py"
+    codes = {path: {**codes[path], f"{GUARD}1": 1, f"{WATCH}1": 1}}  # both listed, killed
+    args = (mutate.FOCUS, {}, guard, guard / "equivalents.toml")
+    assert set(mutate.listed_kills(codes, *args)) == {f"{GUARD}1", f"{WATCH}1"}
+    # enter 3 (killed, not listed) is not; a recorded crash is not; --only narrows it
+    assert mutate.listed_kills(codes, mutate.FOCUS, {f"{WATCH}1": "killed"}, *args[2:]) == [
+        f"{GUARD}1"
+    ]
+    assert mutate.listed_kills(codes, ["*x_watch*"], {}, *args[2:]) == [f"{WATCH}1"]
