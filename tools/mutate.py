@@ -863,8 +863,8 @@ def pin_equivalents(
     about = (
         "Written by `tools/mutate.py --pin-equivalents`: equivalent mutants (listed in "
         "mutants-equivalent.toml) that a run saw survive, pinned to the SHA-256 of their "
-        "function's whitespace-normalized text. They are not run while text, change and entry "
-        "are unchanged; `--all` runs them."
+        "function's syntax tree. They are not run while tree, change and entry are unchanged; "
+        "`--all` runs them (docs/testing.md)."
     )
     data = {"about": about, "pins": dict(sorted(new.items()))}
     tmp = pins_path.with_suffix(".tmp")
