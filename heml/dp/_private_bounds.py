@@ -743,7 +743,7 @@ def spread_rule(n: int, d: int, epsilon: float, delta: float) -> bool:
 
 def estimates_bounds(est, epsilon: float) -> bool:
     """Whether ``fit`` estimates some bound with DP (public: from the bounds parameters)."""
-    x_kind, y_kind = _kinds(est, epsilon)
+    x_kind, y_kind = _kinds(est)
     return math.isfinite(epsilon) and "dp" in (x_kind, y_kind)
 
 
@@ -799,7 +799,7 @@ def _shared_scale(bounds) -> bool:
     return isinstance(bounds, PrivateBounds) and bounds.shared_scale
 
 
-def _kinds(est, epsilon: float) -> tuple[str, str | None]:
+def _kinds(est) -> tuple[str, str | None]:
     """What to do for X and (regressors) y: "dp", "data" or "declared"."""
     x_kind = _kind(est.bounds_X)
     norm = est.data_norm
@@ -828,7 +828,7 @@ def plan_estimated_bounds(est, n: int, d: int, epsilon: float, delta: float):
     parameters that cannot fit: the estimators call it before they reserve the budget, so
     such a fit is refused with nothing spent (``fit_with_estimated_bounds`` calls it again
     and gets the same plan)."""
-    x_kind, y_kind = _kinds(est, epsilon)
+    x_kind, y_kind = _kinds(est)
     if not math.isfinite(epsilon) or {x_kind, y_kind}.isdisjoint({"dp", "data"}):
         return None
     if x_kind != "declared" and est.data_norm is not None and math.isfinite(est.data_norm):
