@@ -456,6 +456,10 @@ def _steps(jobs: int, nice: int, globs: list[str], clock: Clock, run_all: bool =
     confirm = True
     for step in range(1, MAX_STEPS + 1):
         crashed = _crashed()
+        if not run_all and step > 1:
+            # mutmut regenerates the mutants of an edited file at the start of a run (after a
+            # --resume): the pins are checked again against what it wrote
+            skip = pinned(codes, crashed=crashed)
         todo = [n for n in _pending(codes, globs, crashed, skip) if n not in suspects]
         if todo:
             before = len(todo)
