@@ -20,6 +20,7 @@ Promises checked where the code's comparisons decide:
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -264,3 +265,19 @@ def test_a_split_that_leaves_the_model_no_epsilon_is_refused_with_its_message(es
     with pytest.raises(ValueError) as excinfo:
         pb.plan_estimated_bounds(est, 4, 1, 0.05, 0.025)
     assert str(excinfo.value) == NO_EPSILON_LEFT
+
+
+@pytest.mark.parametrize("r", [np.int64(8), np.float32(1e3), np.float64(0.5), np.uint8(200)])
+def test_a_numpy_number_is_a_search_range_too_and_is_kept_as_a_float(r):
+    """search_range goes into the model's guarantee (JSON): numpy's numbers are accepted, as
+    users get them from arrays, and stored as a Python float."""
+    bounds = pb.PrivateBounds(search_range=r)
+    assert type(bounds.search_range) is float and bounds.search_range == float(r)
+    assert json.loads(json.dumps({"search_range": bounds.search_range}))["search_range"] == r
+
+
+@pytest.mark.parametrize("r", [np.True_, np.float64("nan"), np.float32(-1.0), np.int64(0)])
+def test_numpy_booleans_and_non_positive_numpy_numbers_are_refused(r):
+    with pytest.raises(ValueError) as excinfo:
+        pb.PrivateBounds(search_range=r)
+    assert str(excinfo.value) == _refusal(r)

@@ -38,6 +38,7 @@ folds the map back.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,11 +156,17 @@ class PrivateBounds:
 
     def __post_init__(self) -> None:
         r = self.search_range
-        if isinstance(r, bool) or not isinstance(r, int | float) or not (0 < r <= MAX_SEARCH_RANGE):
+        number = isinstance(r, numbers.Real) and not isinstance(r, bool | np.bool_)
+        # numpy's numbers as Python's (np.float32 would compare against a cap it cannot hold)
+        value = r.item() if number and isinstance(r, np.generic) else r
+        if not number or not (0 < value <= MAX_SEARCH_RANGE):
             # every released bound (see MAX_SEARCH_RANGE) must stay within what a model accepts
             raise ValueError(
                 f"search_range must be a number in (0, {MAX_SEARCH_RANGE:g}], got {r!r}"
             )
+        # numpy's numbers too (np.int64(8), np.float32(1e3)), kept as one float: it is
+        # written into the model's guarantee (JSON)
+        object.__setattr__(self, "search_range", float(value))
         if not isinstance(self.shared_scale, bool):
             raise ValueError(f"shared_scale must be True or False, got {self.shared_scale!r}")
 
