@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -271,7 +272,10 @@ def test_a_split_that_leaves_the_model_no_epsilon_is_refused_with_its_message(es
 def test_a_numpy_number_is_a_search_range_too_and_is_kept_as_a_float(r):
     """search_range goes into the model's guarantee (JSON): numpy's numbers are accepted, as
     users get them from arrays, and stored as a Python float."""
-    bounds = pb.PrivateBounds(search_range=r)
+    with warnings.catch_warnings():
+        # np.float32 against the 3.9e97 cap: numpy would cast the cap to float32 (overflow)
+        warnings.simplefilter("error")
+        bounds = pb.PrivateBounds(search_range=r)
     assert type(bounds.search_range) is float and bounds.search_range == float(r)
     assert json.loads(json.dumps({"search_range": bounds.search_range}))["search_range"] == r
 
