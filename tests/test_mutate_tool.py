@@ -845,3 +845,22 @@ def test_kills_of_listed_equivalents_are_the_ones_run_again(guard):
         f"{GUARD}1"
     ]
     assert mutate.listed_kills(codes, ["*x_watch*"], {}, *args[2:]) == [f"{WATCH}1"]
+
+
+def test_results_of_an_edited_source_are_stale(tmp_path):
+    """--resume/--recheck refuse results whose source changed since mutmut copied it: mutmut
+    regenerates only when invoked, so with nothing left to run the old results would pass
+    for the new code's."""
+    import os
+
+    root, mutants = tmp_path / "repo", tmp_path / "repo" / "mutants"
+    write_meta(mutants, "heml/he/wire.py", {f"{WIRE}1": 1}, "def f(): pass\n")
+    (root / "heml/he").mkdir(parents=True)
+    source = root / "heml/he/wire.py"
+    source.write_text("def f(): pass\n")
+    copy = mutants / "heml/he/wire.py"
+    os.utime(source, (1_000_000, 1_000_000))
+    os.utime(copy, (2_000_000, 2_000_000))
+    assert mutate.stale_sources(root, mutants) == []
+    os.utime(source, (3_000_000, 3_000_000))  # edited after the copy
+    assert mutate.stale_sources(root, mutants) == ["heml/he/wire.py"]

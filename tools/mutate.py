@@ -410,9 +410,28 @@ def forget_unkilled(globs: list[str], mutants: Path | None = None) -> list[str]:
     return forgotten
 
 
+def stale_sources(root: Path | None = None, mutants: Path | None = None) -> list[str]:
+    """The mutated files whose source under `root` is newer than mutmut's copy: their results
+    under mutants/ are for code that has changed since."""
+    root, mutants = root or ROOT, mutants or MUTANTS
+    out = []
+    for meta in sorted(mutants.rglob("*.py.meta")):
+        path = str(meta.relative_to(mutants))[: -len(".meta")]
+        source, copy = root / path, mutants / path
+        if source.exists() and copy.exists() and source.stat().st_mtime > copy.stat().st_mtime:
+            out.append(path)
+    return out
+
+
 def run(jobs: int, nice: int, keep: bool, only: list[str], run_all: bool = False) -> bool:
     """Run mutmut in steps until every selected mutant has a result (the pinned equivalents
     excepted, unless `run_all`); True when it completed."""
+    if keep and (changed := stale_sources()):
+        # mutmut would regenerate these files' mutants only when invoked; with nothing left to
+        # run the old results would be reported as the new code's
+        print(f"the sources changed since the results under mutants/ ({', '.join(changed)}):")
+        print("they are stale; run without --resume/--recheck")
+        return False
     if not keep and MUTANTS.exists():
         shutil.rmtree(MUTANTS)
     # The folder must exist before Python starts: a PYTHONPATH entry that is missing at start-up
