@@ -156,7 +156,7 @@ class PrivateBounds:
 
     def __post_init__(self) -> None:
         r = self.search_range
-        number = isinstance(r, numbers.Real) and not isinstance(r, bool | np.bool_)
+        number = isinstance(r, numbers.Real) and not isinstance(r, bool)  # np.bool_ is no Real
         # numpy's numbers as Python's (np.float32 would compare against a cap it cannot hold)
         value = r.item() if number and isinstance(r, np.generic) else r
         if not number or not (0 < value <= MAX_SEARCH_RANGE):
