@@ -612,7 +612,8 @@ def test_an_indentation_edit_unpins(tmp_path):
 
 # ---------------------------------------------------------------- 2. body cut at a column-0 line
 # mutmut 3.8.1 keeps a column-0 comment (or a multi-line string's column-0 lines) inside the
-# copies it writes; _function_texts ends the body there, so the digest misses the rest.
+# copies it writes; the first version's line scan ended the body there, so the digest missed
+# the rest.
 CUT_V1 = """\
 def x_f__mutmut_orig(x):
     y = abs(x) + 1
@@ -864,3 +865,17 @@ def test_results_of_an_edited_source_are_stale(tmp_path):
     assert mutate.stale_sources(root, mutants) == []
     os.utime(source, (3_000_000, 3_000_000))  # edited after the copy
     assert mutate.stale_sources(root, mutants) == ["heml/he/wire.py"]
+
+
+def test_recheck_on_stale_results_refuses_before_forgetting_anything(tmp_path, monkeypatch):
+    import os
+
+    root, mutants = tmp_path / "repo", tmp_path / "repo" / "mutants"
+    write_meta(mutants, "heml/he/wire.py", {f"{WIRE}1": 0}, "def f(): pass\n")
+    (root / "heml/he").mkdir(parents=True)
+    (root / "heml/he/wire.py").write_text("def f(): pass\n")
+    os.utime(mutants / "heml/he/wire.py", (1_000_000, 1_000_000))  # the source is newer
+    monkeypatch.setattr(mutate, "ROOT", root)
+    monkeypatch.setattr(mutate, "MUTANTS", mutants)
+    assert mutate.run(2, 0, False, [], recheck=True) is False
+    assert mutate._meta_codes(mutants)["heml/he/wire.py"] == {f"{WIRE}1": 0}  # not forgotten

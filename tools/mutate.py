@@ -18,8 +18,8 @@ and the sanity mutant was killed; 1 otherwise. The report says separately whethe
 survivor is classified; `--check-equivalents` does only that classification (exit code 0 only
 when the selected mutants all have a result and every one not killed is classified).
 
-Equivalent mutants that a run saw survive are pinned to their function's text
-(tools/mutants-equivalent.pins.json) and not run again while that text, their change and their
+Equivalent mutants that a run saw survive are pinned to their function's syntax tree
+(tools/mutants-equivalent.pins.json) and not run again while that tree, their change and their
 entry are unchanged; they count as survivors in the score. `--all` runs them too;
 `--pin-equivalents` rewrites the pins from the last results.
 
@@ -48,6 +48,7 @@ import sys
 import time
 import tomllib
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,8 +184,8 @@ MAX_STEPS = 12  # mutmut invocations after the sanity step before the tool gives
 SEP = "__mutmut_"
 # The survivors judged equivalent, keyed by function and changed lines (docs/testing.md).
 EQUIVALENTS = ROOT / "tools" / "mutants-equivalent.toml"
-# The equivalents a full run saw survive, pinned to the text of their function: such a mutant is
-# not run again while its function's text, its change and its entry are unchanged (`--all` runs
+# The equivalents a full run saw survive, pinned to their function's syntax tree: such a mutant
+# is not run again while that tree, its change and its entry are unchanged (`--all` runs
 # them; `--pin-equivalents` rewrites the pins from the results under mutants/).
 PINS = ROOT / "tools" / "mutants-equivalent.pins.json"
 
@@ -423,15 +424,27 @@ def stale_sources(root: Path | None = None, mutants: Path | None = None) -> list
     return out
 
 
-def run(jobs: int, nice: int, keep: bool, only: list[str], run_all: bool = False) -> bool:
+def run(
+    jobs: int,
+    nice: int,
+    keep: bool,
+    only: list[str],
+    run_all: bool = False,
+    recheck: bool = False,
+) -> bool:
     """Run mutmut in steps until every selected mutant has a result (the pinned equivalents
-    excepted, unless `run_all`); True when it completed."""
+    excepted, unless `run_all`); True when it completed. `recheck`: keep the results but
+    first forget those of the selected mutants not killed (`forget_unkilled`)."""
+    keep = keep or recheck
     if keep and (changed := stale_sources()):
         # mutmut would regenerate these files' mutants only when invoked; with nothing left to
         # run the old results would be reported as the new code's
         print(f"the sources changed since the results under mutants/ ({', '.join(changed)}):")
         print("they are stale; run without --resume/--recheck")
         return False
+    if recheck:  # only now: stale results are refused before anything is forgotten
+        again = forget_unkilled(only or FOCUS)
+        print(f"--recheck: {len(again)} mutant(s) not killed are run again")
     if not keep and MUTANTS.exists():
         shutil.rmtree(MUTANTS)
     # The folder must exist before Python starts: a PYTHONPATH entry that is missing at start-up
@@ -502,8 +515,8 @@ def _steps(jobs: int, nice: int, globs: list[str], clock: Clock, run_all: bool =
             continue
         if not suspects:
             if confirm:
-                # 4. a kill of a mutant listed as equivalent is run once more, alone in its
-                # function: a kill that does not repeat was the run's, not the tests'
+                # 4. a kill of a mutant listed as equivalent is run once more, one mutant at a
+                # time: a kill that does not repeat was the run's, not the tests'
                 confirm = False
                 again = listed_kills(codes, globs, _crashed())
                 if again:
@@ -591,31 +604,53 @@ def _normalized(line: str) -> str:
     return " ".join(line.split())
 
 
-def _function_nodes(source: str) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
-    """{function name: its parsed definition} for every function whose name holds SEP
-    (mutmut writes each mutant as a copy of the function named `<function>__mutmut_<n>`,
-    beside the original `<function>__mutmut_orig`). A file that does not parse gives none:
-    its mutants are then neither classified nor pinned."""
+# {SHA-256 of a mutated source: what _functions found in it}; see _functions
+_PARSED: dict[str, dict[str, tuple[list[str], str | None]]] = {}
+
+
+def _functions(source: str) -> dict[str, tuple[list[str], str | None]]:
+    """{function name: (its lines, from the `def` line to the last line of its body; the
+    SHA-256 of its syntax tree for an original, else None)} for every function whose name
+    holds SEP (mutmut writes each mutant as a copy of the function named
+    `<function>__mutmut_<n>`, beside the original `<function>__mutmut_orig`).
+
+    The span is the parser's, so a comment or a string line at column 0 inside the body does
+    not end it. The tree holds decorators, the nesting of every statement and every literal
+    exactly; only comments and formatting are left out. A file that does not parse gives
+    none: its mutants are then neither classified nor pinned. A mutated module is megabytes
+    (`ast.parse` takes seconds), so each distinct source is parsed once per process."""
+    key = hashlib.sha256(source.encode()).hexdigest()
+    if key in _PARSED:
+        return _PARSED[key]
     try:
         tree = ast.parse(source)
     except SyntaxError:
-        return {}
-    return {
-        node.name: node
-        for node in ast.walk(tree)
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and SEP in node.name
-    }
-
-
-def _function_texts(source: str) -> dict[str, list[str]]:
-    """{function name: its lines, from the `def` line to the last line of its body} for every
-    function whose name holds SEP. The span is the parser's, so a comment or a string line
-    at column 0 inside the body does not end it."""
+        tree = None
     lines = source.splitlines()
-    return {
-        name: lines[node.lineno - 1 : node.end_lineno]
-        for name, node in _function_nodes(source).items()
-    }
+    out = {}
+    for node in ast.walk(tree) if tree is not None else ():
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and SEP in node.name:
+            orig = node.name.endswith(f"{SEP}orig")
+            digest = hashlib.sha256(ast.dump(node).encode()).hexdigest() if orig else None
+            out[node.name] = (lines[node.lineno - 1 : node.end_lineno], digest)
+    if len(_PARSED) >= 64:  # a long run regenerates modules: keep the cache bounded
+        _PARSED.clear()
+    _PARSED[key] = out
+    return out
+
+
+def _module_functions(
+    names: Iterable[str], mutants: Path
+) -> Iterator[tuple[list[str], dict[str, tuple[list[str], str | None]]]]:
+    """For each module of `names` (mutant or function names) whose mutated source is under
+    `mutants`: (its names among `names`, `_functions` of that source)."""
+    by_module: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        by_module[name.rsplit(".", 1)[0]].append(name)
+    for module, members in by_module.items():
+        path = mutants / (module.replace(".", "/") + ".py")
+        if path.exists():
+            yield members, _functions(path.read_text(encoding="utf-8"))
 
 
 def _changed(orig: list[str], mutant: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -637,24 +672,16 @@ def mutant_diffs(
     """{mutant name: (lines before, lines after)} from the mutated sources under mutants/,
     what `mutmut show NAME` prints as - and + lines, whitespace-normalized. The `def` line
     counts with the mutant's number replaced, so a changed default argument shows too."""
-    mutants = mutants or MUTANTS
-    by_module: dict[str, list[str]] = defaultdict(list)
-    for name in names:
-        by_module[name.rsplit(".", 1)[0]].append(name)
     out = {}
-    for module, members in by_module.items():
-        path = mutants / (module.replace(".", "/") + ".py")
-        if not path.exists():
-            continue
-        texts = _function_texts(path.read_text(encoding="utf-8"))
+    for members, functions in _module_functions(names, mutants or MUTANTS):
         for name in members:
             short = name.rsplit(".", 1)[-1]
             function = short.rsplit(SEP, 1)[0]
-            orig, mutant = texts.get(f"{function}{SEP}orig"), texts.get(short)
+            orig, mutant = functions.get(f"{function}{SEP}orig"), functions.get(short)
             if orig is None or mutant is None:
                 continue
-            mutant = [mutant[0].replace(short, f"{function}{SEP}orig", 1), *mutant[1:]]
-            out[name] = _changed(orig, mutant)
+            lines = [mutant[0][0].replace(short, f"{function}{SEP}orig", 1), *mutant[0][1:]]
+            out[name] = _changed(orig[0], lines)
     return out
 
 
@@ -738,24 +765,14 @@ def stale(
 
 # ------------------------------------------------------------------ pinned equivalents
 def function_digests(functions: set[str], mutants: Path | None = None) -> dict[str, str]:
-    """{function: SHA-256 of its original's syntax tree}, read from the
-    `<function>__mutmut_orig` copies under mutants/ (a function not found is left out). The
-    tree holds decorators, the nesting of every statement and every literal exactly; only
-    comments and formatting are left out."""
-    mutants = mutants or MUTANTS
-    by_module: dict[str, set[str]] = defaultdict(set)
-    for function in functions:
-        by_module[function.rsplit(".", 1)[0]].add(function)
+    """{function: SHA-256 of its original's syntax tree (`_functions`)}, read from the
+    `<function>__mutmut_orig` copies under mutants/ (a function not found is left out)."""
     out = {}
-    for module, members in by_module.items():
-        path = mutants / (module.replace(".", "/") + ".py")
-        if not path.exists():
-            continue
-        nodes = _function_nodes(path.read_text(encoding="utf-8"))
+    for members, parsed in _module_functions(functions, mutants or MUTANTS):
         for function in members:
-            orig = nodes.get(f"{function.rsplit('.', 1)[-1]}{SEP}orig")
+            orig = parsed.get(f"{function.rsplit('.', 1)[-1]}{SEP}orig")
             if orig is not None:
-                out[function] = hashlib.sha256(ast.dump(orig).encode()).hexdigest()
+                out[function] = orig[1]
     return out
 
 
@@ -849,7 +866,7 @@ def pin_equivalents(
     pins_path: Path | None = None,
 ) -> tuple[int, int]:
     """Rewrite the pins from the results under mutants/: every focused mutant that survived
-    and is listed as equivalent is pinned to its function's text; a pin still valid for a
+    and is listed as equivalent is pinned to its function's syntax tree; a pin still valid for a
     mutant that was not run (it was pinned) is kept. A mutant killed, crashed, without tests
     or without an entry is not pinned. Returns (mutants pinned, functions)."""
     pins_path = pins_path or PINS
@@ -1175,7 +1192,7 @@ def main(argv: list[str] | None = None) -> int:
         "--pin-equivalents",
         action="store_true",
         help="only rewrite " + PINS.name + " from the last results: pin every survivor "
-        "listed as equivalent to its function's text",
+        "listed as equivalent to its function's syntax tree",
     )
     args = parser.parse_args(argv)
     if args.check_equivalents:
@@ -1195,12 +1212,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PINS.name}: {count} equivalent mutant(s) pinned in {functions} function(s)")
         return 0
     completed = True
-    if args.recheck and not args.report:
-        args.keep = True
-        again = forget_unkilled(args.only or FOCUS)
-        print(f"--recheck: {len(again)} mutant(s) not killed are run again")
     if not args.report:
-        completed = run(max(1, args.jobs), args.nice, args.keep, args.only, args.run_all)
+        completed = run(
+            max(1, args.jobs), args.nice, args.keep, args.only, args.run_all, args.recheck
+        )
     sane, complete = report(args.only or None)
     _print_seconds()
     return 0 if completed and sane and complete else 1
