@@ -12,7 +12,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _calibration as cal
 from ._base import DPEstimatorMixin
 from ._noise import NoiseSource, rounding_slack
-from ._private_bounds import fit_with_estimated_bounds, plan_estimated_bounds
+from ._private_bounds import check_fit_plan, fit_with_estimated_bounds
 from ._validation import (
     check_delta_vs_n,
     clip_rows,
@@ -160,8 +160,8 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         check_delta_vs_n(eps, delta, n)
         noise = NoiseSource(self.random_state)  # validates random_state before any work
         # from here on the data values are used: pay first (atomic check-and-spend)
-        # a fit with estimated bounds whose public plan cannot work is refused before paying
-        plan_estimated_bounds(self, n, d, eps, delta)
+        # bounds that cannot be used, and a plan that cannot work, are refused before paying
+        check_fit_plan(self, n, d, eps, delta)
         self._reserve(accountant, eps, delta, "DPLinearRegression/AdaSSP")
 
         if fit_with_estimated_bounds(self, X, y, eps, delta, noise) is not None:

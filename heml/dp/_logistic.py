@@ -15,8 +15,13 @@ from threadpoolctl import threadpool_limits
 from . import _calibration as cal
 from ._base import DPEstimatorMixin
 from ._noise import NoiseSource, rounding_slack
-from ._private_bounds import fit_with_estimated_bounds, plan_estimated_bounds
-from ._validation import check_delta_vs_n, clip_rows, resolve_feature_bounds, validate_data
+from ._private_bounds import check_fit_plan, fit_with_estimated_bounds
+from ._validation import (
+    check_delta_vs_n,
+    clip_rows,
+    resolve_feature_bounds,
+    validate_data,
+)
 
 METHODS = ("auto", "objpert", "dpgd")
 
@@ -257,8 +262,8 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
             )
         noise = NoiseSource(self.random_state)
         # from here on the data values are used: pay first (atomic check-and-spend)
-        # a fit with estimated bounds whose public plan cannot work is refused before paying
-        plan_estimated_bounds(self, n, d, eps, delta)
+        # bounds that cannot be used, and a plan that cannot work, are refused before paying
+        check_fit_plan(self, n, d, eps, delta)
         self._reserve(accountant, eps, delta, f"DPLogisticRegression/{method}")
 
         if fit_with_estimated_bounds(self, X, y, eps, delta, noise) is not None:

@@ -45,7 +45,7 @@ import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
 from ._noise import NoiseSource, _secure_uniform, rounding_slack
-from ._validation import MAX_BOUND
+from ._validation import MAX_BOUND, check_declared_bounds
 
 # Public, fixed a priori: none depends on the data being fitted. They were chosen by measuring
 # a few alternatives on the benchmark sets (docs/dp.md, "Bounds estimated with DP").
@@ -868,6 +868,16 @@ def plan_estimated_bounds(est, n: int, d: int, epsilon: float, delta: float):
             "delta, or declare bounds_X (and bounds_y)"
         )
     return EstimatedBoundsPlan(x_kind, y_kind, shared, pooled, budget)
+
+
+def check_fit_plan(est, n: int, d: int, epsilon: float, delta: float) -> None:
+    """Refuse, from public parameters alone, a fit that could not run: declared bounds or
+    ``data_norm`` that cannot be used, or an estimated-bounds plan that leaves the model no ε.
+
+    The estimators call it before they reserve (ε, δ), and ``heml train`` before its ledger
+    does, so such a fit costs nothing (bad input costs nothing, docs/dp.md)."""
+    check_declared_bounds(est, d)
+    plan_estimated_bounds(est, n, d, epsilon, delta)
 
 
 def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):

@@ -153,6 +153,25 @@ def run(args) -> int:
         return _fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED)
 
 
+def _check_plan(est, bounds, target_bounds, n: int, d: int, eps: float, delta: float) -> None:
+    """Refuse before the ledger reserves anything what the fit would refuse from its public
+    parameters: bounds beyond what a model accepts, a plan that leaves the model no ε. Before,
+    these failed inside the fit, after the reservation, and stayed charged."""
+    from ._private_bounds import check_fit_plan
+    from ._validation import parse_bounds
+
+    try:
+        if isinstance(bounds, tuple):  # LO,HI or a file's per-column arrays, in the CSV's units
+            parse_bounds(bounds, d, "--bounds")
+        if isinstance(target_bounds, tuple):
+            parse_bounds(target_bounds, 1, "--target-bounds")
+        inner = est.steps[-1][1] if hasattr(est, "steps") else est
+        check_fit_plan(inner, n, d, eps, delta)
+    except ValueError as exc:
+        text = str(exc).replace("bounds_X", "--bounds").replace("bounds_y", "--target-bounds")
+        raise _Invalid(text) from None
+
+
 def _fail(message: str, code: int) -> int:
     print(f"heml train: error: {' '.join(str(message).split())}", file=sys.stderr)
     return code
@@ -239,6 +258,19 @@ def _run(args) -> int:
                 "label in --classes (or remove those rows)"
             )
 
+    est = cli_estimator(
+        task,
+        epsilon=eps,
+        delta=delta,
+        bounds=bounds,
+        target_bounds=target_bounds,
+        random_state=args.seed,
+        # exactly what will be reserved: the fit cannot spend more than the ledger charged
+        accountant=BudgetAccountant(epsilon=eps, delta=delta),
+        classes=classes,
+    )
+    _check_plan(est, bounds, target_bounds, n, X.shape[1], eps, delta)
+
     # ---------------------------------------------------------------- budget, fit, export
     # check and reserve under one lock, saved before the data reach the estimator: a
     # concurrent run sees the reservation, and it stays charged if anything below fails
@@ -265,17 +297,6 @@ def _run(args) -> int:
         _ledger.save(ledger_path, ledger)
     status = "failed"
     try:
-        est = cli_estimator(
-            task,
-            epsilon=eps,
-            delta=delta,
-            bounds=bounds,
-            target_bounds=target_bounds,
-            random_state=args.seed,
-            # exactly what was reserved: the fit cannot spend more than the ledger charged
-            accountant=BudgetAccountant(epsilon=eps, delta=delta),
-            classes=classes,
-        )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PrivacyLeakWarning)
             warnings.simplefilter("always", BoundsWarning)
