@@ -98,3 +98,16 @@ def test_heml_train_refuses_bounds_beyond_1e100_before_the_ledger(table):
     assert r.returncode == 0, r.stderr
     spends = json.loads(ledger.read_text())["datasets"]
     assert [s["status"] for d in spends.values() for s in d["spends"]] == ["ok"]
+
+
+def test_heml_train_refuses_target_bounds_beyond_1e100_before_the_ledger(table):
+    ledger = table / "xdg" / "heml" / "privacy-ledger.json"
+    pd.DataFrame({"a": X[:, 0], "y": Y_REG}).to_csv(table / "r.csv", index=False)
+    r = heml_train(
+        "r.csv", "--target", "y", "--task", "regression", "--epsilon", "1", "--delta", "1e-5",
+        "-o", "r.json", "--bounds=-3,3", "--target-bounds=-1e101,1", cwd=table,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("heml train: error: --target-bounds must lie")
+    assert not ledger.exists()

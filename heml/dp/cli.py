@@ -153,7 +153,7 @@ def run(args) -> int:
         return _fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED)
 
 
-def _check_plan(est, bounds, target_bounds, n: int, d: int, eps: float, delta: float) -> None:
+def _check_plan(est, bounds, n: int, d: int, eps: float, delta: float) -> None:
     """Refuse before the ledger reserves anything what the fit would refuse from its public
     parameters: bounds beyond what a model accepts, a plan that leaves the model no ε. Before,
     these failed inside the fit, after the reservation, and stayed charged."""
@@ -162,9 +162,8 @@ def _check_plan(est, bounds, target_bounds, n: int, d: int, eps: float, delta: f
 
     try:
         if isinstance(bounds, tuple):  # LO,HI or a file's per-column arrays, in the CSV's units
+            # (per-column bounds reach the estimator as the public map's (-1, 1): check them here)
             parse_bounds(bounds, d, "--bounds")
-        if isinstance(target_bounds, tuple):
-            parse_bounds(target_bounds, 1, "--target-bounds")
         inner = est.steps[-1][1] if hasattr(est, "steps") else est
         check_fit_plan(inner, n, d, eps, delta)
     except ValueError as exc:
@@ -269,7 +268,7 @@ def _run(args) -> int:
         accountant=BudgetAccountant(epsilon=eps, delta=delta),
         classes=classes,
     )
-    _check_plan(est, bounds, target_bounds, n, X.shape[1], eps, delta)
+    _check_plan(est, bounds, n, X.shape[1], eps, delta)
 
     # ---------------------------------------------------------------- budget, fit, export
     # check and reserve under one lock, saved before the data reach the estimator: a
