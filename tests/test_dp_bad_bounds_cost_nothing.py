@@ -26,7 +26,8 @@ BAD_X = [
     pytest.param({"bounds_X": (-1.0, float("nan"))}, "finite", id="nan"),
     pytest.param({"bounds_X": ([-1.0, -1.0], [1.0, 1.0])}, "one value per feature", id="length"),
     pytest.param({"bounds_X": (-1e101, 1.0)}, "within", id="beyond-1e100"),
-    pytest.param({"bounds_X": "xy"}, "bounds_X must hold", id="not-numbers"),
+    pytest.param({"bounds_X": "xy"}, "bounds must be", id="unknown-kind"),
+    pytest.param({"bounds_X": ("a", "b")}, "bounds_X must hold", id="not-numbers"),
     pytest.param({"bounds_X": (-1.0, 1.0), "data_norm": -1.0}, "data_norm", id="data-norm"),
 ]
 

@@ -93,7 +93,12 @@ def test_estimator_sigmas_follow_the_calibration():
     X = rng.standard_normal((500, 4))
     y = X @ [1.0, -1.0, 0.5, 0.0]
     reg = _linear.DPLinearRegression(
-        epsilon=1.0, delta=1e-5, bounds_X=(-3, 3), bounds_y=(-3, 3), random_state=0
+        epsilon=1.0,
+        delta=1e-5,
+        bounds_X=(-3, 3),
+        bounds_y=(-3, 3),
+        random_state=0,
+        method="adassp",
     ).fit(X, y)
     m = dp_accounting.get_sigma_gaussian(1.0, 1e-5)
     for sigma, sens, share in zip(

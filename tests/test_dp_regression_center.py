@@ -30,9 +30,9 @@ def diabetes():
     return train_test_split(X, y, test_size=0.3, random_state=0)
 
 
-def _fit(Xtr, ytr, seed):
+def _fit(Xtr, ytr, seed, method="auto"):
     return DPLinearRegression(
-        epsilon=EPS, delta=DELTA, accountant=BudgetAccountant(), random_state=seed
+        epsilon=EPS, delta=DELTA, accountant=BudgetAccountant(), random_state=seed, method=method
     ).fit(Xtr, ytr)
 
 
@@ -48,16 +48,23 @@ def _bounds_rho(b):
 
 
 def _model_rho(hp):
-    """AdaSSP's three Gaussian releases: Σ Δ_i² / (2 σ_i²)."""
+    """The model's Gaussian releases: DP-GD's T steps, T Δ² / (2 σ²) ("auto"), or AdaSSP's
+    three, Σ Δ_i² / (2 σ_i²)."""
+    if hp["method"] == "dpgd":
+        return hp["steps"] * hp["sensitivity"] ** 2 / (2.0 * hp["sigma"] ** 2)
     return sum(
         d * d / (2.0 * s * s) for s, d in zip(hp["sigmas"], hp["sensitivities"], strict=True)
     )
 
 
-def test_regression_releases_the_centre_and_pays_for_it(diabetes):
+@pytest.mark.parametrize("method", ["auto", "adassp"])
+def test_regression_releases_the_centre_and_pays_for_it(diabetes, method):
     Xtr, _Xte, ytr, _yte = diabetes
     n, d = Xtr.shape
-    reg = _fit(Xtr, ytr, 0)
+    reg = _fit(Xtr, ytr, 0, method)
+    assert reg.dp_guarantee_["hyperparameters"]["method"] == (
+        "dpgd" if method == "auto" else method
+    )
     g = reg.dp_guarantee_
     b = g["budget_split"]["bounds"]
     rho = pb.zcdp_rho(EPS, DELTA)

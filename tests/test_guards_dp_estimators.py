@@ -53,7 +53,7 @@ def test_adassp_sigmas_are_the_documented_calibration(eps, delta):
     n, d = 300, 3
     X, y = _adassp_data(n, d)
     est = DPLinearRegression(epsilon=eps, delta=delta, bounds_X=(-2.0, 3.0), bounds_y=(-1.0, 3.0),
-                             data_norm=math.inf, random_state=0,
+                             data_norm=math.inf, random_state=0, method="adassp",
                              accountant=BudgetAccountant())  # fmt: skip
     est.fit(X, y)
     B_x = math.sqrt(d * 2.5**2)

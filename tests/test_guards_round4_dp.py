@@ -125,6 +125,7 @@ def _fit(X, y, scale, seed):
         bounds_y=(-2 * scale, 2 * scale),
         accountant=BudgetAccountant(),
         random_state=seed,
+        method="adassp",
     )
     return reg.fit(X * scale, y * scale)
 

@@ -28,6 +28,18 @@ SHARES = (0.1, 0.3, 0.6)
 # Failure probability of the adaptive ridge (Wang's ρ).
 RHO = 0.05
 
+METHODS = ("auto", "dpgd", "adassp")
+# DP gradient descent on the squared loss (method="dpgd", what "auto" picks at finite ε), in
+# normalized units: rows a = A/B with ‖a‖ ≤ 1 and targets τ = t/B_y in [-1, 1]. Each example's
+# gradient (aᵀθ - τ)a is clipped to DPGD_CLIP; the step is 1/L (L ≤ max ‖a‖² = 1); T follows the
+# classifier's rule T = ν²/8, ν = n / (m · √(d+1)), clipped to [5, 200]; with T ≥
+# DPGD_AVERAGE_MIN_STEPS the released θ is the mean of the last half of the iterates. Chosen on
+# diabetes and two make_regression sets (public bounds, 30 fits per cell; docs/dp.md "DP
+# gradient descent for regression"): all public, from n, d, ε, δ only.
+DPGD_CLIP = 0.1
+DPGD_LR = 1.0
+DPGD_AVERAGE_MIN_STEPS = 20
+
 
 class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
     """Ordinary least squares with (ε, δ)-differential privacy, by AdaSSP.
@@ -132,6 +144,7 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         accountant=None,
         random_state=None,
         data_norm=None,
+        method="auto",
     ):
         self.epsilon = epsilon
         self.delta = delta
@@ -140,6 +153,7 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         self.accountant = accountant
         self.random_state = random_state
         self.data_norm = data_norm
+        self.method = method
 
     def fit(self, X, y):
         """Fit with (epsilon, delta)-DP; the budget is reserved before the data values are used.
@@ -149,6 +163,8 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,)
         """
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         eps, delta, accountant = self._begin_fit()
         private = math.isfinite(eps)
         X, y = self._validate_training_data(X, y, y_numeric=True)
@@ -162,7 +178,10 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         # from here on the data values are used: pay first (atomic check-and-spend)
         # bounds that cannot be used, and a plan that cannot work, are refused before paying
         check_fit_plan(self, n, d, eps, delta)
-        self._reserve(accountant, eps, delta, "DPLinearRegression/AdaSSP")
+        # "auto": DP gradient descent at finite ε (above AdaSSP at every ε and data set
+        # measured, docs/dp.md); ε = ∞ is least squares either way. A public choice.
+        method = "dpgd" if self.method == "auto" else self.method
+        self._reserve(accountant, eps, delta, f"DPLinearRegression/{method}")
 
         if fit_with_estimated_bounds(self, X, y, eps, delta, noise) is not None:
             return self  # bounds estimated with DP inside (eps, delta): docs/dp.md
@@ -183,7 +202,30 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         A = np.hstack([Xc - cx, np.full((n, 1), kappa)])
         t = yc - cy
 
-        theta, details = _adassp(A, t, eps, delta, B, B_y, noise)
+        if method == "dpgd":
+            theta, details = _dp_gradient_descent(A, t, eps, delta, B, B_y, noise)
+            mechanism = (
+                "full-batch DP gradient descent on the squared loss (per-example clipping, "
+                "Gaussian noise; Abadi et al. 2016)"
+            )
+            hyperparameters = {"method": method, "intercept_column": kappa, **details}
+        else:
+            theta, details = _adassp(A, t, eps, delta, B, B_y, noise)
+            mechanism = (
+                "AdaSSP (Wang 2018): Gaussian releases of lambda_min(A'A), A'A and A'y, "
+                "adaptive ridge"
+            )
+            hyperparameters = {
+                "method": method,
+                "budget_shares": list(SHARES),
+                "rho": RHO,
+                "intercept_column": kappa,
+                "ridge": details["ridge"],
+                "sigmas": details["sigmas"],
+                "sensitivities": details["sensitivities"],
+            }
+        if not private:
+            mechanism = "least squares on the clipped data (epsilon=inf)"
         self.coef_ = theta[:d].copy()
         self.intercept_ = float(theta[d] * kappa + cy - self.coef_ @ cx)
         self.bounds_X_ = (lo, hi)
@@ -194,17 +236,9 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         self.dp_guarantee_ = self._guarantee(
             epsilon=eps,
             delta=delta,
-            mechanism="AdaSSP (Wang 2018): Gaussian releases of lambda_min(A'A), A'A and A'y, "
-            "adaptive ridge",
+            mechanism=mechanism,
             accountant=cal.accountant_label("analytic Gaussian + Gaussian composition"),
-            hyperparameters={
-                "budget_shares": list(SHARES),
-                "rho": RHO,
-                "intercept_column": kappa,
-                "ridge": details["ridge"],
-                "sigmas": details["sigmas"],
-                "sensitivities": details["sensitivities"],
-            },
+            hyperparameters=hyperparameters,
             bounds={
                 "X": {"lower": lo, "upper": hi, "source": x_source},
                 "data_norm": row_norm,
@@ -273,6 +307,76 @@ def _adassp(A, t, eps, delta, B, B_y, noise: NoiseSource):
 
     theta = _solve_psd(AtA_noisy + ridge * np.eye(p), Aty_noisy, floor=max(ridge, 1e-12) * 1e-6)
     return theta, {"ridge": ridge, "sigmas": sigmas, "sensitivities": sens}
+
+
+def _dp_gradient_descent(A, t, eps, delta, B, B_y, noise: NoiseSource):
+    """θ for A θ ≈ t by full-batch DP gradient descent (module constants DPGD_*).
+
+    Rows are normalized to a = A/B (‖a‖ ≤ 1) and targets to τ = t/B_y (|τ| ≤ 1); each step
+    releases Σᵢ clip(∇ℓᵢ(θ)) + N(0, σ²I), where ℓᵢ = (aᵢᵀθ - τᵢ)²/2 and clip scales a gradient
+    onto L2 norm C. Replacing one example moves the sum by at most 2C, the sensitivity (plus
+    the lattice's rounding slack) each of the T Gaussians is calibrated to; the T releases are
+    composed exactly with dp-accounting. The returned θ is in A's units (θ_norm · B_y / B).
+    """
+    n, p = A.shape
+    if math.isinf(eps):
+        theta = np.linalg.lstsq(A, t, rcond=None)[0]
+        return theta, {"steps": 0, "sigma": 0.0, "solver": "least squares (exact)"}
+    from ._logistic import dpgd_steps
+
+    a = A / B  # B >= κ > 0
+    # a target box of width 0 (declared (c, c)) leaves nothing to learn: τ = 0, θ scaled by 0
+    tau = t / B_y if B_y > 0 else np.zeros_like(t)
+    T = dpgd_steps(n, 1, p, eps, delta)
+    magnitude = n * DPGD_CLIP
+    sensitivity = 2.0 * DPGD_CLIP + rounding_slack(magnitude, p)
+    multiplier = cal.calibrate_gaussian_scale(
+        lambda s: cal.gaussian_event([s], count=T), eps, delta
+    )
+    sigma = multiplier * sensitivity
+    first = averaging_start(T)
+    row_norms = np.linalg.norm(a, axis=1)
+    theta = np.zeros(p)
+    total = np.zeros(p)
+    for step in range(1, T + 1):
+        G = clipped_residual_sum(a, tau, theta, DPGD_CLIP, row_norms)
+        theta = theta - (DPGD_LR / n) * noise.release(G, sigma, magnitude)
+        if step >= first:  # post-processing of the releases so far: no privacy cost
+            total += theta
+    theta = total / (T - first + 1)
+    details = {
+        "steps": T,
+        "learning_rate": DPGD_LR,
+        "averaged_iterates": [first, T],
+        "averaging": "the released theta is the mean of the iterates theta_t for t in "
+        f"averaged_iterates (the last half when T >= {DPGD_AVERAGE_MIN_STEPS}, else the last "
+        "iterate alone): post-processing of the T noisy gradient releases",
+        "clip": DPGD_CLIP,
+        "row_scale": B,
+        "target_scale": B_y,
+        "sigma": sigma,
+        "noise_multiplier": multiplier,
+        "sensitivity": sensitivity,
+        "step_rule": "T = clip(round(nu^2 / 8), 5, 200), nu = n / (m(eps, delta) * sqrt(d + 1))",
+    }
+    return theta * (B_y / B), details
+
+
+def averaging_start(T: int) -> int:
+    """First iterate (1-based) of the released average: the last half when T ≥
+    DPGD_AVERAGE_MIN_STEPS, else T (the last iterate alone). Public: from T only."""
+    return T // 2 + 1 if T >= DPGD_AVERAGE_MIN_STEPS else T
+
+
+def clipped_residual_sum(a, tau, theta, clip: float, row_norms=None) -> np.ndarray:
+    """Σᵢ clip((aᵢᵀθ - τᵢ) aᵢ): each example's squared-loss gradient scaled onto L2 norm
+    ``clip`` if longer. Replacing one example moves the sum by at most 2·clip (L2)."""
+    r = a @ theta - tau
+    if row_norms is None:
+        row_norms = np.linalg.norm(a, axis=1)
+    g_norm = np.abs(r) * row_norms
+    r = r * np.minimum(1.0, clip / np.maximum(g_norm, 1e-300))
+    return a.T @ r
 
 
 def _solve_psd(M, v, floor):

@@ -45,7 +45,7 @@ import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
 from ._noise import NoiseSource, _secure_uniform, rounding_slack
-from ._validation import MAX_BOUND, check_declared_bounds
+from ._validation import MAX_BOUND, check_data_norm, check_declared_bounds
 
 # Public, fixed a priori: none depends on the data being fitted. They were chosen by measuring
 # a few alternatives on the benchmark sets (docs/dp.md, "Bounds estimated with DP").
@@ -876,8 +876,9 @@ def check_fit_plan(est, n: int, d: int, epsilon: float, delta: float) -> None:
 
     The estimators call it before they reserve (ε, δ), and ``heml train`` before its ledger
     does, so such a fit costs nothing (bad input costs nothing, docs/dp.md)."""
+    check_data_norm(est.data_norm)
+    plan_estimated_bounds(est, n, d, epsilon, delta)  # refuses unknown kinds of bounds too
     check_declared_bounds(est, d)
-    plan_estimated_bounds(est, n, d, epsilon, delta)
 
 
 def fit_with_estimated_bounds(est, X, y, epsilon, delta, noise: NoiseSource):

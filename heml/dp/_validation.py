@@ -139,12 +139,11 @@ def _estimated(bounds) -> bool:
 
 
 def check_declared_bounds(est, d: int) -> None:
-    """Parse the estimator's declared bounds and ``data_norm`` (public parameters, no data).
+    """Parse the estimator's declared bounds (public parameters, no data).
 
     The estimators call it before they reserve the budget, so that bounds which cannot be used
     (reversed, NaN, the wrong length, beyond ±1e100) are refused with nothing spent; before,
     they were parsed after the reservation and a typo in ``bounds_X`` cost the fit's ε."""
-    check_data_norm(est.data_norm)
     if not _estimated(est.bounds_X):
         parse_bounds(est.bounds_X, d, "bounds_X")
     if hasattr(est, "bounds_y") and not _estimated(est.bounds_y):
