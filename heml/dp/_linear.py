@@ -1,4 +1,5 @@
-"""DPLinearRegression: AdaSSP (Wang 2018) with exact Gaussian accounting."""
+"""DPLinearRegression: DP gradient descent on the squared loss (default) or AdaSSP (Wang 2018),
+with exact Gaussian accounting."""
 
 from __future__ import annotations
 
@@ -42,12 +43,17 @@ DPGD_AVERAGE_MIN_STEPS = 20
 
 
 class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
-    """Ordinary least squares with (ε, δ)-differential privacy, by AdaSSP.
+    """Linear regression with (ε, δ)-differential privacy.
 
     Features are clipped to ``bounds_X`` and rows to L2 norm ``data_norm``; the target is
-    clipped to ``bounds_y``. Then AdaSSP releases the smallest eigenvalue of AᵀA, AᵀA and Aᵀy
-    (A = the clipped rows centred on the box centre, plus a constant column for the intercept)
-    with Gaussian noise, picks a ridge from the noisy eigenvalue and solves the ridge system.
+    clipped to ``bounds_y``. A = the clipped rows centred on the box centre, plus a constant
+    column for the intercept. By default (``method="auto"``) full-batch DP gradient descent
+    minimizes the squared loss on A and the target (both normalized by their public bounds):
+    each example's gradient is clipped, each of T steps adds Gaussian noise, and the mean of
+    the last iterates is released; T depends only on n, d, ε and δ. ``method="adassp"``
+    releases the smallest eigenvalue of AᵀA, AᵀA and Aᵀy with Gaussian noise, picks a ridge
+    from the noisy eigenvalue and solves the ridge system (AdaSSP, Wang 2018): at every ε and
+    data set measured it was less accurate (docs/dp.md).
 
     Parameters
     ----------
@@ -76,6 +82,9 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         Public bound on the L2 norm of a row; longer rows are scaled onto it after the
         per-feature clip. ``None``: one third of the L2 radius of the ``bounds_X`` box (√d for
         features standardized and clipped at ±3). ``inf``: no row clipping.
+    method : {"auto", "dpgd", "adassp"}, default="auto"
+        "auto" and "dpgd": DP gradient descent (least squares at ε = ∞); "adassp": AdaSSP.
+        A public choice; either composes with estimated bounds in zCDP.
 
     Attributes
     ----------
@@ -92,7 +101,8 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
     dp_guarantee_ : dict
         The privacy guarantee (JSON-serializable); ``heml.export`` stores it in the model file.
     noise_ : dict
-        Noise standard deviations and the ridge actually used (diagnostics; public).
+        Noise scale and hyperparameters actually used (public): DP-GD's σ, T, clip and
+        averaging, or AdaSSP's three σ's and ridge.
 
     feature_map_ : (ndarray, ndarray) or None
         With estimated bounds: (center, half_width); rows are clipped to ``data_norm_`` after
@@ -109,9 +119,12 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
     Notes
     -----
     Neighbouring datasets differ by replacing one record (n is public). With A's rows bounded
-    by B in L2 and |y - c_y| ≤ B_y, the replace-one L2 sensitivities are B² (λ_min, by Weyl),
-    √2·B² (AᵀA: ‖xxᵀ - x'x'ᵀ‖_F² = ‖x‖⁴ + ‖x'‖⁴ - 2(xᵀx')² ≤ 2B⁴) and 2·B·B_y (Aᵀy). The three
-    Gaussian releases are composed and calibrated exactly with dp-accounting. Estimated bounds,
+    by B in L2 and |y - c_y| ≤ B_y, DP gradient descent works on a = A/B and τ = (y - c_y)/B_y;
+    each example's gradient (aᵀθ - τ)a is clipped to L2 norm C, so replacing one record moves
+    each step's sum by at most 2C, and the T Gaussian releases are composed and calibrated
+    exactly with dp-accounting. AdaSSP's replace-one L2 sensitivities are B² (λ_min, by
+    Weyl), √2·B² (AᵀA: ‖xxᵀ - x'x'ᵀ‖_F² = ‖x‖⁴ + ‖x'‖⁴ - 2(xᵀx')² ≤ 2B⁴) and 2·B·B_y (Aᵀy),
+    its three releases calibrated jointly the same way. Estimated bounds,
     the features' DP centre (rows are centred on it before the row clip) and, at larger n·ε,
     their DP spread compose with them in zCDP and take 30-55 % of the fit's ρ (docs/dp.md).
     Not covered by ε: preprocessing fitted on the private data, ``"data"`` bounds, and model
@@ -119,6 +132,7 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
 
     References
     ----------
+    M. Abadi et al. Deep learning with differential privacy. CCS 2016.
     Y.-X. Wang. Revisiting differentially private linear regression: optimal and adaptive
     prediction & estimation in unbounded domain. UAI 2018 (arXiv:1803.02596).
 

@@ -759,7 +759,7 @@ def gaussian_model(est) -> bool:
     (AdaSSP; DP-GD, which ``method="auto"`` picks when bounds are estimated): decided by its
     public parameters, never by the data."""
     if hasattr(est, "bounds_y"):
-        return True  # DPLinearRegression: AdaSSP
+        return True  # DPLinearRegression: DP-GD or AdaSSP, both Gaussian
     return getattr(est, "method", "auto") in ("auto", "dpgd")
 
 
