@@ -7,8 +7,12 @@ clipped to [-3, 3]; regression targets standardized the same way. The scaler is 
 public here, as a user with domain knowledge would state it (in production its statistics must
 be public or DP). DP models get ``bounds_X=(-3, 3)`` (and ``bounds_y=(-3, 3)``),
 δ = 1e-5 (1e-6 at n = 100k, since δ must be below 1/n), and noise from fixed seeds so the
-table is reproducible. Hyperparameters are the library defaults
-(fixed from n, d, ε, δ; none are tuned on these sets). Also prints fit() time at n=100k, d=50.
+table is reproducible. Hyperparameters are the library defaults (fixed from n, d, ε, δ).
+One exception to "none are tuned on these sets": DPLinearRegression's DP gradient descent
+(clip, step, T rule, averaging; round 5) was chosen among 6 candidates on diabetes with this
+protocol and on two make_regression sets, so its diabetes rows are not held-out numbers (Table
+1's raw diabetes path was not used for the choice). Regression rows also print AdaSSP (the
+mechanism before round 5) on the same fits. Also prints fit() time at n=100k, d=50.
 
 Table 1 (raw data, no user-supplied bounds, issue 12): the features and targets in their own
 units (``load_diabetes(scaled=False)``), no scaler, no bounds: every bound is estimated with DP
@@ -103,10 +107,15 @@ def _delta(n):
     return DELTA if n < 0.1 / DELTA else 0.1 / n
 
 
-def _dp_model(regression, eps, seed, n, classes=(0, 1)):
+def _dp_model(regression, eps, seed, n, classes=(0, 1), method="auto"):
     if regression:
         return DPLinearRegression(
-            epsilon=eps, delta=_delta(n), bounds_X=(-3, 3), bounds_y=(-3, 3), random_state=seed
+            epsilon=eps,
+            delta=_delta(n),
+            bounds_X=(-3, 3),
+            bounds_y=(-3, 3),
+            random_state=seed,
+            method=method,
         )
     return DPLogisticRegression(
         epsilon=eps, delta=_delta(n), classes=classes, bounds_X=(-3, 3), random_state=seed
@@ -272,7 +281,10 @@ def run(quick: bool) -> int:
     )
     print(f"diffprivlib: {'installed' if not isinstance(dpl, str) else dpl}\n")
     print("Table 2: public bounds (standardized with a scaler treated as public, clipped at ±3)")
-    header = f"{'dataset':28s} {'eps':>5s}  {'heml.dp':>15s}  {'diffprivlib':>15s}  {'goal':>6s}"
+    header = (
+        f"{'dataset':28s} {'eps':>5s}  {'heml.dp':>15s}  {'diffprivlib':>15s}  {'goal':>6s}"
+        f"  {'heml AdaSSP':>15s}"
+    )
     misses = []
     for name, X, y, regression, n_test in _datasets():
         sp = range(1) if n_test else splits
@@ -291,13 +303,16 @@ def run(quick: bool) -> int:
         print(header)
         print(f"{name:28s} {'none':>5s}  {statistics.mean(base):15.3f}  {'(non-private)':>15s}")
         for eps in EPSILONS:
-            scores, dpl_scores = [], []
+            scores, dpl_scores, adassp = [], [], []
             for Xtr, Xte, ytr, yte in prepared:
                 for seed in seeds:
                     # the data set's documented label set (public), not the training labels
                     labels = np.unique(np.concatenate([ytr, yte]))
                     m = _dp_model(regression, eps, seed, len(ytr), labels).fit(Xtr, ytr)
                     scores.append(_score(m, Xte, yte, regression, m.data_norm_))
+                    if regression:  # the mechanism "auto" ran before DP-GD, same fits
+                        a = _dp_model(True, eps, seed, len(ytr), method="adassp").fit(Xtr, ytr)
+                        adassp.append(_score(a, Xte, yte, True, a.data_norm_))
                     if not isinstance(dpl, str):
                         with warnings.catch_warnings():
                             warnings.simplefilter("ignore")
@@ -312,8 +327,14 @@ def run(quick: bool) -> int:
                 misses.append(f"{name} eps={eps}: {mean:.3f} < {goal}")
                 goal_s += " MISS"
             dpl_s = f"{statistics.median(dpl_scores):9.3g} (med)" if dpl_scores else "not run"
+            ada_s = (
+                f"{statistics.mean(adassp):8.3f} ±{statistics.pstdev(adassp):5.3f}"
+                if adassp
+                else "-"
+            )
             print(
-                f"{name:28s} {eps:5g}  {mean:8.3f} ±{sd:5.3f}  {dpl_s:>15s}  {goal_s:>6s}",
+                f"{name:28s} {eps:5g}  {mean:8.3f} ±{sd:5.3f}  {dpl_s:>15s}  {goal_s:>6s}"
+                f"  {ada_s:>15s}",
                 flush=True,
             )
         print()
@@ -325,7 +346,13 @@ def run(quick: bool) -> int:
     Xr = np.clip(StandardScaler().fit_transform(Xr), -3, 3)
     yr = np.clip((yr - yr.mean()) / yr.std(), -3, 3)
     for label, make, Xf, yf in [
-        ("DPLinearRegression (AdaSSP)", lambda: _dp_model(True, 1.0, None, 100_000), Xr, yr),
+        ("DPLinearRegression (auto: dpgd)", lambda: _dp_model(True, 1.0, None, 100_000), Xr, yr),
+        (
+            "DPLinearRegression (adassp)",
+            lambda: _dp_model(True, 1.0, None, 100_000, method="adassp"),
+            Xr,
+            yr,
+        ),
         ("DPLogisticRegression (auto: dpgd)", lambda: _dp_model(False, 1.0, None, 100_000), Xc, yc),
         (
             "DPLogisticRegression (objpert)",

@@ -571,13 +571,16 @@ def _newton_logistic(Z, lam, b, tol):
 
 
 # ---------------------------------------------------------------------- DP gradient descent
-def dpgd_steps(n: int, k: int, d_aug: int, eps: float, delta: float) -> int:
-    """Number of steps T, from public quantities only (see module constants)."""
+def dpgd_steps(
+    n: int, k: int, d_aug: int, eps: float, delta: float, max_steps: int = DPGD_MAX_STEPS
+) -> int:
+    """Number of steps T, from public quantities only (see module constants); regression
+    passes its own cap."""
     import dp_accounting
 
     m = dp_accounting.get_sigma_gaussian(eps, delta)
     nu = n / (m * math.sqrt(k * d_aug))
-    return int(min(max(round(DPGD_STEP_RULE * nu * nu), DPGD_MIN_STEPS), DPGD_MAX_STEPS))
+    return int(min(max(round(DPGD_STEP_RULE * nu * nu), DPGD_MIN_STEPS), max_steps))
 
 
 def averaging_start(T: int) -> int:
