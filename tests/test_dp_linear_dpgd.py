@@ -145,11 +145,22 @@ def test_release_is_the_documented_average_of_the_noisy_iterates(n, eps, average
         iterates.append(theta)
     first, last = h["averaged_iterates"]
     assert last == h["steps"] and first == _linear.averaging_start(h["steps"])
+    if averaged:  # ν²/8 ≈ 28 000 here: T is at the regression's cap (d = 3: 200)
+        assert h["steps"] == _linear.max_steps(4) == 200
     assert (first < last) == averaged
     mean = np.mean(iterates[first - 1 : last], axis=0)
     assert np.allclose(_theta(est), mean, rtol=1e-9, atol=1e-12)
     other = np.mean(iterates[len(iterates) // 2 :], axis=0) if not averaged else iterates[-1]
     assert np.linalg.norm(_theta(est) - other) > 1e-6
+
+
+def test_step_cap_grows_with_d():
+    # public, from d only: 20 steps per coordinate, at least 200 (docs/dp.md)
+    assert _linear.max_steps(4) == 200 and _linear.max_steps(10) == 200
+    assert _linear.max_steps(11) == 220 and _linear.max_steps(51) == 1020
+    X, y = make_regression(n_samples=3000, n_features=50, noise=5.0, random_state=0)
+    est = _fit(np.clip(X, -3, 3), np.clip(y / np.std(y), -3, 3), 5.0)
+    assert est.dp_guarantee_["hyperparameters"]["steps"] == 1020  # ν²/8 ≈ 3 600 here
 
 
 def test_averaging_rule_is_public():

@@ -33,16 +33,27 @@ METHODS = ("auto", "dpgd", "adassp")
 # DP gradient descent on the squared loss (method="dpgd", what "auto" picks at finite ε), in
 # normalized units: rows a = A/B with ‖a‖ ≤ 1 and targets τ = t/B_y in [-1, 1]. Each example's
 # gradient (aᵀθ - τ)a is clipped to DPGD_CLIP; the step is 1/L (L ≤ max ‖a‖² = 1); T follows the
-# classifier's rule T = ν²/8, ν = n / (m · √(d+1)), clipped to [5, DPGD_MAX_STEPS]; with T ≥
+# classifier's rule T = ν²/8, ν = n / (m · √(d+1)), clipped to [5, max_steps(d + 1)]; with T ≥
 # DPGD_AVERAGE_MIN_STEPS the released θ is the mean of the last half of the iterates. Chosen on
 # diabetes and two make_regression sets (public bounds, 30 fits per cell; docs/dp.md "DP
 # gradient descent for regression"): all public, from n, d, ε, δ only.
 DPGD_CLIP = 0.1
 DPGD_LR = 1.0
-# T's cap: the classifier's 200 left make_regression(100k, d=50) at R² 0.863 whatever ε (too
-# few steps of size 1/L for 51 coordinates with clipped gradients); 1000 reaches 0.994 (AdaSSP
-# 0.990), at about 4 s for that fit. Small n·ε never reaches the cap (diabetes: T = 5-80).
-DPGD_MAX_STEPS = 1000
+# T's cap, DPGD_CAP_PER_COORDINATE · (d + 1) but at least the classifier's 200: on rows with
+# ‖a‖ ≤ 1 spread over d + 1 coordinates the curvature per direction is about 1/(d + 1), so
+# steps of 1/L need a multiple of d + 1 to converge. 200 left make_regression(100k, d=50) at
+# R² 0.863 whatever ε; 1 020 reaches 0.994 (AdaSSP 0.990), about 5 s for that fit. A fixed
+# 1 000 cost raw diabetes at ε = 5 0.016 ± 0.003 (80 fits) against 200: past convergence,
+# more steps add noise along the flat directions (docs/dp.md).
+DPGD_MIN_MAX_STEPS = 200
+DPGD_CAP_PER_COORDINATE = 20
+
+
+def max_steps(d_aug: int) -> int:
+    """T's cap for p = d + 1 coordinates (public: d only)."""
+    return max(DPGD_MIN_MAX_STEPS, DPGD_CAP_PER_COORDINATE * d_aug)
+
+
 DPGD_AVERAGE_MIN_STEPS = 20
 
 
@@ -345,7 +356,7 @@ def _dp_gradient_descent(A, t, eps, delta, B, B_y, noise: NoiseSource):
     a = A / B  # B >= κ > 0
     # a target box of width 0 (declared (c, c)) leaves nothing to learn: τ = 0, θ scaled by 0
     tau = t / B_y if B_y > 0 else np.zeros_like(t)
-    T = dpgd_steps(n, 1, p, eps, delta, max_steps=DPGD_MAX_STEPS)
+    T = dpgd_steps(n, 1, p, eps, delta, max_steps=max_steps(p))
     magnitude = n * DPGD_CLIP
     sensitivity = 2.0 * DPGD_CLIP + rounding_slack(magnitude, p)
     multiplier = cal.calibrate_gaussian_scale(
@@ -375,8 +386,8 @@ def _dp_gradient_descent(A, t, eps, delta, B, B_y, noise: NoiseSource):
         "sigma": sigma,
         "noise_multiplier": multiplier,
         "sensitivity": sensitivity,
-        "step_rule": f"T = clip(round(nu^2 / 8), 5, {DPGD_MAX_STEPS}), "
-        "nu = n / (m(eps, delta) * sqrt(d + 1))",
+        "step_rule": f"T = clip(round(nu^2 / 8), 5, max({DPGD_MIN_MAX_STEPS}, "
+        f"{DPGD_CAP_PER_COORDINATE} * (d + 1))), nu = n / (m(eps, delta) * sqrt(d + 1))",
     }
     return theta * (B_y / B), details
 
