@@ -425,9 +425,16 @@ def test_a_failed_fit_is_still_charged(houses, tmp_path, ledger_file, capsys, mo
     assert code == 3, err
 
 
-def test_a_failed_export_is_still_charged(houses, tmp_path, ledger_file, capsys):
+def test_a_failed_export_is_still_charged(houses, tmp_path, ledger_file, capsys, monkeypatch):
+    import heml.dp._public_scaling as public_scaling
+
     data, base, _ = houses
-    (tmp_path / "m.json").mkdir()  # the model cannot be written: after the fit read the data
+
+    def disk_full(*a, **k):  # the model cannot be written: after the fit read the data
+        raise OSError(28, "No space left on device")
+
+    # (an output path that is a folder is refused before the ledger now: test_dp_review5.py)
+    monkeypatch.setattr(public_scaling, "export_fitted", disk_full)
     code, err = train_here(data, *base, "-o", tmp_path / "m.json", "--epsilon", "1", capsys=capsys)
     assert code == 1, err
     entry = next(iter(json.loads(ledger_file.read_text())["datasets"].values()))

@@ -35,17 +35,20 @@ from heml.dp._noise import NoiseSource
 
 
 def _refusal(r) -> str:
-    return f"search_range must be a number in (0, {pb.MAX_SEARCH_RANGE:g}], got {r!r}"
+    return (
+        f"search_range must be a number in [{pb.MIN_SEARCH_RANGE:g}, {pb.MAX_SEARCH_RANGE:g}], "
+        f"got {r!r}"
+    )
 
 
-@pytest.mark.parametrize("r", [True, False, 0, 0.0, -0.0, -1e-300, "1e3", None])
+@pytest.mark.parametrize("r", [True, False, 0, 0.0, -0.0, -1e-300, 1e-300, 9.9e-86, "1e3", None])
 def test_search_range_that_is_not_a_positive_number_is_refused_with_its_message(r):
     with pytest.raises(ValueError) as excinfo:
         pb.PrivateBounds(search_range=r)
     assert str(excinfo.value) == _refusal(r)
 
 
-@pytest.mark.parametrize("r", [1e-300, 0.5, 1, 1.0, 8, pb.MAX_SEARCH_RANGE])
+@pytest.mark.parametrize("r", [pb.MIN_SEARCH_RANGE, 0.5, 1, 1.0, 8, pb.MAX_SEARCH_RANGE])
 def test_every_search_range_in_0_to_the_cap_is_accepted_below_1_too(r):
     bounds = pb.PrivateBounds(search_range=r)
     assert bounds.search_range == r

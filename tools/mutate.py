@@ -170,6 +170,13 @@ FOCUS = [
     "heml.dp._logistic.x__dp_gradient_descent*",
     "heml.dp._logistic.x_amp_residual_sensitivity*",
     "heml.dp._linear.x__adassp*",
+    # regression's DP gradient descent (issue 12, round 5): clipping, sigma, T and its cap, the
+    # released average; the public checks made before the spend
+    "heml.dp._linear.x__dp_gradient_descent*",
+    "heml.dp._linear.x_clipped_residual_sum*",
+    "heml.dp._linear.x_averaging_start*",
+    "heml.dp._linear.x_max_steps*",
+    "heml.dp._private_bounds.x_check_fit_plan*",
     # --- end of the HE/SDK/DP-accounting block ---
 ]
 UNFOCUSED: list[str] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -37,6 +38,20 @@ NOT_COVERED = [
     "model reveals about each training record)",
     "floating-point and timing side channels beyond what docs/dp.md states",
 ]
+
+
+def numpy_error_defaults(fit):
+    """Run ``fit`` under numpy's default floating-point error handling (warn on overflow,
+    division by zero and invalid values; ignore underflow), whatever the caller set with
+    ``np.seterr``: under ``np.seterr(all="raise")`` one subnormal record made a fit raise after
+    the spend while its neighbour's succeeded (found by review)."""
+
+    @functools.wraps(fit)
+    def wrapper(self, *args, **kwargs):
+        with np.errstate(divide="warn", over="warn", under="ignore", invalid="warn"):
+            return fit(self, *args, **kwargs)
+
+    return wrapper
 
 
 class DPEstimatorMixin:

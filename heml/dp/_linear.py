@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
 from . import _calibration as cal
-from ._base import DPEstimatorMixin
+from ._base import DPEstimatorMixin, numpy_error_defaults
 from ._noise import NoiseSource, rounding_slack
 from ._private_bounds import check_fit_plan, fit_with_estimated_bounds
 from ._validation import (
@@ -184,6 +184,7 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         self.data_norm = data_norm
         self.method = method
 
+    @numpy_error_defaults
     def fit(self, X, y):
         """Fit with (epsilon, delta)-DP; the budget is reserved before the data values are used.
 

@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from . import _calibration as cal
-from ._base import DPEstimatorMixin
+from ._base import DPEstimatorMixin, numpy_error_defaults
 from ._noise import NoiseSource, rounding_slack
 from ._private_bounds import check_fit_plan, fit_with_estimated_bounds
 from ._validation import (
@@ -228,6 +228,7 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.method = method
 
+    @numpy_error_defaults
     def fit(self, X, y):
         """Fit with (epsilon, delta)-DP; the budget is reserved before the data values are used.
 

@@ -91,6 +91,10 @@ DEFAULT_SEARCH_RANGE = 1e6
 # every released bound stays within ±MAX_BOUND: a target's median + 3 MADs reaches 4x the range,
 # a per-feature box SCALE_HEADROOM x the pooled scale (itself within the range)
 MAX_SEARCH_RANGE = MAX_BOUND / max(4.0, SCALE_HEADROOM)
+# ...and every candidate (down to 2^-40 of the range) at least MIN_SCALE, which the model fitted
+# inside on the released bounds requires: a smaller range made that inner fit refuse its target
+# box after the whole fit was paid for (found by review)
+MIN_SEARCH_RANGE = 1e-85
 POINTS_PER_OCTAVE = 2
 OCTAVES = 40
 # Per-feature boxes need n·ε_r large enough for the exponential mechanism to find the data
@@ -136,8 +140,9 @@ class PrivateBounds:
         scale, the target's median and MAD) pick among candidates in [-search_range,
         search_range] on a log-scale grid; per-feature boxes then reach up to
         SCALE_HEADROOM (256) times the released pooled scale, and a target's box up to 4 times
-        the range. At most MAX_SEARCH_RANGE (1e100 / 256). Narrow it when you know the scale
-        of your data (e.g. 1e3 for values in the hundreds): fewer candidates, sharper bounds.
+        the range. Between MIN_SEARCH_RANGE (1e-85) and MAX_SEARCH_RANGE (1e100 / 256). Narrow
+        it when you know the scale of your data (e.g. 1e3 for values in the hundreds): fewer
+        candidates, sharper bounds.
     shared_scale : bool, default=False
         Your public declaration that every feature column is in one unit and on one scale:
         pixel intensities, counts of the same thing, a sensor array read in one unit. The fit
@@ -159,10 +164,11 @@ class PrivateBounds:
         number = isinstance(r, numbers.Real) and not isinstance(r, bool)  # np.bool_ is no Real
         # numpy's numbers as Python's (np.float32 would compare against a cap it cannot hold)
         value = r.item() if number and isinstance(r, np.generic) else r
-        if not number or not (0 < value <= MAX_SEARCH_RANGE):
+        if not number or not (MIN_SEARCH_RANGE <= value <= MAX_SEARCH_RANGE):
             # every released bound (see MAX_SEARCH_RANGE) must stay within what a model accepts
             raise ValueError(
-                f"search_range must be a number in (0, {MAX_SEARCH_RANGE:g}], got {r!r}"
+                f"search_range must be a number in [{MIN_SEARCH_RANGE:g}, "
+                f"{MAX_SEARCH_RANGE:g}], got {r!r}"
             )
         # numpy's numbers too (np.int64(8), np.float32(1e3)), kept as one float: it is
         # written into the model's guarantee (JSON)
@@ -404,7 +410,8 @@ def zcdp_delta(rho: float, epsilon: float) -> float:
     hi = max(2.0, 4.0 * (epsilon / rho + 1.0))
     res = minimize_scalar(log_delta, bounds=(1.0 + 1e-9, hi), method="bounded")
     best = min(res.fun, log_delta(hi))
-    return min(1.0, math.exp(best))
+    # δ ≤ 1 always; exp of a large log δ overflowed at ε ≥ 1e12 (found by review)
+    return 1.0 if best >= 0.0 else math.exp(best)
 
 
 def per_release_epsilon(releases: int, epsilon: float, delta: float) -> tuple[float, float]:

@@ -27,6 +27,14 @@ def normalize(X, center, half_width) -> np.ndarray:
     return (np.asarray(X, dtype=np.float64) - center) / half_width
 
 
+def clip_normalize(X, center, half_width) -> np.ndarray:
+    """``normalize`` of X clipped to center ± half_width first: a huge value cannot overflow
+    to inf in the division (one such record made the fit fail after the spend while its
+    neighbour succeeded; found by review). The estimator clips to [-1, 1] anyway."""
+    X = np.clip(np.asarray(X, dtype=np.float64), center - half_width, center + half_width)
+    return normalize(X, center, half_width)
+
+
 def scaled(estimator, lower, upper):
     """A pipeline that maps features to [-1, 1] by the bounds, then fits ``estimator``; the
     first step learns nothing from the data."""
@@ -34,7 +42,7 @@ def scaled(estimator, lower, upper):
     from sklearn.preprocessing import FunctionTransformer
 
     center, half = bounds_map(lower, upper)
-    step = FunctionTransformer(normalize, kw_args={"center": center, "half_width": half})
+    step = FunctionTransformer(clip_normalize, kw_args={"center": center, "half_width": half})
     return Pipeline([("bounds", step), ("model", estimator)])
 
 

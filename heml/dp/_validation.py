@@ -42,6 +42,10 @@ def check_privacy_params(epsilon, delta) -> tuple[float, float]:
     eps = float(epsilon)
     if math.isnan(eps) or eps <= 0:
         raise ValueError(f"epsilon must be > 0 (inf for no privacy), got {epsilon!r}")
+    if math.isfinite(eps) and eps > MAX_FINITE_EPSILON:
+        raise ValueError(
+            f"epsilon must be at most {MAX_FINITE_EPSILON:g} or inf (no privacy), got {epsilon!r}"
+        )
     if isinstance(delta, bool) or not isinstance(delta, numbers.Real):
         raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
     dlt = float(delta)
@@ -68,10 +72,24 @@ def check_delta_vs_n(epsilon: float, delta: float, n: int) -> None:
 # Declared bounds above this magnitude are refused (public): the mechanisms square them and
 # sum n of them, which overflows float64 near 1e154.
 MAX_BOUND = 1e100
+# ...and a row bound or target half width below this one (but not 0): its square underflowed
+# to 0, so AdaSSP's sensitivities B², 2·B·B_y became 0 and its release carried no noise, and
+# DP-GD divided by 0 after the spend (found by review: data_norm = 1e-170).
+MIN_SCALE = 1e-100
+# Finite ε above this is refused (ε = inf means no privacy): dp-accounting's calibration failed
+# near 1e200 after the spend, and the estimated-bounds plan at 1e12 with a root-finder's message
+# (found by review); up to 1e6 every mechanism and plan runs (tests/test_dp_review5.py).
+MAX_FINITE_EPSILON = 1e6
 
 
 def parse_bounds(bounds, d: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(lower, upper) as scalars or length-d arrays -> two finite float arrays of shape (d,)."""
+    if not isinstance(bounds, tuple | list | np.ndarray):
+        # a one-shot iterator would be consumed by the check made before the spend and refused
+        # by the fit's own parse after it (found by review)
+        raise ValueError(
+            f"{name} must be a (lower, upper) pair of scalars or per-feature arrays, got {bounds!r}"
+        )
     try:
         lower, upper = bounds
     except (TypeError, ValueError):
@@ -123,7 +141,7 @@ def warn_if_mostly_outside(values: np.ndarray, lo, hi, name: str) -> None:
             "data's own units (-3,3 suits standardized features only); omit them to have them "
             "estimated with DP. (Computed from the training data, shown to you only.)",
             BoundsWarning,
-            stacklevel=4,
+            stacklevel=5,  # fit is wrapped by numpy_error_defaults
         )
 
 
@@ -142,12 +160,52 @@ def check_declared_bounds(est, d: int) -> None:
     """Parse the estimator's declared bounds (public parameters, no data).
 
     The estimators call it before they reserve the budget, so that bounds which cannot be used
-    (reversed, NaN, the wrong length, beyond ±1e100) are refused with nothing spent; before,
-    they were parsed after the reservation and a typo in ``bounds_X`` cost the fit's ε."""
-    if not _estimated(est.bounds_X):
-        parse_bounds(est.bounds_X, d, "bounds_X")
+    (reversed, NaN, the wrong length, beyond ±1e100, a row bound or target half width below
+    1e-100) are refused with nothing spent; before, they were parsed after the reservation and
+    a typo in ``bounds_X`` cost the fit's ε."""
+    implied = est.bounds_X is None and _finite_norm(est.data_norm)
+    if implied or not _estimated(est.bounds_X):
+        lo, hi, row_norm = declared_box(est.bounds_X, est.data_norm, d)
+        _check_scale(row_bound(lo, hi, row_norm), "the row bound of bounds_X and data_norm")
     if hasattr(est, "bounds_y") and not _estimated(est.bounds_y):
-        parse_bounds(est.bounds_y, 1, "bounds_y")
+        lo, hi = parse_bounds(est.bounds_y, 1, "bounds_y")
+        _check_scale(float(hi[0] - lo[0]) / 2.0, "the half width of bounds_y")
+
+
+def _finite_norm(data_norm) -> bool:
+    return data_norm is not None and math.isfinite(float(data_norm))
+
+
+def _check_scale(value: float, what: str) -> None:
+    if 0 < value < MIN_SCALE:
+        raise ValueError(
+            f"{what} is {value:g}, below {MIN_SCALE:g}: the mechanisms square it, which "
+            "underflows; express the data in larger units"
+        )
+
+
+def declared_box(bounds_X, data_norm, d: int):
+    """(lower, upper, row_norm) for declared ``bounds_X`` (or the box a finite ``data_norm``
+    implies when ``bounds_X`` is None): public parameters only. ``row_norm`` None: no row clip."""
+    R = check_data_norm(data_norm)
+    if _estimated(bounds_X):  # None with a finite data_norm: the row clip implies the box
+        lo, hi = np.full(d, -R), np.full(d, R)
+    else:
+        lo, hi = parse_bounds(bounds_X, d, "bounds_X")
+    box_radius = _robust_norms(np.maximum(np.abs(lo), np.abs(hi))[None, :])[0]
+    if R is None:
+        R = AUTO_NORM_FRACTION * box_radius
+    if R <= 0:  # all-zero box: nothing to scale
+        R = 1.0
+    return lo, hi, (R if box_radius > R else None)
+
+
+def row_bound(lo: np.ndarray, hi: np.ndarray, row_norm: float | None) -> float:
+    """The L2 bound B_x of a clipped row around the centre the mechanisms use (the box's
+    middle without a row clip, 0 with one)."""
+    center = (lo + hi) / 2.0 if row_norm is None else np.zeros_like(lo)
+    box = float(_robust_norms(np.maximum(np.abs(lo - center), np.abs(hi - center))[None, :])[0])
+    return box if row_norm is None else min(box, row_norm)
 
 
 def resolve_feature_bounds(X: np.ndarray, bounds_X, data_norm, *, private: bool):
@@ -159,25 +217,23 @@ def resolve_feature_bounds(X: np.ndarray, bounds_X, data_norm, *, private: bool)
     d = X.shape[1]
     R = check_data_norm(data_norm)
     if not _estimated(bounds_X):
-        lo, hi = parse_bounds(bounds_X, d, "bounds_X")
-        source = "declared"
+        lo, hi, row_norm = declared_box(bounds_X, data_norm, d)
         warn_if_mostly_outside(X, lo, hi, "bounds_X")
-    elif R is not None and math.isfinite(R) and bounds_X is None:
+        return lo, hi, row_norm, "declared"
+    if R is not None and math.isfinite(R) and bounds_X is None:
         # the row clip bounds every coordinate by R: that box is implied, nothing is read
-        lo, hi = np.full(d, -R), np.full(d, R)
-        source = "implied by data_norm"
-    else:
-        if private:  # unreachable through the estimators: fail closed rather than leak
-            raise RuntimeError("bounds_X must be declared or estimated with DP at finite epsilon")
-        lo, hi = X.min(axis=0), X.max(axis=0)
-        source = "read from the training data (epsilon=inf: no privacy claimed)"
+        lo, hi, row_norm = declared_box(None, data_norm, d)
+        return lo, hi, row_norm, "implied by data_norm"
+    if private:  # unreachable through the estimators: fail closed rather than leak
+        raise RuntimeError("bounds_X must be declared or estimated with DP at finite epsilon")
+    lo, hi = X.min(axis=0), X.max(axis=0)
     box_radius = _robust_norms(np.maximum(np.abs(lo), np.abs(hi))[None, :])[0]
     if R is None:
         R = AUTO_NORM_FRACTION * box_radius
     if R <= 0:  # all-zero box: nothing to scale
         R = 1.0
     row_norm = R if box_radius > R else None
-    return lo, hi, row_norm, source
+    return lo, hi, row_norm, "read from the training data (epsilon=inf: no privacy claimed)"
 
 
 def _robust_norms(Z: np.ndarray) -> np.ndarray:

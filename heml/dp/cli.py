@@ -153,22 +153,49 @@ def run(args) -> int:
         return _fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED)
 
 
-def _check_plan(est, bounds, n: int, d: int, eps: float, delta: float) -> None:
-    """Refuse before the ledger reserves anything what the fit would refuse from its public
-    parameters: bounds beyond what a model accepts, a plan that leaves the model no ε. Before,
-    these failed inside the fit, after the reservation, and stayed charged."""
-    from ._private_bounds import check_fit_plan
-    from ._validation import parse_bounds
+def _check_plan(est, bounds, n: int, d: int, eps: float, delta: float, out: Path) -> None:
+    """Refuse before the ledger reserves anything what the fit or the export would refuse
+    from public parameters: bounds beyond what a model accepts, a plan that leaves the model
+    no ε, a bad label set or seed, more features or classes than a model file holds, an output
+    path that is a folder. Before, these failed after the reservation and stayed charged
+    (found by review)."""
+    from heml.model import MAX_FEATURES, MAX_OUTPUTS
 
+    from ._logistic import public_classes
+    from ._noise import NoiseSource
+    from ._private_bounds import check_fit_plan
+    from ._validation import MIN_SCALE, parse_bounds
+
+    if out.is_dir():
+        raise _Invalid(f"-o: {str(out)!r} is a folder; give the model file's path")
+    if d > MAX_FEATURES:
+        raise _Invalid(f"{d} feature columns: a model holds at most {MAX_FEATURES}")
     try:
         if isinstance(bounds, tuple):  # LO,HI or a file's per-column arrays, in the CSV's units
             # (per-column bounds reach the estimator as the public map's (-1, 1): check them here)
-            parse_bounds(bounds, d, "--bounds")
+            lo, hi = parse_bounds(bounds, d, "--bounds")
+            if np.any((hi - lo) / 2.0 < MIN_SCALE):
+                raise ValueError(
+                    f"--bounds: a column's half width is below {MIN_SCALE:g}; "
+                    "express the data in larger units"
+                )
         inner = est.steps[-1][1] if hasattr(est, "steps") else est
         check_fit_plan(inner, n, d, eps, delta)
     except ValueError as exc:
         text = str(exc).replace("bounds_X", "--bounds").replace("bounds_y", "--target-bounds")
         raise _Invalid(text) from None
+    try:
+        NoiseSource(inner.random_state)
+    except ValueError as exc:
+        raise _Invalid(f"--seed: {exc}") from None
+    if getattr(inner, "classes", None) is None:
+        return
+    try:  # typed from the tokens: "0,00" or "1,nan" only fail here
+        k = len(public_classes(inner.classes))
+    except ValueError as exc:
+        raise _Invalid(f"--{exc}") from None
+    if k > MAX_OUTPUTS:
+        raise _Invalid(f"--classes: {k} classes; a model holds at most {MAX_OUTPUTS}")
 
 
 def _fail(message: str, code: int) -> int:
@@ -268,7 +295,7 @@ def _run(args) -> int:
         accountant=BudgetAccountant(epsilon=eps, delta=delta),
         classes=classes,
     )
-    _check_plan(est, bounds, n, X.shape[1], eps, delta)
+    _check_plan(est, bounds, n, X.shape[1], eps, delta, out)
 
     # ---------------------------------------------------------------- budget, fit, export
     # check and reserve under one lock, saved before the data reach the estimator: a

@@ -1,0 +1,206 @@
+"""Findings of the adversarial review of round 5 (DP-GD regression; bad input before the
+spend), each with a test that fails on the code before its fix and, where the finding was a
+leak, a positive control that shows the leak with the guard bypassed.
+
+1. A row bound or target half width below 1e-100 (data_norm = 1e-170): its square underflowed
+   to 0, AdaSSP's sensitivities became 0 and its release carried no noise; DP-GD divided by 0
+   after the spend. Now refused before the spend (MIN_SCALE).
+2. ``heml train --bounds FILE.json``: the public map divided before clipping, so one record at
+   1e308 overflowed to inf and failed the run after the ledger spend, while its neighbour's
+   run succeeded. Now clipped first; per-column half widths below 1e-100 are refused.
+3. ε above ~1e200 failed in dp-accounting after the spend, and estimated bounds at 1e12 failed
+   with a root-finder's message: finite ε is capped at 1e6.
+4. ``--classes`` that type to duplicates or NaN, ``--seed -1``, ``-o`` a folder: refused after
+   the ledger spend; now before.
+5. ``bounds_X`` as a one-shot iterator: consumed by the pre-spend check, refused after.
+6. ``np.seterr(all="raise")``: one subnormal record made the fit raise after the spend.
+"""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from heml.dp import BudgetAccountant, DPLinearRegression, DPLogisticRegression, _validation
+
+pd = pytest.importorskip("pandas")
+
+RNG = np.random.default_rng(11)
+X = RNG.standard_normal((200, 3))
+Y = X @ np.array([1.0, -0.5, 0.25]) + 0.1 * RNG.standard_normal(200)
+LABELS = (X[:, 0] > 0).astype(int)
+
+
+def _fit(est, X=X):
+    y = LABELS if isinstance(est, DPLogisticRegression) else Y
+    return est.fit(X, y)
+
+
+def _reg(**kw):
+    kw.setdefault("bounds_X", (-3.0, 3.0))
+    kw.setdefault("bounds_y", (-3.0, 3.0))
+    return DPLinearRegression(**kw)
+
+
+# ---------------------------------------------------------------------- 1. tiny scales
+@pytest.mark.parametrize("method", ["auto", "adassp"])
+@pytest.mark.parametrize(
+    "params",
+    [{"data_norm": 1e-170}, {"bounds_X": (-1e-170, 1e-170), "data_norm": np.inf},
+     {"bounds_y": (0.0, 1e-170)}],
+    ids=["data_norm", "bounds_X", "bounds_y"],
+)  # fmt: skip
+def test_scales_whose_square_underflows_are_refused_before_the_spend(method, params):
+    acc = BudgetAccountant(epsilon=10.0, delta=1e-3)
+    with pytest.raises(ValueError, match="below 1e-100"):
+        _fit(_reg(method=method, accountant=acc, **params))
+    assert acc.spent == (0.0, 0.0)
+    for name in ("data_norm", "bounds_X"):  # the classifier's row bound too
+        if name in params:
+            with pytest.raises(ValueError, match="below 1e-100"):
+                _fit(DPLogisticRegression(classes=[0, 1], accountant=acc, **params))
+    assert acc.spent == (0.0, 0.0)
+
+
+def test_adassp_without_the_scale_check_releases_a_noiseless_model(monkeypatch):
+    # positive control for 1: with the check bypassed, AdaSSP at data_norm = 1e-170 gives the
+    # same coefficients for every noise seed (its sensitivities underflowed to 0): the release
+    # is a deterministic function of the data, while at data_norm = 1e-100 (accepted) it is not
+    monkeypatch.setattr(_validation, "_check_scale", lambda value, what: None)
+
+    def spread(norm):  # across noise seeds, relative to the coefficient
+        c = [float(_fit(_reg(method="adassp", data_norm=norm, random_state=s)).coef_[0])
+             for s in range(4)]  # fmt: skip
+        return (max(c) - min(c)) / abs(np.mean(c))
+
+    assert spread(1e-170) < 1e-12  # only rounding: no noise reached the release
+    assert spread(_validation.MIN_SCALE) > 1e-3
+
+
+@pytest.mark.parametrize("method", ["auto", "adassp"])
+def test_the_smallest_accepted_scale_fits_with_noise(method):
+    acc = BudgetAccountant()
+    fits = [
+        _fit(_reg(method=method, data_norm=_validation.MIN_SCALE, random_state=s, accountant=acc))
+        for s in range(3)
+    ]
+    assert all(np.all(np.isfinite(f.coef_)) for f in fits)
+    assert len({float(f.coef_[0]) for f in fits}) == 3
+
+
+# ---------------------------------------------------------------------- 3. huge epsilon
+def test_finite_epsilon_above_1e6_is_refused_before_the_spend():
+    acc = BudgetAccountant()
+    for est in (_reg(epsilon=1.01e6, accountant=acc), DPLogisticRegression(
+            epsilon=1.01e6, classes=[0, 1], bounds_X=(-3, 3), accountant=acc)):  # fmt: skip
+        with pytest.raises(ValueError, match="at most 1e\\+06 or inf"):
+            _fit(est)
+    assert acc.spent == (0.0, 0.0)
+    # the cap itself fits (declared bounds; the zCDP path with estimated bounds too)
+    for est in (_reg(epsilon=1e6, random_state=0), _reg(epsilon=1e6, bounds_X=None,
+            bounds_y=None, random_state=0), DPLogisticRegression(
+            epsilon=1e6, classes=[0, 1], bounds_X=(-3, 3), random_state=0)):  # fmt: skip
+        assert np.all(np.isfinite(_fit(est).coef_))
+
+
+# ---------------------------------------------------------------------- 5. iterators
+def test_bounds_given_as_an_iterator_are_refused_before_the_spend():
+    acc = BudgetAccountant(epsilon=10.0, delta=1e-3)
+    with pytest.raises(ValueError, match="bounds_X must be a \\(lower, upper\\) pair"):
+        _fit(_reg(bounds_X=iter([-3.0, 3.0]), accountant=acc))
+    with pytest.raises(ValueError, match="bounds_y must be a \\(lower, upper\\) pair"):
+        _fit(_reg(bounds_y=iter([-3.0, 3.0]), accountant=acc))
+    assert acc.spent == (0.0, 0.0)
+    _fit(_reg(bounds_X=[-3.0, 3.0], bounds_y=np.array([-3.0, 3.0]), accountant=acc))
+    assert acc.spent == (1.0, 1e-5)  # lists and arrays still work
+
+
+# ---------------------------------------------------------------------- 6. np.seterr
+@pytest.mark.parametrize(
+    "make",
+    [lambda: _reg(random_state=0), lambda: _reg(bounds_X=None, bounds_y=None, random_state=0),
+     lambda: DPLogisticRegression(classes=[0, 1], bounds_X=(-3, 3), random_state=0)],
+    ids=["declared", "estimated", "classifier"],
+)  # fmt: skip
+def test_a_subnormal_record_fits_under_seterr_raise(make):
+    Xs = X.copy()
+    Xs[0, 0] = 5e-324
+    with np.errstate(all="raise"):
+        est = _fit(make(), Xs)
+        assert np.all(np.isfinite(est.coef_))
+        # positive control: the undecorated fit raises on that record
+        with pytest.raises(FloatingPointError):
+            type(est).fit.__wrapped__(make(), Xs, LABELS if "Logistic" in type(est).__name__ else Y)
+
+
+# ---------------------------------------------------------------------- 2, 4. heml train
+def _train(tmp_path, monkeypatch, *args):
+    from heml.dp.cli import register
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    parser = argparse.ArgumentParser(prog="heml")
+    register(parser.add_subparsers(dest="command", required=True))
+    a = parser.parse_args(["train", *map(str, args)])
+    return a.func(a)
+
+
+def _ledger(tmp_path):
+    path = tmp_path / "xdg" / "heml" / "privacy-ledger.json"
+    if not path.exists():
+        return []
+    return [s["status"] for d in json.loads(path.read_text())["datasets"].values()
+            for s in d["spends"]]  # fmt: skip
+
+
+def _table(tmp_path, x0: float, name="t.csv"):
+    df = pd.DataFrame(np.clip(X, -0.99, 0.99) / 2 + 0.5, columns=["a", "b", "c"])
+    df.loc[0, "a"] = x0
+    df["y"] = LABELS
+    df.to_csv(tmp_path / name, index=False)
+
+
+def test_one_huge_record_cannot_fail_a_run_with_per_column_bounds(tmp_path, monkeypatch):
+    (tmp_path / "b.json").write_text(json.dumps({"a": [0, 1], "b": [0, 1], "c": [0, 1]}))
+    for x0, name in ((0.5, "in.csv"), (1e308, "out.csv")):  # neighbours: one record differs
+        _table(tmp_path, x0, name)
+        code = _train(tmp_path, monkeypatch, name, "--target", "y", "--classes", "0,1",
+                      "--epsilon", "1", "--delta", "1e-5", "-o", f"{name}.json",
+                      "--bounds", "b.json", "--seed", "0")  # fmt: skip
+        assert code == 0
+    assert _ledger(tmp_path) == ["ok", "ok"]
+    # positive control: the map without the clip overflows on that record
+    from heml.dp._public_scaling import bounds_map, normalize
+
+    center, half = bounds_map(np.zeros(3), np.ones(3))
+    with np.errstate(over="ignore"):
+        assert np.isinf(
+            normalize(np.array([[1e308, 0.5, 0.5]]), center * 0 - 1e308, half / 4)
+        ).any()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--classes", "0,00,1"], "--classes has duplicate labels"),
+     (["--classes", "0,1,nan"], "--classes must be finite"),
+     (["--classes", "0,1", "--seed", "-1"], "--seed:"),
+     (["--classes", "0,1", "-o", "folder.json"], "is a folder"),
+     (["--classes", "0,1", "--bounds", "tiny.json"], "half width is below 1e-100"),
+     (["--classes", "0,1", "--epsilon", "1e200"], "at most 1e+06")],
+    ids=["duplicate", "nan", "seed", "folder", "tiny-width", "epsilon"],
+)  # fmt: skip
+def test_heml_train_refuses_public_mistakes_before_the_ledger(tmp_path, monkeypatch, capsys,
+                                                              args, message):  # fmt: skip
+    _table(tmp_path, 0.5)
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "tiny.json").write_text(json.dumps({"a": [0, 1e-170], "b": [0, 1], "c": [0, 1]}))
+    base = ["t.csv", "--target", "y", "--delta", "1e-5", "--epsilon", "1", "-o", "m.json"]
+    if "--epsilon" in args:
+        base = base[:5] + base[7:]
+    if "-o" in args:
+        base = base[:-2]
+    code = _train(tmp_path, monkeypatch, *base, *args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert _ledger(tmp_path) == []  # nothing reserved, nothing charged
