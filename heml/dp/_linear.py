@@ -45,6 +45,7 @@ DPGD_LR = 1.0
 # R² 0.863 whatever ε; 1 020 reaches 0.994 (AdaSSP 0.990), about 5 s for that fit. A fixed
 # 1 000 cost raw diabetes at ε = 5 0.016 ± 0.003 (80 fits) against 200: past convergence,
 # more steps add noise along the flat directions (docs/dp.md).
+ROWS_PER_BLOCK = 16384  # clipped_residual_sum's block: 16384 x 51 doubles fit in cache
 DPGD_MIN_MAX_STEPS = 200
 DPGD_CAP_PER_COORDINATE = 20
 
@@ -401,13 +402,20 @@ def averaging_start(T: int) -> int:
 
 def clipped_residual_sum(a, tau, theta, clip: float, row_norms=None) -> np.ndarray:
     """Σᵢ clip((aᵢᵀθ - τᵢ) aᵢ): each example's squared-loss gradient scaled onto L2 norm
-    ``clip`` if longer. Replacing one example moves the sum by at most 2·clip (L2)."""
-    r = a @ theta - tau
+    ``clip`` if longer. Replacing one example moves the sum by at most 2·clip (L2).
+
+    Summed in blocks of ROWS_PER_BLOCK rows, so that each block of ``a`` is read from memory
+    once per step for both products (n = 100k, d = 50: 5.5 -> 3.5 ms a step)."""
     if row_norms is None:
         row_norms = np.linalg.norm(a, axis=1)
-    g_norm = np.abs(r) * row_norms
-    r = r * np.minimum(1.0, clip / np.maximum(g_norm, 1e-300))
-    return a.T @ r
+    total = np.zeros(a.shape[1])
+    for start in range(0, a.shape[0], ROWS_PER_BLOCK):
+        block = a[start : start + ROWS_PER_BLOCK]
+        r = block @ theta - tau[start : start + ROWS_PER_BLOCK]
+        g_norm = np.abs(r) * row_norms[start : start + ROWS_PER_BLOCK]
+        r *= np.minimum(1.0, clip / np.maximum(g_norm, 1e-300))
+        total += block.T @ r
+    return total
 
 
 def _solve_psd(M, v, floor):
