@@ -177,6 +177,7 @@ FOCUS = [
     "heml.dp._linear.x_averaging_start*",
     "heml.dp._linear.x_max_steps*",
     "heml.dp._private_bounds.x_check_fit_plan*",
+    "heml.dp._dpgd.*",
     # --- end of the HE/SDK/DP-accounting block ---
 ]
 UNFOCUSED: list[str] = []

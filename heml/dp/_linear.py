@@ -12,6 +12,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _calibration as cal
 from ._base import DPEstimatorMixin, numpy_error_defaults
+from ._dpgd import noisy_gradient_descent
 from ._noise import NoiseSource, rounding_slack
 from ._private_bounds import check_fit_plan, fit_with_estimated_bounds
 from ._validation import (
@@ -359,22 +360,20 @@ def _dp_gradient_descent(A, t, eps, delta, B, B_y, noise: NoiseSource):
     # a target box of width 0 (declared (c, c)) leaves nothing to learn: τ = 0, θ scaled by 0
     tau = t / B_y if B_y > 0 else np.zeros_like(t)
     T = dpgd_steps(n, 1, p, eps, delta, max_steps=max_steps(p))
-    magnitude = n * DPGD_CLIP
-    sensitivity = 2.0 * DPGD_CLIP + rounding_slack(magnitude, p)
-    multiplier = cal.calibrate_gaussian_scale(
-        lambda s: cal.gaussian_event([s], count=T), eps, delta
-    )
-    sigma = multiplier * sensitivity
     first = averaging_start(T)
     row_norms = np.linalg.norm(a, axis=1)
-    theta = np.zeros(p)
-    total = np.zeros(p)
-    for step in range(1, T + 1):
-        G = clipped_residual_sum(a, tau, theta, DPGD_CLIP, row_norms)
-        theta = theta - (DPGD_LR / n) * noise.release(G, sigma, magnitude)
-        if step >= first:  # post-processing of the releases so far: no privacy cost
-            total += theta
-    theta = total / (T - first + 1)
+    theta, calibration = noisy_gradient_descent(
+        lambda theta: clipped_residual_sum(a, tau, theta, DPGD_CLIP, row_norms),
+        (p,),
+        n=n,
+        steps=T,
+        first=first,
+        clip=DPGD_CLIP,
+        learning_rate=DPGD_LR,
+        epsilon=eps,
+        delta=delta,
+        noise=noise,
+    )
     details = {
         "steps": T,
         "learning_rate": DPGD_LR,
@@ -385,9 +384,7 @@ def _dp_gradient_descent(A, t, eps, delta, B, B_y, noise: NoiseSource):
         "clip": DPGD_CLIP,
         "row_scale": B,
         "target_scale": B_y,
-        "sigma": sigma,
-        "noise_multiplier": multiplier,
-        "sensitivity": sensitivity,
+        **calibration,
         "step_rule": f"T = clip(round(nu^2 / 8), 5, max({DPGD_MIN_MAX_STEPS}, "
         f"{DPGD_CAP_PER_COORDINATE} * (d + 1))), nu = n / (m(eps, delta) * sqrt(d + 1))",
     }

@@ -14,6 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from . import _calibration as cal
 from ._base import DPEstimatorMixin, numpy_error_defaults
+from ._dpgd import noisy_gradient_descent
 from ._noise import NoiseSource, rounding_slack
 from ._private_bounds import check_fit_plan, fit_with_estimated_bounds
 from ._validation import (
@@ -616,25 +617,23 @@ def _dp_gradient_descent(A, y_idx, k, eps, delta, noise: NoiseSource):
         return _softmax_mle(A, Y), {"steps": 0, "sigma": 0.0, "solver": "L-BFGS (exact)"}
 
     T = dpgd_steps(n, k, p, eps, delta)
-    magnitude = n * DPGD_CLIP
-    sensitivity = 2.0 * DPGD_CLIP + rounding_slack(magnitude, k * p)
-    multiplier = cal.calibrate_gaussian_scale(
-        lambda s: cal.gaussian_event([s], count=T), eps, delta
-    )
-    sigma = multiplier * sensitivity
     first = averaging_start(T)
     row_norms = np.linalg.norm(A, axis=1)
-    W = np.zeros((k, p))
-    total = np.zeros((k, p))
     # one BLAS thread: the products here are n x (d + 1) by (d + 1) x k, too thin for threads
     # to pay (measured 10x slower with 2 threads on a busy 2-core machine at n = 100k, d = 30)
     with threadpool_limits(limits=1, user_api="blas"):
-        for t in range(1, T + 1):
-            G = clipped_gradient_sum(A, Y, W, DPGD_CLIP, row_norms)
-            W = W - (DPGD_LR / n) * noise.release(G, sigma, magnitude)
-            if t >= first:  # post-processing of the releases so far: no privacy cost
-                total += W
-    W = total / (T - first + 1)
+        W, calibration = noisy_gradient_descent(
+            lambda W: clipped_gradient_sum(A, Y, W, DPGD_CLIP, row_norms),
+            (k, p),
+            n=n,
+            steps=T,
+            first=first,
+            clip=DPGD_CLIP,
+            learning_rate=DPGD_LR,
+            epsilon=eps,
+            delta=delta,
+            noise=noise,
+        )
     details = {
         "steps": T,
         "learning_rate": DPGD_LR,
@@ -643,9 +642,7 @@ def _dp_gradient_descent(A, y_idx, k, eps, delta, noise: NoiseSource):
         f"averaged_iterates (the last half when T >= {DPGD_AVERAGE_MIN_STEPS}, else the last "
         "iterate alone): post-processing of the T noisy gradient releases",
         "clip": DPGD_CLIP,
-        "sigma": sigma,
-        "noise_multiplier": multiplier,
-        "sensitivity": sensitivity,
+        **calibration,
         "step_rule": f"T = clip(round(nu^2 * {DPGD_STEP_RULE}), {DPGD_MIN_STEPS}, "
         f"{DPGD_MAX_STEPS}), nu = n / (m(eps, delta) * sqrt(k * (d + 1)))",
     }

@@ -1,0 +1,49 @@
+"""Full-batch DP gradient descent, shared by the classifier (softmax loss) and regression
+(squared loss): T noisy steps from 0 and the mean of the tail of the iterates.
+
+Each step releases ``clipped_sum(W)`` (a sum of per-example gradients each scaled onto L2
+norm ``clip``, so replacing one example moves it by at most 2·clip) plus Gaussian noise on the
+lattice of ``NoiseSource.release``; the T releases are composed exactly with dp-accounting and
+calibrated to (ε, δ). Averaging iterates is post-processing of the releases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from . import _calibration as cal
+from ._noise import NoiseSource, rounding_slack
+
+
+def noisy_gradient_descent(
+    clipped_sum: Callable[[np.ndarray], np.ndarray],
+    shape: tuple[int, ...],
+    *,
+    n: int,
+    steps: int,
+    first: int,
+    clip: float,
+    learning_rate: float,
+    epsilon: float,
+    delta: float,
+    noise: NoiseSource,
+) -> tuple[np.ndarray, dict]:
+    """W_t = W_{t-1} - (learning_rate / n) · (clipped_sum(W_{t-1}) + N(0, σ²)), W_0 = 0, for
+    t = 1 … steps; returns the mean of W_first … W_steps and the calibration (σ, its
+    multiplier and the sensitivity 2·clip plus the lattice's rounding slack)."""
+    magnitude = n * clip
+    sensitivity = 2.0 * clip + rounding_slack(magnitude, int(np.prod(shape)))
+    multiplier = cal.calibrate_gaussian_scale(
+        lambda s: cal.gaussian_event([s], count=steps), epsilon, delta
+    )
+    sigma = multiplier * sensitivity
+    W = np.zeros(shape)
+    total = np.zeros(shape)
+    for t in range(1, steps + 1):
+        W = W - (learning_rate / n) * noise.release(clipped_sum(W), sigma, magnitude)
+        if t >= first:  # post-processing of the releases so far: no privacy cost
+            total += W
+    calibration = {"sigma": sigma, "noise_multiplier": multiplier, "sensitivity": sensitivity}
+    return total / (steps - first + 1), calibration
