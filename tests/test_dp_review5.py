@@ -94,7 +94,7 @@ def test_finite_epsilon_above_1e6_is_refused_before_the_spend():
     acc = BudgetAccountant()
     for est in (_reg(epsilon=1.01e6, accountant=acc), DPLogisticRegression(
             epsilon=1.01e6, classes=[0, 1], bounds_X=(-3, 3), accountant=acc)):  # fmt: skip
-        with pytest.raises(ValueError, match="at most 1e\\+06 or inf"):
+        with pytest.raises(ValueError, match="1e\\+06\\] or inf"):
             _fit(est)
     assert acc.spent == (0.0, 0.0)
     # the cap itself fits (declared bounds; the zCDP path with estimated bounds too)
@@ -187,7 +187,7 @@ def test_one_huge_record_cannot_fail_a_run_with_per_column_bounds(tmp_path, monk
      (["--classes", "0,1", "--seed", "-1"], "--seed:"),
      (["--classes", "0,1", "-o", "folder.json"], "is a folder"),
      (["--classes", "0,1", "--bounds", "tiny.json"], "half width is below 1e-100"),
-     (["--classes", "0,1", "--epsilon", "1e200"], "at most 1e+06")],
+     (["--classes", "0,1", "--epsilon", "1e200"], "1e+06] or inf")],
     ids=["duplicate", "nan", "seed", "folder", "tiny-width", "epsilon"],
 )  # fmt: skip
 def test_heml_train_refuses_public_mistakes_before_the_ledger(tmp_path, monkeypatch, capsys,
@@ -204,3 +204,111 @@ def test_heml_train_refuses_public_mistakes_before_the_ledger(tmp_path, monkeypa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert _ledger(tmp_path) == []  # nothing reserved, nothing charged
+
+
+# ---------------------------------------------------------------------- second review
+# 7. ε = δ = 1e-20: dp-accounting's multiplier stops growing near 5e15, so the release was
+#    6e3 times δ; now ε >= 1e-3 and δ >= 1e-30. 8. At ρ ~ 4e-14 the zCDP root's absolute
+#    tolerance exceeded its 1e-9 margin: the fit was refused after the spend; now relative.
+# 9. bounds_y="data" with a target at 1e200 (or spanning 1e-150) was refused by the inner fit
+#    after the spend, quoting the data's min and max.
+@pytest.mark.parametrize(
+    "eps, delta, message",
+    [(9.9e-4, 1e-5, "epsilon must be in"), (1e-20, 1e-20, "epsilon must be in"),
+     (1.0, 9.9e-31, "delta must be in"), (1.0, 5e-324, "delta must be in")],
+)  # fmt: skip
+def test_epsilon_and_delta_floors_are_refused_before_the_spend(eps, delta, message):
+    acc = BudgetAccountant()
+    for est in (_reg(epsilon=eps, delta=delta, accountant=acc), DPLogisticRegression(
+            epsilon=eps, delta=delta, classes=[0, 1], bounds_X=(-3, 3), method="objpert",
+            accountant=acc)):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            _fit(est)
+    assert acc.spent == (0.0, 0.0)
+
+
+def test_gaussian_calibration_is_broken_below_the_floors():
+    # positive control for the floors: at ε = δ = 1e-20 dp-accounting's multiplier is far too
+    # small (exact δ of a Gaussian at that multiplier, in 60-digit arithmetic)
+    import dp_accounting
+    import mpmath
+
+    mpmath.mp.dps = 60
+
+    def exact_delta(m, eps):
+        m, eps = mpmath.mpf(m), mpmath.mpf(eps)
+        return mpmath.ncdf(-eps * m + 1 / (2 * m)) - mpmath.e**eps * mpmath.ncdf(
+            -eps * m - 1 / (2 * m)
+        )
+
+    assert exact_delta(dp_accounting.get_sigma_gaussian(1e-20, 1e-20), 1e-20) > 1e3 * 1e-20
+    from heml.dp._calibration import CALIBRATION_MARGIN
+
+    worst = 0.0
+    for eps, delta in ((1e-3, 1e-30), (1e-3, 1e-12), (1e-3, 1e-5), (1.0, 1e-30), (1e6, 1e-30)):
+        m = dp_accounting.get_sigma_gaussian(eps, delta)
+        worst = max(worst, float(exact_delta(m, eps) / delta))
+        assert exact_delta(m * CALIBRATION_MARGIN, eps) <= delta  # heml's multiplier
+    assert worst > 1.0  # dp-accounting's own multiplier alone over-claims somewhere
+
+
+@pytest.mark.parametrize("make", [
+    lambda e, d: _reg(epsilon=e, delta=d, bounds_X=None, bounds_y=None, random_state=0),
+    lambda e, d: DPLogisticRegression(epsilon=e, delta=d, classes=[0, 1], random_state=0),
+    lambda e, d: DPLogisticRegression(epsilon=e, delta=d, classes=[0, 1], bounds_X=(-3, 3),
+                                      method="objpert", random_state=0),
+], ids=["regression-estimated", "classifier-estimated", "objpert"])  # fmt: skip
+@pytest.mark.parametrize("eps, delta", [(1e-3, 1e-30), (1e-3, 1e-8), (1e6, 1e-30)])
+def test_the_floors_and_the_cap_fit_without_failing_after_the_spend(make, eps, delta):
+    est = make(eps, delta)
+    acc = BudgetAccountant()
+    est.set_params(accountant=acc)
+    if eps == 1e-3 and est.bounds_X is None:
+        # estimated bounds: the model's share would be below the floor: refused before the spend
+        with pytest.raises(ValueError, match="below the 0.001 a fit accepts"):
+            _fit(est)
+        assert acc.spent == (0.0, 0.0)
+        est.set_params(epsilon=3e-3)  # enough for the model's share: the fit runs
+    assert np.all(np.isfinite(_fit(est).coef_))
+
+
+def test_zcdp_rho_converts_back_within_delta_at_tiny_rho():
+    import math
+
+    from scipy.optimize import brentq
+
+    from heml.dp import _private_bounds as pb
+
+    for eps, delta in ((1e-3, 1e-30), (1e-3, 1e-8), (1e-6, 1e-8)):
+        rho = pb.zcdp_rho(eps, delta)
+        assert pb.zcdp_delta(rho, eps) <= delta
+    # positive control: the old absolute tolerance at ε = 1e-6, δ = 1e-8 (ρ ~ 4e-14)
+    f = lambda r: math.log(max(pb.zcdp_delta(r, 1e-6), 1e-320)) - math.log(1e-8)  # noqa: E731
+    old = brentq(f, 1e-15, 1e-6, xtol=1e-18, rtol=1e-12) * (1.0 - 1e-9)
+    assert pb.zcdp_delta(old, 1e-6) > 1e-8
+
+
+@pytest.mark.parametrize("spike", [1e200, -1e200])
+def test_data_bounds_opt_in_survives_one_extreme_target(spike):
+    from heml.dp import PrivacyLeakWarning
+
+    y = Y.copy()
+    y[0] = spike
+    acc = BudgetAccountant()
+    with pytest.warns(PrivacyLeakWarning):
+        est = DPLinearRegression(bounds_X=(-3, 3), bounds_y="data", accountant=acc,
+                                 random_state=0).fit(X, y)  # fmt: skip
+    assert est.dp_guarantee_["private"] is False and acc.spent[0] == 1.0
+    assert max(abs(b) for b in est.bounds_y_) <= 1e100
+
+
+def test_data_bounds_opt_in_survives_a_tiny_target():
+    from heml.dp import PrivacyLeakWarning
+
+    y = np.zeros(len(Y))
+    y[0] = 1e-150
+    with pytest.warns(PrivacyLeakWarning):
+        est = DPLinearRegression(bounds_X=(-3, 3), bounds_y="data", random_state=0,
+                                 accountant=BudgetAccountant()).fit(X, y)  # fmt: skip
+    lo, hi = est.bounds_y_
+    assert (hi - lo) / 2 >= _validation.MIN_SCALE * (1 - 1e-12)

@@ -44,7 +44,11 @@ check = _validation.check_privacy_params
 
 
 def test_epsilon_must_be_positive_and_inf_means_no_privacy():
-    assert check(1e-300, 0.5) == (1e-300, 0.5)
+    assert check(1e-3, 0.5) == (1e-3, 0.5)  # the floor (round 5: dp-accounting's limits)
+    assert check(1e6, 0.5) == (1e6, 0.5)  # the cap
+    for outside in (9.99e-4, 1e-300, 1.000001e6, 1e300):
+        with pytest.raises(ValueError, match=r"^epsilon must be in \[0.001, 1e\+06\] or inf"):
+            check(outside, 1e-5)
     assert check(2, 1e-5) == (2.0, 1e-5) and isinstance(check(2, 1e-5)[0], float)
     for bad in (0, 0.0, -1.0, -math.inf, math.nan):
         with pytest.raises(ValueError, match=r"^epsilon must be > 0 \(inf for no privacy\)"):
@@ -55,10 +59,12 @@ def test_epsilon_must_be_positive_and_inf_means_no_privacy():
 
 
 def test_delta_is_in_the_open_unit_interval_at_finite_epsilon():
-    assert check(1.0, 1e-300) == (1.0, 1e-300)
+    assert check(1.0, 1e-30) == (1.0, 1e-30)  # the floor (round 5)
+    with pytest.raises(ValueError, match=r"^delta must be in \[1e-30, 1\)"):
+        check(1.0, 9.99e-31)
     assert check(1.0, 1 - 1e-12)[1] == 1 - 1e-12
     for bad in (0, 0.0, 1, 1.0, -1e-9, 1.5, math.nan, math.inf):
-        with pytest.raises(ValueError, match=r"^delta must be in \(0, 1\) \(the Gaussian"):
+        with pytest.raises(ValueError, match=r"^delta must be in \[1e-30, 1\) \(the Gaussian"):
             check(1.0, bad)
     for bad in (True, "0.1", None):
         with pytest.raises(ValueError, match=r"^delta must be a number in \(0, 1\), got"):
@@ -453,7 +459,7 @@ def test_a_fit_checks_its_privacy_parameters_first():
     acc = BudgetAccountant(epsilon=1.0)
     with pytest.raises(ValueError, match="epsilon must be > 0"):
         _Fit(0.0, 1e-6, acc)._begin_fit()
-    with pytest.raises(ValueError, match=r"delta must be in \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"delta must be in \[1e-30, 1\)"):
         _Fit(0.5, 0.0, acc)._begin_fit()
     assert acc.ledger == []
 

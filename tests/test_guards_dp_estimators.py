@@ -24,6 +24,7 @@ from scipy.optimize import brentq
 from scipy.stats import norm
 
 from heml.dp import BudgetAccountant, DPLinearRegression, DPLogisticRegression, _linear, _logistic
+from heml.dp._calibration import CALIBRATION_MARGIN
 from heml.dp._noise import NoiseSource, lattice_step, rounding_slack
 
 C = 0.5
@@ -35,7 +36,8 @@ def _multiplier(eps: float, delta: float) -> float:
     def excess(mu: float) -> float:
         return norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * norm.cdf(-eps / mu - mu / 2) - delta
 
-    return 1.0 / brentq(excess, 1e-6, 60.0, xtol=1e-15)
+    # heml adds CALIBRATION_MARGIN (1 + 1e-9) to cover dp-accounting's solver (round 5)
+    return 1.0 / brentq(excess, 1e-6, 60.0, xtol=1e-15) * CALIBRATION_MARGIN
 
 
 # ----------------------------------------------------------------------------- AdaSSP

@@ -45,7 +45,13 @@ import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
 from ._noise import NoiseSource, _secure_uniform, rounding_slack
-from ._validation import MAX_BOUND, check_data_norm, check_declared_bounds
+from ._validation import (
+    MAX_BOUND,
+    MIN_EPSILON,
+    MIN_SCALE,
+    check_data_norm,
+    check_declared_bounds,
+)
 
 # Public, fixed a priori: none depends on the data being fitted. They were chosen by measuring
 # a few alternatives on the benchmark sets (docs/dp.md, "Bounds estimated with DP").
@@ -430,7 +436,8 @@ def per_release_epsilon(releases: int, epsilon: float, delta: float) -> tuple[fl
     elif f(lo) > 0:
         return basic, 0.0
     else:
-        rho = brentq(f, lo, hi, xtol=1e-15, rtol=1e-12) * (1.0 - 1e-9)
+        # tolerances relative to the root: an absolute xtol was 2.5e-5 of a tiny rho (review)
+        rho = brentq(f, lo, hi, xtol=1e-300, rtol=1e-12) * (1.0 - 1e-9)
     zcdp = math.sqrt(8.0 * rho / releases)
     if zcdp > basic:
         return zcdp, delta
@@ -442,7 +449,9 @@ def zcdp_rho(epsilon: float, delta: float) -> float:
     f = lambda rho: math.log(max(zcdp_delta(rho, epsilon), 1e-320)) - math.log(delta)  # noqa: E731
     if f(epsilon) <= 0:
         return epsilon
-    return brentq(f, 1e-15, epsilon, xtol=1e-18, rtol=1e-12) * (1.0 - 1e-9)
+    # relative tolerance only: at rho ~ 4e-14 an absolute xtol of 1e-18 exceeded the 1e-9
+    # margin and the fit was refused after the spend (found by review)
+    return brentq(f, 1e-15, epsilon, xtol=1e-300, rtol=1e-12) * (1.0 - 1e-9)
 
 
 def gaussian_rho(multiplier: float) -> float:
@@ -596,7 +605,7 @@ def zcdp_epsilon(rho: float, delta: float) -> float:
     hi = rho + 2.0 * math.sqrt(rho * math.log(1.0 / delta)) + 1.0
     if f(0.0) <= 0:
         return 0.0
-    return brentq(f, 0.0, hi, xtol=1e-14, rtol=1e-12) * (1.0 + 1e-9)
+    return brentq(f, 0.0, hi, xtol=1e-300, rtol=1e-12) * (1.0 + 1e-9)
 
 
 def model_multiplier(model) -> float | None:
@@ -731,10 +740,17 @@ def private_median_box(
 
 
 def data_bounds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column min and max (NOT private: only behind an explicit ``"data"`` opt-in)."""
-    lo, hi = values.min(axis=0), values.max(axis=0)
+    """Per-column min and max (NOT private: only behind an explicit ``"data"`` opt-in), kept
+    within ±MAX_BOUND and at least MIN_SCALE wide on each side of their middle: one record at
+    1e200 or a column spanning 1e-150 made the model fitted inside refuse these bounds after
+    the spend, quoting the data's min and max (found by review)."""
+    lo = np.clip(values.min(axis=0), -MAX_BOUND, MAX_BOUND)
+    hi = np.clip(values.max(axis=0), -MAX_BOUND, MAX_BOUND)
     same = lo == hi
-    return np.where(same, lo - 1.0, lo), np.where(same, hi + 1.0, hi)
+    lo, hi = np.where(same, lo - 1.0, lo), np.where(same, hi + 1.0, hi)
+    middle = lo / 2.0 + hi / 2.0
+    narrow = (hi - lo) / 2.0 < MIN_SCALE
+    return np.where(narrow, middle - MIN_SCALE, lo), np.where(narrow, middle + MIN_SCALE, hi)
 
 
 # ---------------------------------------------------------------------- estimators
@@ -873,6 +889,13 @@ def plan_estimated_bounds(est, n: int, d: int, epsilon: float, delta: float):
             f"epsilon={epsilon:g}, delta={delta:g}: with bounds estimated with DP the model "
             "would get no epsilon once the bounds' releases are paid; raise epsilon, lower "
             "delta, or declare bounds_X (and bounds_y)"
+        )
+    if budget.epsilon_model < MIN_EPSILON:
+        # the model fitted inside would refuse its share after the spend (round 5 review)
+        raise ValueError(
+            f"epsilon={epsilon:g}, delta={delta:g}: with bounds estimated with DP the model "
+            f"would get epsilon {budget.epsilon_model:.3g}, below the {MIN_EPSILON:g} a fit "
+            "accepts; raise epsilon or declare bounds_X (and bounds_y)"
         )
     return EstimatedBoundsPlan(x_kind, y_kind, shared, pooled, budget)
 

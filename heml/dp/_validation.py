@@ -42,9 +42,10 @@ def check_privacy_params(epsilon, delta) -> tuple[float, float]:
     eps = float(epsilon)
     if math.isnan(eps) or eps <= 0:
         raise ValueError(f"epsilon must be > 0 (inf for no privacy), got {epsilon!r}")
-    if math.isfinite(eps) and eps > MAX_FINITE_EPSILON:
+    if math.isfinite(eps) and not MIN_EPSILON <= eps <= MAX_FINITE_EPSILON:
         raise ValueError(
-            f"epsilon must be at most {MAX_FINITE_EPSILON:g} or inf (no privacy), got {epsilon!r}"
+            f"epsilon must be in [{MIN_EPSILON:g}, {MAX_FINITE_EPSILON:g}] or inf (no privacy), "
+            f"got {epsilon!r}"
         )
     if isinstance(delta, bool) or not isinstance(delta, numbers.Real):
         raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
@@ -53,9 +54,10 @@ def check_privacy_params(epsilon, delta) -> tuple[float, float]:
         if not 0 <= dlt <= 1:
             raise ValueError(f"delta must be in [0, 1], got {delta!r}")
         return eps, dlt
-    if not 0 < dlt < 1 or math.isnan(dlt):
+    if not MIN_DELTA <= dlt < 1 or math.isnan(dlt):
         raise ValueError(
-            f"delta must be in (0, 1) (the Gaussian mechanisms here need delta > 0), got {delta!r}"
+            f"delta must be in [{MIN_DELTA:g}, 1) (the Gaussian mechanisms here need delta > 0), "
+            f"got {delta!r}"
         )
     return eps, dlt
 
@@ -80,6 +82,11 @@ MIN_SCALE = 1e-100
 # near 1e200 after the spend, and the estimated-bounds plan at 1e12 with a root-finder's message
 # (found by review); up to 1e6 every mechanism and plan runs (tests/test_dp_review5.py).
 MAX_FINITE_EPSILON = 1e6
+# ...and ε, δ below these: dp-accounting's Gaussian calibration stops growing its multiplier near
+# 5e15 (log1p cancels), so at ε = δ = 1e-20 the release was 6e3 times δ; ε ≥ 1e-3 and δ ≥ 1e-30
+# keep every calibration and root here exact to well within their margins (found by review)
+MIN_EPSILON = 1e-3
+MIN_DELTA = 1e-30
 
 
 def parse_bounds(bounds, d: int, name: str) -> tuple[np.ndarray, np.ndarray]:
