@@ -211,3 +211,53 @@ def test_a_target_box_of_width_zero_predicts_its_value():
             random_state=0,
         ).fit(X, y)  # fmt: skip
     assert np.all(est.predict(X) == 2.0)
+
+
+# ---------------------------------------------------------------------- exact edges (mutants)
+def _naive_clipped_sum(a, tau, theta, clip):
+    """The definition, example by example."""
+    total = np.zeros(a.shape[1])
+    for ai, ti in zip(a, tau, strict=True):
+        g = (ai @ theta - ti) * ai
+        norm = np.linalg.norm(g)
+        total += g * min(1.0, clip / norm) if norm > 0 else g
+    return total
+
+
+def test_the_blocked_clipped_sum_is_the_definition_over_several_blocks():
+    # n above two blocks, rows shorter than 1 (so |r|·‖a‖ differs from |r|/‖a‖), gradients
+    # on both sides of the clip (so a factor capped at 2 instead of 1 would show)
+    rng = np.random.default_rng(3)
+    n = 2 * _linear.ROWS_PER_BLOCK + 123
+    a = rng.normal(size=(n, 4))
+    a *= rng.uniform(0.05, 1.0, size=(n, 1)) / np.linalg.norm(a, axis=1, keepdims=True)
+    tau = rng.uniform(-1, 1, size=n) * rng.choice([0.01, 1.0], size=n)
+    theta = rng.normal(size=4) * 0.3
+    got = _linear.clipped_residual_sum(a, tau, theta, 0.1)
+    assert np.allclose(got, _naive_clipped_sum(a, tau, theta, 0.1), rtol=1e-10, atol=1e-10)
+    clipped = np.abs(a @ theta - tau) * np.linalg.norm(a, axis=1) > 0.1
+    assert 0.1 < clipped.mean() < 0.9  # both kinds of example are present
+
+
+def test_the_step_count_is_the_documented_rule_with_k_1():
+    import dp_accounting
+
+    X, y = _data(250)
+    h = _fit(X, y, 1.0).dp_guarantee_["hyperparameters"]
+    nu = 250 / (dp_accounting.get_sigma_gaussian(1.0, 1e-5) * math.sqrt(4))
+    assert 5 < h["steps"] == round(nu * nu / 8) < 200
+    assert h["step_rule"] == (
+        "T = clip(round(nu^2 / 8), 5, max(200, 20 * (d + 1))), "
+        "nu = n / (m(eps, delta) * sqrt(d + 1))"
+    )
+    assert h["averaging"] == (
+        "the released theta is the mean of the iterates theta_t for t in averaged_iterates "
+        "(the last half when T >= 20, else the last iterate alone): post-processing of the T "
+        "noisy gradient releases"
+    )
+
+
+def test_the_exact_fit_states_no_noise():
+    X, y = _data(300)
+    est = _fit(X, y, math.inf)
+    assert est.noise_ == {"steps": 0, "sigma": 0.0, "solver": "least squares (exact)"}

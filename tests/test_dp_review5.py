@@ -312,3 +312,64 @@ def test_data_bounds_opt_in_survives_a_tiny_target():
                                  accountant=BudgetAccountant()).fit(X, y)  # fmt: skip
     lo, hi = est.bounds_y_
     assert (hi - lo) / 2 >= _validation.MIN_SCALE * (1 - 1e-12)
+
+
+# ---------------------------------------------------------------------- exact edges (mutants)
+def _refused_before_the_spend(match, **params):
+    acc = BudgetAccountant(epsilon=10.0, delta=1e-3)
+    with pytest.raises(ValueError, match=match):
+        _fit(_reg(accountant=acc, **params))
+    assert acc.spent == (0.0, 0.0)
+
+
+def test_scale_messages_name_what_is_too_small():
+    _refused_before_the_spend(
+        "^the row bound of bounds_X and data_norm is 1e-170, below 1e-100: the mechanisms "
+        "square it, which underflows; express the data in larger units$",
+        bounds_X=(-3.0, 3.0), data_norm=1e-170,
+    )  # fmt: skip
+    _refused_before_the_spend(
+        "^the half width of bounds_y is 1e-170, below 1e-100: the mechanisms square it, which "
+        "underflows; express the data in larger units$",
+        bounds_y=(-1e-170, 1e-170),
+    )  # fmt: skip
+
+
+def test_the_target_half_width_floor_is_exact():
+    _refused_before_the_spend("half width of bounds_y", bounds_y=(0.0, 1.9e-100))
+    _refused_before_the_spend("half width of bounds_y", bounds_y=(-0.95e-100, 0.95e-100))
+    est = _fit(_reg(bounds_y=(0.0, 2e-100), random_state=0, accountant=BudgetAccountant()))
+    assert np.all(np.isfinite(est.coef_))
+    # a per-feature-looking target pair is one value too many for the one target
+    _refused_before_the_spend("one value per feature", bounds_y=([0.0, 0.0], [1.0, 1.0]))
+
+
+def test_the_row_bound_floor_is_exact_and_centred_like_the_mechanisms():
+    # no row clip (data_norm = inf): the row bound is measured around the box's middle, so a
+    # box 1e-105 wide far from 0 is too small though its corners are at 1e-90
+    _refused_before_the_spend("row bound", bounds_X=(1e-90, 1e-90 + 1e-105), data_norm=np.inf)
+    _refused_before_the_spend("row bound", bounds_X=(-1e-90 - 1e-105, -1e-90), data_norm=np.inf)
+    # with the row clip the bound is around 0 and the clip's own value counts
+    est = _fit(_reg(bounds_X=(1e-90, 2e-90), random_state=0, accountant=BudgetAccountant()))
+    assert np.all(np.isfinite(est.coef_))
+    norm = 1e-100 / np.sqrt(3)  # √3 coordinates: the implied box's row bound is exactly 1e-100
+    assert np.isfinite(_fit(_reg(bounds_X=(-1.0, 1.0), data_norm=1.01e-100)).coef_).all()
+    _refused_before_the_spend("row bound", bounds_X=(-1.0, 1.0), data_norm=0.99e-100)
+    assert norm < 1e-100
+
+
+def test_the_box_implied_by_data_norm_is_checked_too():
+    _refused_before_the_spend("row bound", bounds_X=None, data_norm=1e-170)
+    est = _fit(_reg(bounds_X=None, data_norm=2.0, random_state=0, accountant=BudgetAccountant()))
+    assert est.dp_guarantee_["bounds"]["X"]["source"] == "implied by data_norm"
+    _refused_before_the_spend("^data_norm must be a positive number or None", bounds_X=None,
+                              data_norm="abc")  # fmt: skip
+
+
+def test_the_exact_fit_clips_rows_at_a_third_of_the_datas_box():
+    # ε = inf with the bounds read from the data: the row clip is a third of the L2 radius of
+    # the box around 0 (the declared path's rule)
+    Xs = X * np.array([1.0, 2.0, 3.0])
+    est = _fit(_reg(epsilon=np.inf, bounds_X=None, bounds_y=None), Xs)
+    radius = np.linalg.norm(np.maximum(np.abs(Xs.min(0)), np.abs(Xs.max(0))))
+    assert est.data_norm_ == pytest.approx(radius / 3, rel=1e-12)

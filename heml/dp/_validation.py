@@ -199,12 +199,18 @@ def declared_box(bounds_X, data_norm, d: int):
         lo, hi = np.full(d, -R), np.full(d, R)
     else:
         lo, hi = parse_bounds(bounds_X, d, "bounds_X")
+    return lo, hi, _row_norm(lo, hi, R)
+
+
+def _row_norm(lo: np.ndarray, hi: np.ndarray, R: float | None) -> float | None:
+    """The row clip for the box [lo, hi]: ``R`` (default: a third of the box's L2 radius
+    around 0), or None when the box already lies within it (no row clip)."""
     box_radius = _robust_norms(np.maximum(np.abs(lo), np.abs(hi))[None, :])[0]
     if R is None:
         R = AUTO_NORM_FRACTION * box_radius
     if R <= 0:  # all-zero box: nothing to scale
         R = 1.0
-    return lo, hi, (R if box_radius > R else None)
+    return R if box_radius > R else None
 
 
 def row_bound(lo: np.ndarray, hi: np.ndarray, row_norm: float | None) -> float:
@@ -234,13 +240,8 @@ def resolve_feature_bounds(X: np.ndarray, bounds_X, data_norm, *, private: bool)
     if private:  # unreachable through the estimators: fail closed rather than leak
         raise RuntimeError("bounds_X must be declared or estimated with DP at finite epsilon")
     lo, hi = X.min(axis=0), X.max(axis=0)
-    box_radius = _robust_norms(np.maximum(np.abs(lo), np.abs(hi))[None, :])[0]
-    if R is None:
-        R = AUTO_NORM_FRACTION * box_radius
-    if R <= 0:  # all-zero box: nothing to scale
-        R = 1.0
-    row_norm = R if box_radius > R else None
-    return lo, hi, row_norm, "read from the training data (epsilon=inf: no privacy claimed)"
+    source = "read from the training data (epsilon=inf: no privacy claimed)"
+    return lo, hi, _row_norm(lo, hi, R), source
 
 
 def _robust_norms(Z: np.ndarray) -> np.ndarray:
