@@ -373,3 +373,45 @@ def test_the_exact_fit_clips_rows_at_a_third_of_the_datas_box():
     est = _fit(_reg(epsilon=np.inf, bounds_X=None, bounds_y=None), Xs)
     radius = np.linalg.norm(np.maximum(np.abs(Xs.min(0)), np.abs(Xs.max(0))))
     assert est.data_norm_ == pytest.approx(radius / 3, rel=1e-12)
+
+
+def test_every_gaussian_multiplier_carries_the_calibration_margin_upward():
+    # σ = dp-accounting's multiplier × CALIBRATION_MARGIN, never ÷ (the margin must add noise)
+    import dp_accounting
+
+    from heml.dp import _calibration as cal
+
+    gsg, margin = dp_accounting.get_sigma_gaussian, cal.CALIBRATION_MARGIN
+    assert margin > 1.0
+    got = cal._objpert_sigma(0.7, 1e-5, 1e-7)
+    assert got == max(2.0 * gsg(0.7, 1e-5) * margin, gsg(0.7, 1e-7) * margin)
+    got = cal._objpert_sigma(0.7, 1e-5, 1e-30)  # the side term is the larger one here
+    assert got == gsg(0.7, 1e-30) * margin > 2.0 * gsg(0.7, 1e-5) * margin
+    amp = cal.calibrate_amp(1.0, 1e-5, 0.25, lambda s: 1.0, 0.5, epsilon_share=0.1,
+                            delta_share=0.01)  # fmt: skip
+    assert amp.residual_multiplier == gsg(0.1, 1e-7) * margin
+
+
+def test_the_plan_floor_message_names_the_declared_bounds():
+    with pytest.raises(ValueError) as info:
+        _fit(_reg(epsilon=1e-3, bounds_X=None, bounds_y=None))
+    assert str(info.value).endswith(
+        "below the 0.001 a fit accepts; raise epsilon or declare bounds_X (and bounds_y)"
+    )
+
+
+def test_with_the_row_clip_the_row_bound_is_measured_around_0():
+    # a box 1e-105 wide at 1e-90 with the default row clip: rows are clipped around 0, so the
+    # bound is min(|box| around 0, the clip) ~ 6e-91: accepted (around the box's middle it
+    # would be 9e-106 and refused)
+    est = _fit(_reg(bounds_X=(1e-90, 1e-90 + 1e-105), random_state=0,
+                    accountant=BudgetAccountant()))  # fmt: skip
+    assert np.all(np.isfinite(est.coef_)) and est.data_norm_ is not None
+
+
+def test_the_exact_fit_with_data_bounds_keeps_a_declared_row_clip():
+    # ε = inf with the data's bounds: the declared row clip is kept (the "data" path of
+    # resolve_feature_bounds), whatever the box's own default would be
+    est = DPLinearRegression(epsilon=np.inf, bounds_X="data", bounds_y="data",
+                             data_norm=0.5).fit(X, Y)  # fmt: skip
+    assert est.data_norm_ == 0.5
