@@ -29,10 +29,14 @@ def noisy_gradient_descent(
     epsilon: float,
     delta: float,
     noise: NoiseSource,
+    name: str,
+    average_min_steps: int,
 ) -> tuple[np.ndarray, dict]:
     """W_t = W_{t-1} - (learning_rate / n) · (clipped_sum(W_{t-1}) + N(0, σ²)), W_0 = 0, for
-    t = 1 … steps; returns the mean of W_first … W_steps and the calibration (σ, its
-    multiplier and the sensitivity 2·clip plus the lattice's rounding slack)."""
+    t = 1 … steps; returns the mean of W_first … W_steps and the public details: steps, step
+    size, the averaged iterates (``name`` is the parameter's name in their description;
+    ``average_min_steps`` the caller's threshold for averaging), the clip, σ, its multiplier
+    and the sensitivity 2·clip plus the lattice's rounding slack."""
     magnitude = n * clip
     sensitivity = 2.0 * clip + rounding_slack(magnitude, int(np.prod(shape)))
     multiplier = cal.calibrate_gaussian_scale(
@@ -45,5 +49,16 @@ def noisy_gradient_descent(
         W = W - (learning_rate / n) * noise.release(clipped_sum(W), sigma, magnitude)
         if t >= first:  # post-processing of the releases so far: no privacy cost
             total += W
-    calibration = {"sigma": sigma, "noise_multiplier": multiplier, "sensitivity": sensitivity}
-    return total / (steps - first + 1), calibration
+    details = {
+        "steps": steps,
+        "learning_rate": learning_rate,
+        "averaged_iterates": [first, steps],
+        "averaging": f"the released {name} is the mean of the iterates {name}_t for t in "
+        f"averaged_iterates (the last half when T >= {average_min_steps}, else the last "
+        "iterate alone): post-processing of the T noisy gradient releases",
+        "clip": clip,
+        "sigma": sigma,
+        "noise_multiplier": multiplier,
+        "sensitivity": sensitivity,
+    }
+    return total / (steps - first + 1), details

@@ -362,7 +362,7 @@ def _dp_gradient_descent(A, t, eps, delta, B, B_y, noise: NoiseSource):
     T = dpgd_steps(n, 1, p, eps, delta, max_steps=max_steps(p))
     first = averaging_start(T)
     row_norms = np.linalg.norm(a, axis=1)
-    theta, calibration = noisy_gradient_descent(
+    theta, details = noisy_gradient_descent(
         lambda theta: clipped_residual_sum(a, tau, theta, DPGD_CLIP, row_norms),
         (p,),
         n=n,
@@ -373,18 +373,13 @@ def _dp_gradient_descent(A, t, eps, delta, B, B_y, noise: NoiseSource):
         epsilon=eps,
         delta=delta,
         noise=noise,
+        name="theta",
+        average_min_steps=DPGD_AVERAGE_MIN_STEPS,
     )
     details = {
-        "steps": T,
-        "learning_rate": DPGD_LR,
-        "averaged_iterates": [first, T],
-        "averaging": "the released theta is the mean of the iterates theta_t for t in "
-        f"averaged_iterates (the last half when T >= {DPGD_AVERAGE_MIN_STEPS}, else the last "
-        "iterate alone): post-processing of the T noisy gradient releases",
-        "clip": DPGD_CLIP,
+        **details,
         "row_scale": B,
         "target_scale": B_y,
-        **calibration,
         "step_rule": f"T = clip(round(nu^2 / 8), 5, max({DPGD_MIN_MAX_STEPS}, "
         f"{DPGD_CAP_PER_COORDINATE} * (d + 1))), nu = n / (m(eps, delta) * sqrt(d + 1))",
     }

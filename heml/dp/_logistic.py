@@ -622,7 +622,7 @@ def _dp_gradient_descent(A, y_idx, k, eps, delta, noise: NoiseSource):
     # one BLAS thread: the products here are n x (d + 1) by (d + 1) x k, too thin for threads
     # to pay (measured 10x slower with 2 threads on a busy 2-core machine at n = 100k, d = 30)
     with threadpool_limits(limits=1, user_api="blas"):
-        W, calibration = noisy_gradient_descent(
+        W, details = noisy_gradient_descent(
             lambda W: clipped_gradient_sum(A, Y, W, DPGD_CLIP, row_norms),
             (k, p),
             n=n,
@@ -633,16 +633,11 @@ def _dp_gradient_descent(A, y_idx, k, eps, delta, noise: NoiseSource):
             epsilon=eps,
             delta=delta,
             noise=noise,
+            name="W",
+            average_min_steps=DPGD_AVERAGE_MIN_STEPS,
         )
     details = {
-        "steps": T,
-        "learning_rate": DPGD_LR,
-        "averaged_iterates": [first, T],
-        "averaging": "the released W is the mean of the iterates W_t for t in "
-        f"averaged_iterates (the last half when T >= {DPGD_AVERAGE_MIN_STEPS}, else the last "
-        "iterate alone): post-processing of the T noisy gradient releases",
-        "clip": DPGD_CLIP,
-        **calibration,
+        **details,
         "step_rule": f"T = clip(round(nu^2 * {DPGD_STEP_RULE}), {DPGD_MIN_STEPS}, "
         f"{DPGD_MAX_STEPS}), nu = n / (m(eps, delta) * sqrt(k * (d + 1)))",
     }
