@@ -69,7 +69,17 @@ def effective_multiplier(event) -> float:
     return dp_accounting.get_sigma_gaussian(eps, 1e-6)
 
 
+# dp-accounting solves for the multiplier numerically: in exact arithmetic (mpmath) its answer
+# gave up to δ·(1 + 1.5e-9) (ε = 1e6, δ = 1e-30; δ·(1 + 4e-11) at ε = 1e-3, δ = 1e-12). 1e-9
+# more noise lowers δ by at least 1e-7 relative on ε in [1e-3, 1e6], δ >= 1e-30 (found by
+# review; tests/test_dp_review5.py)
 CALIBRATION_MARGIN = 1.0 + 1e-9
+
+
+def gaussian_multiplier(epsilon: float, delta: float) -> float:
+    """σ/Δ of one Gaussian release that is (epsilon, delta)-DP: dp-accounting's analytic
+    multiplier with CALIBRATION_MARGIN, which every calibration here uses."""
+    return dp_accounting.get_sigma_gaussian(epsilon, delta) * CALIBRATION_MARGIN
 
 
 def calibrate_gaussian_scale(make_event, epsilon: float, delta: float) -> float:
@@ -81,11 +91,7 @@ def calibrate_gaussian_scale(make_event, epsilon: float, delta: float) -> float:
     """
     if math.isinf(epsilon):
         return 0.0
-    # dp-accounting solves for the multiplier numerically: in exact arithmetic (mpmath) its
-    # answer gave up to δ·(1 + 1.5e-9) (ε = 1e6, δ = 1e-30; δ·(1 + 4e-11) at ε = 1e-3,
-    # δ = 1e-12). 1e-9 more noise lowers δ by at least 1e-7 relative on ε in [1e-3, 1e6],
-    # δ >= 1e-30 (found by review; tests/test_dp_review5.py)
-    target = dp_accounting.get_sigma_gaussian(epsilon, delta) * CALIBRATION_MARGIN
+    target = gaussian_multiplier(epsilon, delta)
     per_unit = effective_multiplier(make_event(1.0))
     return target / per_unit
 
@@ -155,9 +161,9 @@ def calibrate_objpert(
 
 def _objpert_sigma(eps_g: float, delta_main: float, delta_side: float) -> float:
     # sensitivity-2 term: σ/2 must be the multiplier for (eps_g, delta_main)
-    sigma = 2.0 * dp_accounting.get_sigma_gaussian(eps_g, delta_main) * CALIBRATION_MARGIN
+    sigma = 2.0 * gaussian_multiplier(eps_g, delta_main)
     # sensitivity-1 terms: σ/1 must be the multiplier for (eps_g, delta_side) each
-    sigma = max(sigma, dp_accounting.get_sigma_gaussian(eps_g, delta_side) * CALIBRATION_MARGIN)
+    sigma = max(sigma, gaussian_multiplier(eps_g, delta_side))
     return sigma
 
 
@@ -211,5 +217,5 @@ def calibrate_amp(
     eps_r, delta_r = epsilon * epsilon_share, delta * delta_share
     eps_o, delta_o = epsilon - eps_r, delta - delta_r
     op = calibrate_objpert(eps_o, delta_o, beta, lam_of_sigma, max_jacobian_share)
-    multiplier = dp_accounting.get_sigma_gaussian(eps_r, delta_r) * CALIBRATION_MARGIN
+    multiplier = gaussian_multiplier(eps_r, delta_r)
     return AMPCalibration(op, multiplier, eps_o, delta_o, eps_r, delta_r)

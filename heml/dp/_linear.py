@@ -12,7 +12,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _calibration as cal
 from ._base import DPEstimatorMixin, numpy_error_defaults
-from ._dpgd import noisy_gradient_descent
+from ._dpgd import DPGD_MIN_STEPS, dpgd_steps, noisy_gradient_descent
+from ._dpgd import averaging_start as _dpgd_averaging_start
 from ._noise import NoiseSource, rounding_slack
 from ._private_bounds import check_fit_plan, fit_with_estimated_bounds
 from ._validation import (
@@ -20,6 +21,7 @@ from ._validation import (
     clip_rows,
     resolve_feature_bounds,
     resolve_target_bounds,
+    row_bound,
     validate_data,
 )
 
@@ -227,7 +229,7 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         # Public centring (box centres) and the intercept column κ.
         cx = (lo + hi) / 2.0 if row_norm is None else np.zeros(d)
         cy = (ylo + yhi) / 2.0
-        B_x = _row_bound(lo, hi, cx, row_norm)
+        B_x = row_bound(lo, hi, row_norm)
         kappa = B_x / math.sqrt(d) if B_x > 0 else 1.0
         B = math.sqrt(B_x**2 + kappa**2)
         B_y = (yhi - ylo) / 2.0
@@ -297,11 +299,6 @@ class DPLinearRegression(DPEstimatorMixin, RegressorMixin, BaseEstimator):
         return X @ self.coef_ + self.intercept_
 
 
-def _row_bound(lo, hi, center, row_norm) -> float:
-    box = float(np.linalg.norm(np.maximum(np.abs(lo - center), np.abs(hi - center))))
-    return box if row_norm is None else min(box, row_norm)
-
-
 def _adassp(A, t, eps, delta, B, B_y, noise: NoiseSource):
     n, p = A.shape
     AtA = A.T @ A
@@ -354,20 +351,16 @@ def _dp_gradient_descent(A, t, eps, delta, B, B_y, noise: NoiseSource):
     if math.isinf(eps):
         theta = np.linalg.lstsq(A, t, rcond=None)[0]
         return theta, {"steps": 0, "sigma": 0.0, "solver": "least squares (exact)"}
-    from ._logistic import dpgd_steps
-
     a = A / B  # B >= κ > 0
     # a target box of width 0 (declared (c, c)) leaves nothing to learn: τ = 0, θ scaled by 0
     tau = t / B_y if B_y > 0 else np.zeros_like(t)
-    T = dpgd_steps(n, 1, p, eps, delta, max_steps=max_steps(p))
-    first = averaging_start(T)
+    T = dpgd_steps(n, 1, p, eps, delta, max_steps(p))
     row_norms = np.linalg.norm(a, axis=1)
     theta, details = noisy_gradient_descent(
         lambda theta: clipped_residual_sum(a, tau, theta, DPGD_CLIP, row_norms),
         (p,),
         n=n,
         steps=T,
-        first=first,
         clip=DPGD_CLIP,
         learning_rate=DPGD_LR,
         epsilon=eps,
@@ -380,16 +373,15 @@ def _dp_gradient_descent(A, t, eps, delta, B, B_y, noise: NoiseSource):
         **details,
         "row_scale": B,
         "target_scale": B_y,
-        "step_rule": f"T = clip(round(nu^2 / 8), 5, max({DPGD_MIN_MAX_STEPS}, "
+        "step_rule": f"T = clip(round(nu^2 / 8), {DPGD_MIN_STEPS}, max({DPGD_MIN_MAX_STEPS}, "
         f"{DPGD_CAP_PER_COORDINATE} * (d + 1))), nu = n / (m(eps, delta) * sqrt(d + 1))",
     }
     return theta * (B_y / B), details
 
 
 def averaging_start(T: int) -> int:
-    """First iterate (1-based) of the released average: the last half when T ≥
-    DPGD_AVERAGE_MIN_STEPS, else T (the last iterate alone). Public: from T only."""
-    return T // 2 + 1 if T >= DPGD_AVERAGE_MIN_STEPS else T
+    """First iterate (1-based) of regression's released average (public, from T only)."""
+    return _dpgd_averaging_start(T, DPGD_AVERAGE_MIN_STEPS)
 
 
 def clipped_residual_sum(a, tau, theta, clip: float, row_norms=None) -> np.ndarray:

@@ -13,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from . import _calibration as cal
+from . import _dpgd
 from ._base import DPEstimatorMixin, numpy_error_defaults
 from ._dpgd import noisy_gradient_descent
 from ._noise import NoiseSource, rounding_slack
@@ -21,6 +22,7 @@ from ._validation import (
     check_delta_vs_n,
     clip_rows,
     resolve_feature_bounds,
+    row_bound,
     validate_data,
 )
 
@@ -35,16 +37,14 @@ NEWTON_MAX_ITER = 200
 # DP gradient descent on the softmax loss (public; chosen on synthetic make_classification data):
 DPGD_CLIP = 0.5  # per-example gradient L2 clip C (the unclipped bound is √2)
 DPGD_LR = 2.0  # step size 1/L for the average softmax loss on rows with ‖a‖ ≤ 1 (L ≤ 1/2)
-DPGD_MIN_STEPS, DPGD_MAX_STEPS = 5, 200
-DPGD_STEP_RULE = 1.0 / 8.0  # T = ν²/8 with ν = n / (m · √(k(d+1))), m the ε,δ-Gaussian multiplier
+DPGD_MAX_STEPS = 200  # T's cap; the rule T = ν²/8 (at least 5) is _dpgd.dpgd_steps
 # With T ≥ DPGD_AVERAGE_MIN_STEPS the released model is the mean of the iterates W_t for
-# t > T·(1 - DPGD_AVERAGE_TAIL) (tail averaging, Polyak-Ruppert): post-processing of the T noisy
+# t > T/2 (tail averaging, Polyak-Ruppert; _dpgd.averaging_start): post-processing of the T noisy
 # releases, so it costs no privacy. Near convergence it averages out noise the last iterate
 # carries (with T = 200: +0.8 points on digits, +0.2 on breast cancer, on top of +1.9 / +0.5
 # from T = 200 instead of 100). At smaller T the iterates are still on the way from W = 0,
 # where the last one has the best signal-to-noise ratio (measured: averaging at T = 5-60 lost
 # 0.5-3 points), so there the last iterate is released. Public: T only.
-DPGD_AVERAGE_TAIL = 0.5
 DPGD_AVERAGE_MIN_STEPS = 100
 
 # Intercept column, as a fraction of the row bound: a = [x, κ] / √(R² + κ²).
@@ -275,8 +275,7 @@ class DPLogisticRegression(DPEstimatorMixin, ClassifierMixin, BaseEstimator):
         )
         Xc = clip_rows(X, lo, hi, row_norm)
         cx = (lo + hi) / 2.0 if row_norm is None else np.zeros(d)
-        box = float(np.linalg.norm(np.maximum(np.abs(lo - cx), np.abs(hi - cx))))
-        R = box if row_norm is None else min(box, row_norm)
+        R = row_bound(lo, hi, row_norm)
         R = R if R > 0 else 1.0
         kappa = INTERCEPT_FRACTION * R
         scale = math.sqrt(R**2 + kappa**2)
@@ -573,23 +572,14 @@ def _newton_logistic(Z, lam, b, tol):
 
 
 # ---------------------------------------------------------------------- DP gradient descent
-def dpgd_steps(
-    n: int, k: int, d_aug: int, eps: float, delta: float, max_steps: int = DPGD_MAX_STEPS
-) -> int:
-    """Number of steps T, from public quantities only (see module constants); regression
-    passes its own cap."""
-    import dp_accounting
-
-    m = dp_accounting.get_sigma_gaussian(eps, delta)
-    nu = n / (m * math.sqrt(k * d_aug))
-    return int(min(max(round(DPGD_STEP_RULE * nu * nu), DPGD_MIN_STEPS), max_steps))
+def dpgd_steps(n: int, k: int, d_aug: int, eps: float, delta: float) -> int:
+    """The classifier's number of steps T: the shared rule with its cap DPGD_MAX_STEPS."""
+    return _dpgd.dpgd_steps(n, k, d_aug, eps, delta, DPGD_MAX_STEPS)
 
 
 def averaging_start(T: int) -> int:
-    """First iterate (1-based) of the tail average: public, from T only (T: last iterate)."""
-    if T < DPGD_AVERAGE_MIN_STEPS:
-        return T
-    return max(1, min(T, math.floor(T * (1.0 - DPGD_AVERAGE_TAIL)) + 1))
+    """First iterate (1-based) of the classifier's tail average (public, from T only)."""
+    return _dpgd.averaging_start(T, DPGD_AVERAGE_MIN_STEPS)
 
 
 def clipped_gradient_sum(A, Y, W, clip: float, row_norms=None) -> np.ndarray:
@@ -617,7 +607,6 @@ def _dp_gradient_descent(A, y_idx, k, eps, delta, noise: NoiseSource):
         return _softmax_mle(A, Y), {"steps": 0, "sigma": 0.0, "solver": "L-BFGS (exact)"}
 
     T = dpgd_steps(n, k, p, eps, delta)
-    first = averaging_start(T)
     row_norms = np.linalg.norm(A, axis=1)
     # one BLAS thread: the products here are n x (d + 1) by (d + 1) x k, too thin for threads
     # to pay (measured 10x slower with 2 threads on a busy 2-core machine at n = 100k, d = 30)
@@ -627,7 +616,6 @@ def _dp_gradient_descent(A, y_idx, k, eps, delta, noise: NoiseSource):
             (k, p),
             n=n,
             steps=T,
-            first=first,
             clip=DPGD_CLIP,
             learning_rate=DPGD_LR,
             epsilon=eps,
@@ -638,7 +626,7 @@ def _dp_gradient_descent(A, y_idx, k, eps, delta, noise: NoiseSource):
         )
     details = {
         **details,
-        "step_rule": f"T = clip(round(nu^2 * {DPGD_STEP_RULE}), {DPGD_MIN_STEPS}, "
+        "step_rule": f"T = clip(round(nu^2 * {_dpgd.DPGD_STEP_RULE}), {_dpgd.DPGD_MIN_STEPS}, "
         f"{DPGD_MAX_STEPS}), nu = n / (m(eps, delta) * sqrt(k * (d + 1)))",
     }
     return W, details

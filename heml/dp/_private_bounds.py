@@ -51,6 +51,7 @@ from ._validation import (
     MIN_SCALE,
     check_data_norm,
     check_declared_bounds,
+    implied_box,
 )
 
 # Public, fixed a priori: none depends on the data being fitted. They were chosen by measuring
@@ -832,8 +833,7 @@ def _shared_scale(bounds) -> bool:
 def _kinds(est) -> tuple[str, str | None]:
     """What to do for X and (regressors) y: "dp", "data" or "declared"."""
     x_kind = _kind(est.bounds_X)
-    norm = est.data_norm
-    if est.bounds_X is None and norm is not None and math.isfinite(float(norm)):
+    if implied_box(est.bounds_X, est.data_norm):
         x_kind = "declared"  # the row clip implies a box: nothing is read from the data
     y_kind = _kind(est.bounds_y) if hasattr(est, "bounds_y") else None
     return x_kind, y_kind

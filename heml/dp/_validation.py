@@ -170,8 +170,7 @@ def check_declared_bounds(est, d: int) -> None:
     (reversed, NaN, the wrong length, beyond ±1e100, a row bound or target half width below
     1e-100) are refused with nothing spent; before, they were parsed after the reservation and
     a typo in ``bounds_X`` cost the fit's ε."""
-    implied = est.bounds_X is None and _finite_norm(est.data_norm)
-    if implied or not _estimated(est.bounds_X):
+    if implied_box(est.bounds_X, est.data_norm) or not _estimated(est.bounds_X):
         lo, hi, row_norm = declared_box(est.bounds_X, est.data_norm, d)
         _check_scale(row_bound(lo, hi, row_norm), "the row bound of bounds_X and data_norm")
     if hasattr(est, "bounds_y") and not _estimated(est.bounds_y):
@@ -179,8 +178,10 @@ def check_declared_bounds(est, d: int) -> None:
         _check_scale(float(hi[0] - lo[0]) / 2.0, "the half width of bounds_y")
 
 
-def _finite_norm(data_norm) -> bool:
-    return data_norm is not None and math.isfinite(float(data_norm))
+def implied_box(bounds_X, data_norm) -> bool:
+    """No bounds_X but a finite ``data_norm``: the row clip bounds every coordinate by it, so
+    that box is declared by implication (nothing is read from the data)."""
+    return bounds_X is None and data_norm is not None and math.isfinite(float(data_norm))
 
 
 def _check_scale(value: float, what: str) -> None:
@@ -233,8 +234,7 @@ def resolve_feature_bounds(X: np.ndarray, bounds_X, data_norm, *, private: bool)
         lo, hi, row_norm = declared_box(bounds_X, data_norm, d)
         warn_if_mostly_outside(X, lo, hi, "bounds_X")
         return lo, hi, row_norm, "declared"
-    if R is not None and math.isfinite(R) and bounds_X is None:
-        # the row clip bounds every coordinate by R: that box is implied, nothing is read
+    if implied_box(bounds_X, data_norm):
         lo, hi, row_norm = declared_box(None, data_norm, d)
         return lo, hi, row_norm, "implied by data_norm"
     if private:  # unreachable through the estimators: fail closed rather than leak
