@@ -415,3 +415,11 @@ def test_the_exact_fit_with_data_bounds_keeps_a_declared_row_clip():
     est = DPLinearRegression(epsilon=np.inf, bounds_X="data", bounds_y="data",
                              data_norm=0.5).fit(X, Y)  # fmt: skip
     assert est.data_norm_ == 0.5
+
+
+def test_the_scale_check_is_for_declared_or_implied_boxes_only():
+    # ε = inf with the data's bounds: no noise and no declared box, so a tiny data_norm is not
+    # refused (only a declared or data_norm-implied box has its row bound checked)
+    est = DPLinearRegression(epsilon=np.inf, bounds_X="data", bounds_y="data",
+                             data_norm=1e-170).fit(X, Y)  # fmt: skip
+    assert est.data_norm_ == 1e-170
