@@ -58,8 +58,11 @@ def test_declaration_forces_one_pooled_box_where_the_rule_picks_per_feature():
     assert raw_hi[0] >= 100.0  # the shared box follows the largest unit (hundreds)
     b = g["budget_split"]["bounds"]
     assert b["feature_releases"] == 1 and b["epsilon_scale_release"] == 0.0
-    # the pooled split: one release gets the features' whole share (no scale release first)
-    expected = pb.split_budget(1.0, 1e-5, 1, gaussian=True, spread=b["rho_spread_release"] > 0)
+    # the pooled split: one release gets the features' whole share (no scale release first),
+    # up to n·ε_r = BOX_MAX_N_EPSILON (here n = 400: 0.25)
+    spread = b["rho_spread_release"] > 0
+    expected = pb.split_budget(1.0, 1e-5, 1, gaussian=True, spread=spread, n=n)
+    assert n * expected.epsilon_release == pytest.approx(pb.BOX_MAX_N_EPSILON, rel=1e-12)
     assert b["epsilon_per_feature_release"] == pytest.approx(expected.epsilon_release, rel=1e-12)
     assert g["epsilon"] == 1.0 and g["private"] is True
     # the whole fit still converts to (1, 1e-5) and uses all of it

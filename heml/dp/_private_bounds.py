@@ -20,7 +20,8 @@ and paid for from the fit's own (ε, δ):
 * Gaussian models (AdaSSP, DP-GD; ``split_budget(gaussian=True)``): the whole fit is accounted
   in zCDP (an ε_r-DP exponential mechanism is ε_r²/8-zCDP, Cesar & Rogers 2021; a Gaussian with
   multiplier m is 1/(2m²)-zCDP), converted to (ε, δ) by Canonne, Kamath & Steinke (2020, Prop.
-  12). The boxes take BOUNDS_RHO_SHARE of ρ (a pooled scale release first narrows the
+  12). The boxes take BOUNDS_RHO_SHARE of ρ, or less where n is large enough that each feature
+  release reaches n·ε_r = BOX_MAX_N_EPSILON (a pooled scale release first narrows the
   per-feature candidates; the target's box comes from a DP median and MAD), the features' DP
   centre CENTER_RHO_SHARE and, when a public rule says its noise is small, their DP spread
   SPREAD_RHO_SHARE (``private_center``); the model's noise gets the rest, and
@@ -61,6 +62,14 @@ DELTA_SHARE = 0.1
 # With a Gaussian model (AdaSSP, DP-GD) the fit is accounted in zCDP and the bounds take this
 # share of its ρ (see split_budget).
 BOUNDS_RHO_SHARE = 0.3
+# ...but no feature release gets more than the ρ that gives it n·ε_r = BOX_MAX_N_EPSILON (round
+# 6): past that the exponential mechanism's lead for the data's boxes (n·ε_r/2 times a fraction
+# of the utility's range, in nats) is far above log #candidates (≈ 6), so more ρ buys the box
+# nothing the model could use, while the model's noise falls with every bit of ρ it gets. Where
+# n·ε_r was above it (digits at ε = 5 per feature, 171; one pooled box for all 64 pixels, 340 at
+# ε = 1), the model gets the rest: digits at ε = 5 0.882 -> 0.893, the declared shared scale at
+# ε = 1 0.772 -> 0.807 (100 fits each; docs/dp.md, round 6). A public rule on n, d, ε, δ.
+BOX_MAX_N_EPSILON = 100.0
 # zCDP path with per-feature boxes: this share of the features' ρ first releases one pooled box
 # (its magnitude c, sensitivity d); the per-feature candidates are then SCALE_HEADROOM·c·2^(-j/2)
 # over SCALE_OCTAVES octaves instead of the whole public search range. The pooled box follows
@@ -495,7 +504,9 @@ class BoundsBudget:
             "mechanism": MECHANISM_ZCDP if self.composition == "zcdp" else MECHANISM,
         }
         if self.composition == "zcdp":
-            out["share_of_rho"] = BOUNDS_RHO_SHARE
+            total = self.rho + self.rho_center + self.rho_spread + self.rho_model
+            out["share_of_rho"] = self.rho / total
+            out["max_n_epsilon_per_feature_release"] = BOX_MAX_N_EPSILON
             out["epsilon_scale_release"] = self.epsilon_scale
             out["rho_center_release"] = self.rho_center
             out["center_noise_multiplier"] = (
@@ -534,6 +545,7 @@ def split_budget(
     gaussian: bool = False,
     center: bool = True,
     spread: bool = False,
+    n: int | None = None,
 ) -> BoundsBudget:
     """The public split of (ε, δ) between the bounds and the model.
 
@@ -546,7 +558,9 @@ def split_budget(
     zCDP (``gaussian`` True: AdaSSP and DP gradient descent, whose noise is Gaussian): the
     whole fit is ρ-zCDP with ρ = ``zcdp_rho(ε, δ)``; the bounds take ρ_b = BOUNDS_RHO_SHARE·ρ
     (half to the target's release when there is one; ε_r = √(8ρ/releases) per release), the
-    model's Gaussian noise the rest: multiplier m = 1/√(2(ρ - ρ_b)). The model is handed
+    model's Gaussian noise the rest: multiplier m = 1/√(2(ρ - ρ_b)). With ``n`` (the public
+    number of rows) the features' part is capped where each feature release would get
+    n·ε_r > BOX_MAX_N_EPSILON: they get exactly that and the model the rest. The model is handed
     (ε_model, δ): the exact Gaussian's ε at δ for a multiplier just above m, so its own
     calibration adds at least that noise (``fit_with_estimated_bounds`` checks it).
     """
@@ -559,6 +573,12 @@ def split_budget(
         rho_b = BOUNDS_RHO_SHARE * rho
         rho_y = (rho_b / 2.0 if releases else rho_b) if target else 0.0
         rho_x = rho_b - rho_y
+        if n is not None and releases:
+            # ε_r = BOX_MAX_N_EPSILON / n for each feature release once the scale release
+            # (SCALE_SHARE of the features' ρ, when there is one) is taken off
+            kept = 1.0 - SCALE_SHARE if releases > 1 else 1.0
+            rho_x = min(rho_x, releases * (BOX_MAX_N_EPSILON / n) ** 2 / 8.0 / kept)
+            rho_b = rho_y + rho_x
         rho_s = SCALE_SHARE * rho_x if releases > 1 else 0.0
         eps_s = math.sqrt(8.0 * rho_s)
         eps_r = math.sqrt(8.0 * (rho_x - rho_s) / releases) if releases else 0.0
@@ -881,7 +901,7 @@ def plan_estimated_bounds(est, n: int, d: int, epsilon: float, delta: float):
         shared or not per_feature(n, d, epsilon, delta, target, gaussian, center)
     )
     releases = (1 if pooled else d) if x_kind == "dp" else 0
-    budget = split_budget(epsilon, delta, releases, target, gaussian, center, spread)
+    budget = split_budget(epsilon, delta, releases, target, gaussian, center, spread, n)
     if not budget.epsilon_model > 0:
         # the releases' share leaves the model a Gaussian that is already (0, delta)-DP: tiny
         # n with delta near 1/n (found by review, tests/test_dp_review4.py)
