@@ -48,7 +48,7 @@ def _total_rho(b: pb.BoundsBudget) -> float:
     return b.rho + b.rho_center + b.rho_spread + 1.0 / (2.0 * b.model_multiplier**2)
 
 
-@pytest.mark.parametrize("releases", [1, 13, 64])
+@pytest.mark.parametrize("releases", [1, 2, 13, 64])
 @pytest.mark.parametrize("target", [False, True])
 def test_where_it_binds_each_feature_release_gets_exactly_the_cap(releases, target):
     lo, hi = _cap_window(releases, target)
@@ -128,6 +128,9 @@ def test_a_plan_with_no_rows_is_refused_before_any_spend():
     est = DPLogisticRegression(classes=[0, 1], epsilon=EPS, delta=DELTA)
     with pytest.raises(ValueError, match="at least one row"):
         pb.check_fit_plan(est, 0, 3, EPS, DELTA)
+    # one row is a plan like any other (the guard's edge): nothing capped at n = 1
+    plan = pb.plan_estimated_bounds(est, 1, 3, EPS, DELTA)
+    assert plan.budget == pb.split_budget(EPS, DELTA, 1, gaussian=True)
 
 
 def test_the_boundary_is_the_cap():
