@@ -879,3 +879,19 @@ def test_recheck_on_stale_results_refuses_before_forgetting_anything(tmp_path, m
     monkeypatch.setattr(mutate, "MUTANTS", mutants)
     assert mutate.run(2, 0, False, [], recheck=True) is False
     assert mutate._meta_codes(mutants)["heml/he/wire.py"] == {f"{WIRE}1": 0}  # not forgotten
+
+
+def test_a_run_without_the_services_its_tests_start_is_refused(monkeypatch, capsys):
+    # without redis-server the shared-state guard tests skip and their mutants would survive
+    monkeypatch.setattr(mutate.shutil, "which", lambda name, path=None: None)
+    monkeypatch.setattr(mutate, "run", lambda *a, **k: pytest.fail("must not start mutmut"))
+    assert mutate.missing_services() == ["redis-server"]
+    assert mutate.main(["--only", "heml.server.*"]) == 2
+    assert "redis-server not installed" in capsys.readouterr().out
+    # found: the run goes ahead (stubbed here)
+    monkeypatch.setattr(mutate.shutil, "which", lambda name, path=None: "/usr/bin/" + name)
+    monkeypatch.setattr(mutate, "run", lambda *a, **k: False)
+    monkeypatch.setattr(mutate, "report", lambda only: (True, True))
+    monkeypatch.setattr(mutate, "_print_seconds", lambda: None)
+    assert mutate.missing_services() == []
+    assert mutate.main(["--only", "heml.server.*"]) == 1  # the stub's run did not complete
