@@ -80,15 +80,19 @@ def _prepare(X, y, split, regression, n_test=None):
         kw["test_size"] = 0.3
         if not regression:
             kw["stratify"] = y
-    Xtr, Xte, ytr, yte = train_test_split(X, y, **kw)
+    return _standardized(*train_test_split(X, y, **kw), regression)
+
+
+def _standardized(Xtr, Xte, ytr, yte, regression):
+    """A split standardized by the training split's exact statistics, clipped at ±3 (targets
+    too): Table 2's protocol, and Table 1's CEILING."""
     sc = StandardScaler().fit(Xtr)
-    Xtr = np.clip(sc.transform(Xtr), -3, 3)
-    Xte = np.clip(sc.transform(Xte), -3, 3)
-    if regression:
-        ys = StandardScaler().fit(ytr[:, None])
-        ytr = np.clip(ys.transform(ytr[:, None])[:, 0], -3, 3)
-        yte = ys.transform(yte[:, None])[:, 0]
-    return Xtr, Xte, ytr, yte
+    Ztr, Zte = np.clip(sc.transform(Xtr), -3, 3), np.clip(sc.transform(Xte), -3, 3)
+    if not regression:
+        return Ztr, Zte, ytr, yte
+    ys = StandardScaler().fit(ytr[:, None])
+    ztr = np.clip(ys.transform(ytr[:, None])[:, 0], -3, 3)
+    return Ztr, Zte, ztr, ys.transform(yte[:, None])[:, 0]
 
 
 def _datasets():
@@ -109,18 +113,21 @@ def _delta(n):
     return DELTA if n < 0.1 / DELTA else 0.1 / n
 
 
-def _dp_model(regression, eps, seed, n, classes=(0, 1), method="auto"):
+def _dp_model(regression, eps, seed, n, classes=(0, 1), method="auto", delta=None):
+    """heml's DP estimator with the declared bounds (-3, 3) of standardized data; ``delta``
+    defaults to ``_delta(n)``."""
+    delta = _delta(n) if delta is None else delta
     if regression:
         return DPLinearRegression(
             epsilon=eps,
-            delta=_delta(n),
+            delta=delta,
             bounds_X=(-3, 3),
             bounds_y=(-3, 3),
             random_state=seed,
             method=method,
         )
     return DPLogisticRegression(
-        epsilon=eps, delta=_delta(n), classes=classes, bounds_X=(-3, 3), random_state=seed
+        epsilon=eps, delta=delta, classes=classes, bounds_X=(-3, 3), random_state=seed
     )
 
 
@@ -171,17 +178,6 @@ def _shared_scale_bounds():
         return PrivateBounds(shared_scale=True)
     except (ImportError, TypeError):
         return None
-
-
-def _ceiling_model(regression: bool, eps: float, delta: float, seed: int, classes):
-    """The same estimator with declared bounds (-3, 3) for exactly standardized data (CEILING)."""
-    if regression:
-        return DPLinearRegression(
-            epsilon=eps, delta=delta, bounds_X=(-3, 3), bounds_y=(-3, 3), random_state=seed
-        )
-    return DPLogisticRegression(
-        epsilon=eps, delta=delta, bounds_X=(-3, 3), classes=classes, random_state=seed
-    )
 
 
 def _model_share(regression: bool, n: int, d: int, eps: float, classes) -> tuple[float, float]:
@@ -245,7 +241,7 @@ def raw_scores(quick: bool, noise_seeds: int = 1, ceiling: bool = False) -> dict
                         else _model_share(regression, *Xtr.shape, eps, np.unique(y))
                     )
                     for k in range(noise_seeds):
-                        m = _ceiling_model(regression, e, dl, s + 1000 * k, np.unique(y))
+                        m = _dp_model(regression, e, s + 1000 * k, len(ytr), np.unique(y), delta=dl)
                         scores.append(_score(m.fit(Ztr, ztr), Zte, zte, regression))
             for (row, eps), scores in dp.items():
                 for k in range(noise_seeds):
@@ -264,17 +260,6 @@ def raw_scores(quick: bool, noise_seeds: int = 1, ceiling: bool = False) -> dict
         if ceiling:
             out[name].update({f"{kind} {eps:g}": v for (kind, eps), v in top.items()})
     return out
-
-
-def _standardized(Xtr, Xte, ytr, yte, regression):
-    """CEILING's data: the split standardized by the training split's exact statistics."""
-    sc = StandardScaler().fit(Xtr)
-    Ztr, Zte = np.clip(sc.transform(Xtr), -3, 3), np.clip(sc.transform(Xte), -3, 3)
-    if not regression:
-        return Ztr, Zte, ytr, yte
-    ys = StandardScaler().fit(ytr[:, None])
-    ztr = np.clip(ys.transform(ytr[:, None])[:, 0], -3, 3)
-    return Ztr, Zte, ztr, ys.transform(yte[:, None])[:, 0]
 
 
 def _cell(values: list[float]) -> str:
