@@ -17,6 +17,8 @@ import pytest
 from heml.dp import DPLinearRegression, DPLogisticRegression, PrivateBounds
 from heml.dp import _private_bounds as pb
 
+from .dp_support import fit_rho
+
 K = pb.BOX_MAX_N_EPSILON
 EPS, DELTA = 1.0, 1e-5
 RHO = pb.zcdp_rho(EPS, DELTA)
@@ -185,17 +187,7 @@ def test_a_large_fit_caps_its_boxes_and_gives_the_model_the_rest():
     free = pb.split_budget(EPS, DELTA, d, gaussian=True, spread=spread)
     assert split["model"]["epsilon"] > free.epsilon_model
     # the guarantee's releases and the model's actual noise re-derive to (ε, δ), all of it
-    hp = m.dp_guarantee_["hyperparameters"]
-    rho = (
-        (
-            (b["feature_releases"] * b["epsilon_per_feature_release"] ** 2)
-            + b["epsilon_scale_release"] ** 2
-        )
-        / 8
-        + b["rho_center_release"]
-        + b["rho_spread_release"]
-    )
-    rho += 1 / (2 * (hp["noise_multiplier"] / np.sqrt(hp["steps"])) ** 2)
+    rho = fit_rho(m.dp_guarantee_)
     assert pb.zcdp_delta(rho, EPS) <= DELTA * (1 + 1e-6)
     assert pb.zcdp_delta(rho * 1.01, EPS) > DELTA
 

@@ -12,6 +12,8 @@ from heml.dp import BudgetAccountant, DPLinearRegression, DPLogisticRegression, 
 from heml.dp import _private_bounds as pb
 from heml.dp._calibration import CALIBRATION_MARGIN
 
+from .dp_support import fit_rho
+
 
 def _neighbour_values(x, cand):
     """Every value a replaced record can take, up to what the utility can see: each candidate,
@@ -190,18 +192,8 @@ def test_default_bounds_are_private_charged_once_and_exported(tmp_path):
     hp = g["hyperparameters"]
     assert hp["method"] == "dpgd"
     b = split["bounds"]
-    rho = (
-        (
-            b["feature_releases"] * b["epsilon_per_feature_release"] ** 2
-            + b["epsilon_scale_release"] ** 2
-            + b["epsilon_target_release"] ** 2
-        )
-        / 8
-        + b["rho_center_release"]
-        + b["rho_spread_release"]
-    )
     assert b["rho_spread_release"] > 0  # n = 2000, d = 4: the spread is released too
-    rho += 1 / (2 * (hp["noise_multiplier"] / np.sqrt(hp["steps"])) ** 2)
+    rho = fit_rho(g)
     assert pb.zcdp_delta(rho, 2.0) <= 1e-5 * (1 + 1e-6)
     assert pb.zcdp_delta(rho * 1.01, 2.0) > 1e-5  # and the split uses the whole budget
     assert "DP" in g["bounds"]["X"]["source"]

@@ -12,6 +12,7 @@ import heml
 from heml.dp import DPLinearRegression, DPLogisticRegression, PrivateBounds
 from heml.dp import _private_bounds as pb
 
+from .dp_support import fit_rho
 from .guard_support import heml_train
 
 SHARED = PrivateBounds(shared_scale=True)
@@ -23,17 +24,6 @@ def _mixed_units(n=400):
         n_samples=n, n_features=3, n_informative=2, n_redundant=0, random_state=0
     )
     return X * [100.0, 1.0, 0.01] + [50.0, 0.0, 0.0], y
-
-
-def _rho_of_the_fit(g):
-    """rho of the whole fit re-derived from what the guarantee states (bounds + DP-GD)."""
-    b, hp = g["budget_split"]["bounds"], g["hyperparameters"]
-    rho = (
-        b["feature_releases"] * b["epsilon_per_feature_release"] ** 2
-        + b["epsilon_scale_release"] ** 2
-        + b["epsilon_target_release"] ** 2
-    ) / 8 + (b["rho_center_release"] + b["rho_spread_release"])
-    return rho + 1 / (2 * (hp["noise_multiplier"] / np.sqrt(hp["steps"])) ** 2)
 
 
 def test_declaration_forces_one_pooled_box_where_the_rule_picks_per_feature():
@@ -66,7 +56,7 @@ def test_declaration_forces_one_pooled_box_where_the_rule_picks_per_feature():
     assert b["epsilon_per_feature_release"] == pytest.approx(expected.epsilon_release, rel=1e-12)
     assert g["epsilon"] == 1.0 and g["private"] is True
     # the whole fit still converts to (1, 1e-5) and uses all of it
-    rho = _rho_of_the_fit(g)
+    rho = fit_rho(g)
     assert pb.zcdp_delta(rho, 1.0) <= 1e-5 * (1 + 1e-6)
     assert pb.zcdp_delta(rho * 1.01, 1.0) > 1e-5
     # and a client reads the declaration from the exported model
